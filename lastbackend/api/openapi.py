@@ -1,0 +1,199 @@
+"""``/openapi.json``: built from the router itself, so it cannot drift from the routes.
+
+Every handler carries a :class:`~lastbackend.api.http.Doc`; request bodies are described from the
+same attrs classes the converter decodes into. A test walks the router and checks that every
+route is documented and every documented path exists.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from datetime import datetime
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from lastbackend.api.http import Doc
+from lastbackend.model import platform
+from lastbackend.model.common import CHECKS
+
+_JSON = {str: "string", int: "integer", bool: "boolean", float: "number"}
+
+
+def schema_of(tp: Any) -> dict[str, Any]:
+    """A JSON Schema for a model type: attrs classes, dicts, optionals, scalars, NewTypes."""
+    if tp in CHECKS:
+        kind, check = CHECKS[tp]
+        doc = (check.__doc__ or "").strip() or tp.__name__
+        return {"type": _JSON[kind], "description": f"{tp.__name__}: {doc}"}
+    if tp in _JSON:
+        return {"type": _JSON[tp]}
+    if tp is datetime:
+        return {"type": "string", "format": "date-time"}
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner = schema_of(args[0])
+        return {**inner, "nullable": True}
+    if origin is dict:
+        _, value = typing.get_args(tp)
+        return {"type": "object", "additionalProperties": schema_of(value)}
+    if attrs.has(tp):
+        hints = typing.get_type_hints(tp)
+        fields = attrs.fields(tp)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {f.name: schema_of(hints[f.name]) for f in fields},
+            "required": [f.name for f in fields if f.default is attrs.NOTHING],
+        }
+    return {}
+
+
+def _optional(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "required": []}
+
+
+def _with(schema: dict[str, Any], **props: Any) -> dict[str, Any]:
+    return {
+        **schema,
+        "additionalProperties": False,
+        "properties": {**props, **schema["properties"]},
+        "required": [],
+    }
+
+
+_REF = {"$ref": "#/components/schemas/{}"}
+_ID = {"type": "string", "format": "uuid"}
+_LINKS = {"type": "object", "additionalProperties": {"type": "object"}}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def schemas() -> dict[str, Any]:
+    meta = schema_of(platform.Meta)
+    build = schema_of(platform.Build)
+    build["properties"]["commitMessage"] = build["properties"].pop("commit_message")
+    return {
+        "Project": _with(meta, id=_ID, links=_LINKS),
+        "ProjectCreate": schema_of(platform.ProjectCreate),
+        "ProjectPatch": _optional(schema_of(platform.ProjectCreate)),
+        "Service": _with(
+            meta,
+            id=_ID,
+            project=_ID,
+            config=_ref("ServiceConfig"),
+            source={**_ref("ServiceSource"), "nullable": True},
+            domains=_ref("Domains"),
+            image={"type": "string", "nullable": True},
+            links=_LINKS,
+        ),
+        "ServiceCreate": schema_of(platform.ServiceCreate),
+        "ServicePatch": _optional(schema_of(platform.ServiceCreate)),
+        "ServiceConfig": schema_of(platform.ServiceConfig),
+        "ServiceConfigPatch": _optional(schema_of(platform.ServiceConfig)),
+        "ServiceSource": schema_of(platform.ServiceSource),
+        "Domains": schema_of(platform.Domains),
+        "Image": {"type": "object", "properties": {"image": {"type": "string", "nullable": True}}},
+        "ImageBody": schema_of(platform.ImageBody),
+        "Container": schema_of(platform.Container),
+        "Build": _with(build, number={"type": "integer"}),
+        "Error": {
+            "type": "object",
+            "properties": {
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "integer"},
+                            "title": {"type": "string"},
+                            "detail": {"type": "string"},
+                        },
+                    },
+                }
+            },
+        },
+    }
+
+
+_BODY_NAMES = {
+    platform.ProjectCreate: "ProjectCreate",
+    platform.ServiceCreate: "ServiceCreate",
+    platform.ServiceConfig: "ServiceConfig",
+    platform.ServiceSource: "ServiceSource",
+    platform.Domains: "Domains",
+    platform.ImageBody: "ImageBody",
+}
+
+
+def _operation(spec: Doc, path: str) -> dict[str, Any]:
+    params = [
+        {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for seg in path.split("/")
+        if seg.startswith("{")
+    ]
+    if spec.paginated:
+        params += [
+            {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            {"name": "order_by", "in": "query", "schema": {"type": "string"}},
+        ]
+    op: dict[str, Any] = {"summary": spec.summary, "parameters": params}
+    if spec.body is not None:
+        name = spec.body if isinstance(spec.body, str) else _BODY_NAMES[spec.body]
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(name)}},
+        }
+    ok: dict[str, Any] = {"description": spec.summary}
+    if spec.response:
+        item = _ref(spec.response)
+        schema = (
+            {
+                "type": "object",
+                "properties": {
+                    "pagination": {"type": "object"},
+                    "resources": {"type": "array", "items": item},
+                },
+            }
+            if spec.paginated
+            else item
+        )
+        ok["content"] = {"application/json": {"schema": schema}}
+    error = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
+    op["responses"] = {str(spec.status): ok, "4XX": error, "5XX": error}
+    return op
+
+
+def documented_routes(app: web.Application) -> list[tuple[str, str, Doc | None]]:
+    """(method, path template, doc) for every route but aiohttp's automatic HEADs."""
+    out = []
+    for route in app.router.routes():
+        if route.method == "HEAD" or route.resource is None:
+            continue
+        out.append(
+            (route.method, route.resource.canonical, getattr(route.handler, "__doc_spec__", None))
+        )
+    return out
+
+
+def build(app: web.Application) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, spec in documented_routes(app):
+        if spec is not None:
+            paths.setdefault(path, {})[method.lower()] = _operation(spec, path)
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "lastbackend", "version": "0.1.0"},
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

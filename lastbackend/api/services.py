@@ -1,0 +1,352 @@
+"""``/api/projects/{project}/services``: the five actions, and the service's parts as sub-resources.
+
+A service's ETag is its revision (the newest ``mod_revision`` of its part keys), the same on the
+service and on each sub-resource, so an ``If-Match`` taken from any of them guards all of them.
+
+The ``image`` key holds the image that runs. Setting ``config.image`` points it there too; builds
+and droplets write it directly later, and an explicit ``image`` in a request wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from lastbackend import codec
+from lastbackend.api.errors import ApiError
+from lastbackend.api.http import (
+    body,
+    decode,
+    doc,
+    if_match,
+    json_response,
+    page_body,
+    paging,
+    read_object,
+)
+from lastbackend.api.state import STATE
+from lastbackend.model.common import now
+from lastbackend.model.platform import (
+    Build,
+    Container,
+    Domains,
+    ImageBody,
+    Meta,
+    ServiceConfig,
+    ServiceCreate,
+    ServiceSource,
+)
+from lastbackend.store import keys
+from lastbackend.store.objects import Objects, Record
+
+routes = web.RouteTableDef()
+
+BASE = "/api/projects/{project}/services"
+ONE = BASE + "/{service}"
+
+
+def view(pid: str, record: Record) -> dict[str, Any]:
+    values = record.values
+    href = f"/api/projects/{pid}/services/{record.id}"
+    return {
+        "id": record.id,
+        "project": pid,
+        **codec.unstructure(values["meta"]),
+        "config": codec.unstructure(values.get("config", ServiceConfig())),
+        "source": codec.unstructure(values.get("source")),
+        "domains": values.get("domains", {}),
+        "image": values.get("image"),
+        "links": {
+            "self": {"href": href},
+            "project": {"href": f"/api/projects/{pid}"},
+            "containers": {"href": f"{href}/containers"},
+            "builds": {"href": f"{href}/builds"},
+        },
+    }
+
+
+def _spec(record: Record) -> dict[str, Any]:
+    """The user-settable parts of a service, as plain JSON (what a PATCH merges onto)."""
+    values = record.values
+    meta: Meta = values["meta"]
+    return {
+        "name": meta.name,
+        "description": meta.description,
+        "config": codec.unstructure(values.get("config", ServiceConfig())),
+        "source": codec.unstructure(values.get("source")),
+        "domains": values.get("domains", {}),
+        "image": values.get("image"),
+    }
+
+
+def _parts(record: Record, spec: ServiceCreate, *, image_given: bool) -> dict[str, Any]:
+    old_meta: Meta = record.values["meta"]
+    old_config: ServiceConfig = record.values.get("config", ServiceConfig())
+    image = spec.image
+    if not image_given and spec.config.image != old_config.image:
+        image = spec.config.image
+    return {
+        "meta": Meta(spec.name, old_meta.created, old_meta.updated, spec.description),
+        "config": spec.config,
+        "source": spec.source,
+        "domains": spec.domains,
+        "image": image,
+    }
+
+
+def _merge(record: Record, changes: dict[str, Any]) -> ServiceCreate:
+    merged = {**_spec(record), **changes}
+    if isinstance(changes.get("config"), dict):
+        merged["config"] = {**_spec(record)["config"], **changes["config"]}
+    return decode(merged, ServiceCreate)
+
+
+async def _services(request: web.Request) -> tuple[str, Objects]:
+    state = request.app[STATE]
+    project = await state.projects.get(request.match_info["project"])
+    return project.id, state.services(project.id)
+
+
+async def _update(
+    request: web.Request, change: Any, *, image_given: bool = False
+) -> tuple[str, Record]:
+    pid, services = await _services(request)
+    record = await services.update(
+        request.match_info["service"],
+        lambda cur: _parts(cur, change(cur), image_given=image_given),
+        if_match=if_match(request),
+    )
+    return pid, record
+
+
+# the service itself -----------------------------------------------------------------------------
+
+
+@routes.post(BASE)
+@doc("Create a service in a project", body=ServiceCreate, response="Service", status=201)
+async def create(request: web.Request) -> web.Response:
+    spec = await body(request, ServiceCreate)
+    pid, services = await _services(request)
+    t = now()
+    record = await services.create(
+        spec.name,
+        {
+            "meta": Meta(spec.name, t, t, spec.description),
+            "config": spec.config,
+            "source": spec.source,
+            "domains": spec.domains,
+            "image": spec.image or spec.config.image,
+        },
+    )
+    return json_response(
+        view(pid, record),
+        status=201,
+        revision=record.revision,
+        headers={"Location": f"/api/projects/{pid}/services/{record.id}"},
+    )
+
+
+@routes.get(BASE)
+@doc("List a project's services in name order", response="Service", paginated=True)
+async def index(request: web.Request) -> web.Response:
+    pg = paging(request)
+    pid, services = await _services(request)
+    page = await services.list(page=pg.page, per_page=pg.per_page, descending=pg.descending)
+    return json_response(
+        page_body(request, pg, page.total, [view(pid, r) for r in page.records]),
+        headers={"X-Etcd-Revision": str(page.revision)},
+    )
+
+
+@routes.get(ONE)
+@doc("Get a service by id or name", response="Service")
+async def show(request: web.Request) -> web.Response:
+    pid, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    return json_response(view(pid, record), revision=record.revision)
+
+
+@routes.patch(ONE)
+@doc(
+    "Change some fields of a service; config is merged key by key, a new name renames it",
+    body="ServicePatch",
+    response="Service",
+)
+async def patch(request: web.Request) -> web.Response:
+    changes = await read_object(request)
+    pid, record = await _update(
+        request, lambda cur: _merge(cur, changes), image_given="image" in changes
+    )
+    return json_response(view(pid, record), revision=record.revision)
+
+
+@routes.delete(ONE)
+@doc("Delete a service with its containers and builds", status=204)
+async def delete(request: web.Request) -> web.Response:
+    _, services = await _services(request)
+    await services.delete(request.match_info["service"], if_match=if_match(request))
+    return web.Response(status=204)
+
+
+# parts as sub-resources -------------------------------------------------------------------------
+
+
+async def _part(request: web.Request, part: str) -> web.Response:
+    _, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    return json_response(_spec(record)[part], revision=record.revision)
+
+
+@routes.get(ONE + "/config")
+@doc("Get a service's config", response="ServiceConfig")
+async def get_config(request: web.Request) -> web.Response:
+    return await _part(request, "config")
+
+
+@routes.put(ONE + "/config")
+@doc("Replace a service's config", body=ServiceConfig, response="ServiceConfig")
+async def put_config(request: web.Request) -> web.Response:
+    config = await body(request, ServiceConfig)
+    _, record = await _update(
+        request, lambda cur: _merge(cur, {"config": codec.unstructure(config)})
+    )
+    return json_response(_spec(record)["config"], revision=record.revision)
+
+
+@routes.patch(ONE + "/config")
+@doc(
+    "Change some fields of a service's config", body="ServiceConfigPatch", response="ServiceConfig"
+)
+async def patch_config(request: web.Request) -> web.Response:
+    changes = await read_object(request)
+    _, record = await _update(request, lambda cur: _merge(cur, {"config": changes}))
+    return json_response(_spec(record)["config"], revision=record.revision)
+
+
+@routes.get(ONE + "/source")
+@doc("Get a service's source (null when it has none)", response="ServiceSource")
+async def get_source(request: web.Request) -> web.Response:
+    return await _part(request, "source")
+
+
+@routes.put(ONE + "/source")
+@doc("Set a service's source repository", body=ServiceSource, response="ServiceSource")
+async def put_source(request: web.Request) -> web.Response:
+    source = await body(request, ServiceSource)
+    _, record = await _update(
+        request, lambda cur: _merge(cur, {"source": codec.unstructure(source)})
+    )
+    return json_response(_spec(record)["source"], revision=record.revision)
+
+
+@routes.delete(ONE + "/source")
+@doc("Remove a service's source", status=204)
+async def delete_source(request: web.Request) -> web.Response:
+    await _update(request, lambda cur: _merge(cur, {"source": None}))
+    return web.Response(status=204)
+
+
+@routes.get(ONE + "/domains")
+@doc("Get a service's domains (host name -> active)", response="Domains")
+async def get_domains(request: web.Request) -> web.Response:
+    return await _part(request, "domains")
+
+
+@routes.put(ONE + "/domains")
+@doc("Replace a service's domains", body=Domains, response="Domains")
+async def put_domains(request: web.Request) -> web.Response:
+    domains = await body(request, Domains)
+    _, record = await _update(request, lambda cur: _merge(cur, {"domains": domains}))
+    return json_response(_spec(record)["domains"], revision=record.revision)
+
+
+@routes.get(ONE + "/image")
+@doc("Get the image the service runs", response="Image")
+async def get_image(request: web.Request) -> web.Response:
+    _, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    return json_response({"image": record.values.get("image")}, revision=record.revision)
+
+
+@routes.put(ONE + "/image")
+@doc("Set the image the service runs", body=ImageBody, response="Image")
+async def put_image(request: web.Request) -> web.Response:
+    image = (await body(request, ImageBody)).image
+    _, record = await _update(request, lambda cur: _merge(cur, {"image": image}), image_given=True)
+    return json_response({"image": record.values.get("image")}, revision=record.revision)
+
+
+# containers and builds: written by controllers, read here ---------------------------------------
+
+
+async def _children(request: web.Request, prefix_of: Any) -> tuple[list[Any], int]:
+    pid, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    found = await services.etcd.range(prefix_of(pid, record.id))
+    return found.kvs, found.revision
+
+
+@routes.get(ONE + "/containers")
+@doc("List a service's containers", response="Container", paginated=True)
+async def containers(request: web.Request) -> web.Response:
+    pg = paging(request, ("id",))
+    kvs, revision = await _children(request, keys.containers)
+    items = [codec.unstructure(codec.loads(kv.value, Container)) for kv in kvs]
+    items.sort(key=lambda c: c["id"], reverse=pg.descending)
+    chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    return json_response(
+        page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
+    )
+
+
+@routes.get(ONE + "/containers/{container}")
+@doc("Get one of a service's containers", response="Container")
+async def container(request: web.Request) -> web.Response:
+    pid, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    cid = request.match_info["container"]
+    kv = await services.etcd.get(keys.container(pid, record.id, cid)) if "/" not in cid else None
+    if kv is None:
+        raise ApiError(404, f"container {cid!r} not found")
+    return json_response(
+        codec.unstructure(codec.loads(kv.value, Container)), revision=kv.mod_revision
+    )
+
+
+def _build_view(number: int, build: Build) -> dict[str, Any]:
+    return {"number": number, **codec.unstructure(build)}
+
+
+@routes.get(ONE + "/builds")
+@doc("List a service's builds by number", response="Build", paginated=True)
+async def builds(request: web.Request) -> web.Response:
+    pg = paging(request, ("number",))
+    kvs, revision = await _children(request, keys.builds)
+    items = sorted(
+        ((int(keys.leaf(kv.key)), codec.loads(kv.value, Build)) for kv in kvs),
+        key=lambda item: item[0],
+        reverse=pg.descending,
+    )
+    chosen = [
+        _build_view(n, b) for n, b in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    ]
+    return json_response(
+        page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
+    )
+
+
+@routes.get(ONE + "/builds/{build}")
+@doc("Get one of a service's builds by number", response="Build")
+async def build(request: web.Request) -> web.Response:
+    pid, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    raw = request.match_info["build"]
+    if not raw.isdigit():
+        raise ApiError(404, f"build {raw!r} not found: builds are numbered 1, 2, ...")
+    kv = await services.etcd.get(keys.build(pid, record.id, int(raw)))
+    if kv is None:
+        raise ApiError(404, f"build {raw} not found")
+    return json_response(
+        _build_view(int(raw), codec.loads(kv.value, Build)), revision=kv.mod_revision
+    )

@@ -1,0 +1,44 @@
+"""Liveness, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from lastbackend.api import openapi
+from lastbackend.api.http import doc, json_response
+from lastbackend.api.state import STATE
+from lastbackend.store.etcd import StoreUnavailable
+
+routes = web.RouteTableDef()
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+@routes.get("/healthz")
+@doc("Liveness: the process serves requests")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+@doc("Readiness: etcd answers (503 otherwise)")
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        revision = await state.etcd.status()
+    except StoreUnavailable as exc:
+        return json_response({"status": "unavailable", "etcd": str(exc)}, status=503)
+    return json_response({"status": "ok", "etcd": {"revision": revision}})
+
+
+@routes.get("/metrics")
+@doc("Prometheus metrics: request counts and latency histograms by route")
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@routes.get("/openapi.json")
+@doc("This API's OpenAPI 3 description")
+async def spec(request: web.Request) -> web.Response:
+    return json_response(openapi.build(request.app))

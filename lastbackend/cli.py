@@ -1,0 +1,214 @@
+"""Entry points: ``lastbackend daemon | api | tree | version``.
+
+Every subcommand that talks to etcd takes the same ``--etcd`` and TLS flags, read into the same
+:class:`~lastbackend.config.Settings`, so ``lastbackend tree`` finds whatever the daemon uses
+(with no flags: the embedded server's address).
+
+Shutdown follows uvicorn: the first SIGTERM or SIGINT stops accepting connections and lets
+in-flight requests finish (up to ``api.shutdown_timeout``), then exits 0; a second one forces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from lastbackend import config, logs
+from lastbackend.config import ConfigError, Settings
+from lastbackend.logs import log
+from lastbackend.model.common import MASK, mask_secrets
+from lastbackend.store import keys
+from lastbackend.store.embedded import EmbeddedEtcd, EtcdNotFound
+from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
+
+VERSION = "0.1.0"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
+    )
+    parser.add_argument(
+        "--etcd", dest="etcd_endpoints", help="host:port[,host:port...] (LB_ETCD_ENDPOINTS)"
+    )
+    parser.add_argument("--etcd-ca", dest="etcd_ca", help="CA certificate for etcd TLS")
+    parser.add_argument("--etcd-cert", dest="etcd_cert", help="client certificate for etcd TLS")
+    parser.add_argument("--etcd-key", dest="etcd_key", help="client key for etcd TLS")
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning or error")
+
+
+def _server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen", help=f"host:port to serve the API on (default {config.DEFAULT_LISTEN})"
+    )
+    parser.add_argument(
+        "--data-dir", dest="data_dir", help="embedded etcd data and blobs (LB_DATA_DIR)"
+    )
+    parser.add_argument(
+        "--token", dest="admin_tokens", help="admin bearer token(s), comma-separated (LB_TOKEN)"
+    )
+    parser.add_argument(
+        "--read-token", dest="read_tokens", help="read-only bearer token(s) (LB_READ_TOKEN)"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="lastbackend", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    daemon = sub.add_parser("daemon", help="everything in one process; embedded etcd unless --etcd")
+    api = sub.add_parser("api", help="the REST API only, against --etcd")
+    tree = sub.add_parser(
+        "tree", help="print the /lastbackend key tree, values decoded, secrets masked"
+    )
+    sub.add_parser("version", help="print the version")
+    for p in (daemon, api, tree):
+        _common(p)
+    for p in (daemon, api):
+        _server(p)
+    tree.add_argument(
+        "prefix", nargs="?", default=keys.ROOT, help="key prefix (default /lastbackend/)"
+    )
+    tree.add_argument("--json", action="store_true", help="one JSON object {key: value}")
+    return top
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    flags = {
+        name: getattr(args, name, None)
+        for name in (
+            "etcd_endpoints",
+            "etcd_ca",
+            "etcd_cert",
+            "etcd_key",
+            "log_level",
+            "listen",
+            "data_dir",
+            "admin_tokens",
+            "read_tokens",
+        )
+    }
+    return config.load(file=args.config, flags=flags)
+
+
+def connect(settings: Settings) -> Etcd:
+    tls = TLS(settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
+    return Etcd(settings.endpoints, tls=tls, timeout=settings.etcd_timeout)
+
+
+async def serve(settings: Settings, *, embedded: bool) -> int:
+    from lastbackend.api.app import make_app
+
+    etcd_server: EmbeddedEtcd | None = None
+    if embedded and settings.embedded:
+        etcd_server = EmbeddedEtcd(
+            settings.data_dir / "etcd",
+            client=settings.embedded_client,
+            peer=settings.embedded_peer,
+            log=settings.data_dir / "etcd.log",
+        )
+        log.info(
+            "starting embedded etcd", endpoint=etcd_server.endpoint, data_dir=str(settings.data_dir)
+        )
+        await asyncio.to_thread(etcd_server.start)
+    try:
+        async with connect(settings) as etcd:
+            app = make_app(settings, etcd)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+            await runner.setup()
+            host, port = settings.host_port
+            await web.TCPSite(
+                runner, host, port, shutdown_timeout=settings.shutdown_timeout
+            ).start()
+            log.info("listening", listen=settings.listen, etcd=",".join(settings.endpoints))
+            await _until_signalled(runner)
+            log.info("stopped")
+    finally:
+        if etcd_server is not None:
+            await asyncio.to_thread(etcd_server.stop)
+            log.info("embedded etcd stopped")
+    return 0
+
+
+async def _until_signalled(runner: web.AppRunner) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    main = asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second signal: forcing shutdown", signal=signal.Signals(signum).name)
+            if main is not None:
+                main.cancel()
+            return
+        log.info("draining in-flight requests", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    await runner.cleanup()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
+def _render(value: bytes) -> Any:
+    text = value.decode(errors="replace")
+    if text.startswith("gAAAAA"):  # a Fernet token: ciphertext at rest
+        return MASK
+    try:
+        return mask_secrets(json.loads(text))
+    except json.JSONDecodeError:
+        return text
+
+
+async def tree(settings: Settings, prefix: str, as_json: bool) -> int:
+    async with connect(settings) as etcd:
+        found = await etcd.range(prefix)
+    rows = {kv.key: _render(kv.value) for kv in found.kvs}
+    if as_json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    for key, value in rows.items():
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        print(f"{key}  {shown}")
+    print(f"# {len(rows)} keys at revision {found.revision}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "version":
+        print(VERSION)
+        return 0
+    try:
+        settings = settings_from(args)
+        if args.command in ("daemon", "api"):
+            settings.check()
+    except ConfigError as exc:
+        print(f"lastbackend: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.log_level, settings.log_format)
+    try:
+        if args.command == "tree":
+            return asyncio.run(tree(settings, args.prefix, args.json))
+        return asyncio.run(serve(settings, embedded=args.command == "daemon"))
+    except EtcdNotFound as exc:
+        print(f"lastbackend: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"lastbackend: {exc}", file=sys.stderr)
+        return 1
+    except asyncio.CancelledError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The one converter: JSON <-> model, for request bodies and etcd values alike.
+
+It is strict where cattrs is lenient by default: a string is not an int, ``true`` is not ``1``,
+``1`` is not ``"1"``, and unknown fields are refused. Every failure becomes a list of
+:class:`FieldError` naming the field path and the reason, which the API returns as a 422.
+Timestamps are RFC 3339 in UTC (``2017-03-01T14:13:08Z``) rather than seed 001's JavaScript
+date strings: sortable, unambiguous and parseable everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    AttributeValidationNote,
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from lastbackend.model import platform
+from lastbackend.model.common import CHECKS
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class FieldError:
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}"
+
+
+class Invalid(ValueError):
+    """Input that does not decode into the model; carries every problem found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(map(str, errors)))
+        self.errors = errors
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+_JSON_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _strict(kind: type) -> Callable[[Any, Any], Any]:
+    name = _JSON_NAMES[kind]
+
+    def hook(value: Any, _: Any) -> Any:
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not ok:
+            raise ValueError(f"must be {name}, got {_json_type(value)}")
+        return value
+
+    return hook
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _checked(kind: type, check: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    base = _strict(kind)
+    return lambda value, _: check(base(value, None))
+
+
+def _dict_hook(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """Dicts must arrive as JSON objects; cattrs would otherwise take any mapping-like value."""
+
+    def hook(value: Any, cl: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be an object, got {_json_type(value)}")
+        key_type, value_type = getattr(cl, "__args__", (Any, Any))
+        out: dict[Any, Any] = {}
+        errors: list[Exception] = []
+        for k, v in value.items():
+            try:
+                out[converter.structure(k, key_type)] = converter.structure(v, value_type)
+            except Exception as exc:
+                exc.__notes__ = [*getattr(exc, "__notes__", []), f"[{k!r}]"]
+                errors.append(exc)
+        if errors:
+            raise cattrs.IterableValidationError("invalid entries", errors, cl)
+        return out
+
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    for kind in (bool, int, float, str):
+        c.register_structure_hook(kind, _strict(kind))
+    for newtype, (kind, check) in CHECKS.items():
+        c.register_structure_hook(newtype, _checked(kind, check))
+    c.register_structure_hook(datetime, lambda v, _: parse_time(_strict(str)(v, None)))
+    c.register_unstructure_hook(datetime, format_time)
+    c.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _dict_hook(c))
+    # Seed 001 spells this field in camelCase; Python does not.
+    renames = {"commit_message": override(rename="commitMessage")}
+    c.register_structure_hook(
+        platform.Build,
+        make_dict_structure_fn(platform.Build, c, _cattrs_forbid_extra_keys=True, **renames),
+    )
+    c.register_unstructure_hook(
+        platform.Build, make_dict_unstructure_fn(platform.Build, c, **renames)
+    )
+    return c
+
+
+converter = _make_converter()
+
+
+def _path(notes: list[str]) -> str:
+    path = ""
+    for note in notes:
+        path += note if note.startswith("[") else f".{note}"
+    return path.lstrip(".") or "body"
+
+
+def _flatten(exc: BaseException, notes: list[str], out: list[FieldError]) -> None:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for extra in sorted(exc.extra_fields):
+            out.append(FieldError(_path([*notes, extra]), "unknown field"))
+        return
+    if isinstance(exc, cattrs.BaseValidationError):
+        for sub in exc.exceptions:
+            sub_notes = list(notes)
+            for note in getattr(sub, "__notes__", []):
+                # cattrs' notes are str subclasses carrying .name or .index; ours are plain str.
+                if isinstance(note, AttributeValidationNote):
+                    sub_notes.append(note.name)
+                elif isinstance(note, IterableValidationNote):
+                    sub_notes.append(f"[{note.index!r}]")
+                elif type(note) is str and note.startswith("["):
+                    sub_notes.append(note)
+            _flatten(sub, sub_notes, out)
+        return
+    if isinstance(exc, KeyError):
+        out.append(FieldError(_path(notes), "is required"))
+    elif isinstance(exc, ValueError | TypeError):
+        message = str(exc)
+        if isinstance(exc, TypeError) or not message:
+            message = "has the wrong type"
+        out.append(FieldError(_path(notes), message))
+    else:
+        out.append(FieldError(_path(notes), str(exc) or type(exc).__name__))
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Decode plain JSON data into ``cls``, or raise :class:`Invalid` naming every bad field."""
+    if attrs.has(cls) and not isinstance(data, dict):
+        raise Invalid([FieldError("body", f"must be a JSON object, got {_json_type(data)}")])
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        errors: list[FieldError] = []
+        _flatten(exc, [], errors)
+        raise Invalid(errors) from None
+
+
+def unstructure(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON: the form of every etcd value and API body."""
+    return json.dumps(unstructure(obj), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def loads(raw: bytes | str, cls: type[T]) -> T:
+    return structure(json.loads(raw), cls)
+
+
+__all__ = [
+    "ClassValidationError",
+    "FieldError",
+    "Invalid",
+    "converter",
+    "dumps",
+    "format_time",
+    "loads",
+    "parse_time",
+    "structure",
+    "unstructure",
+]

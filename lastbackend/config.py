@@ -1,0 +1,213 @@
+"""Settings: one frozen class, built from defaults < TOML file < ``LB_*`` environment < flags.
+
+Every key is documented, with its default, in ``configs/lastbackend.toml``; a test keeps that file
+and :class:`Settings` in step. Unknown keys in a file are an error, so a typo is never silently
+ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+DEFAULT_LISTEN = "127.0.0.1:2967"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "lastbackend"
+
+
+@attrs.frozen
+class Settings:
+    # [etcd]
+    etcd_endpoints: tuple[str, ...] = ()
+    """Empty: the daemon starts its embedded etcd and uses ``embedded_client``."""
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+    etcd_timeout: float = 5.0
+    embedded_client: str = "127.0.0.1:23790"
+    embedded_peer: str = "127.0.0.1:23800"
+    # [api]
+    listen: str = DEFAULT_LISTEN
+    max_body_bytes: int = 1 << 20
+    shutdown_timeout: float = 30.0
+    # [auth]
+    admin_tokens: tuple[str, ...] = ()
+    read_tokens: tuple[str, ...] = ()
+    # [daemon]
+    data_dir: Path = attrs.field(factory=_default_data_dir)
+    # [log]
+    log_level: str = "info"
+    log_format: str = "json"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The etcd endpoints to talk to: configured ones, or the embedded server's."""
+        return self.etcd_endpoints or (self.embedded_client,)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.etcd_endpoints
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen, "listen")
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.admin_tokens or self.read_tokens)
+
+    def check(self) -> None:
+        """Refuse settings that would start an unsafe or broken server."""
+        host, _ = self.host_port
+        if not self.auth_enabled and not is_loopback(host):
+            raise ConfigError(
+                f"listen address {self.listen} is not loopback and no token is configured: "
+                "set --token / LB_TOKEN (and optionally --read-token) before exposing the API"
+            )
+        if bool(self.etcd_cert) != bool(self.etcd_key):
+            raise ConfigError("--etcd-cert and --etcd-key go together")
+        if (self.etcd_cert or self.etcd_key) and not self.etcd_ca:
+            raise ConfigError("--etcd-cert/--etcd-key need --etcd-ca")
+        for endpoint in self.etcd_endpoints:
+            split_host_port(endpoint, "etcd endpoint")
+        if self.log_level not in {"debug", "info", "warning", "error"}:
+            raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
+        if self.log_format not in {"json", "console"}:
+            raise ConfigError(f"log format must be json or console: {self.log_format}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("api.max_body_bytes must be at least 1024")
+
+
+def split_host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# file layout: [section] key -> Settings field
+FILE_KEYS: Mapping[str, Mapping[str, str]] = {
+    "etcd": {
+        "endpoints": "etcd_endpoints",
+        "ca": "etcd_ca",
+        "cert": "etcd_cert",
+        "key": "etcd_key",
+        "timeout": "etcd_timeout",
+        "embedded_client": "embedded_client",
+        "embedded_peer": "embedded_peer",
+    },
+    "api": {
+        "listen": "listen",
+        "max_body_bytes": "max_body_bytes",
+        "shutdown_timeout": "shutdown_timeout",
+    },
+    "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
+    "daemon": {"data_dir": "data_dir"},
+    "log": {"level": "log_level", "format": "log_format"},
+}
+
+ENV_KEYS: Mapping[str, str] = {
+    "LB_ETCD_ENDPOINTS": "etcd_endpoints",
+    "LB_ETCD_CA": "etcd_ca",
+    "LB_ETCD_CERT": "etcd_cert",
+    "LB_ETCD_KEY": "etcd_key",
+    "LB_LISTEN": "listen",
+    "LB_DATA_DIR": "data_dir",
+    "LB_TOKEN": "admin_tokens",
+    "LB_READ_TOKEN": "read_tokens",
+    "LB_LOG_LEVEL": "log_level",
+}
+
+
+def _coerce(field: str, value: Any, source: str) -> Any:
+    kind = attrs.fields_dict(Settings)[field].type
+    if "tuple" in str(kind):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: must be a list of strings")
+        return tuple(v for v in value if v)
+    if "Path" in str(kind):
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{source}: must be a path")
+        return Path(value).expanduser() if str(value) else None
+    if kind in ("float", float):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{source}: must be a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: must be a number, got {value!r}") from None
+    if kind in ("int", int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: must be an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{source}: must be an integer, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: must be a string")
+    return value
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    out: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in FILE_KEYS or not isinstance(values, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, value in values.items():
+            field = FILE_KEYS[section].get(key)
+            if field is None:
+                raise ConfigError(f"{path}: unknown key {section}.{key}")
+            out[field] = _coerce(field, value, f"{path}: {section}.{key}")
+    return out
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        field: _coerce(field, environ[name], name)
+        for name, field in ENV_KEYS.items()
+        if environ.get(name)
+    }
+
+
+def load(
+    *,
+    file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    values: dict[str, Any] = {}
+    if file is not None:
+        values |= from_file(file)
+    values |= from_env(os.environ if environ is None else environ)
+    for field, value in (flags or {}).items():
+        if value is not None:
+            values[field] = _coerce(field, value, f"--{field.replace('_', '-')}")
+    return Settings(**values)

@@ -1,0 +1,118 @@
+"""Projects, services and their parts: the objects of seed 001, as stored and as sent.
+
+Stored classes hold exactly the document's fields (plus ``description`` and the service
+``command``, extensions the README names); ids live in the key, never in the value. ``*Create``
+classes are what a client may send: ``codec`` refuses unknown fields, so ``created`` cannot be
+forged and a typo is an error rather than a silently ignored field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import attrs
+
+from lastbackend.model.common import (
+    ContainerPath,
+    EnvName,
+    GitRef,
+    Hostname,
+    HostPort,
+    ImageRef,
+    MemoryMB,
+    Name,
+    PortSpec,
+    Replicas,
+    RepoSegment,
+    Text,
+    VolumeName,
+)
+
+
+@attrs.frozen
+class Meta:
+    """``projects/<pid>/meta`` and ``services/<sid>/meta``: the project or service info object."""
+
+    name: Name
+    created: datetime
+    updated: datetime
+    description: Text = Text("")
+
+
+@attrs.frozen
+class ServiceConfig:
+    """``services/<sid>/config``. ``command`` extends seed 001: a container needs something to run.
+
+    ``image`` is what the user asked for; the service's ``image`` key holds what actually runs
+    (the same reference, or a later build's or droplet's image).
+    """
+
+    image: ImageRef | None = None
+    name: str = ""
+    replicas: Replicas = Replicas(1)
+    memory: MemoryMB = MemoryMB(128)
+    command: Text = Text("")
+    ports: dict[PortSpec, HostPort] = attrs.Factory(dict)
+    env: dict[EnvName, str] = attrs.Factory(dict)
+    volumes: dict[VolumeName, ContainerPath] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class ServiceSource:
+    """``services/<sid>/source``: where builds clone from."""
+
+    hub: Hostname
+    owner: RepoSegment
+    repo: RepoSegment
+    branch: GitRef = GitRef("master")
+
+
+Domains = dict[Hostname, bool]
+"""``services/<sid>/domains``: host name -> whether it is active."""
+
+
+@attrs.frozen
+class Container:
+    """``services/<sid>/containers/<id>``, written by the node agent."""
+
+    id: str
+    status: str
+    created: datetime
+    updated: datetime
+    ports: dict[str, int] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class Build:
+    """``services/<sid>/builds/<n>`` and ``images/<iid>/builds/<n>``: the build object."""
+
+    status: str
+    created: datetime
+    updated: datetime
+    commit: str = ""
+    commit_message: str = ""
+    committer: str = ""
+    message: str = ""
+
+
+@attrs.frozen
+class ProjectCreate:
+    name: Name
+    description: Text = Text("")
+
+
+@attrs.frozen
+class ServiceCreate:
+    name: Name
+    description: Text = Text("")
+    config: ServiceConfig = attrs.Factory(ServiceConfig)
+    source: ServiceSource | None = None
+    domains: Domains = attrs.Factory(dict)
+    image: ImageRef | None = None
+
+
+@attrs.frozen
+class ImageBody:
+    """The body of ``PUT .../image``; the key itself holds the bare string."""
+
+    image: ImageRef

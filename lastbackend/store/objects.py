@@ -1,0 +1,322 @@
+"""Named objects stored as a few keys plus a name index, each public call one etcd transaction.
+
+Projects and services share this shape (seed 001): an object is a fixed set of *parts* under its
+id (``meta``, ``config``, ...), a subtree that goes with it, and an index key
+``helper/.../<name> -> <id>`` that keeps names unique. The transactions follow DESIGN.md
+section 5 and Kubernetes' ``storage/etcd3``:
+
+- create compares the index key and the meta key absent (and the parent present), then puts all;
+- update reads, changes, and writes back comparing every part's ``mod_revision`` (retrying on
+  conflict, skipping a write that changes nothing); a rename moves the index key in the same txn;
+- delete compares the meta unchanged and removes the subtree prefixes *with their trailing
+  slash* and the index key, so ``demo`` never touches ``demo2``.
+
+Lookups by name go through a small cache of name -> id. A cached id is only a hint: the read
+that follows checks that the object's meta still carries that name, which (because every rename
+moves index and meta in one txn) proves the index says the same at that revision. A miss or a
+stale hint falls back to reading the index, so the cache never makes a read wrong, only faster.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from lastbackend import codec
+from lastbackend.model.common import is_uuid, new_id, now
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+
+MAX_ATTEMPTS = 16
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(Exception):
+    """The name is taken, or the write lost too many races in a row."""
+
+
+class PreconditionFailed(Exception):
+    """``If-Match`` named a version that is no longer current."""
+
+
+@attrs.frozen
+class Part:
+    """How one part is stored: bare text (the ``image`` key) or compact JSON of ``cls``."""
+
+    cls: Any
+    bare: bool = False
+
+    def encode(self, value: Any) -> bytes:
+        return value.encode() if self.bare else codec.dumps(value)
+
+    def decode(self, raw: bytes) -> Any:
+        return raw.decode() if self.bare else codec.loads(raw, self.cls)
+
+
+@attrs.frozen
+class Layout:
+    """Where one kind of object lives in the tree."""
+
+    kind: str  # "project" | "service": used in messages
+    index: str  # prefix of the name -> id index
+    subtrees: Callable[[str], Sequence[str]]  # id -> prefixes deleted with the object
+    parts: Callable[[str], Mapping[str, str]]  # id -> {part name: key}; "meta" first
+    codecs: Mapping[str, Part]
+    parent: str | None = None  # a key that must exist for the object to be created
+
+    def index_key(self, name: str) -> str:
+        return f"{self.index}{name}"
+
+    def owns_index_key(self, key: str) -> bool:
+        return "/" not in key[len(self.index) :]
+
+
+@attrs.frozen
+class Record:
+    """One object as read: decoded parts (absent ones missing) and the KVs behind them."""
+
+    id: str
+    values: Mapping[str, Any]
+    kvs: Mapping[str, KV | None]
+
+    @property
+    def name(self) -> str:
+        return str(self.values["meta"].name)
+
+    @property
+    def revision(self) -> int:
+        """The object's version, used as its ETag: the newest ``mod_revision`` of its parts."""
+        return max((kv.mod_revision for kv in self.kvs.values() if kv), default=0)
+
+
+@attrs.frozen
+class Page:
+    records: list[Record]
+    total: int
+    revision: int
+
+
+class NameCache:
+    """A bounded LRU of (index, name) -> id; only ever a hint (see the module docstring)."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, key: str) -> str | None:
+        oid = self._ids.get(key)
+        if oid is not None:
+            self._ids.move_to_end(key)
+        return oid
+
+    def put(self, key: str, oid: str) -> None:
+        self._ids[key] = oid
+        self._ids.move_to_end(key)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        self._ids.pop(key, None)
+
+
+class Objects:
+    """The transactions for one layout (one project's services, or all projects)."""
+
+    def __init__(self, etcd: Etcd, layout: Layout, cache: NameCache) -> None:
+        self.etcd = etcd
+        self.layout = layout
+        self.cache = cache
+
+    # reads --------------------------------------------------------------------------------------
+
+    def _record(self, oid: str, kvs: Mapping[str, KV | None]) -> Record | None:
+        if kvs.get("meta") is None:
+            return None
+        values = {part: self.layout.codecs[part].decode(kv.value) for part, kv in kvs.items() if kv}
+        return Record(oid, values, kvs)
+
+    async def _read(self, oid: str, *, revision: int = 0) -> Record | None:
+        part_keys = self.layout.parts(oid)
+        if len(part_keys) == 1:
+            (part, key), *_ = part_keys.items()
+            return self._record(oid, {part: await self.etcd.get(key, revision=revision)})
+        found = await self.etcd.read_many(list(part_keys.values()), revision=revision)
+        return self._record(oid, {part: found.get(key) for part, key in part_keys.items()})
+
+    async def get(self, ref: str) -> Record:
+        """By id or by name; :class:`NotFound` if neither names a live object."""
+        if is_uuid(ref):
+            record = await self._read(ref)
+            if record is None:
+                raise NotFound(f"{self.layout.kind} {ref!r} not found")
+            return record
+        index_key = self.layout.index_key(ref)
+        hint = self.cache.get(index_key)
+        if hint is not None:
+            record = await self._read(hint)
+            if record is not None and record.name == ref:
+                return record
+            self.cache.drop(index_key)
+        for _ in range(MAX_ATTEMPTS):
+            kv = await self.etcd.get(index_key)
+            if kv is None:
+                raise NotFound(f"{self.layout.kind} {ref!r} not found")
+            oid = kv.value.decode()
+            record = await self._read(oid)
+            if record is not None and record.name == ref:
+                self.cache.put(index_key, oid)
+                return record
+            # Renamed or deleted between the two reads: look again.
+        raise Conflict(f"{self.layout.kind} {ref!r} keeps changing; try again")
+
+    async def list(self, *, page: int, per_page: int, descending: bool = False) -> Page:
+        """One page in name order, every record read at the same revision as the index."""
+        index = await self.etcd.range(self.layout.index)
+        entries = [kv for kv in index.kvs if self.layout.owns_index_key(kv.key)]
+        if descending:
+            entries.reverse()
+        chosen = entries[(page - 1) * per_page : page * per_page]
+        ids = [kv.value.decode() for kv in chosen]
+        part_keys = {oid: self.layout.parts(oid) for oid in ids}
+        found = await self.etcd.read_many(
+            [key for parts in part_keys.values() for key in parts.values()],
+            revision=index.revision,
+        )
+        records = []
+        for oid, parts in part_keys.items():
+            record = self._record(oid, {part: found.get(key) for part, key in parts.items()})
+            if record is not None:
+                records.append(record)
+        return Page(records=records, total=len(entries), revision=index.revision)
+
+    # writes -------------------------------------------------------------------------------------
+
+    async def create(self, name: str, values: Mapping[str, Any]) -> Record:
+        """Store a new object under a fresh id; :class:`Conflict` if the name is taken."""
+        oid = new_id()
+        index_key = self.layout.index_key(name)
+        part_keys = self.layout.parts(oid)
+        compare = [Cmp.absent(index_key), Cmp.absent(part_keys["meta"])]
+        if self.layout.parent:
+            compare.append(Cmp.present(self.layout.parent))
+        ops = [Op.put(index_key, oid)]
+        encoded = {}
+        for part, value in values.items():
+            if value is not None:
+                encoded[part] = self.layout.codecs[part].encode(value)
+                ops.append(Op.put(part_keys[part], encoded[part]))
+        result = await self.etcd.txn(compare, ops, [Op.get(index_key)])
+        if not result.succeeded:
+            if self.layout.parent and not result.reads[0]:
+                raise NotFound(f"the parent of {self.layout.kind} {name!r} was deleted")
+            raise Conflict(f"{self.layout.kind} name {name!r} is already taken")
+        self.cache.put(index_key, oid)
+        rev = result.revision
+        kvs = {
+            part: KV(part_keys[part], encoded[part], rev, rev, 1) if part in encoded else None
+            for part in part_keys
+        }
+        return Record(oid, {p: v for p, v in values.items() if v is not None}, kvs)
+
+    async def update(
+        self,
+        ref: str,
+        change: Callable[[Record], Mapping[str, Any]],
+        *,
+        if_match: int | None = None,
+    ) -> Record:
+        """Read-modify-write with retries (Kubernetes' GuaranteedUpdate).
+
+        ``change`` gets the current record and returns the new value of every part (``None``
+        deletes a part); it may raise to refuse the change. It can run more than once.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            current = await self.get(ref)
+            if if_match is not None and current.revision != if_match:
+                raise PreconditionFailed(
+                    f"{self.layout.kind} is at version {current.revision}, not {if_match}"
+                )
+            wanted = dict(change(current))
+            ops = self._diff(current, wanted)
+            if not ops:
+                return current
+            if "meta" in wanted:  # something changed: the object was updated now
+                wanted["meta"] = attrs.evolve(wanted["meta"], updated=now())
+                ops = self._diff(current, wanted)
+            part_keys = self.layout.parts(current.id)
+            compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
+            new_name = str(wanted["meta"].name)
+            renamed = new_name != current.name
+            new_index = self.layout.index_key(new_name)
+            if renamed:
+                compare.append(Cmp.absent(new_index))
+                ops += [
+                    Op.delete(self.layout.index_key(current.name)),
+                    Op.put(new_index, current.id),
+                ]
+            result = await self.etcd.txn(compare, ops, [Op.get(new_index)])
+            if result.succeeded:
+                if renamed:
+                    self.cache.drop(self.layout.index_key(current.name))
+                    self.cache.put(new_index, current.id)
+                return self._written(current, wanted, result.revision)
+            taken = result.reads[0]
+            if renamed and taken and taken[0].value.decode() != current.id:
+                raise Conflict(f"{self.layout.kind} name {new_name!r} is already taken")
+        raise Conflict(f"{self.layout.kind} {ref!r} is changing too fast; try again")
+
+    def _diff(self, current: Record, wanted: Mapping[str, Any]) -> list[Op]:
+        part_keys = self.layout.parts(current.id)
+        ops: list[Op] = []
+        for part, value in wanted.items():
+            old = current.kvs.get(part)
+            if value is None:
+                if old is not None:
+                    ops.append(Op.delete(part_keys[part]))
+                continue
+            raw = self.layout.codecs[part].encode(value)
+            if old is None or old.value != raw:
+                ops.append(Op.put(part_keys[part], raw))
+        return ops
+
+    def _written(self, current: Record, wanted: Mapping[str, Any], revision: int) -> Record:
+        """The record as the successful txn left it, without reading it back."""
+        values = dict(current.values)
+        kvs = dict(current.kvs)
+        for part, value in wanted.items():
+            key = self.layout.parts(current.id)[part]
+            if value is None:
+                values.pop(part, None)
+                kvs[part] = None
+                continue
+            raw = self.layout.codecs[part].encode(value)
+            old = kvs.get(part)
+            if old is None or old.value != raw:
+                created = old.create_revision if old else revision
+                kvs[part] = KV(key, raw, created, revision, (old.version if old else 0) + 1)
+            values[part] = value
+        return Record(current.id, values, kvs)
+
+    async def delete(self, ref: str, *, if_match: int | None = None) -> Record:
+        """Remove the object, its subtrees and its index key in one transaction."""
+        for _ in range(MAX_ATTEMPTS):
+            current = await self.get(ref)
+            if if_match is not None and current.revision != if_match:
+                raise PreconditionFailed(
+                    f"{self.layout.kind} is at version {current.revision}, not {if_match}"
+                )
+            meta_key = self.layout.parts(current.id)["meta"]
+            compare = [Cmp.unchanged(current.kvs["meta"], meta_key)]
+            index_key = self.layout.index_key(current.name)
+            ops = [Op.delete_prefix(p) for p in self.layout.subtrees(current.id)]
+            ops.append(Op.delete(index_key))
+            result = await self.etcd.txn(compare, ops)
+            if result.succeeded:
+                self.cache.drop(index_key)
+                return current
+        raise Conflict(f"{self.layout.kind} {ref!r} is changing too fast; try again")

@@ -1,0 +1,24 @@
+"""Projects: ``projects/<pid>/meta`` plus ``helper/projects/<name> -> <pid>`` (seed 001).
+
+Project names are unique in the installation: seed 001 asks for uniqueness per owner, and its
+key tree indexes names globally, so one installation is one owner.
+"""
+
+from __future__ import annotations
+
+from lastbackend.model.platform import Meta
+from lastbackend.store import keys
+from lastbackend.store.etcd import Etcd
+from lastbackend.store.objects import Layout, NameCache, Objects, Part
+
+LAYOUT = Layout(
+    kind="project",
+    index=keys.HELPER_PROJECTS,
+    subtrees=lambda pid: (keys.project(pid), keys.project_helpers(pid)),
+    parts=lambda pid: {"meta": keys.project_meta(pid)},
+    codecs={"meta": Part(Meta)},
+)
+
+
+def projects(etcd: Etcd, cache: NameCache) -> Objects:
+    return Objects(etcd, LAYOUT, cache)
