@@ -131,16 +131,14 @@ def auth(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not settings.auth_enabled or request.path in PUBLIC_PATHS:
-            request["role"] = "admin"
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise ApiError(401, "send Authorization: Bearer <token>", headers=_CHALLENGE)
         if _matches(token, settings.admin_tokens):
-            request["role"] = "admin"
+            pass
         elif _matches(token, settings.read_tokens):
-            request["role"] = "read"
             if request.method not in SAFE_METHODS:
                 raise ApiError(403, "this token is read-only; writes need an admin token")
         else:
