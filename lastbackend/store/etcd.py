@@ -65,7 +65,7 @@ class Op:
     kind: str  # "put" | "delete" | "get"
     key: str
     value: bytes = b""
-    range_end: str = ""
+    range_end: bytes = b""
     revision: int = 0
     lease: int = 0
     keys_only: bool = False
@@ -96,7 +96,7 @@ class Op:
 
     def to_proto(self) -> RequestOp:
         key = self.key.encode()
-        end = self.range_end.encode()
+        end = self.range_end
         if self.kind == "put":
             return RequestOp(request_put=PutRequest(key=key, value=self.value, lease=self.lease))
         if self.kind == "delete":

@@ -17,15 +17,18 @@ SERVICE_PARTS = ("meta", "config", "source", "domains", "image")
 """The single-value keys of a service, in the order the API composes them."""
 
 
-def prefix_end(prefix: str) -> str:
-    """The exclusive end of a range covering every key that starts with ``prefix``."""
+def prefix_end(prefix: str) -> bytes:
+    """The exclusive end of a range covering every key that starts with ``prefix``.
+
+    Bytes, not text: incrementing the last byte of a UTF-8 string need not give valid UTF-8.
+    """
     raw = bytearray(prefix.encode())
     while raw and raw[-1] == 0xFF:
         raw.pop()
     if not raw:
-        return "\0"
+        return b"\0"
     raw[-1] += 1
-    return raw.decode()
+    return bytes(raw)
 
 
 # projects ---------------------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up everything lastbackend needs on a Debian machine, then run it.
+#
+#   scripts/bootstrap.sh daemon [flags]      start `lastbackend daemon` on its embedded defaults
+#   scripts/bootstrap.sh test [pytest args]  run the whole test suite (real etcd, started by fixtures)
+#   scripts/bootstrap.sh setup               only install
+#
+# Installs what is missing: Debian's etcd-server (the etcd binary the daemon and the tests start),
+# etcd-client (etcdctl, for admins), git, python3-venv; then a virtualenv in .venv with the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v git >/dev/null || missing+=(git)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# (Re)install the package when pyproject.toml changes.
+stamp=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "bootstrap: installing the package into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+
+cmd="${1:-daemon}"
+shift || true
+case "$cmd" in
+  daemon) exec .venv/bin/lastbackend daemon "$@" ;;
+  test) exec .venv/bin/pytest "$@" ;;
+  setup) ;;
+  *) echo "usage: $0 daemon|test|setup [args]" >&2; exit 2 ;;
+esac
