@@ -87,8 +87,11 @@ def test_good_images(image: str) -> None:
 def test_defaults_fill_a_minimal_service() -> None:
     spec = codec.structure({"name": "web"}, ServiceCreate)
     assert spec.config == ServiceConfig()
-    assert spec.config.replicas == 1 and spec.config.memory == 128
-    assert spec.source is None and spec.domains == {} and spec.image is None
+    assert spec.config.replicas == 1
+    assert spec.config.memory == 128
+    assert spec.source is None
+    assert spec.domains == {}
+    assert spec.image is None
 
 
 def test_timestamps_are_rfc3339_utc() -> None:
@@ -107,7 +110,8 @@ def test_build_uses_the_documents_field_names() -> None:
     t = datetime(2017, 3, 1, tzinfo=UTC)
     build = Build("failed", t, t, commit="a45", commit_message="Merge", message="clone repo failed")
     data = codec.unstructure(build)
-    assert data["commitMessage"] == "Merge" and "commit_message" not in data
+    assert data["commitMessage"] == "Merge"
+    assert "commit_message" not in data
     assert codec.structure(data, Build) == build
 
 
