@@ -22,6 +22,8 @@ from typing import Any
 from aiohttp import web
 
 from lastbackend import config, logs
+from lastbackend.api.app import make_app
+from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
 from lastbackend.logs import log
 from lastbackend.model.common import MASK, mask_secrets
@@ -104,8 +106,6 @@ def connect(settings: Settings) -> Etcd:
 
 
 async def serve(settings: Settings, *, embedded: bool) -> int:
-    from lastbackend.api.app import make_app
-
     etcd_server: EmbeddedEtcd | None = None
     if embedded and settings.embedded:
         etcd_server = EmbeddedEtcd(
@@ -117,7 +117,10 @@ async def serve(settings: Settings, *, embedded: bool) -> int:
         log.info(
             "starting embedded etcd", endpoint=etcd_server.endpoint, data_dir=str(settings.data_dir)
         )
-        await asyncio.to_thread(etcd_server.start)
+        # Spawned on the main thread: PR_SET_PDEATHSIG follows the thread that forked the child,
+        # and a worker thread may exit long before the daemon does.
+        etcd_server.spawn()
+        await asyncio.to_thread(etcd_server.wait_healthy, 30.0)
     try:
         async with connect(settings) as etcd:
             app = make_app(settings, etcd)
@@ -128,7 +131,7 @@ async def serve(settings: Settings, *, embedded: bool) -> int:
                 runner, host, port, shutdown_timeout=settings.shutdown_timeout
             ).start()
             log.info("listening", listen=settings.listen, etcd=",".join(settings.endpoints))
-            await _until_signalled(runner)
+            await _until_signalled(runner, app[INFLIGHT], settings.shutdown_timeout)
             log.info("stopped")
     finally:
         if etcd_server is not None:
@@ -137,7 +140,7 @@ async def serve(settings: Settings, *, embedded: bool) -> int:
     return 0
 
 
-async def _until_signalled(runner: web.AppRunner) -> None:
+async def _until_signalled(runner: web.AppRunner, inflight: InFlight, grace: float) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     main = asyncio.current_task()
@@ -154,6 +157,12 @@ async def _until_signalled(runner: web.AppRunner) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stop.wait()
+    for site in list(runner.sites):
+        await site.stop()  # no new connections; open ones keep being served
+    try:
+        await asyncio.wait_for(inflight.idle(), grace)
+    except TimeoutError:
+        log.warning("shutdown timeout: closing requests still in flight", count=inflight.count)
     await runner.cleanup()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)

@@ -13,16 +13,18 @@ from lastbackend.store.etcd import Etcd
 
 def make_app(settings: Settings, etcd: Etcd) -> web.Application:
     registry = CollectorRegistry()
+    inflight = middlewares.InFlight()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
-            middlewares.observe(middlewares.Metrics(registry)),
+            middlewares.observe(middlewares.Metrics(registry), inflight),
             middlewares.errors,
             middlewares.auth(settings),
         ],
     )
     app[STATE] = State(settings=settings, etcd=etcd)
     app[system.REGISTRY] = registry
+    app[middlewares.INFLIGHT] = inflight
     for family in (system, projects, services):
         app.router.add_routes(family.routes)
     return app

@@ -6,6 +6,7 @@ and inside metrics so refusals are counted.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -48,15 +49,44 @@ class Metrics:
         )
 
 
+class InFlight:
+    """Requests being handled now; shutdown waits for this to reach zero before closing sockets.
+
+    aiohttp's own cleanup closes every connection first, which drops a request whose body is
+    still arriving, so draining needs its own count.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+INFLIGHT = web.AppKey("inflight", InFlight)
+
+
 def _route(request: web.Request) -> str:
     info = request.match_info
     resource = info.route.resource if info.route else None
     return resource.canonical if resource is not None else "unmatched"
 
 
-def observe(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+def observe(metrics: Metrics, inflight: InFlight) -> web.middleware:  # type: ignore[valid-type]
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        inflight.enter()
         rid = request.headers.get("X-Request-ID", "")
         if not _REQUEST_ID.fullmatch(rid):
             rid = uuid.uuid4().hex
@@ -81,6 +111,7 @@ def observe(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
                 ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+            inflight.leave()
 
     return middleware
 

@@ -82,6 +82,11 @@ class EmbeddedEtcd:
         ]
 
     def start(self, timeout: float = 30.0) -> None:
+        self.spawn()
+        self.wait_healthy(timeout)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be healthy."""
         if self.proc and self.proc.poll() is None:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,6 @@ class EmbeddedEtcd:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
-        self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
