@@ -278,11 +278,19 @@ class Objects:
             if value is None:
                 if old is not None:
                     ops.append(Op.delete(part_keys[part]))
-                continue
-            raw = self.layout.codecs[part].encode(value)
-            if old is None or old.value != raw:
-                ops.append(Op.put(part_keys[part], raw))
+            elif self._changed(part, old, value):
+                ops.append(Op.put(part_keys[part], self.layout.codecs[part].encode(value)))
         return ops
+
+    def _changed(self, part: str, old: KV | None, value: Any) -> bool:
+        """Whether ``value`` differs from what ``old`` holds: by meaning, not by bytes.
+
+        The same mapping sent in another key order encodes differently but is no change.
+        """
+        if old is None:
+            return True
+        part_codec = self.layout.codecs[part]
+        return old.value != part_codec.encode(value) and part_codec.decode(old.value) != value
 
     def _written(self, current: Record, wanted: Mapping[str, Any], revision: int) -> Record:
         """The record as the successful txn left it, without reading it back."""
@@ -294,9 +302,9 @@ class Objects:
                 values.pop(part, None)
                 kvs[part] = None
                 continue
-            raw = self.layout.codecs[part].encode(value)
             old = kvs.get(part)
-            if old is None or old.value != raw:
+            if self._changed(part, old, value):
+                raw = self.layout.codecs[part].encode(value)
                 created = old.create_revision if old else revision
                 kvs[part] = KV(key, raw, created, revision, (old.version if old else 0) + 1)
             values[part] = value
@@ -310,8 +318,10 @@ class Objects:
                 raise PreconditionFailed(
                     f"{self.layout.kind} is at version {current.revision}, not {if_match}"
                 )
-            meta_key = self.layout.parts(current.id)["meta"]
-            compare = [Cmp.unchanged(current.kvs["meta"], meta_key)]
+            # Every part as read: a part can change without meta's bytes changing, and
+            # If-Match promised the whole object is at the version the client saw.
+            part_keys = self.layout.parts(current.id)
+            compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
             index_key = self.layout.index_key(current.name)
             ops = [Op.delete_prefix(p) for p in self.layout.subtrees(current.id)]
             ops.append(Op.delete(index_key))
