@@ -70,6 +70,11 @@ def _strict(kind: type) -> Callable[[Any, Any], Any]:
             return float(value)
         if not ok:
             raise ValueError(f"must be {name}, got {_json_type(value)}")
+        if kind is str:
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text: it holds a lone surrogate") from None
         return value
 
     return hook
@@ -118,6 +123,19 @@ def _dict_hook(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
     return hook
 
 
+def _object_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], Any]:
+    """Nested model objects must arrive as JSON objects too (the top level is checked in
+    :func:`structure`); cattrs would otherwise fail with "'list' object has no attribute 'keys'"."""
+    inner = make_dict_structure_fn(cl, converter, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be an object, got {_json_type(value)}")
+        return inner(value, cl)
+
+    return hook
+
+
 def _make_converter() -> cattrs.Converter:
     c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for kind in (bool, int, float, str):
@@ -127,6 +145,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(datetime, lambda v, _: parse_time(_strict(str)(v, None)))
     c.register_unstructure_hook(datetime, format_time)
     c.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _dict_hook(c))
+    c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
     # Seed 001 spells this field in camelCase; Python does not.
     renames = {"commit_message": override(rename="commitMessage")}
     c.register_structure_hook(

@@ -52,7 +52,9 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, "the request body is empty; a JSON object is required")
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, and integers past Python's digit limit;
+        # RecursionError: nesting deeper than the parser's recursion limit.
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
 

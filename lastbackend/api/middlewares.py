@@ -23,7 +23,7 @@ from lastbackend.codec import Invalid
 from lastbackend.config import Settings
 from lastbackend.logs import log
 from lastbackend.store.etcd import StoreUnavailable
-from lastbackend.store.objects import Conflict, NotFound, PreconditionFailed
+from lastbackend.store.objects import Conflict, Contention, NotFound, PreconditionFailed
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -126,6 +126,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return ApiError(422, *map(str, exc.errors)).response()
     except NotFound as exc:
         return ApiError(404, str(exc)).response()
+    except Contention as exc:
+        return ApiError(409, str(exc), title="CF-ConcurrencyError", code=10017).response()
     except Conflict as exc:
         return ApiError(409, str(exc)).response()
     except PreconditionFailed as exc:
@@ -135,8 +137,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return ApiError(503, "the store (etcd) is unavailable; nothing was written").response(
             {"Retry-After": "1"}
         )
-    except web.HTTPRequestEntityTooLarge as exc:
-        return ApiError(413, f"the request body is larger than {exc.max_size} bytes").response()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.client_max_size
+        return ApiError(413, f"the request body is larger than {limit} bytes").response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -19,8 +19,10 @@ stale hint falls back to reading the index, so the cache never makes a read wron
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -29,7 +31,22 @@ from lastbackend import codec
 from lastbackend.model.common import is_uuid, new_id, now
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
 
-MAX_ATTEMPTS = 16
+MAX_ATTEMPTS = 16  # rounds of a lookup by name that keeps seeing renames
+RETRY_DEADLINE = 10.0  # seconds a write keeps retrying lost races before giving up
+
+
+async def _retries() -> AsyncIterator[int]:
+    """Attempt numbers for a read-modify-write: immediately, then with jittered exponential
+    backoff (1 ms doubling to 100 ms) until :data:`RETRY_DEADLINE`, as GuaranteedUpdate does
+    until its context deadline. Contention costs latency, not a spurious 409."""
+    deadline = asyncio.get_running_loop().time() + RETRY_DEADLINE
+    attempt = 0
+    while True:
+        yield attempt
+        attempt += 1
+        if asyncio.get_running_loop().time() >= deadline:
+            return
+        await asyncio.sleep(random.uniform(0, min(0.001 * 2**attempt, 0.1)))
 
 
 class NotFound(LookupError):
@@ -38,6 +55,10 @@ class NotFound(LookupError):
 
 class Conflict(Exception):
     """The name is taken, or the write lost too many races in a row."""
+
+
+class Contention(Conflict):
+    """Other writers kept changing the object until the retry deadline ran out."""
 
 
 class PreconditionFailed(Exception):
@@ -172,7 +193,7 @@ class Objects:
                 self.cache.put(index_key, oid)
                 return record
             # Renamed or deleted between the two reads: look again.
-        raise Conflict(f"{self.layout.kind} {ref!r} keeps changing; try again")
+        raise Contention(f"{self.layout.kind} {ref!r} keeps changing; try again")
 
     async def list(self, *, page: int, per_page: int, descending: bool = False) -> Page:
         """One page in name order, every record read at the same revision as the index."""
@@ -235,7 +256,7 @@ class Objects:
         ``change`` gets the current record and returns the new value of every part (``None``
         deletes a part); it may raise to refuse the change. It can run more than once.
         """
-        for _ in range(MAX_ATTEMPTS):
+        async for _ in _retries():
             current = await self.get(ref)
             if if_match is not None and current.revision != if_match:
                 raise PreconditionFailed(
@@ -268,7 +289,7 @@ class Objects:
             taken = result.reads[0]
             if renamed and taken and taken[0].value.decode() != current.id:
                 raise Conflict(f"{self.layout.kind} name {new_name!r} is already taken")
-        raise Conflict(f"{self.layout.kind} {ref!r} is changing too fast; try again")
+        raise Contention(f"{self.layout.kind} {ref!r} is changing too fast; try again")
 
     def _diff(self, current: Record, wanted: Mapping[str, Any]) -> list[Op]:
         part_keys = self.layout.parts(current.id)
@@ -312,7 +333,7 @@ class Objects:
 
     async def delete(self, ref: str, *, if_match: int | None = None) -> Record:
         """Remove the object, its subtrees and its index key in one transaction."""
-        for _ in range(MAX_ATTEMPTS):
+        async for _ in _retries():
             current = await self.get(ref)
             if if_match is not None and current.revision != if_match:
                 raise PreconditionFailed(
@@ -329,4 +350,4 @@ class Objects:
             if result.succeeded:
                 self.cache.drop(index_key)
                 return current
-        raise Conflict(f"{self.layout.kind} {ref!r} is changing too fast; try again")
+        raise Contention(f"{self.layout.kind} {ref!r} is changing too fast; try again")
