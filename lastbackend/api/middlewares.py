@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -47,6 +48,17 @@ class Metrics:
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # labels() hashes and locks on every call; the label sets are few, so keep the children.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.latency.labels(method, route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class InFlight:
@@ -101,8 +113,7 @@ def observe(metrics: Metrics, inflight: InFlight) -> web.middleware:  # type: ig
         finally:
             elapsed = time.perf_counter() - started
             route = _route(request)
-            metrics.requests.labels(request.method, route, str(status)).inc()
-            metrics.latency.labels(request.method, route).observe(elapsed)
+            metrics.observe(request.method, route, status, elapsed)
             log.info(
                 "request",
                 method=request.method,

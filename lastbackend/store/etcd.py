@@ -283,6 +283,14 @@ class Etcd:
             more=resp.more,
         )
 
+    async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Every (key, value) under ``prefix`` as raw bytes, and the revision read at.
+
+        For large indexes: building a :class:`KV` per entry costs more than the read itself.
+        """
+        resp = await self._call(self._kv.get(prefix, prefix_end(prefix), timeout=self.timeout))
+        return int(resp.header.revision), [(kv.key, kv.value) for kv in resp.kvs]
+
     async def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
         resp = await self._call(self._kv.put(key, value, lease=lease, timeout=self.timeout))
         return int(resp.header.revision)

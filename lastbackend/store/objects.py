@@ -93,9 +93,6 @@ class Layout:
     def index_key(self, name: str) -> str:
         return f"{self.index}{name}"
 
-    def owns_index_key(self, key: str) -> bool:
-        return "/" not in key[len(self.index) :]
-
 
 @attrs.frozen
 class Record:
@@ -197,23 +194,24 @@ class Objects:
 
     async def list(self, *, page: int, per_page: int, descending: bool = False) -> Page:
         """One page in name order, every record read at the same revision as the index."""
-        index = await self.etcd.range(self.layout.index)
-        entries = [kv for kv in index.kvs if self.layout.owns_index_key(kv.key)]
+        revision, pairs = await self.etcd.pairs(self.layout.index)
+        skip = len(self.layout.index.encode())
+        entries = [value for key, value in pairs if b"/" not in key[skip:]]  # not sub-indexes
+        total = len(entries)
         if descending:
             entries.reverse()
-        chosen = entries[(page - 1) * per_page : page * per_page]
-        ids = [kv.value.decode() for kv in chosen]
+        ids = [oid.decode() for oid in entries[(page - 1) * per_page : page * per_page]]
         part_keys = {oid: self.layout.parts(oid) for oid in ids}
         found = await self.etcd.read_many(
             [key for parts in part_keys.values() for key in parts.values()],
-            revision=index.revision,
+            revision=revision,
         )
         records = []
         for oid, parts in part_keys.items():
             record = self._record(oid, {part: found.get(key) for part, key in parts.items()})
             if record is not None:
                 records.append(record)
-        return Page(records=records, total=len(entries), revision=index.revision)
+        return Page(records=records, total=total, revision=revision)
 
     # writes -------------------------------------------------------------------------------------
 
