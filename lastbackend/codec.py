@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -28,6 +28,7 @@ from lastbackend.model import platform
 from lastbackend.model.common import CHECKS
 
 T = TypeVar("T")
+_ZERO = timedelta(0)
 
 
 @attrs.frozen
@@ -48,7 +49,9 @@ class Invalid(ValueError):
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    v = value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+    # f-string, not strftime: this runs twice per object in every response.
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
 
 
 def parse_time(value: str) -> datetime:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,7 +101,7 @@ def observe(metrics: Metrics, inflight: InFlight) -> web.middleware:  # type: ig
         inflight.enter()
         rid = request.headers.get("X-Request-ID", "")
         if not _REQUEST_ID.fullmatch(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         status = 500

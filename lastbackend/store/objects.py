@@ -119,27 +119,52 @@ class Page:
     revision: int
 
 
+_MISSING = object()
+
+
+class LRU:
+    """A bounded least-recently-used mapping."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        value = self._items.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: Any) -> None:
+        self._items.pop(key, None)
+
+
 class NameCache:
-    """A bounded LRU of (index, name) -> id; only ever a hint (see the module docstring)."""
+    """Per-process read caches; neither can make a read wrong (see the module docstring).
+
+    ``ids``: (index, name) -> id, a hint checked against the meta it leads to.
+    ``values``: (key, mod_revision) -> decoded value, immutable by construction.
+    """
 
     def __init__(self, size: int = 16384) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, str] = OrderedDict()
+        self.ids = LRU(size)
+        self.values = LRU(size)
 
     def get(self, key: str) -> str | None:
-        oid = self._ids.get(key)
-        if oid is not None:
-            self._ids.move_to_end(key)
-        return oid
+        return self.ids.get(key)  # type: ignore[no-any-return]
 
     def put(self, key: str, oid: str) -> None:
-        self._ids[key] = oid
-        self._ids.move_to_end(key)
-        while len(self._ids) > self._size:
-            self._ids.popitem(last=False)
+        self.ids.put(key, oid)
 
     def drop(self, key: str) -> None:
-        self._ids.pop(key, None)
+        self.ids.drop(key)
 
 
 class Objects:
@@ -155,8 +180,20 @@ class Objects:
     def _record(self, oid: str, kvs: Mapping[str, KV | None]) -> Record | None:
         if kvs.get("meta") is None:
             return None
-        values = {part: self.layout.codecs[part].decode(kv.value) for part, kv in kvs.items() if kv}
+        values = {part: self._decode(part, kv) for part, kv in kvs.items() if kv}
         return Record(oid, values, kvs)
+
+    def _decode(self, part: str, kv: KV) -> Any:
+        """A key's value at a revision never changes, so its decoded form is reused.
+
+        Cached values are shared between requests: treat them as immutable.
+        """
+        token = (kv.key, kv.mod_revision)
+        value = self.cache.values.get(token, _MISSING)
+        if value is _MISSING:
+            value = self.layout.codecs[part].decode(kv.value)
+            self.cache.values.put(token, value)
+        return value
 
     async def _read(self, oid: str, *, revision: int = 0) -> Record | None:
         part_keys = self.layout.parts(oid)
