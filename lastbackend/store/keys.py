@@ -121,3 +121,42 @@ def is_project_name_key(key: str) -> bool:
 def leaf(key: str) -> str:
     """The last segment of a key: a name in an index, an id in a collection."""
     return key.rsplit("/", 1)[-1]
+
+
+# added by DESIGN.md section 4 ------------------------------------------------------------------
+
+REGISTRIES = f"{ROOT}registries/"
+
+
+def registry(host: str) -> str:
+    """``registries/<host>``: a registry account (password encrypted)."""
+    return f"{REGISTRIES}{host}"
+
+
+NODES = f"{ROOT}nodes/"
+
+
+def node(name: str) -> str:
+    """``nodes/<name>``: a node agent's info, on its lease."""
+    return f"{NODES}{name}"
+
+
+PODS = f"{ROOT}pods/"
+
+
+def node_pods(node_name: str) -> str:
+    """The pods assigned to a node (with its trailing slash)."""
+    return f"{PODS}{node_name}/"
+
+
+def pod_spec(node_name: str, pod_id: str) -> str:
+    """``pods/<node>/<pod id>``: a pod spec assigned to a node."""
+    return f"{node_pods(node_name)}{pod_id}"
+
+
+LEADERS = f"{ROOT}system/leader/"
+
+
+def leader(controller: str) -> str:
+    """``system/leader/<controller>``: the election key of one controller, on the leader's lease."""
+    return f"{LEADERS}{controller}"
