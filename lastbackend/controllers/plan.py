@@ -1,0 +1,101 @@
+"""What the services controller should do next for one service: pure functions, no I/O.
+
+The controller calls :func:`plan` on every reconcile with what it sees (desired replicas and
+template, the service's pods and whether their containers run, the live nodes) and carries out
+the returned :class:`Plan`; the next reconcile, triggered by the writes and by container reports,
+takes the next step. Keeping the decision pure makes every rule testable without etcd or Docker:
+
+- pods on nodes that are gone are deleted (their lease expired), so they are replaced;
+- with no rollout under way, missing pods are created and extra ones deleted, newest first;
+- a rollout (pods of an older template exist) surges by one: at most ``replicas + 1`` pods, and
+  an old pod that serves is removed only while the serving count stays at ``replicas`` or more,
+  so a service never drops to zero running while its new pods start (or fail to start);
+- old pods that do not serve are removed at once: they add nothing and block the surge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from lastbackend.model.pods import Node, Pod
+
+SURGE = 1
+
+
+@attrs.frozen
+class Observed:
+    pod: Pod
+    running: bool
+
+
+@attrs.frozen
+class Plan:
+    create: int = 0
+    delete: tuple[Pod, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.create and not self.delete
+
+
+def _newest_first(pods: Iterable[Observed]) -> list[Observed]:
+    return sorted(pods, key=lambda o: (o.pod.created, o.pod.id), reverse=True)
+
+
+def _oldest_first(pods: Iterable[Observed]) -> list[Observed]:
+    return sorted(pods, key=lambda o: (o.pod.created, o.pod.id))
+
+
+def plan(
+    replicas: int, template: str | None, pods: Sequence[Observed], live_nodes: set[str]
+) -> Plan:
+    """The next step towards ``replicas`` pods of ``template`` (``None``: no image, no pods)."""
+    lost = [o for o in pods if o.pod.node not in live_nodes]
+    alive = [o for o in pods if o.pod.node in live_nodes]
+    if template is None or replicas == 0:
+        return Plan(delete=tuple(o.pod for o in pods))
+
+    new = [o for o in alive if o.pod.template == template]
+    old = [o for o in alive if o.pod.template != template]
+    delete = [o.pod for o in lost]
+
+    if len(new) > replicas:  # scale down: the newest go first
+        delete += [o.pod for o in _newest_first(new)[: len(new) - replicas]]
+        new = _newest_first(new)[len(new) - replicas :]
+
+    old_idle = [o for o in old if not o.running]
+    old_serving = [o for o in old if o.running]
+    delete += [o.pod for o in old_idle]
+
+    serving = sum(o.running for o in new) + len(old_serving)
+    removable = max(0, serving - replicas)
+    retire = _oldest_first(old_serving)[:removable]
+    delete += [o.pod for o in retire]
+    remaining_old = len(old_serving) - len(retire)
+
+    limit = replicas + SURGE if remaining_old else replicas
+    create = max(0, min(replicas - len(new), limit - len(new) - remaining_old))
+    return Plan(create=create, delete=tuple(delete))
+
+
+def choose_nodes(nodes: Sequence[Node], pods: Iterable[Pod], memory: int, count: int) -> list[str]:
+    """Nodes for ``count`` new pods of ``memory`` MB, most free memory first (ties by name).
+
+    Fewer than ``count`` names means the rest do not fit anywhere now; the controller retries
+    later, when a node joins or pods go.
+    """
+    free = {node.name: node.memory for node in nodes}
+    for pod in pods:
+        if pod.node in free:
+            free[pod.node] -= pod.spec.memory
+    chosen: list[str] = []
+    for _ in range(count):
+        fits = [(-room, name) for name, room in free.items() if room >= memory]
+        if not fits:
+            break
+        _, name = min(fits)
+        free[name] -= memory
+        chosen.append(name)
+    return chosen

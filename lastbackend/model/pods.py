@@ -1,0 +1,71 @@
+"""Pods and nodes: what the services controller assigns and what node agents report.
+
+A pod is one running copy of a service: its spec is frozen at creation (a config change makes
+new pods and retires old ones, never edits a pod), so a node agent can name its container after
+the pod id and a restarted agent adopts what it finds instead of guessing what changed.
+``template`` is a short hash of the spec: pods of the current template are "new", others "old".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+
+import attrs
+
+from lastbackend.model.platform import ServiceConfig
+
+
+@attrs.frozen
+class PodSpec:
+    """What a container of the service runs: the service's config and image at one moment."""
+
+    image: str
+    command: str = ""
+    memory: int = 128
+    env: dict[str, str] = attrs.Factory(dict)
+    ports: dict[str, int] = attrs.Factory(dict)
+    volumes: dict[str, str] = attrs.Factory(dict)
+
+    @classmethod
+    def of(cls, config: ServiceConfig, image: str) -> PodSpec:
+        return cls(
+            image=image,
+            command=config.command,
+            memory=config.memory,
+            env=dict(config.env),
+            ports=dict(config.ports),
+            volumes=dict(config.volumes),
+        )
+
+    @property
+    def template(self) -> str:
+        """A stable 12-hex-digit hash of the spec: equal specs, equal templates."""
+        raw = json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha1(raw.encode()).hexdigest()[:12]
+
+
+@attrs.frozen
+class Pod:
+    """``pods/<node>/<pod id>``; ``helper/pods/<pod id>`` holds ``<pid>:<sid>`` beside it."""
+
+    id: str
+    project: str
+    service: str
+    node: str
+    template: str
+    spec: PodSpec
+    created: datetime
+
+
+@attrs.frozen
+class Node:
+    """``nodes/<name>``, written by the node agent on its lease: gone when the agent is."""
+
+    name: str
+    hostname: str
+    memory: int  # MB the node offers to pods
+    cpus: int
+    docker_version: str
+    updated: datetime
