@@ -73,13 +73,19 @@ Domains = dict[Hostname, bool]
 
 @attrs.frozen
 class Container:
-    """``services/<sid>/containers/<id>``, written by the node agent."""
+    """``services/<sid>/containers/<id>``, written by the node agent.
+
+    ``pod`` and ``node`` extend seed 001's object: they tie a container to the pod it runs, which
+    the services controller needs to tell when a rollout's new pods are serving.
+    """
 
     id: str
     status: str
     created: datetime
     updated: datetime
     ports: dict[str, int] = attrs.Factory(dict)
+    pod: str = ""
+    node: str = ""
 
 
 @attrs.frozen
