@@ -24,10 +24,12 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from lastbackend.model import platform
-from lastbackend.model.common import CHECKS
+from lastbackend.model import common, platform, registries
 
 T = TypeVar("T")
+
+CHECKS = {**common.CHECKS, **registries.CHECKS}
+"""Every validated type of every family, with its JSON type and checker."""
 _ZERO = timedelta(0)
 
 

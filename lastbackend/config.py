@@ -7,6 +7,8 @@ ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import tomllib
@@ -51,6 +53,11 @@ class Settings:
     # [log]
     log_level: str = "info"
     log_format: str = "json"
+    # [secrets]
+    secret_key: str = attrs.field(default="", repr=False)
+    """A Fernet key (never printed). Empty: the key in ``secret_key_file``."""
+    secret_key_file: Path | None = None
+    """Empty: ``<data_dir>/secret.key``, created with mode 0600 on first use."""
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -64,6 +71,11 @@ class Settings:
     @property
     def host_port(self) -> tuple[str, int]:
         return split_host_port(self.listen, "listen")
+
+    @property
+    def secret_key_path(self) -> Path:
+        """The key file used when no key is configured: the same for every process of one host."""
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def auth_enabled(self) -> bool:
@@ -89,6 +101,12 @@ class Settings:
             raise ConfigError(f"log format must be json or console: {self.log_format}")
         if self.max_body_bytes < 1024:
             raise ConfigError("api.max_body_bytes must be at least 1024")
+        if self.secret_key and not is_fernet_key(self.secret_key):
+            raise ConfigError(
+                "secrets.key (LB_SECRET_KEY) is not a Fernet key (32 bytes in url-safe base64, "
+                "44 characters); make one with: python3 -c 'from cryptography.fernet import "
+                "Fernet; print(Fernet.generate_key().decode())'"
+            )
 
 
 def split_host_port(value: str, what: str) -> tuple[str, int]:
@@ -104,6 +122,14 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        return False
+
+
+def is_fernet_key(value: str) -> bool:
+    """What ``cryptography``'s Fernet accepts, checked here so config needs no crypto import."""
+    try:
+        return len(base64.urlsafe_b64decode(value.encode())) == 32
+    except (binascii.Error, ValueError):
         return False
 
 
@@ -126,6 +152,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
     "daemon": {"data_dir": "data_dir"},
     "log": {"level": "log_level", "format": "log_format"},
+    "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
 }
 
 ENV_KEYS: Mapping[str, str] = {
@@ -138,6 +165,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_TOKEN": "admin_tokens",
     "LB_READ_TOKEN": "read_tokens",
     "LB_LOG_LEVEL": "log_level",
+    "LB_SECRET_KEY": "secret_key",
+    "LB_SECRET_KEY_FILE": "secret_key_file",
 }
 
 

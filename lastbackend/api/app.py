@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from lastbackend.api import middlewares, projects, services, system
+from lastbackend.api import middlewares, projects, registries, services, system
 from lastbackend.api.state import STATE, State
 from lastbackend.config import Settings
 from lastbackend.store.etcd import Etcd
@@ -25,6 +25,6 @@ def make_app(settings: Settings, etcd: Etcd) -> web.Application:
     app[STATE] = State(settings=settings, etcd=etcd)
     app[system.REGISTRY] = registry
     app[middlewares.INFLIGHT] = inflight
-    for family in (system, projects, services):
+    for family in (system, projects, services, registries):
         app.router.add_routes(family.routes)
     return app

@@ -23,6 +23,7 @@ from lastbackend.api.http import Handler
 from lastbackend.codec import Invalid
 from lastbackend.config import Settings
 from lastbackend.logs import log
+from lastbackend.secrets import SecretError
 from lastbackend.store.etcd import StoreUnavailable
 from lastbackend.store.objects import Conflict, Contention, NotFound, PreconditionFailed
 
@@ -143,6 +144,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return ApiError(409, str(exc)).response()
     except PreconditionFailed as exc:
         return ApiError(412, str(exc)).response()
+    except SecretError as exc:
+        log.error("secret store", error=str(exc))
+        return ApiError(500, str(exc)).response()
     except StoreUnavailable as exc:
         log.warning("store unavailable", error=str(exc))
         return ApiError(503, "the store (etcd) is unavailable; nothing was written").response(

@@ -16,8 +16,8 @@ import attrs
 from aiohttp import web
 
 from lastbackend.api.http import Doc
-from lastbackend.model import platform
-from lastbackend.model.common import CHECKS
+from lastbackend.codec import CHECKS
+from lastbackend.model import platform, registries
 
 _JSON = {str: "string", int: "integer", bool: "boolean", float: "number"}
 
@@ -102,6 +102,9 @@ def schemas() -> dict[str, Any]:
         "ImageBody": schema_of(platform.ImageBody),
         "Container": schema_of(platform.Container),
         "Build": _with(build, number={"type": "integer"}),
+        "Registry": _with(_registry_account(), links=_LINKS),
+        "RegistryCreate": schema_of(registries.RegistryCreate),
+        "RegistryPatch": _optional(schema_of(registries.RegistryPatch)),
         "Error": {
             "type": "object",
             "properties": {
@@ -121,6 +124,16 @@ def schemas() -> dict[str, Any]:
     }
 
 
+def _registry_account() -> dict[str, Any]:
+    schema = schema_of(registries.RegistryAccount)
+    schema["properties"]["password"] = {
+        "type": "string",
+        "enum": ["***"],
+        "description": "never returned: stored encrypted, shown as ***",
+    }
+    return schema
+
+
 _BODY_NAMES = {
     platform.ProjectCreate: "ProjectCreate",
     platform.ServiceCreate: "ServiceCreate",
@@ -128,6 +141,7 @@ _BODY_NAMES = {
     platform.ServiceSource: "ServiceSource",
     platform.Domains: "Domains",
     platform.ImageBody: "ImageBody",
+    registries.RegistryCreate: "RegistryCreate",
 }
 
 

@@ -6,9 +6,11 @@ import attrs
 from aiohttp import web
 
 from lastbackend.config import Settings
+from lastbackend.secrets import Secrets
 from lastbackend.store import projects, services
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NameCache, Objects
+from lastbackend.store.registries import Registries
 
 
 @attrs.define
@@ -17,6 +19,18 @@ class State:
     etcd: Etcd
     names: NameCache = attrs.Factory(NameCache)
     ready: bool = False
+    _secrets: Secrets | None = None
+
+    @property
+    def secrets(self) -> Secrets:
+        """Loaded on first use, so a process that never touches a secret creates no key file."""
+        if self._secrets is None:
+            self._secrets = Secrets.from_settings(self.settings)
+        return self._secrets
+
+    @property
+    def registries(self) -> Registries:
+        return Registries(self.etcd, self.secrets)
 
     @property
     def projects(self) -> Objects:

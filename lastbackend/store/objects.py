@@ -35,7 +35,7 @@ MAX_ATTEMPTS = 16  # rounds of a lookup by name that keeps seeing renames
 RETRY_DEADLINE = 10.0  # seconds a write keeps retrying lost races before giving up
 
 
-async def _retries() -> AsyncIterator[int]:
+async def retries() -> AsyncIterator[int]:
     """Attempt numbers for a read-modify-write: immediately, then with jittered exponential
     backoff (1 ms doubling to 100 ms) until :data:`RETRY_DEADLINE`, as GuaranteedUpdate does
     until its context deadline. Contention costs latency, not a spurious 409."""
@@ -291,7 +291,7 @@ class Objects:
         ``change`` gets the current record and returns the new value of every part (``None``
         deletes a part); it may raise to refuse the change. It can run more than once.
         """
-        async for _ in _retries():
+        async for _ in retries():
             current = await self.get(ref)
             if if_match is not None and current.revision != if_match:
                 raise PreconditionFailed(
@@ -368,7 +368,7 @@ class Objects:
 
     async def delete(self, ref: str, *, if_match: int | None = None) -> Record:
         """Remove the object, its subtrees and its index key in one transaction."""
-        async for _ in _retries():
+        async for _ in retries():
             current = await self.get(ref)
             if if_match is not None and current.revision != if_match:
                 raise PreconditionFailed(
