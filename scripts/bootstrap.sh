@@ -6,7 +6,10 @@
 #   scripts/bootstrap.sh setup               only install
 #
 # Installs what is missing: Debian's etcd-server (the etcd binary the daemon and the tests start),
-# etcd-client (etcdctl, for admins), git, python3-venv; then a virtualenv in .venv with the package.
+# etcd-client (etcdctl, for admins), git, python3-venv, docker.io (the engine the node agent drives),
+# and for the e2e tests busybox-static (the offline base image), docker-registry and apache2-utils
+# (htpasswd); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
+# not running and they are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,10 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v git >/dev/null || missing+=(git)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v dockerd >/dev/null || missing+=(docker.io)
+dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+command -v docker-registry >/dev/null || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}" >&2

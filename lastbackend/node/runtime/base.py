@@ -1,0 +1,246 @@
+"""The container runtime seam: what the node agent needs from a container engine, and no more.
+
+The agent reconciles pods into containers through :class:`Runtime` only, so its logic can be
+tested against :class:`~lastbackend.node.runtime.fake.FakeRuntime` and run against
+:class:`~lastbackend.node.runtime.docker.DockerRuntime` (the one module that imports ``docker``),
+the way httpx swaps its ``Transport``.
+
+Rules every implementation keeps, because the agent's idempotence rests on them:
+
+- **Names are the identity.** The caller names each container deterministically (``lb-<pod id>``);
+  :meth:`Runtime.run` on a name that exists returns that container (starting it if it stopped)
+  instead of making a second one, so an agent that crashed between "create" and "report" adopts
+  what it made. ``run`` does not compare specs: a pod's spec never changes (a new spec is a new
+  pod, so a new name).
+- **Labels are the index.** ``io.lastbackend.*`` labels on containers and volumes are how
+  :meth:`Runtime.list`, :meth:`Runtime.volumes` and :meth:`Runtime.events` select what belongs to
+  lastbackend, to a service or to a pod; a label filter matches objects carrying *all* the pairs.
+- **Deleting is idempotent.** ``stop``, ``remove`` and ``remove_volume`` of something that is
+  already gone do nothing, so a retried reconcile never fails on its own earlier progress.
+- **No restart policy.** A dead container stays dead and is reported by an event; the agent
+  decides what replaces it, so Docker and the controllers never fight over a container.
+- **Commands are shell lines.** A non-empty :attr:`ContainerSpec.command` replaces the image's
+  entrypoint and command and runs as ``/bin/sh -c <command>``, like a Procfile line (``$PORT``
+  expands, ``&&`` and ``exec`` work); ``""`` runs the image's own entrypoint and command. An image
+  without ``/bin/sh`` must use ``""``.
+- **Secrets stay secret.** No error message contains a registry password.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+import attrs
+
+DOCKER_HUB = "docker.io"
+
+Labels = Mapping[str, str]
+
+
+class ContainerRuntimeError(RuntimeError):
+    """The engine refused or failed an operation; the message says what and why."""
+
+
+class RuntimeUnavailable(ContainerRuntimeError):
+    """The engine cannot be reached (dockerd is not running, or the socket is wrong)."""
+
+
+class ImageError(ContainerRuntimeError):
+    """An image could not be pulled: missing, unauthorized, or the registry is unreachable."""
+
+
+class ContainerNotFound(ContainerRuntimeError):
+    """No container has that id or name (raised only where "nothing" is not an answer)."""
+
+
+@attrs.frozen
+class ContainerSpec:
+    """One container to run.
+
+    ``ports`` maps ``"<container port>/<TCP|UDP>"`` to a host port, ``0`` meaning any free one
+    (the shape of the container object's ``ports``). ``volumes`` maps a named volume to a path in
+    the container; a missing volume is created with ``labels``, so name volumes after what owns
+    them (``lb-<service id>-<name>``) and select them by that owner's label. ``memory_mb`` of ``0``
+    means no limit.
+    """
+
+    name: str
+    image: str
+    command: str = ""
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    memory_mb: int = 0
+    ports: Mapping[str, int] = attrs.field(factory=dict, converter=dict)
+    volumes: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+
+
+@attrs.frozen
+class ContainerState:
+    """What the engine reports about one container.
+
+    ``status`` is Docker's vocabulary: ``created``, ``running``, ``paused``, ``restarting``,
+    ``removing``, ``exited`` or ``dead``. ``ports`` holds the host ports actually bound, as
+    ``{"8080/TCP": 44536}``; it is empty unless the container runs. ``exit_code`` is ``None``
+    until the container has exited.
+    """
+
+    id: str
+    name: str
+    image: str
+    status: str
+    labels: Mapping[str, str]
+    ports: dict[str, int]
+    created: datetime
+    started_at: datetime | None = None
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@attrs.frozen(repr=False)
+class RegistryAuth:
+    """Credentials for one registry; ``server`` is its host (``127.0.0.1:5000``, ``docker.io``)."""
+
+    username: str
+    password: str
+    server: str
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(username={self.username!r}, password='***', server={self.server!r})"
+
+
+@attrs.frozen
+class NodeCapacity:
+    """What a node offers, read from the engine: total memory in MB, CPUs, host name, version."""
+
+    memory_mb: int
+    cpus: int
+    hostname: str
+    docker_version: str
+
+
+@attrs.frozen
+class RuntimeEvent:
+    """A container event: ``action`` is Docker's (``create``, ``start``, ``die``, ``kill``,
+    ``stop``, ``destroy``, ``oom``, ...); ``exit_code`` is set on ``die``."""
+
+    action: str
+    container_id: str
+    name: str
+    labels: Mapping[str, str]
+    time: datetime
+    exit_code: int | None = None
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A container engine on one node. Every method may raise :class:`ContainerRuntimeError`."""
+
+    async def info(self) -> NodeCapacity:
+        """The node's capacity, for its ``nodes/<name>`` object."""
+        ...
+
+    async def ensure_image(
+        self, image: str, auth: RegistryAuth | None = None, *, always_pull: bool = False
+    ) -> None:
+        """Make ``image`` present locally.
+
+        Pulls when it is missing, and every time for ``:latest`` (or no tag) or when
+        ``always_pull`` is set, as Kubernetes' default pull policy does; a reference by digest is
+        never pulled again. Raises :class:`ImageError` when the pull fails.
+        """
+        ...
+
+    async def run(self, spec: ContainerSpec) -> ContainerState:
+        """Create and start ``spec``, or adopt the container already named ``spec.name``."""
+        ...
+
+    async def list(self, labels: Labels) -> list[ContainerState]:
+        """Every container carrying all of ``labels``, whatever its status."""
+        ...
+
+    async def inspect(self, id_or_name: str) -> ContainerState | None:
+        """One container, or ``None`` when there is none by that id or name."""
+        ...
+
+    async def stop(self, id_or_name: str, timeout_s: float = 10) -> None:
+        """SIGTERM, then SIGKILL after ``timeout_s``; nothing if it is gone or stopped."""
+        ...
+
+    async def remove(self, id_or_name: str) -> None:
+        """Remove the container, running or not; nothing if it is gone."""
+        ...
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a named volume; nothing if it is gone; an error while a container uses it."""
+        ...
+
+    async def volumes(self, labels: Labels) -> list[str]:
+        """Names of the volumes carrying all of ``labels``."""
+        ...
+
+    def events(self, labels: Labels) -> AsyncIterator[RuntimeEvent]:
+        """Container events from the moment of this call on, for containers with ``labels``.
+
+        Not a coroutine: the subscription starts when this is called, so events that happen
+        before the first ``async for`` step are still delivered. Runs until cancelled or closed,
+        across engine restarts. Streams hold a connection (and, for Docker, a thread): stop one
+        early by cancelling its task or with ``contextlib.aclosing``; a mere ``break`` leaves it
+        open until garbage collection.
+        """
+        ...
+
+    def logs(
+        self, id_or_name: str, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The container's output (stdout and stderr, in order), the last ``tail`` lines or all.
+
+        With ``follow`` it goes on until the container stops or the iterator is cancelled.
+        Raises :class:`ContainerNotFound` on the first step if there is no such container.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release connections; call once, when the agent stops."""
+        ...
+
+
+def split_image(image: str) -> tuple[str, str, str]:
+    """``(repository, tag, digest)`` of a reference; a missing tag is ``latest`` (Docker's rule)."""
+    ref, _, digest = image.partition("@")
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        ref, tag = ref[:colon], ref[colon + 1 :]
+    else:
+        tag = "" if digest else "latest"
+    return ref, tag, digest
+
+
+def registry_host(image: str) -> str:
+    """The registry an image is pulled from: its first component when that looks like a host
+    (has a ``.`` or ``:``, or is ``localhost``), else Docker Hub. This is the ``<host>`` of the
+    ``registries/<host>`` account whose credentials pull it."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB
+
+
+def must_pull(image: str, *, present: bool, always_pull: bool) -> bool:
+    """Kubernetes' default pull policy: pull what is missing, ``:latest`` always, digests never."""
+    _, tag, digest = split_image(image)
+    if not present:
+        return True
+    if digest:
+        return False
+    return always_pull or tag == "latest"
+
+
+def has_labels(have: Mapping[str, str], want: Labels) -> bool:
+    """Whether ``have`` carries every pair of ``want`` (the engines' label filter)."""
+    return all(have.get(key) == value for key, value in want.items())

@@ -1,0 +1,495 @@
+"""The Docker implementation of the runtime seam: the only module that imports ``docker``.
+
+Concurrency: the Docker SDK is blocking (``requests`` over the engine's socket), so every one-shot
+call runs through :func:`asyncio.to_thread`, keeping the agent's event loop free for etcd watches
+and leases while Docker pulls or stops a container. Streams (events, followed logs) can last for
+days, so each gets a daemon thread of its own instead of holding a slot of the shared executor; the
+thread hands items to the loop with ``loop.call_soon_threadsafe`` and waits (a semaphore) when the
+consumer falls ``STREAM_BUFFER`` items behind, so a chatty container cannot fill memory.
+Cancelling the consuming task (or ``aclose``) shuts the stream's socket, which wakes the thread.
+
+The SDK client is made on first use, not in ``__init__``: it asks the engine for its API version
+when created, and an agent must be able to start (and retry) while dockerd is still coming up.
+Streams use a second client without a read timeout, since an idle event stream is not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+import docker
+import docker.errors
+import docker.types
+import docker.utils
+import structlog
+
+from lastbackend.node.runtime.base import (
+    ContainerNotFound,
+    ContainerRuntimeError,
+    ContainerSpec,
+    ContainerState,
+    ImageError,
+    Labels,
+    NodeCapacity,
+    RegistryAuth,
+    RuntimeEvent,
+    RuntimeUnavailable,
+    has_labels,
+    must_pull,
+    split_image,
+)
+
+T = TypeVar("T")
+log = structlog.get_logger("lastbackend.node.runtime")
+
+MIB = 1024 * 1024
+STREAM_BUFFER = 256
+"""Items a stream's thread may hand the loop before it waits for the consumer."""
+RECONNECT_MAX_S = 5.0
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+_FRACTION = re.compile(r"\.(\d+)")
+# Actor attributes Docker reports beside a container's labels in its events.
+_EVENT_ATTRIBUTES = frozenset({"name", "image", "exitCode", "signal", "execID", "exec_id"})
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def _label_filter(labels: Labels) -> dict[str, list[str]]:
+    return {"label": [f"{key}={value}" for key, value in labels.items()]}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """Docker's RFC 3339 times carry nanoseconds, which ``fromisoformat`` cannot read."""
+    if not value or value.startswith(_ZERO_TIME[:4]):
+        return None
+    value = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value, count=1)
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _docker_port(spec: str) -> str:
+    """``"8080/TCP"`` -> ``"8080/tcp"``, Docker's spelling."""
+    port, _, proto = spec.partition("/")
+    return f"{port}/{(proto or 'tcp').lower()}"
+
+
+def _bound_ports(published: Mapping[str, Any] | None) -> dict[str, int]:
+    """``NetworkSettings.Ports`` -> ``{"8080/TCP": 44536}``, preferring the IPv4 binding."""
+    out: dict[str, int] = {}
+    for key, bindings in (published or {}).items():
+        if not bindings:  # exposed by the image, not published
+            continue
+        port, _, proto = key.partition("/")
+        ipv4 = [b for b in bindings if ":" not in b.get("HostIp", "")]
+        out[f"{port}/{proto.upper()}"] = int((ipv4 or bindings)[0]["HostPort"])
+    return out
+
+
+def _state(raw: Mapping[str, Any]) -> ContainerState:
+    state = raw["State"]
+    status = state["Status"]
+    created = _parse_time(raw["Created"])
+    assert created is not None
+    return ContainerState(
+        id=raw["Id"],
+        name=raw["Name"].lstrip("/"),
+        image=raw["Config"]["Image"],
+        status=status,
+        labels=dict(raw["Config"].get("Labels") or {}),
+        ports=_bound_ports((raw.get("NetworkSettings") or {}).get("Ports")),
+        created=created,
+        started_at=_parse_time(state.get("StartedAt")),
+        exit_code=int(state["ExitCode"]) if status in ("exited", "dead") else None,
+    )
+
+
+def _event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
+    if raw.get("Type") != "container":
+        return None
+    actor = raw.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    exit_code = attributes.get("exitCode")
+    ns = int(raw.get("timeNano") or int(raw.get("time", 0)) * 1_000_000_000)
+    return RuntimeEvent(
+        action=raw.get("Action") or raw.get("status") or "",
+        container_id=actor.get("ID") or raw.get("id") or "",
+        name=attributes.get("name", ""),
+        labels={k: v for k, v in attributes.items() if k not in _EVENT_ATTRIBUTES},
+        time=datetime.fromtimestamp(ns / 1e9, UTC),
+        exit_code=int(exit_code) if exit_code not in (None, "") else None,
+    )
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return str(exc)
+
+
+class _Bridge(Generic[T]):
+    """Carries items from one stream thread into the event loop that consumes them."""
+
+    _END = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.stopped = threading.Event()
+        self._queue: asyncio.Queue[tuple[object, Any]] = asyncio.Queue()
+        self._slots = threading.Semaphore(STREAM_BUFFER)
+        self._lock = threading.Lock()
+        self._stream: _Closable | None = None
+
+    # -- the thread's side
+    def attach(self, stream: _Closable) -> bool:
+        """Remember the open stream so ``stop`` can close it; ``False`` if already stopped."""
+        with self._lock:
+            if self.stopped.is_set():
+                stream.close()
+                return False
+            self._stream = stream
+            return True
+
+    def emit(self, item: T) -> bool:
+        """Hand one item to the loop; ``False`` when the consumer has gone."""
+        while not self._slots.acquire(timeout=0.2):
+            if self.stopped.is_set():
+                return False
+        return not self.stopped.is_set() and self._put(None, item)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self._put(self._END, error)
+
+    def _put(self, kind: object, value: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.stopped.set()
+            return False
+        return True
+
+    # -- the loop's side
+    async def get(self) -> tuple[bool, Any]:
+        """``(True, item)``, or ``(False, None)`` at the end; re-raises the thread's error."""
+        kind, value = await self._queue.get()
+        if kind is self._END:
+            if value is not None:
+                raise value
+            return False, None
+        self._slots.release()
+        return True, value
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # a socket already gone is as good as closed
+                log.debug("runtime.stream_close_failed", error=str(exc))
+
+
+class DockerRuntime:
+    """:class:`~lastbackend.node.runtime.base.Runtime` on a Docker engine.
+
+    ``base_url`` is the engine's address (``unix:///var/run/docker.sock``,
+    ``tcp://host:2376``); ``None`` reads ``DOCKER_HOST`` and its TLS variables like the docker
+    CLI, falling back to the local socket.
+    """
+
+    def __init__(self, base_url: str | None = None, *, timeout_s: float = 60) -> None:
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._clients: dict[bool, docker.APIClient] = {}
+        self._threads = itertools.count(1)
+
+    # -- plumbing
+    def _client(self, *, stream: bool = False) -> docker.APIClient:
+        """The SDK client (made on first use); ``stream`` selects the one without read timeout."""
+        with self._lock:
+            client = self._clients.get(stream)
+            if client is None:
+                kwargs: dict[str, Any] = (
+                    docker.utils.kwargs_from_env()
+                    if self.base_url is None
+                    else {"base_url": self.base_url}
+                )
+                timeout = None if stream else self.timeout_s
+                client = docker.APIClient(version="auto", timeout=timeout, **kwargs)
+                self._clients[stream] = client
+            return client
+
+    def _error(self, what: str, exc: BaseException) -> ContainerRuntimeError:
+        if isinstance(exc, ContainerRuntimeError):
+            return exc
+        if isinstance(exc, docker.errors.NotFound):
+            return ContainerNotFound(f"{what}: {_explain(exc)}")
+        if isinstance(exc, docker.errors.APIError):
+            return ContainerRuntimeError(f"{what}: {_explain(exc)}")
+        if isinstance(exc, docker.errors.DockerException | OSError):
+            where = self.base_url or "the default Docker socket"
+            return RuntimeUnavailable(f"{what}: cannot reach Docker at {where}: {exc}")
+        return ContainerRuntimeError(f"{what}: {exc!r}")
+
+    async def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run one blocking SDK call in the default executor, translating its errors."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (docker.errors.DockerException, OSError) as exc:
+            raise self._error(what, exc) from exc
+
+    async def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    # -- node
+    async def info(self) -> NodeCapacity:
+        raw = await self._call("docker info", lambda: self._client().info())
+        return NodeCapacity(
+            memory_mb=int(raw["MemTotal"]) // MIB,
+            cpus=int(raw["NCPU"]),
+            hostname=str(raw["Name"]),
+            docker_version=str(raw["ServerVersion"]),
+        )
+
+    # -- images
+    async def ensure_image(
+        self, image: str, auth: RegistryAuth | None = None, *, always_pull: bool = False
+    ) -> None:
+        try:
+            await asyncio.to_thread(self._ensure_image, image, auth, always_pull)
+        except docker.errors.APIError as exc:
+            # ``from None``: the SDK's exception is not shown, so nothing it held can leak.
+            raise ImageError(_redact(f"pulling {image}: {_explain(exc)}", auth)) from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise self._error(f"pulling {image}", exc) from None
+
+    def _ensure_image(self, image: str, auth: RegistryAuth | None, always_pull: bool) -> None:
+        api = self._client()
+        try:
+            api.inspect_image(image)
+            present = True
+        except docker.errors.ImageNotFound:
+            present = False
+        if not must_pull(image, present=present, always_pull=always_pull):
+            return
+        repository, tag, digest = split_image(image)
+        auth_config = (
+            None
+            if auth is None
+            else {
+                "username": auth.username,
+                "password": auth.password,
+                "serveraddress": auth.server,
+            }
+        )
+        started = time.monotonic()
+        for line in api.pull(
+            repository, tag=digest or tag, stream=True, decode=True, auth_config=auth_config
+        ):
+            if "error" in line:
+                detail = line.get("errorDetail", {}).get("message") or line["error"]
+                raise ImageError(_redact(f"pulling {image}: {detail}", auth))
+        log.info("runtime.pulled", image=image, seconds=round(time.monotonic() - started, 3))
+
+    # -- containers
+    async def run(self, spec: ContainerSpec) -> ContainerState:
+        return _state(await self._call(f"running {spec.name}", self._run, spec))
+
+    def _run(self, spec: ContainerSpec) -> dict[str, Any]:
+        api = self._client()
+        raw = self._inspect(spec.name)
+        if raw is None:
+            for volume in spec.volumes:
+                self._ensure_volume(volume, spec.labels)
+            try:
+                api.create_container(
+                    image=spec.image,
+                    name=spec.name,
+                    entrypoint=["/bin/sh", "-c"] if spec.command else None,
+                    command=[spec.command] if spec.command else None,
+                    environment=[f"{key}={value}" for key, value in spec.env.items()],
+                    labels=dict(spec.labels),
+                    ports=[
+                        (int(port), proto.lower())
+                        for port, _, proto in (p.partition("/") for p in spec.ports)
+                    ],
+                    host_config=api.create_host_config(
+                        port_bindings={
+                            _docker_port(port): host or None for port, host in spec.ports.items()
+                        },
+                        mem_limit=spec.memory_mb * MIB if spec.memory_mb else None,
+                        mounts=[
+                            docker.types.Mount(target=path, source=volume, type="volume")
+                            for volume, path in spec.volumes.items()
+                        ],
+                    ),
+                )
+            except docker.errors.ImageNotFound as exc:
+                raise ImageError(
+                    f"running {spec.name}: image {spec.image} is not present; ensure_image first"
+                ) from exc
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: another call made it first; adopt it
+                    raise
+            raw = self._inspect(spec.name)
+            if raw is None:
+                raise ContainerRuntimeError(f"running {spec.name}: it vanished after creation")
+        if raw["State"]["Status"] in ("created", "exited"):
+            api.start(raw["Id"])
+            raw = self._inspect(raw["Id"]) or raw
+        return raw
+
+    def _inspect(self, id_or_name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._client().inspect_container(id_or_name))
+        except docker.errors.NotFound:
+            return None
+
+    def _ensure_volume(self, name: str, labels: Labels) -> None:
+        api = self._client()
+        try:
+            api.inspect_volume(name)
+        except docker.errors.NotFound:
+            api.create_volume(name, labels=dict(labels))
+
+    async def list(self, labels: Labels) -> list[ContainerState]:
+        def read() -> list[dict[str, Any]]:
+            found = self._client().containers(all=True, filters=_label_filter(labels))
+            raws = (self._inspect(c["Id"]) for c in found)
+            return [raw for raw in raws if raw is not None]  # None: removed meanwhile
+
+        states = [_state(raw) for raw in await self._call("listing containers", read)]
+        return sorted(
+            (s for s in states if has_labels(s.labels, labels)), key=lambda s: (s.created, s.name)
+        )
+
+    async def inspect(self, id_or_name: str) -> ContainerState | None:
+        raw = await self._call(f"inspecting {id_or_name}", self._inspect, id_or_name)
+        return None if raw is None else _state(raw)
+
+    async def stop(self, id_or_name: str, timeout_s: float = 10) -> None:
+        def stop() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client().stop(id_or_name, timeout=math.ceil(timeout_s))
+
+        await self._call(f"stopping {id_or_name}", stop)
+
+    async def remove(self, id_or_name: str) -> None:
+        def remove() -> None:
+            try:
+                self._client().remove_container(id_or_name, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "already in progress" not in _explain(exc):
+                    raise
+
+        await self._call(f"removing {id_or_name}", remove)
+
+    # -- volumes
+    async def remove_volume(self, name: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.NotFound):
+                self._client().remove_volume(name)
+
+        await self._call(f"removing volume {name}", remove)
+
+    async def volumes(self, labels: Labels) -> list[str]:
+        def read() -> list[dict[str, Any]]:
+            return list(self._client().volumes(filters=_label_filter(labels))["Volumes"] or [])
+
+        found = await self._call("listing volumes", read)
+        return sorted(v["Name"] for v in found if has_labels(v.get("Labels") or {}, labels))
+
+    # -- streams
+    def events(self, labels: Labels) -> AsyncIterator[RuntimeEvent]:
+        since_ns = time.time_ns()  # now, not at the first step: see Runtime.events
+        return self._stream(
+            "events", lambda bridge: self._follow_events(bridge, dict(labels), since_ns)
+        )
+
+    def _follow_events(self, bridge: _Bridge[RuntimeEvent], labels: Labels, since_ns: int) -> None:
+        """Read events until stopped, reconnecting (from the last event seen) when the stream
+        breaks, e.g. because dockerd restarted; Docker replays what happened since then."""
+        filters = {"type": ["container"], **_label_filter(labels)}
+        delay = 0.1
+        while not bridge.stopped.is_set():
+            try:
+                since = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
+                stream = self._client(stream=True).events(since=since, filters=filters, decode=True)
+                if not bridge.attach(stream):
+                    return
+                delay = 0.1
+                for raw in stream:
+                    event = _event(raw)
+                    if event is None or not has_labels(event.labels, labels):
+                        continue
+                    # The engine's clock from now on: a resume asks for what followed this one.
+                    since_ns = int(raw.get("timeNano") or since_ns) + 1
+                    if not bridge.emit(event):
+                        return
+            except (docker.errors.DockerException, OSError) as exc:
+                if not bridge.stopped.is_set():
+                    log.warning("runtime.events_broken", error=str(exc), retry_s=delay)
+            if bridge.stopped.wait(delay):
+                return
+            delay = min(delay * 2, RECONNECT_MAX_S)
+
+    def logs(
+        self, id_or_name: str, *, follow: bool = False, tail: int | None = None
+    ) -> AsyncIterator[bytes]:
+        def read(bridge: _Bridge[bytes]) -> None:
+            stream = self._client(stream=True).logs(
+                id_or_name, stream=True, follow=follow, tail="all" if tail is None else tail
+            )
+            if not bridge.attach(stream):
+                return
+            for chunk in stream:
+                if not bridge.emit(chunk):
+                    return
+
+        return self._stream(f"logs of {id_or_name}", read)
+
+    async def _stream(self, what: str, target: Callable[[_Bridge[T]], None]) -> AsyncIterator[T]:
+        """Run ``target`` in a daemon thread and yield what it emits, until it ends or the
+        consumer stops; the ``finally`` runs on cancellation and ``aclose`` alike."""
+        bridge: _Bridge[T] = _Bridge(asyncio.get_running_loop())
+
+        def main() -> None:
+            try:
+                target(bridge)
+            except BaseException as exc:
+                bridge.finish(None if bridge.stopped.is_set() else self._error(what, exc))
+            else:
+                bridge.finish()
+
+        name = f"lastbackend-docker-{what.split()[0]}-{next(self._threads)}"
+        threading.Thread(target=main, name=name, daemon=True).start()
+        try:
+            while True:
+                more, item = await bridge.get()
+                if not more:
+                    return
+                yield item
+        finally:
+            bridge.stop()
+
+
+def _redact(message: str, auth: RegistryAuth | None) -> str:
+    if auth is not None and auth.password:
+        message = message.replace(auth.password, "***")
+    return message

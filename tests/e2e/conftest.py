@@ -1,0 +1,259 @@
+"""Fixtures on a real Docker engine, a real registry and an image built offline.
+
+- ``dockerd``: the engine's URL. The running daemon when its socket answers; otherwise ``dockerd``
+  is started here (as root) with its own log file and stopped at the end of the session.
+- ``base_image``: a busybox-static rootfs imported with ``docker import`` (nothing is pulled from
+  the internet), serving ``/www`` with ``httpd``; built once and reused.
+- ``registry``: Debian's ``docker-registry`` on a free loopback port with htpasswd auth and
+  filesystem storage in a temp dir. Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP.
+- ``runtime`` + ``labels``: a :class:`DockerRuntime` and labels unique to the test; whatever
+  carries this session's test label is force-removed afterwards, so nothing is left behind even
+  when a test fails half-way, and parallel sessions on the same daemon never touch each other.
+
+Without Docker these skip, and under ``CI=true`` a skip is a failure (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import attrs
+import docker
+import docker.errors
+import pytest
+
+from lastbackend.node.runtime.base import RegistryAuth
+from lastbackend.node.runtime.docker import DockerRuntime
+from lastbackend.store.embedded import free_port
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+BASE_IMAGE = "lastbackend-test/busybox:1"
+INDEX_HTML = b"hello from lastbackend\n"
+TEST_LABEL = "io.lastbackend.test"
+SESSION = uuid.uuid4().hex[:12]
+APPLETS = ("sh", "cat", "echo", "env", "false", "hostname", "httpd", "id", "kill", "ls", "mkdir")
+APPLETS += ("nc", "printf", "ps", "rm", "sleep", "test", "touch", "true", "wget")
+
+
+def _answers(url: str) -> bool:
+    try:
+        client = docker.APIClient(base_url=url, version="auto", timeout=3)
+    except docker.errors.DockerException:
+        return False
+    with contextlib.closing(client):
+        try:
+            return bool(client.ping())
+        except (docker.errors.DockerException, OSError):
+            return False
+
+
+def api_client(url: str) -> docker.APIClient:
+    return docker.APIClient(base_url=url, version="auto", timeout=60)
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Docker engine's URL, starting ``dockerd`` for the session when none answers."""
+    url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    if _answers(url):
+        yield url
+        return
+    if url != DEFAULT_URL:
+        pytest.skip(f"DOCKER_HOST={url} does not answer")
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (Debian: docker.io)")
+    if os.geteuid() != 0:
+        pytest.skip("dockerd is not running, and starting it needs root")
+    log_path = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            ["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 60
+    while not _answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(f"dockerd did not come up (exit {proc.poll()}); log tail:\n{tail}")
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _statically_linked(path: Path) -> bool:
+    """No ``PT_INTERP`` program header: the binary runs in a rootfs without a libc."""
+    data = path.read_bytes()[:65536]
+    if data[:5] != b"\x7fELF\x02":  # 64-bit ELF, the only kind Debian ships for amd64/arm64
+        return False
+    phoff, phentsize, phnum = (
+        int.from_bytes(data[32:40], "little"),
+        int.from_bytes(data[54:56], "little"),
+        int.from_bytes(data[56:58], "little"),
+    )
+    types = (
+        int.from_bytes(data[o : o + 4], "little")
+        for o in range(phoff, phoff + phentsize * phnum, phentsize)
+    )
+    return 3 not in types
+
+
+def _rootfs_tar() -> bytes:
+    """A rootfs of busybox-static, its applets as symlinks, and ``/www/index.html``."""
+    busybox = shutil.which("busybox")
+    if busybox is None or not _statically_linked(Path(busybox)):
+        pytest.skip("no statically linked busybox (Debian: busybox-static)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for directory in ("bin", "tmp", "www", "data"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        page = tarfile.TarInfo("www/index.html")
+        page.size, page.mode = len(INDEX_HTML), 0o644
+        tar.addfile(page, io.BytesIO(INDEX_HTML))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def base_image(dockerd: str) -> str:
+    """``lastbackend-test/busybox:1``, imported offline unless it is already there."""
+    with contextlib.closing(api_client(dockerd)) as api:
+        try:
+            api.inspect_image(BASE_IMAGE)
+        except docker.errors.ImageNotFound:
+            repository, tag = BASE_IMAGE.rsplit(":", 1)
+            api.import_image_from_data(
+                _rootfs_tar(), repository=repository, tag=tag, changes=['CMD ["/bin/sh"]']
+            )
+            api.inspect_image(BASE_IMAGE)
+    return BASE_IMAGE
+
+
+@attrs.frozen
+class Registry:
+    host: str
+    username: str
+    password: str
+
+    @property
+    def auth(self) -> RegistryAuth:
+        return RegistryAuth(username=self.username, password=self.password, server=self.host)
+
+
+@pytest.fixture(scope="session")
+def registry(dockerd: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A private registry on loopback with htpasswd auth; stopped at the end of the session."""
+    for binary, package in (("docker-registry", "docker-registry"), ("htpasswd", "apache2-utils")):
+        if shutil.which(binary) is None:
+            pytest.skip(f"{binary} is not installed (Debian: {package})")
+    base = tmp_path_factory.mktemp("registry")
+    username, password = "lb-test", secrets.token_urlsafe(16)
+    line = subprocess.run(
+        ["htpasswd", "-Bbn", username, password], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    (base / "htpasswd").write_text(line + "\n")
+    host = f"127.0.0.1:{free_port()}"
+    (base / "config.yml").write_text(
+        "version: 0.1\n"
+        "log: {level: info}\n"
+        f"storage: {{filesystem: {{rootdirectory: {base / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '{host}', secret: {secrets.token_hex(16)}}}\n"
+        f"auth: {{htpasswd: {{realm: lastbackend-test, path: {base / 'htpasswd'}}}}}\n"
+    )
+    with (base / "registry.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(base / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for_port(host, proc, base / "registry.log")
+        yield Registry(host=host, username=username, password=password)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _untag_images_of(dockerd, host)
+
+
+def _wait_for_port(host: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    import socket
+
+    address, port = host.rsplit(":", 1)
+    deadline = time.monotonic() + 15
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((address, int(port)), 0.5):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"docker-registry did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+def _untag_images_of(url: str, host: str) -> None:
+    """Local tags pointing into the session's registry would pile up (the port changes)."""
+    with contextlib.closing(api_client(url)) as api:
+        for image in api.images():
+            for ref in image.get("RepoTags") or []:
+                if ref.startswith(f"{host}/"):
+                    with contextlib.suppress(docker.errors.NotFound):
+                        api.remove_image(ref)
+
+
+@pytest.fixture
+def labels() -> dict[str, str]:
+    """Labels unique to this test, under this session's test label."""
+    return {TEST_LABEL: SESSION, "io.lastbackend.case": uuid.uuid4().hex[:12]}
+
+
+@pytest.fixture
+def docker_api(dockerd: str) -> Iterator[docker.APIClient]:
+    """The raw SDK, for checking what the runtime did from the outside."""
+    with contextlib.closing(api_client(dockerd)) as api:
+        yield api
+
+
+@pytest.fixture
+async def runtime(
+    dockerd: str, base_image: str, docker_api: docker.APIClient
+) -> AsyncIterator[DockerRuntime]:
+    """A runtime on the engine; afterwards every container and volume of the session goes."""
+    rt = DockerRuntime(dockerd)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+        sweep(docker_api)
+
+
+def sweep(api: docker.APIClient) -> None:
+    selector = {"label": [f"{TEST_LABEL}={SESSION}"]}
+    for container in api.containers(all=True, filters=selector):
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(container["Id"], force=True)
+    for volume in api.volumes(filters=selector)["Volumes"] or []:
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_volume(volume["Name"], force=True)
