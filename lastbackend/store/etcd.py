@@ -6,13 +6,32 @@ was written with the same small vocabulary. One :class:`Etcd` (one gRPC channel)
 
 Reads are linearizable (etcd's default). A read can be pinned to a revision so that a list made
 of several round trips still describes one moment of the tree.
+
+Leases and watches, for the controllers (DESIGN.md section 6):
+
+- :meth:`Etcd.grant` returns a :class:`Lease`. Its keep-alive is one background task that renews
+  every TTL/3 and knows a *deadline*: the send time of the last renewal that etcd answered plus
+  the TTL it granted. The server's expiry is never earlier than that (it starts counting when it
+  handles the renewal, after we sent it), so when the deadline passes without a renewal the lease
+  may be gone and :attr:`Lease.lost` is set. A leader steps down on that event, never later than
+  etcd could hand its key to someone else.
+- :meth:`Etcd.watch_batches` runs its own reconnect loop instead of etcd3aio's. etcd3aio resumes a
+  broken stream from the last response's ``header.revision + 1``, but the header of a watch's
+  "created" response (and of a catch-up batch cut short by the server) is the *current* store
+  revision, not the last event delivered, so a stream that breaks between those responses and the
+  events they announce would skip events. Here the resume point is the last event's revision + 1,
+  or a progress notification's revision + 1 (etcd sends those only to watchers that are caught up).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import attrs
@@ -21,15 +40,49 @@ from etcd3aio import Etcd3Client, EtcdError
 from etcd3aio._protobuf import (
     Compare,
     DeleteRangeRequest,
+    LeaseKeepAliveRequest,
+    LeaseStub,
     PutRequest,
     RangeRequest,
     RequestOp,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchStub,
 )
 
 from lastbackend.store.keys import prefix_end
 
+_log = logging.getLogger(__name__)
+
 # etcd's default --max-txn-ops; a transaction with more operations is refused by the server.
 MAX_TXN_OPS = 128
+
+_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # gRPC refuses responses over 4 MB by default; a watch catching up over many revisions (etcd
+    # batches up to 1000 of them) can exceed that, and would then fail again on every retry.
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+]
+
+# Watch streams are re-opened after a transient failure with this backoff (seconds).
+WATCH_RETRY_MIN = 0.05
+WATCH_RETRY_MAX = 2.0
+
+# A watch must be answered by a member that sees a leader: a member cut off from the cluster
+# would otherwise keep the stream open and silently deliver nothing.
+_WATCH_METADATA = (("hasleader", "true"),)
+
+# Status codes after which a watch gives up (any other failure re-opens it, with backoff).
+_WATCH_FATAL = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 class StoreError(Exception):
@@ -140,6 +193,17 @@ class Cmp:
     def value_is(cls, key: str, value: bytes | str) -> Cmp:
         return cls(key, "value", "==", value=value.encode() if isinstance(value, str) else value)
 
+    @classmethod
+    def created_at(cls, key: str, revision: int) -> Cmp:
+        """The key exists and is the one created at ``revision``: not deleted and re-made since.
+
+        A fencing token: an election key is created afresh for every term, so its create revision
+        names the term, and a write guarded by it fails once the term is over.
+        """
+        if revision <= 0:
+            raise ValueError("a fencing create revision is positive")
+        return cls(key, "create", "==", revision)
+
     def to_proto(self) -> Compare:
         result = {
             "==": Compare.EQUAL,
@@ -180,6 +244,18 @@ class WatchEvent:
     prev: KV | None
 
 
+@attrs.frozen
+class WatchBatch:
+    """One watch response: its events, and how far the watch has certainly got.
+
+    Every change under the watched range with a revision up to ``revision`` has been delivered
+    (in this batch or an earlier one). A progress notification is a batch with no events.
+    """
+
+    events: list[WatchEvent]
+    revision: int
+
+
 def _kv(raw: Any) -> KV:
     return KV(
         key=raw.key.decode(),
@@ -215,16 +291,31 @@ class Etcd:
         if tls.ca and len(self.endpoints) > 1:
             server_name = self.endpoints[0].rsplit(":", 1)[0]
         self._client = Etcd3Client(list(self.endpoints), tls_server_name=server_name, **conn)
+        # gRPC's default reconnect backoff grows to 120 s: after an etcd outage of a minute the
+        # channel could stay down for two more. Controllers must notice a restarted etcd within
+        # seconds, so cap it (etcd3aio builds the channel from these options on connect()).
+        manager = getattr(self._client, "_manager", None)
+        options = getattr(manager, "grpc_options", None)
+        if isinstance(options, list):
+            options.extend(_CHANNEL_OPTIONS)
+        self._watch_stub: Any = None
+        self._lease_stub: Any = None
         self._connected = False
 
     async def connect(self) -> None:
         if not self._connected:
             await self._client.connect()
+            # Our own watch and keep-alive loops (see the module docstring) use stubs on the
+            # same channel.
+            self._watch_stub = WatchStub(self._client._channel)
+            self._lease_stub = LeaseStub(self._client._channel)
             self._connected = True
 
     async def close(self) -> None:
         if self._connected:
             await self._client.close()
+            self._watch_stub = None
+            self._lease_stub = None
             self._connected = False
 
     async def __aenter__(self) -> Etcd:
@@ -337,25 +428,251 @@ class Etcd:
         resp = await self._call(self._kv.get("/lastbackend", count_only=True, timeout=self.timeout))
         return int(resp.header.revision)
 
-    async def watch(
-        self, prefix: str, *, start_revision: int, prev_kv: bool = True
-    ) -> AsyncIterator[list[WatchEvent]]:
-        """Batches of changes under ``prefix`` from ``start_revision`` on (issue 3 builds on it)."""
-        if self._client.watch is None:
+    # leases ------------------------------------------------------------------------------------
+
+    async def grant(self, ttl: int) -> Lease:
+        """A new lease of ``ttl`` seconds (etcd may round it up), not yet kept alive.
+
+        Call :meth:`Lease.keep_alive` (or use it as ``async with``) to renew it in the background.
+        """
+        if self._client.lease is None:
             raise StoreUnavailable("etcd client is not connected")
-        stream = self._client.watch.watch(
-            prefix, prefix_end(prefix), start_revision=start_revision, prev_kv=prev_kv
-        )
-        async for resp in stream:
-            if resp.compact_revision:
-                raise Compacted(start_revision, resp.compact_revision)
-            events = [
-                WatchEvent(
-                    kind="delete" if ev.type == ev.DELETE else "put",
-                    kv=_kv(ev.kv),
-                    prev=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
-                )
-                for ev in resp.events
-            ]
-            if events:
-                yield events
+        sent = time.monotonic()
+        resp = await self._call(self._client.lease.grant(ttl, timeout=self.timeout))
+        if resp.error:
+            raise StoreError(f"lease grant refused: {resp.error}")
+        return Lease(self, int(resp.ID), int(resp.TTL), sent + int(resp.TTL))
+
+    async def revoke(self, lease_id: int) -> bool:
+        """Revoke a lease and delete every key attached to it; False if it was already gone."""
+        if self._client.lease is None:
+            raise StoreUnavailable("etcd client is not connected")
+        try:
+            await self._client.lease.revoke(lease_id, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise StoreUnavailable(f"etcd error: {exc.code().name}: {exc.details()}") from exc
+        except (EtcdError, TimeoutError) as exc:
+            raise StoreUnavailable(f"etcd unavailable: {exc}") from exc
+        return True
+
+    async def time_to_live(self, lease_id: int) -> int:
+        """Seconds the lease has left on the server; -1 if it has expired or never existed."""
+        if self._client.lease is None:
+            raise StoreUnavailable("etcd client is not connected")
+        resp = await self._call(self._client.lease.time_to_live(lease_id, timeout=self.timeout))
+        return int(resp.TTL)
+
+    async def keep_alive_once(self, lease_id: int) -> int:
+        """Renew a lease once; the TTL etcd granted, 0 if the lease no longer exists."""
+        if self._lease_stub is None:
+            raise StoreUnavailable("etcd client is not connected")
+        # A plain list, not an async generator: gRPC stops reading the requests when the call
+        # fails, and a generator left suspended would be finalized after its loop is gone.
+        call = self._lease_stub.LeaseKeepAlive([LeaseKeepAliveRequest(ID=lease_id)])
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for resp in call:
+                    return int(resp.TTL)
+        except grpc.aio.AioRpcError as exc:
+            raise StoreUnavailable(f"lease keep-alive failed: {exc.code().name}") from exc
+        except TimeoutError as exc:
+            raise StoreUnavailable("lease keep-alive timed out") from exc
+        finally:
+            call.cancel()
+        raise StoreUnavailable("lease keep-alive stream closed without an answer")
+
+    # maintenance -------------------------------------------------------------------------------
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Discard the history before ``revision`` (tests use it to force :class:`Compacted`)."""
+        await self._call(self._kv.compact(revision, physical=physical, timeout=self.timeout))
+
+    # watches -----------------------------------------------------------------------------------
+
+    async def watch(
+        self,
+        prefix: str,
+        *,
+        start_revision: int,
+        prev_kv: bool = True,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """Batches of changes under ``prefix`` from ``start_revision`` on (non-empty lists).
+
+        The stream survives etcd restarts and raises :class:`Compacted` if it has to resume from
+        a revision etcd no longer has. Use :meth:`watch_batches` to see progress notifications.
+        """
+        async for batch in self.watch_batches(
+            prefix, start_revision=start_revision, prev_kv=prev_kv, progress_notify=progress_notify
+        ):
+            if batch.events:
+                yield batch.events
+
+    async def watch_batches(
+        self,
+        key: str,
+        *,
+        start_revision: int,
+        prefix: bool = True,
+        prev_kv: bool = True,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[WatchBatch]:
+        """Every change of ``key`` (every key under it, if ``prefix``) from ``start_revision`` on.
+
+        A broken stream is re-opened from the revision after the last one delivered, with backoff,
+        for as long as etcd is unreachable: a consumer sees no gap and no repeat. Raises
+        :class:`Compacted` (with etcd's compact revision) when the revision it needs is gone; the
+        consumer then relists. ``progress_notify`` asks etcd for periodic empty batches that only
+        advance :attr:`WatchBatch.revision`.
+        """
+        range_end = prefix_end(key) if prefix else b""
+        next_revision = start_revision
+        backoff = WATCH_RETRY_MIN
+        while True:
+            if self._watch_stub is None:
+                raise StoreUnavailable("etcd client is not connected")
+            create = WatchCreateRequest(
+                key=key.encode(),
+                range_end=range_end,
+                start_revision=next_revision,
+                prev_kv=prev_kv,
+                progress_notify=progress_notify,
+            )
+
+            # Our side of the stream stays open until ``closed`` is set. gRPC's call.cancel() does
+            # not stop the task that feeds requests once the call has failed, so the generator
+            # must end by itself, or every reconnect would leak a task waiting forever.
+            closed = asyncio.Event()
+
+            async def requests(create: Any = create, closed: asyncio.Event = closed) -> Any:
+                yield WatchRequest(create_request=create)
+                await closed.wait()
+
+            call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+            try:
+                async for resp in call:
+                    if resp.compact_revision:
+                        raise Compacted(next_revision, int(resp.compact_revision))
+                    if resp.canceled:
+                        raise StoreUnavailable(f"watch cancelled by etcd: {resp.cancel_reason}")
+                    if resp.created:
+                        continue
+                    backoff = WATCH_RETRY_MIN
+                    if resp.events:
+                        events = [
+                            WatchEvent(
+                                kind="delete" if ev.type == ev.DELETE else "put",
+                                kv=_kv(ev.kv),
+                                prev=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                            )
+                            for ev in resp.events
+                        ]
+                        revision = events[-1].kv.mod_revision
+                    else:  # a progress notification: everything up to the header is delivered
+                        events = []
+                        revision = max(int(resp.header.revision), next_revision - 1)
+                    next_revision = revision + 1
+                    yield WatchBatch(events=events, revision=revision)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.OUT_OF_RANGE:
+                    raise Compacted(next_revision, 0) from exc
+                if code in _WATCH_FATAL:
+                    raise StoreUnavailable(f"watch failed: {code.name}: {exc.details()}") from exc
+                _log.info("watch on %s broken (%s), resuming at %d", key, code.name, next_revision)
+            finally:
+                closed.set()
+                call.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, WATCH_RETRY_MAX)
+
+
+class Lease:
+    """A lease granted by etcd and, once :meth:`keep_alive` is called, renewed in the background.
+
+    :attr:`lost` is set when the lease can no longer be vouched for: etcd said it expired, it was
+    revoked, or no renewal got through before the deadline (see the module docstring). It is never
+    cleared: a lost lease is not used again, a new one is granted.
+    """
+
+    def __init__(self, etcd: Etcd, lease_id: int, ttl: int, deadline: float) -> None:
+        self.etcd = etcd
+        self.id = lease_id
+        self.ttl = ttl
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self._deadline = deadline
+        self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.id:x} ttl={self.ttl} lost={self.lost_reason!r}>"
+
+    @property
+    def alive(self) -> bool:
+        """Not lost, and the last renewal still covers now."""
+        return not self.lost.is_set() and time.monotonic() < self._deadline
+
+    @property
+    def deadline(self) -> float:
+        """The ``time.monotonic()`` until which the lease is certainly valid on the server."""
+        return self._deadline
+
+    def keep_alive(self) -> None:
+        """Start renewing the lease in the background (idempotent)."""
+        if self._task is None and not self.lost.is_set():
+            self._task = asyncio.create_task(self._renew(), name=f"lease-keepalive-{self.id:x}")
+
+    async def stop_keep_alive(self) -> None:
+        """Stop renewing; the lease then expires on its own after its TTL."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def revoke(self) -> bool:
+        """Stop renewing and revoke now, deleting the keys on the lease; False if already gone."""
+        await self.stop_keep_alive()
+        self._lose("revoked")
+        return await self.etcd.revoke(self.id)
+
+    async def __aenter__(self) -> Lease:
+        self.keep_alive()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(StoreError):
+            await self.revoke()
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
+    async def _renew(self) -> None:
+        while True:
+            sent = time.monotonic()
+            remaining = self._deadline - sent
+            if remaining <= 0:
+                _log.warning("lease %x not renewed within its TTL; considering it lost", self.id)
+                self._lose("not renewed in time")
+                return
+            try:
+                async with asyncio.timeout(remaining):
+                    ttl = await self.etcd.keep_alive_once(self.id)
+            except (StoreError, TimeoutError) as exc:
+                _log.info("lease %x keep-alive failed: %s", self.id, exc)
+                await asyncio.sleep(min(0.25, max(0.0, self._deadline - time.monotonic())))
+                continue
+            if ttl <= 0:
+                self._lose("expired")
+                return
+            self._deadline = sent + ttl
+            await asyncio.sleep(ttl / 3)

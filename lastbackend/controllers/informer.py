@@ -1,0 +1,242 @@
+"""Informer: an in-memory cache of one etcd prefix, kept current by list + watch.
+
+One task (:meth:`Informer.run`) owns the cache; nothing else writes it, and it changes only
+between ``await`` points of that task, so readers on the same loop (reconcilers, handlers) always
+see a state etcd actually had, with no locks.
+
+The protocol (DESIGN.md section 5):
+
+1. **List** the prefix at one revision (pages of :data:`PAGE` keys, all pinned to the first
+   page's revision, so the snapshot is one moment of the tree however large it is) and emit the
+   difference against the cache. The first list emits a put per key and then sets :attr:`synced`.
+2. **Watch** from the list's revision + 1 with ``prev_kv``. The store's watch resumes a broken
+   stream by itself (an etcd restart costs nothing but a pause); if anything else ends it, the
+   informer reopens it from :attr:`revision` + 1.
+3. On :class:`~lastbackend.store.etcd.Compacted` (the history it needs is gone), go back to 1:
+   the relist emits puts for new or changed keys and **deletes for keys that vanished**, so a
+   handler never keeps an object etcd no longer has.
+
+Exactly once, in order: the store's watch never repeats or skips an event across reconnects.
+The one replay left is the informer's own: cancelled inside an async handler, half-way through
+a batch. So :attr:`revision` only moves when a whole batch has been applied, the events applied
+past it are counted, and a reopened watch (from :attr:`revision` + 1, so it delivers those same
+events first, in the same order) skips that many. A revision that a batch only half applied is
+not skipped, and nothing is emitted twice.
+
+Handlers are called as ``handler(key, old, new)`` with the raw etcd key and the cached
+:class:`~lastbackend.store.etcd.KV` before and after (``None`` for "absent"), after the cache has
+changed. They may be plain functions or coroutines; they run inline, in order, so they should be
+quick (enqueue a key and return). A handler that raises is logged and does not stop the others.
+
+``to_key`` maps a raw key to a *work key*, or ``None`` to ignore the key entirely. Many raw keys
+may share a work key (``projects/<pid>/services/<sid>/{meta,config,image}`` -> ``<pid>/<sid>``);
+:meth:`Informer.objects` returns one work key's raw keys from an index kept alongside the cache,
+and :meth:`Informer.work_keys` lists them for a resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+
+import structlog
+
+from lastbackend.store.etcd import KV, Compacted, Etcd, StoreError, WatchBatch
+
+PAGE = 1000
+"""Keys per list page: a few MB at most, under gRPC's default 4 MB message limit."""
+
+RETRY_MIN = 0.1
+RETRY_MAX = 5.0
+
+Handler = Callable[[str, KV | None, KV | None], Awaitable[None] | None]
+KeyMap = Callable[[str], str | None]
+
+log = structlog.get_logger("lastbackend.controllers.informer")
+
+
+def _identity(key: str) -> str | None:
+    return key
+
+
+class Informer:
+    """List + watch one prefix into a cache and tell handlers what changed."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        prefix: str,
+        *,
+        to_key: KeyMap | None = None,
+        name: str = "",
+        progress_notify: bool = True,
+    ) -> None:
+        self.etcd = etcd
+        self.prefix = prefix
+        self.name = name or prefix
+        self.progress_notify = progress_notify
+        self._to_key: KeyMap = to_key or _identity
+        self._handlers: list[Handler] = []
+        self._cache: dict[str, KV] = {}
+        self._work: dict[str, str] = {}  # raw key -> work key
+        self._groups: dict[str, dict[str, KV]] = {}  # work key -> raw key -> KV
+        self._needs_list = True
+        self._applied = 0  # events past self.revision already applied (a batch cut short)
+        self._skip = 0  # events still to skip on a reopened watch
+        self.revision = 0
+        """Every change under the prefix up to this revision is in the cache."""
+        self.synced = asyncio.Event()
+        """Set once the first list has been delivered to the handlers; stays set."""
+        self.lists = 0
+        """How many lists were made (1 + relists after compaction): for tests and metrics."""
+
+    def __repr__(self) -> str:
+        return f"<Informer {self.name!r} keys={len(self._cache)} revision={self.revision}>"
+
+    # reading the cache -------------------------------------------------------------------------
+
+    @property
+    def cache(self) -> Mapping[str, KV]:
+        """A read-only live view of raw key -> KV."""
+        return MappingProxyType(self._cache)
+
+    def get(self, key: str) -> KV | None:
+        return self._cache.get(key)
+
+    def work_key(self, key: str) -> str | None:
+        """The work key of a raw key (``None``: the informer ignores it)."""
+        return self._to_key(key)
+
+    def work_keys(self) -> list[str]:
+        """Every work key with at least one cached raw key (what a resync re-adds)."""
+        return list(self._groups)
+
+    def objects(self, work_key: str) -> dict[str, KV]:
+        """The cached raw keys of one work key (a copy: safe to hold across ``await``)."""
+        return dict(self._groups.get(work_key, {}))
+
+    # handlers ----------------------------------------------------------------------------------
+
+    def add_handler(self, handler: Handler) -> None:
+        """Call ``handler(key, old, new)`` for every change from now on (and the first list)."""
+        self._handlers.append(handler)
+
+    # running -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List, then watch, forever; cancel the task to stop.
+
+        The state survives cancellation: running again resumes from :attr:`revision`.
+        """
+        delay = RETRY_MIN
+        while True:
+            try:
+                if self._needs_list:
+                    await self._relist()
+                self._skip = self._applied
+                async for batch in self.etcd.watch_batches(
+                    self.prefix,
+                    start_revision=self.revision + 1,
+                    prev_kv=True,
+                    progress_notify=self.progress_notify,
+                ):
+                    await self._apply(batch)
+                    delay = RETRY_MIN
+            except Compacted as exc:
+                log.info(
+                    "informer history compacted, relisting",
+                    informer=self.name,
+                    revision=self.revision,
+                    compact_revision=exc.compact_revision,
+                )
+                self._needs_list = True
+            except StoreError as exc:
+                log.warning("informer stream failed", informer=self.name, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+
+    async def _list(self) -> tuple[int, dict[str, KV]]:
+        revision = 0
+        start: str | None = None
+        found: dict[str, KV] = {}
+        while True:
+            page = await self.etcd.range(self.prefix, start=start, revision=revision, limit=PAGE)
+            if revision == 0:
+                revision = page.revision
+            for kv in page.kvs:
+                if self._to_key(kv.key) is not None:
+                    found[kv.key] = kv
+            if not page.more or not page.kvs:
+                return revision, found
+            start = page.kvs[-1].key + "\0"
+
+    async def _relist(self) -> None:
+        revision, snapshot = await self._list()
+        self.lists += 1
+        for key in [k for k in self._cache if k not in snapshot]:
+            old = self._remove(key)
+            await self._emit(key, old, None)
+        for key, kv in snapshot.items():
+            old = self._cache.get(key)
+            if old is None or old.mod_revision != kv.mod_revision:
+                self._store(kv)
+                await self._emit(key, old, kv)
+        self.revision = revision
+        self._applied = 0
+        self._needs_list = False
+        if not self.synced.is_set():
+            log.info(
+                "informer synced", informer=self.name, keys=len(self._cache), revision=revision
+            )
+            self.synced.set()
+
+    async def _apply(self, batch: WatchBatch) -> None:
+        for event in batch.events:
+            if self._skip:
+                self._skip -= 1  # applied before this watch was reopened
+                continue
+            self._applied += 1
+            key = event.kv.key
+            if self._to_key(key) is None:
+                continue
+            old = self._cache.get(key)
+            if event.kind == "delete":
+                if old is None:
+                    continue  # a key this informer never had
+                self._remove(key)
+                await self._emit(key, old, None)
+            else:
+                self._store(event.kv)
+                await self._emit(key, old, event.kv)
+        self.revision = max(self.revision, batch.revision)
+        # Whatever is still to skip lies past the batch: it is what stays applied past revision.
+        self._applied = self._skip
+
+    def _store(self, kv: KV) -> None:
+        work = self._work.get(kv.key)
+        if work is None:
+            work = self._to_key(kv.key)
+            assert work is not None
+            self._work[kv.key] = work
+        self._cache[kv.key] = kv
+        self._groups.setdefault(work, {})[kv.key] = kv
+
+    def _remove(self, key: str) -> KV:
+        old = self._cache.pop(key)
+        work = self._work.pop(key)
+        group = self._groups[work]
+        del group[key]
+        if not group:
+            del self._groups[work]
+        return old
+
+    async def _emit(self, key: str, old: KV | None, new: KV | None) -> None:
+        for handler in self._handlers:
+            try:
+                result = handler(key, old, new)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("informer handler failed", informer=self.name, key=key)
