@@ -1,4 +1,4 @@
-"""Entry points: ``lastbackend daemon | api | tree | version``.
+"""Entry points: ``lastbackend daemon | api | controller | node | tree | version``.
 
 Every subcommand that talks to etcd takes the same ``--etcd`` and TLS flags, read into the same
 :class:`~lastbackend.config.Settings`, so ``lastbackend tree`` finds whatever the daemon uses
@@ -21,13 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from lastbackend import config, logs
 from lastbackend.api.app import make_app
 from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
+from lastbackend.controllers.runner import Controller, Manager
+from lastbackend.controllers.services import ServicesController
 from lastbackend.logs import log
 from lastbackend.model.common import MASK, mask_secrets
+from lastbackend.node.agent import NodeAgent
+from lastbackend.secrets import Secrets
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd, EtcdNotFound
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
@@ -63,19 +68,36 @@ def _server(parser: argparse.ArgumentParser) -> None:
     )
 
 
+ROLES = {
+    "daemon": frozenset({"api", "controller", "node"}),
+    "api": frozenset({"api"}),
+    "controller": frozenset({"controller"}),
+    "node": frozenset({"node"}),
+}
+"""What each serving subcommand runs."""
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="lastbackend", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
-    daemon = sub.add_parser("daemon", help="everything in one process; embedded etcd unless --etcd")
+    daemon = sub.add_parser(
+        "daemon", help="API, controllers and this host's node agent; embedded etcd unless --etcd"
+    )
     api = sub.add_parser("api", help="the REST API only, against --etcd")
+    controller = sub.add_parser("controller", help="the controllers only (one leader acts)")
+    node = sub.add_parser("node", help="the node agent of this Docker host only")
     tree = sub.add_parser(
         "tree", help="print the /lastbackend key tree, values decoded, secrets masked"
     )
     sub.add_parser("version", help="print the version")
-    for p in (daemon, api, tree):
+    for p in (daemon, api, controller, node, tree):
         _common(p)
-    for p in (daemon, api):
+    for p in (daemon, api, controller, node):
         _server(p)
+    for p in (daemon, node):
+        p.add_argument(
+            "--name", dest="node_name", help="node name (LB_NODE_NAME; default: host name)"
+        )
     tree.add_argument(
         "prefix", nargs="?", default=keys.ROOT, help="key prefix (default /lastbackend/)"
     )
@@ -96,6 +118,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "data_dir",
             "admin_tokens",
             "read_tokens",
+            "node_name",
         )
     }
     return config.load(file=args.config, flags=flags)
@@ -106,7 +129,7 @@ def connect(settings: Settings) -> Etcd:
     return Etcd(settings.endpoints, tls=tls, timeout=settings.etcd_timeout)
 
 
-async def serve(settings: Settings, *, embedded: bool) -> int:
+async def serve(settings: Settings, *, roles: frozenset[str], embedded: bool) -> int:
     etcd_server: EmbeddedEtcd | None = None
     if embedded and settings.embedded:
         etcd_server = EmbeddedEtcd(
@@ -124,25 +147,64 @@ async def serve(settings: Settings, *, embedded: bool) -> int:
         await asyncio.to_thread(etcd_server.wait_healthy, 30.0)
     try:
         async with connect(settings) as etcd:
-            app = make_app(settings, etcd)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
-            await runner.setup()
-            host, port = settings.host_port
-            await web.TCPSite(
-                runner, host, port, shutdown_timeout=settings.shutdown_timeout
-            ).start()
-            log.info("listening", listen=settings.listen, etcd=",".join(settings.endpoints))
-            # What is alive now lives for the whole run: keep it out of every collection, and
-            # collect less often (the request path allocates many short-lived objects).
-            gc.freeze()
-            gc.set_threshold(7000, 10, 10)
-            await _until_signalled(runner, app[INFLIGHT], settings.shutdown_timeout)
-            log.info("stopped")
+            await _run_roles(settings, etcd, roles)
     finally:
         if etcd_server is not None:
             await asyncio.to_thread(etcd_server.stop)
             log.info("embedded etcd stopped")
     return 0
+
+
+def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[Controller]:
+    controllers: list[Controller] = []
+    if "controller" in roles:
+        controllers.append(ServicesController())
+    if "node" in roles:
+        from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+
+        runtime = DockerRuntime(settings.docker_host or None)
+        secrets = Secrets.from_settings(settings)
+        controllers.append(NodeAgent(etcd, runtime, secrets, settings.node))
+    return controllers
+
+
+async def _run_roles(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> None:
+    registry = CollectorRegistry()
+    controllers = _controllers(settings, etcd, roles)
+    manager = Manager(etcd, controllers, registry=registry) if controllers else None
+    app = make_app(
+        settings,
+        etcd,
+        registry=registry,
+        controllers=manager.status if manager is not None else None,
+        families="api" in roles,
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    await runner.setup()
+    host, port = settings.host_port
+    await web.TCPSite(runner, host, port, shutdown_timeout=settings.shutdown_timeout).start()
+    log.info(
+        "listening",
+        listen=settings.listen,
+        etcd=",".join(settings.endpoints),
+        roles=sorted(roles),
+        node=settings.node if "node" in roles else None,
+    )
+    if manager is not None:
+        manager.start()
+    # What is alive now lives for the whole run: keep it out of every collection, and
+    # collect less often (the request path allocates many short-lived objects).
+    gc.freeze()
+    gc.set_threshold(7000, 10, 10)
+    try:
+        await _until_signalled(runner, app[INFLIGHT], settings.shutdown_timeout)
+    finally:
+        if manager is not None:
+            await manager.stop()
+            for controller in controllers:
+                if isinstance(controller, NodeAgent):
+                    await controller.runtime.close()
+    log.info("stopped")
 
 
 async def _until_signalled(runner: web.AppRunner, inflight: InFlight, grace: float) -> None:
@@ -204,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         settings = settings_from(args)
-        if args.command in ("daemon", "api"):
+        if args.command in ROLES:
             settings.check()
     except ConfigError as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)
@@ -213,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tree":
             return asyncio.run(tree(settings, args.prefix, args.json))
-        return asyncio.run(serve(settings, embedded=args.command == "daemon"))
+        return asyncio.run(
+            serve(settings, roles=ROLES[args.command], embedded=args.command == "daemon")
+        )
     except EtcdNotFound as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,11 @@ class Settings:
     # [log]
     log_level: str = "info"
     log_format: str = "json"
+    # [node]
+    node_name: str = ""
+    """This Docker host's node name. Empty: the machine's host name."""
+    docker_host: str = ""
+    """The Docker engine to drive (like DOCKER_HOST). Empty: the local socket."""
     # [secrets]
     secret_key: str = attrs.field(default="", repr=False)
     """A Fernet key (never printed). Empty: the key in ``secret_key_file``."""
@@ -78,6 +84,13 @@ class Settings:
         return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
+    def node(self) -> str:
+        """The node name in force: configured, or the host name lowercased to a DNS label."""
+        import socket
+
+        return self.node_name or socket.gethostname().split(".")[0].lower()
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.admin_tokens or self.read_tokens)
 
@@ -95,6 +108,10 @@ class Settings:
             raise ConfigError("--etcd-cert/--etcd-key need --etcd-ca")
         for endpoint in self.etcd_endpoints:
             split_host_port(endpoint, "etcd endpoint")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.node):
+            raise ConfigError(
+                f"node name must be a DNS label (LB_NODE_NAME, --name): {self.node!r}"
+            )
         if self.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
         if self.log_format not in {"json", "console"}:
@@ -152,6 +169,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
     "daemon": {"data_dir": "data_dir"},
     "log": {"level": "log_level", "format": "log_format"},
+    "node": {"name": "node_name", "docker": "docker_host"},
     "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
 }
 
@@ -165,6 +183,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_TOKEN": "admin_tokens",
     "LB_READ_TOKEN": "read_tokens",
     "LB_LOG_LEVEL": "log_level",
+    "LB_NODE_NAME": "node_name",
+    "LB_DOCKER_HOST": "docker_host",
     "LB_SECRET_KEY": "secret_key",
     "LB_SECRET_KEY_FILE": "secret_key_file",
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -11,8 +13,19 @@ from lastbackend.config import Settings
 from lastbackend.store.etcd import Etcd
 
 
-def make_app(settings: Settings, etcd: Etcd) -> web.Application:
-    registry = CollectorRegistry()
+def make_app(
+    settings: Settings,
+    etcd: Etcd,
+    *,
+    registry: CollectorRegistry | None = None,
+    controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None,
+    families: bool = True,
+) -> web.Application:
+    """The API; with ``families=False`` only the system routes (for controller/node processes).
+
+    ``registry`` is shared with in-process controllers so ``/metrics`` shows theirs too.
+    """
+    registry = registry or CollectorRegistry()
     inflight = middlewares.InFlight()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -22,9 +35,11 @@ def make_app(settings: Settings, etcd: Etcd) -> web.Application:
             middlewares.auth(settings),
         ],
     )
-    app[STATE] = State(settings=settings, etcd=etcd)
+    app[STATE] = State(settings=settings, etcd=etcd, controllers=controllers)
     app[system.REGISTRY] = registry
     app[middlewares.INFLIGHT] = inflight
-    for family in (system, projects, services, registries):
-        app.router.add_routes(family.routes)
+    app.router.add_routes(system.routes)
+    if families:
+        for family in (projects, services, registries):
+            app.router.add_routes(family.routes)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import attrs
 from aiohttp import web
 
@@ -18,7 +20,9 @@ class State:
     settings: Settings
     etcd: Etcd
     names: NameCache = attrs.Factory(NameCache)
-    ready: bool = False
+    controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
+    """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
+    A callable, not the manager: ``api`` imports nothing from ``controllers``."""
     _secrets: Secrets | None = None
 
     @property

@@ -21,14 +21,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @routes.get("/readyz")
-@doc("Readiness: etcd answers (503 otherwise)")
+@doc("Readiness: etcd answers and in-process controllers have synced (503 otherwise)")
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         revision = await state.etcd.status()
     except StoreUnavailable as exc:
         return json_response({"status": "unavailable", "etcd": str(exc)}, status=503)
-    return json_response({"status": "ok", "etcd": {"revision": revision}})
+    body: dict[str, object] = {"status": "ok", "etcd": {"revision": revision}}
+    if state.controllers is not None:
+        controllers = state.controllers()
+        body["controllers"] = controllers
+        if not all(c.get("ready") for c in controllers.values()):
+            body["status"] = "syncing"
+            return json_response(body, status=503)
+    return json_response(body)
 
 
 @routes.get("/metrics")

@@ -1,0 +1,145 @@
+"""The services controller: keep each service's pods at its config, on live nodes.
+
+Work keys: ``svc:<pid>/<sid>`` for anything under a service (meta, config, image, containers),
+``pod:<node>/<pod id>`` for a pod (which resolves to its service's key) and ``nodes`` for any node
+change (which looks at every service again). The decision of what to do is
+:func:`lastbackend.controllers.plan.plan`; this module reads the caches, calls it, and carries out
+its plan as fenced transactions:
+
+- a pod is created by putting ``helper/pods/<id> -> <pid>:<sid>`` and ``pods/<node>/<id>`` in one
+  txn that also requires the service's meta, so a pod is never made for a deleted service;
+- a pod is deleted by removing both keys; the node agent then removes its container.
+
+Deleting a service or project (one API txn) leaves its pods to this controller: their service's
+meta is gone, so the plan deletes them all. Pods that outlive the controller's knowledge of their
+service (it was down when the service went) are found through their ``pod:`` key at the next list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from lastbackend import codec
+from lastbackend.controllers.plan import Observed, choose_nodes, plan
+from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.model.common import new_id, now
+from lastbackend.model.platform import Container, ServiceConfig
+from lastbackend.model.pods import Node, Pod, PodSpec
+from lastbackend.store import keys
+from lastbackend.store.etcd import Cmp, Op
+
+log = structlog.get_logger("lastbackend.controllers.services")
+
+UNSCHEDULABLE_RETRY = 5.0
+"""Seconds before pods that fit on no node are tried again (a node join also triggers it)."""
+
+
+def service_key(raw: str) -> str | None:
+    """``projects/<pid>/services/<sid>/...`` -> ``svc:<pid>/<sid>``; other keys are ignored."""
+    parts = raw[len(keys.PROJECTS) :].split("/")
+    if len(parts) >= 4 and parts[1] == "services":
+        return f"svc:{parts[0]}/{parts[2]}"
+    return None
+
+
+def pod_key(raw: str) -> str | None:
+    node, _, pod_id = raw[len(keys.PODS) :].partition("/")
+    return f"pod:{node}/{pod_id}" if pod_id and "/" not in pod_id else None
+
+
+class ServicesController(Controller):
+    name = "services"
+    workers = 4
+    resync_period = 60.0
+
+    def watches(self) -> Sequence[Watch]:
+        return [
+            Watch(keys.PROJECTS, to_key=service_key),
+            Watch(keys.PODS, to_key=pod_key),
+            Watch(keys.NODES, to_key=lambda _: "nodes"),
+        ]
+
+    # views of the caches -----------------------------------------------------------------------
+
+    def _pods(self) -> list[Pod]:
+        return [codec.loads(kv.value, Pod) for kv in self.informer(keys.PODS).cache.values()]
+
+    def _nodes(self) -> list[Node]:
+        return [codec.loads(kv.value, Node) for kv in self.informer(keys.NODES).cache.values()]
+
+    # reconcile ---------------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> float | None:
+        assert self.queue is not None
+        kind, _, rest = key.partition(":")
+        if key == "nodes":
+            for work_key in self.informer(keys.PROJECTS).work_keys():
+                self.queue.add(work_key)
+            for pod in self._pods():
+                self.queue.add(f"svc:{pod.project}/{pod.service}")
+            return None
+        if kind == "pod":
+            node, _, pod_id = rest.partition("/")
+            kv = self.informer(keys.PODS).get(keys.pod_spec(node, pod_id))
+            if kv is not None:
+                pod = codec.loads(kv.value, Pod)
+                self.queue.add(f"svc:{pod.project}/{pod.service}")
+            return None
+        pid, _, sid = rest.partition("/")
+        return await self._service(pid, sid)
+
+    async def _service(self, pid: str, sid: str) -> float | None:
+        objects = self.informer(keys.PROJECTS).objects(f"svc:{pid}/{sid}")
+        meta = objects.get(keys.service_part(pid, sid, "meta"))
+        config_kv = objects.get(keys.service_part(pid, sid, "config"))
+        image_kv = objects.get(keys.service_part(pid, sid, "image"))
+        config = codec.loads(config_kv.value, ServiceConfig) if config_kv else ServiceConfig()
+        image = image_kv.value.decode() if image_kv else None
+        spec = PodSpec.of(config, image) if meta and image else None
+
+        running = {
+            c.pod
+            for raw, kv in objects.items()
+            if "/containers/" in raw
+            for c in [codec.loads(kv.value, Container)]
+            if c.status == "running"
+        }
+        all_pods = self._pods()
+        mine = [p for p in all_pods if p.project == pid and p.service == sid]
+        nodes = self._nodes()
+        step = plan(
+            config.replicas if meta else 0,
+            spec.template if spec else None,
+            [Observed(p, p.id in running) for p in mine],
+            {n.name for n in nodes},
+        )
+        for pod in step.delete:
+            await self.txn(
+                [], [Op.delete(keys.pod_spec(pod.node, pod.id)), Op.delete(keys.pod(pod.id))]
+            )
+            log.info("pod deleted", service=sid, pod=pod.id, node=pod.node)
+        if not step.create or spec is None:
+            return None
+        remaining = [p for p in all_pods if p not in step.delete]
+        targets = choose_nodes(nodes, remaining, spec.memory, step.create)
+        for node in targets:
+            pod = Pod(new_id(), pid, sid, node, spec.template, spec, now())
+            result = await self.txn(
+                [Cmp.present(keys.service_part(pid, sid, "meta"))],
+                [
+                    Op.put(keys.pod(pod.id), f"{pid}:{sid}"),
+                    Op.put(keys.pod_spec(node, pod.id), codec.dumps(pod)),
+                ],
+            )
+            if not result.succeeded:
+                return None  # the service was deleted meanwhile
+            log.info("pod scheduled", service=sid, pod=pod.id, node=node)
+        if len(targets) < step.create:
+            log.warning(
+                "pods fit on no node", service=sid, missing=step.create - len(targets),
+                memory=spec.memory,
+            )  # fmt: skip
+            return UNSCHEDULABLE_RETRY
+        return None

@@ -1,0 +1,228 @@
+"""The node agent: run the pods assigned to this Docker host, and say what runs.
+
+It is a controller whose work keys are pod ids, elected per node name (``node-<name>``), so two
+agents started with the same ``--name`` cannot both act on one host. In each term it:
+
+- registers ``nodes/<name>`` on a lease with the capacity ``docker info`` reports; the services
+  controller schedules only onto nodes whose key exists, and reschedules the pods of a node whose
+  lease expired;
+- watches ``pods/<name>/`` (the desired pods) and Docker's events for containers labelled with
+  this node (a container that died is looked at again at once);
+- reconciles a pod id: a pod that is wanted and has no running container gets one (pulling the
+  image with the registry account of its host); a container whose pod is gone is removed; every
+  container's state is written to ``services/<sid>/containers/<id>``.
+
+Containers are named ``lb-<pod id>`` and labelled ``io.lastbackend.*``, so a restarted agent finds
+and adopts what it made: at the start of a term every labelled container's pod is reconciled.
+Container objects are written in a txn that requires the service's meta, so an agent never
+recreates keys under a service that was deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from lastbackend import codec
+from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.model.common import now
+from lastbackend.model.platform import Container
+from lastbackend.model.pods import Node, Pod
+from lastbackend.model.registries import registry_host
+from lastbackend.node.runtime.base import (
+    ContainerRuntimeError,
+    ContainerSpec,
+    ContainerState,
+    RegistryAuth,
+    Runtime,
+)
+from lastbackend.secrets import Secrets
+from lastbackend.store import keys
+from lastbackend.store.etcd import Cmp, Etcd, Op, StoreError
+from lastbackend.store.registries import credentials_for
+
+log = structlog.get_logger("lastbackend.node")
+
+LABEL = "io.lastbackend"
+LABEL_NODE = f"{LABEL}.node"
+LABEL_POD = f"{LABEL}.pod"
+LABEL_PROJECT = f"{LABEL}.project"
+LABEL_SERVICE = f"{LABEL}.service"
+LABEL_TEMPLATE = f"{LABEL}.template"
+
+NODE_TTL = 10
+"""Seconds a node key outlives its agent: how long a dead host's pods wait to be rescheduled."""
+
+
+def container_name(pod_id: str) -> str:
+    return f"lb-{pod_id}"
+
+
+def volume_name(service_id: str, name: str) -> str:
+    """Named volumes belong to the service, so data outlives a rollout's pods."""
+    return f"lb-{service_id}-{name}"
+
+
+class NodeAgent(Controller):
+    workers = 4
+    resync_period = 30.0
+
+    def __init__(self, etcd: Etcd, runtime: Runtime, secrets: Secrets, node: str) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.runtime = runtime
+        self.secrets = secrets
+        self.node = node
+        self.name = f"node-{node}"
+        self._reported: dict[str, bytes] = {}  # container id -> last value written
+
+    def watches(self) -> Sequence[Watch]:
+        return [Watch(keys.node_pods(self.node), to_key=keys.leaf)]
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._register(), self._follow_events()]
+
+    async def started(self) -> None:
+        """Adopt or remove whatever this node already runs: queue every labelled container's pod."""
+        assert self.queue is not None
+        for state in await self.runtime.list({LABEL_NODE: self.node}):
+            pod_id = state.labels.get(LABEL_POD)
+            if pod_id:
+                self.queue.add(pod_id)
+
+    # the node key ------------------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        """Keep ``nodes/<name>`` on a live lease; grant a new one whenever it is lost.
+
+        Failures (Docker or etcd away) are retried here rather than ending the term: the
+        agent keeps reconciling what it can, and the node key returns when both answer.
+        """
+        delay = 1.0
+        while True:
+            try:
+                await self._register_once()
+                delay = 1.0
+            except (StoreError, ContainerRuntimeError) as exc:
+                log.warning("node registration failed; retrying", error=str(exc), delay=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _register_once(self) -> None:
+        capacity = await self.runtime.info()
+        node = Node(
+            name=self.node,
+            hostname=capacity.hostname or socket.gethostname(),
+            memory=capacity.memory_mb,
+            cpus=capacity.cpus,
+            docker_version=capacity.docker_version,
+            updated=now(),
+        )
+        lease = await self.etcd.grant(NODE_TTL)
+        try:
+            await self.etcd.txn(
+                [], [Op.put(keys.node(self.node), codec.dumps(node), lease=lease.id)]
+            )
+            lease.keep_alive()
+            log.info("node registered", node=self.node, memory=node.memory, cpus=node.cpus)
+            await lease.lost.wait()
+            log.warning("node lease lost; registering again", reason=lease.lost_reason)
+        finally:
+            with contextlib.suppress(StoreError):
+                await lease.revoke()
+
+    async def _follow_events(self) -> None:
+        assert self.queue is not None
+        async for event in self.runtime.events({LABEL_NODE: self.node}):
+            pod_id = event.labels.get(LABEL_POD)
+            if pod_id and event.action in {"die", "stop", "destroy", "oom", "start"}:
+                self.queue.add(pod_id)
+
+    # reconcile ---------------------------------------------------------------------------------
+
+    def _pod(self, pod_id: str) -> Pod | None:
+        kv = self.informer().get(keys.pod_spec(self.node, pod_id))
+        return codec.loads(kv.value, Pod) if kv else None
+
+    async def reconcile(self, key: str) -> float | None:
+        pod = self._pod(key)
+        states = await self.runtime.list({LABEL_POD: key})
+        if pod is None:
+            for state in states:
+                await self._remove(state)
+            return None
+        running = [s for s in states if s.running]
+        for state in states:
+            if not state.running:  # died: replace it (the name is needed again)
+                await self._remove(state)
+        if not running:
+            await self._pull(pod.spec.image)
+            running = [await self.runtime.run(self._spec(pod))]
+            log.info("container started", pod=pod.id, container=running[0].id[:12])
+        for state in running:
+            await self._report(pod, state)
+        return None
+
+    def _spec(self, pod: Pod) -> ContainerSpec:
+        return ContainerSpec(
+            name=container_name(pod.id),
+            image=pod.spec.image,
+            command=pod.spec.command,
+            env=pod.spec.env,
+            memory_mb=pod.spec.memory,
+            ports=pod.spec.ports,
+            volumes={volume_name(pod.service, v): path for v, path in pod.spec.volumes.items()},
+            labels={
+                LABEL_NODE: self.node,
+                LABEL_POD: pod.id,
+                LABEL_PROJECT: pod.project,
+                LABEL_SERVICE: pod.service,
+                LABEL_TEMPLATE: pod.template,
+            },
+        )
+
+    async def _pull(self, image: str) -> None:
+        found = await credentials_for(self.etcd, self.secrets, registry_host(image))
+        auth = RegistryAuth(found.username, found.password, found.host) if found else None
+        await self.runtime.ensure_image(image, auth)
+
+    async def _report(self, pod: Pod, state: ContainerState) -> None:
+        """Write the container object, unless unchanged or the service is gone."""
+        t = now()
+        container = Container(
+            id=state.id,
+            status=state.status,
+            created=state.created,
+            updated=t,
+            ports=dict(state.ports),
+            pod=pod.id,
+            node=self.node,
+        )
+        fingerprint = codec.dumps(attrs_without_updated(container))
+        if self._reported.get(state.id) == fingerprint:
+            return
+        key = keys.container(pod.project, pod.service, state.id)
+        meta = keys.service_part(pod.project, pod.service, "meta")
+        await self.etcd.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
+        self._reported[state.id] = fingerprint
+
+    async def _remove(self, state: ContainerState) -> None:
+        """Stop and remove a container, and its object in etcd."""
+        await self.runtime.remove(state.id)
+        self._reported.pop(state.id, None)
+        project, service = state.labels.get(LABEL_PROJECT), state.labels.get(LABEL_SERVICE)
+        if project and service:
+            await self.etcd.txn([], [Op.delete(keys.container(project, service, state.id))])
+        log.info("container removed", pod=state.labels.get(LABEL_POD), container=state.id[:12])
+
+
+def attrs_without_updated(container: Container) -> dict[str, Any]:
+    """What makes a report different from the last one: all but the time it was made."""
+    data = codec.unstructure(container)
+    data.pop("updated", None)
+    return data
