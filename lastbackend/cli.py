@@ -27,6 +27,7 @@ from lastbackend import config, logs
 from lastbackend.api.app import make_app
 from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
+from lastbackend.controllers.gc import GarbageCollector
 from lastbackend.controllers.runner import Controller, Manager
 from lastbackend.controllers.services import ServicesController
 from lastbackend.logs import log
@@ -158,7 +159,7 @@ async def serve(settings: Settings, *, roles: frozenset[str], embedded: bool) ->
 def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[Controller]:
     controllers: list[Controller] = []
     if "controller" in roles:
-        controllers.append(ServicesController())
+        controllers += [ServicesController(), GarbageCollector()]
     if "node" in roles:
         from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
