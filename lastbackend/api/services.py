@@ -198,6 +198,12 @@ async def _part(request: web.Request, part: str) -> web.Response:
     return json_response(_spec(record)[part], revision=record.revision)
 
 
+async def _set_part(request: web.Request, part: str, value: Any) -> web.Response:
+    """Merge ``{part: value}`` into the service (a config merges key by key); answer the part."""
+    _, record = await _update(request, lambda cur: _merge(cur, {part: value}))
+    return json_response(_spec(record)[part], revision=record.revision)
+
+
 @routes.get(ONE + "/config")
 @doc("Get a service's config", response="ServiceConfig")
 async def get_config(request: web.Request) -> web.Response:
@@ -208,10 +214,7 @@ async def get_config(request: web.Request) -> web.Response:
 @doc("Replace a service's config", body=ServiceConfig, response="ServiceConfig")
 async def put_config(request: web.Request) -> web.Response:
     config = await body(request, ServiceConfig)
-    _, record = await _update(
-        request, lambda cur: _merge(cur, {"config": codec.unstructure(config)})
-    )
-    return json_response(_spec(record)["config"], revision=record.revision)
+    return await _set_part(request, "config", codec.unstructure(config))
 
 
 @routes.patch(ONE + "/config")
@@ -219,9 +222,7 @@ async def put_config(request: web.Request) -> web.Response:
     "Change some fields of a service's config", body="ServiceConfigPatch", response="ServiceConfig"
 )
 async def patch_config(request: web.Request) -> web.Response:
-    changes = await read_object(request)
-    _, record = await _update(request, lambda cur: _merge(cur, {"config": changes}))
-    return json_response(_spec(record)["config"], revision=record.revision)
+    return await _set_part(request, "config", await read_object(request))
 
 
 @routes.get(ONE + "/source")
@@ -234,10 +235,7 @@ async def get_source(request: web.Request) -> web.Response:
 @doc("Set a service's source repository", body=ServiceSource, response="ServiceSource")
 async def put_source(request: web.Request) -> web.Response:
     source = await body(request, ServiceSource)
-    _, record = await _update(
-        request, lambda cur: _merge(cur, {"source": codec.unstructure(source)})
-    )
-    return json_response(_spec(record)["source"], revision=record.revision)
+    return await _set_part(request, "source", codec.unstructure(source))
 
 
 @routes.delete(ONE + "/source")
@@ -256,9 +254,7 @@ async def get_domains(request: web.Request) -> web.Response:
 @routes.put(ONE + "/domains")
 @doc("Replace a service's domains", body=Domains, response="Domains")
 async def put_domains(request: web.Request) -> web.Response:
-    domains = await body(request, Domains)
-    _, record = await _update(request, lambda cur: _merge(cur, {"domains": domains}))
-    return json_response(_spec(record)["domains"], revision=record.revision)
+    return await _set_part(request, "domains", await body(request, Domains))
 
 
 @routes.get(ONE + "/image")
