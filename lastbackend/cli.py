@@ -99,6 +99,12 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--name", dest="node_name", help="node name (LB_NODE_NAME; default: host name)"
         )
+        p.add_argument(
+            "--advertise",
+            dest="node_advertise",
+            help="URL API processes reach this node at, for logs (LB_NODE_ADVERTISE; "
+            "default: http://<listen>)",
+        )
     tree.add_argument(
         "prefix", nargs="?", default=keys.ROOT, help="key prefix (default /lastbackend/)"
     )
@@ -120,6 +126,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "admin_tokens",
             "read_tokens",
             "node_name",
+            "node_advertise",
         )
     }
     return config.load(file=args.config, flags=flags)
@@ -165,7 +172,9 @@ def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[
 
         runtime = DockerRuntime(settings.docker_host or None)
         secrets = Secrets.from_settings(settings)
-        controllers.append(NodeAgent(etcd, runtime, secrets, settings.node))
+        controllers.append(
+            NodeAgent(etcd, runtime, secrets, settings.node, address=settings.node_address)
+        )
     return controllers
 
 
@@ -173,12 +182,14 @@ async def _run_roles(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> N
     registry = CollectorRegistry()
     controllers = _controllers(settings, etcd, roles)
     manager = Manager(etcd, controllers, registry=registry) if controllers else None
+    agent = next((c for c in controllers if isinstance(c, NodeAgent)), None)
     app = make_app(
         settings,
         etcd,
         registry=registry,
         controllers=manager.status if manager is not None else None,
         families="api" in roles,
+        logs=agent.open_logs if agent is not None else None,  # serves /node/containers/{id}/logs
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()

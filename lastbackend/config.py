@@ -59,6 +59,8 @@ class Settings:
     """This Docker host's node name. Empty: the machine's host name."""
     docker_host: str = ""
     """The Docker engine to drive (like DOCKER_HOST). Empty: the local socket."""
+    node_advertise: str = ""
+    """The URL API processes reach this node's agent at (for logs). Empty: ``http://<listen>``."""
     # [secrets]
     secret_key: str = attrs.field(default="", repr=False)
     """A Fernet key (never printed). Empty: the key in ``secret_key_file``."""
@@ -91,6 +93,11 @@ class Settings:
         return self.node_name or socket.gethostname().split(".")[0].lower()
 
     @property
+    def node_address(self) -> str:
+        """The URL written into ``nodes/<name>``: where API processes fetch this node's logs."""
+        return (self.node_advertise or f"http://{self.listen}").rstrip("/")
+
+    @property
     def auth_enabled(self) -> bool:
         return bool(self.admin_tokens or self.read_tokens)
 
@@ -111,6 +118,11 @@ class Settings:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", self.node):
             raise ConfigError(
                 f"node name must be a DNS label (LB_NODE_NAME, --name): {self.node!r}"
+            )
+        if self.node_advertise and not is_http_url(self.node_advertise):
+            raise ConfigError(
+                "node.advertise (LB_NODE_ADVERTISE) must be an http:// or https:// URL with a "
+                f"host, like http://10.0.0.5:2967: {self.node_advertise!r}"
             )
         if self.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
@@ -142,6 +154,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_http_url(value: str) -> bool:
+    """``http(s)://host[:port]``: what a node may advertise (no path: routes are absolute)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname) and url.path in ("", "/")
+
+
 def is_fernet_key(value: str) -> bool:
     """What ``cryptography``'s Fernet accepts, checked here so config needs no crypto import."""
     try:
@@ -169,7 +193,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
     "daemon": {"data_dir": "data_dir"},
     "log": {"level": "log_level", "format": "log_format"},
-    "node": {"name": "node_name", "docker": "docker_host"},
+    "node": {"name": "node_name", "docker": "docker_host", "advertise": "node_advertise"},
     "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
 }
 
@@ -185,6 +209,7 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_LOG_LEVEL": "log_level",
     "LB_NODE_NAME": "node_name",
     "LB_DOCKER_HOST": "docker_host",
+    "LB_NODE_ADVERTISE": "node_advertise",
     "LB_SECRET_KEY": "secret_key",
     "LB_SECRET_KEY_FILE": "secret_key_file",
 }

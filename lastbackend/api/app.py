@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from lastbackend.api import logs as logs_family
 from lastbackend.api import middlewares, projects, registries, services, system
-from lastbackend.api.state import STATE, State
+from lastbackend.api.state import STATE, LogSource, State
 from lastbackend.config import Settings
 from lastbackend.store.etcd import Etcd
 
@@ -20,10 +21,13 @@ def make_app(
     registry: CollectorRegistry | None = None,
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None,
     families: bool = True,
+    logs: LogSource | None = None,
 ) -> web.Application:
     """The API; with ``families=False`` only the system routes (for controller/node processes).
 
     ``registry`` is shared with in-process controllers so ``/metrics`` shows theirs too.
+    ``logs`` reads this process's node agent's containers: given where a node agent runs, it
+    serves ``/node/containers/{id}/logs``, which API processes proxy (503 without it).
     """
     registry = registry or CollectorRegistry()
     inflight = middlewares.InFlight()
@@ -35,11 +39,23 @@ def make_app(
             middlewares.auth(settings),
         ],
     )
-    app[STATE] = State(settings=settings, etcd=etcd, controllers=controllers)
+    app[STATE] = State(settings=settings, etcd=etcd, controllers=controllers, logs=logs)
     app[system.REGISTRY] = registry
     app[middlewares.INFLIGHT] = inflight
+    app.on_shutdown.append(_closing)
+    app.on_cleanup.append(_cleanup)
     app.router.add_routes(system.routes)
+    app.router.add_routes(logs_family.node_routes)
     if families:
-        for family in (projects, services, registries):
+        for family in (projects, services, registries, logs_family):
             app.router.add_routes(family.routes)
     return app
+
+
+async def _closing(app: web.Application) -> None:
+    """Shutdown's first step: end log streams, which would otherwise hold it up for its timeout."""
+    app[STATE].closing.set()
+
+
+async def _cleanup(app: web.Application) -> None:
+    await app[STATE].close()

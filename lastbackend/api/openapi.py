@@ -145,6 +145,13 @@ _BODY_NAMES = {
 }
 
 
+_QUERY: dict[str, dict[str, Any]] = {
+    "follow": {"type": "boolean", "default": False},
+    "tail": {"type": "integer", "minimum": 0, "maximum": 10000},
+}
+"""Schemas of the query parameters a :class:`Doc` names in ``query``; others are strings."""
+
+
 def _operation(spec: Doc, path: str) -> dict[str, Any]:
     params = [
         {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
@@ -157,6 +164,10 @@ def _operation(spec: Doc, path: str) -> dict[str, Any]:
             {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
             {"name": "order_by", "in": "query", "schema": {"type": "string"}},
         ]
+    params += [
+        {"name": name, "in": "query", "schema": _QUERY.get(name, {"type": "string"})}
+        for name in spec.query
+    ]
     op: dict[str, Any] = {"summary": spec.summary, "parameters": params}
     if spec.body is not None:
         name = spec.body if isinstance(spec.body, str) else _BODY_NAMES[spec.body]

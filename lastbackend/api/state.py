@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+import aiohttp
 import attrs
 from aiohttp import web
 
@@ -14,6 +16,17 @@ from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NameCache, Objects
 from lastbackend.store.registries import Registries
 
+LogSource = Callable[[str, bool, int | None], Awaitable[AsyncIterator[bytes]]]
+"""``(container id, follow, tail) -> chunks``: this process's node agent reading one container.
+
+Awaiting it runs the checks, so a refusal is an HTTP status before any byte is streamed: it
+raises ``LookupError`` for a container that is not this node's (404) and ``ConnectionError`` when
+the engine cannot answer (503). A callable, not the agent: ``api`` imports nothing from ``node``.
+"""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to connect to a node; reads have no limit, since a followed log may idle for hours."""
+
 
 @attrs.define
 class State:
@@ -23,7 +36,12 @@ class State:
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""
+    logs: LogSource | None = None
+    """Set where a node agent runs: ``/node/containers/{id}/logs`` answers 503 without it."""
+    closing: asyncio.Event = attrs.Factory(asyncio.Event)
+    """Set when the app shuts down, so log streams that would never end by themselves do."""
     _secrets: Secrets | None = None
+    _http: aiohttp.ClientSession | None = None
 
     @property
     def secrets(self) -> Secrets:
@@ -31,6 +49,30 @@ class State:
         if self._secrets is None:
             self._secrets = Secrets.from_settings(self.settings)
         return self._secrets
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """One client for the requests this process makes to nodes, made on first use (it needs
+        a running loop) and closed with the app; it sends a token when auth is on, since the
+        nodes check the same tokens."""
+        if self._http is None:
+            headers = {}
+            tokens = self.settings.admin_tokens or self.settings.read_tokens
+            if tokens:
+                headers["Authorization"] = f"Bearer {tokens[0]}"
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),  # each followed log holds a connection
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT
+                ),
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     @property
     def registries(self) -> Registries:

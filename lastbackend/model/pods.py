@@ -69,3 +69,7 @@ class Node:
     cpus: int
     docker_version: str
     updated: datetime
+    address: str = ""
+    """The agent's HTTP base URL (``http://10.0.0.5:2967``): API processes fetch the logs of this
+    node's containers there, so logs are read where they are, on any number of hosts. Empty from
+    an agent that predates it: its containers' logs are unavailable until it re-registers."""

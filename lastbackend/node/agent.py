@@ -16,6 +16,10 @@ Containers are named ``lb-<pod id>`` and labelled ``io.lastbackend.*``, so a res
 and adopts what it made: at the start of a term every labelled container's pod is reconciled.
 Container objects are written in a txn that requires the service's meta, so an agent never
 recreates keys under a service that was deleted.
+
+The node key carries the agent's ``address``: API processes fetch a container's logs from the
+node that runs it (:meth:`NodeAgent.open_logs`, served at ``/node/containers/<id>/logs``), so
+logs work on any number of hosts without shipping them anywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import structlog
@@ -59,6 +63,10 @@ NODE_TTL = 10
 """Seconds a node key outlives its agent: how long a dead host's pods wait to be rescheduled."""
 
 
+class UnknownContainer(LookupError):
+    """No container by that id on this node: missing, or not labelled as this node's (a 404)."""
+
+
 def container_name(pod_id: str) -> str:
     return f"lb-{pod_id}"
 
@@ -72,12 +80,16 @@ class NodeAgent(Controller):
     workers = 4
     resync_period = 30.0
 
-    def __init__(self, etcd: Etcd, runtime: Runtime, secrets: Secrets, node: str) -> None:
+    def __init__(
+        self, etcd: Etcd, runtime: Runtime, secrets: Secrets, node: str, *, address: str = ""
+    ) -> None:
         super().__init__()
         self.etcd = etcd
         self.runtime = runtime
         self.secrets = secrets
         self.node = node
+        self.address = address
+        """This agent's HTTP base URL, published in ``nodes/<name>`` for log requests."""
         self.name = f"node-{node}"
         self._reported: dict[str, bytes] = {}  # container id -> last value written
 
@@ -122,6 +134,7 @@ class NodeAgent(Controller):
             cpus=capacity.cpus,
             docker_version=capacity.docker_version,
             updated=now(),
+            address=self.address,
         )
         lease = await self.etcd.grant(NODE_TTL)
         try:
@@ -142,6 +155,40 @@ class NodeAgent(Controller):
             pod_id = event.labels.get(LABEL_POD)
             if pod_id and event.action in {"die", "stop", "destroy", "oom", "start"}:
                 self.queue.add(pod_id)
+
+    # logs --------------------------------------------------------------------------------------
+
+    async def open_logs(
+        self, container_id: str, follow: bool, tail: int | None
+    ) -> AsyncIterator[bytes]:
+        """The output of one of *this node's* containers, checked before anything is streamed.
+
+        The engine would serve any container on the host, including another agent's (two nodes
+        may share an engine in tests) or one that is not lastbackend's at all, so the container
+        must carry this node's label. Raises :class:`UnknownContainer` (a ``LookupError``) when
+        it does not, and ``ConnectionError`` when the engine cannot answer; the API layer maps
+        those to 404 and 503 without importing this package.
+        """
+        try:
+            state = await self.runtime.inspect(container_id)
+        except ContainerRuntimeError as exc:
+            raise ConnectionError(f"the container engine did not answer: {exc}") from exc
+        if state is None or state.labels.get(LABEL_NODE) != self.node:
+            raise UnknownContainer(f"container {container_id!r} is not on node {self.node}")
+        return self._read_logs(state.id, follow, tail)
+
+    async def _read_logs(self, cid: str, follow: bool, tail: int | None) -> AsyncIterator[bytes]:
+        """By full id (a name could be reused meanwhile); a container removed mid-stream ends it."""
+        chunks = self.runtime.logs(cid, follow=follow, tail=tail)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except ContainerRuntimeError as exc:
+            log.info("log stream ended", container=cid[:12], reason=str(exc))
+        finally:
+            close = getattr(chunks, "aclose", None)  # the seam promises an iterator; ours close
+            if close is not None:
+                await close()
 
     # reconcile ---------------------------------------------------------------------------------
 
