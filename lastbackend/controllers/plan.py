@@ -28,6 +28,8 @@ SURGE = 1
 class Observed:
     pod: Pod
     running: bool
+    order: int = 0
+    """The pod key's etcd create revision: which of two pods made in one second came first."""
 
 
 @attrs.frozen
@@ -40,12 +42,16 @@ class Plan:
         return not self.create and not self.delete
 
 
+def _age(o: Observed) -> tuple[object, ...]:
+    return (o.pod.created, o.order, o.pod.id)
+
+
 def _newest_first(pods: Iterable[Observed]) -> list[Observed]:
-    return sorted(pods, key=lambda o: (o.pod.created, o.pod.id), reverse=True)
+    return sorted(pods, key=_age, reverse=True)
 
 
 def _oldest_first(pods: Iterable[Observed]) -> list[Observed]:
-    return sorted(pods, key=lambda o: (o.pod.created, o.pod.id))
+    return sorted(pods, key=_age)
 
 
 def plan(

@@ -64,7 +64,14 @@ class ServicesController(Controller):
     # views of the caches -----------------------------------------------------------------------
 
     def _pods(self) -> list[Pod]:
-        return [codec.loads(kv.value, Pod) for kv in self.informer(keys.PODS).cache.values()]
+        return [pod for pod, _ in self._pods_with_order()]
+
+    def _pods_with_order(self) -> list[tuple[Pod, int]]:
+        """Every pod with its key's create revision (the order pods were made in)."""
+        return [
+            (codec.loads(kv.value, Pod), kv.create_revision)
+            for kv in self.informer(keys.PODS).cache.values()
+        ]
 
     def _nodes(self) -> list[Node]:
         return [codec.loads(kv.value, Node) for kv in self.informer(keys.NODES).cache.values()]
@@ -106,13 +113,14 @@ class ServicesController(Controller):
             for c in [codec.loads(kv.value, Container)]
             if c.status == "running"
         }
-        all_pods = self._pods()
-        mine = [p for p in all_pods if p.project == pid and p.service == sid]
+        ordered = self._pods_with_order()
+        all_pods = [pod for pod, _ in ordered]
+        mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
         nodes = self._nodes()
         step = plan(
             config.replicas if meta else 0,
             spec.template if spec else None,
-            [Observed(p, p.id in running) for p in mine],
+            [Observed(p, p.id in running, order) for p, order in mine],
             {n.name for n in nodes},
         )
         for pod in step.delete:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -59,8 +59,11 @@ LABEL_PROJECT = f"{LABEL}.project"
 LABEL_SERVICE = f"{LABEL}.service"
 LABEL_TEMPLATE = f"{LABEL}.template"
 
-NODE_TTL = 10
-"""Seconds a node key outlives its agent: how long a dead host's pods wait to be rescheduled."""
+NODE_TTL = 30
+"""Seconds a node key outlives its agent: how long a dead host's pods wait to be rescheduled.
+
+Longer than the node election's TTL (15 s), so an agent restarted after a crash wins its
+election and re-registers before its node is taken for dead and its pods moved."""
 
 
 class UnknownContainer(LookupError):
@@ -81,13 +84,21 @@ class NodeAgent(Controller):
     resync_period = 30.0
 
     def __init__(
-        self, etcd: Etcd, runtime: Runtime, secrets: Secrets, node: str, *, address: str = ""
+        self,
+        etcd: Etcd,
+        runtime: Runtime,
+        secrets: Secrets,
+        node: str,
+        *,
+        address: str = "",
+        node_ttl: int = NODE_TTL,
     ) -> None:
         super().__init__()
         self.etcd = etcd
         self.runtime = runtime
         self.secrets = secrets
         self.node = node
+        self.node_ttl = node_ttl
         self.address = address
         """This agent's HTTP base URL, published in ``nodes/<name>`` for log requests."""
         self.name = f"node-{node}"
@@ -136,7 +147,7 @@ class NodeAgent(Controller):
             updated=now(),
             address=self.address,
         )
-        lease = await self.etcd.grant(NODE_TTL)
+        lease = await self.etcd.grant(self.node_ttl)
         try:
             await self.etcd.txn(
                 [], [Op.put(keys.node(self.node), codec.dumps(node), lease=lease.id)]
@@ -146,8 +157,10 @@ class NodeAgent(Controller):
             await lease.lost.wait()
             log.warning("node lease lost; registering again", reason=lease.lost_reason)
         finally:
+            # Never revoke: the key outlives this agent by NODE_TTL, so a restarted agent puts it
+            # on its own lease before the node's pods are rescheduled.
             with contextlib.suppress(StoreError):
-                await lease.revoke()
+                await lease.stop_keep_alive()
 
     async def _follow_events(self) -> None:
         assert self.queue is not None
@@ -202,6 +215,8 @@ class NodeAgent(Controller):
         if pod is None:
             for state in states:
                 await self._remove(state)
+            for state in states:
+                await self._remove_volumes_if_gone(state.labels)
             return None
         running = [s for s in states if s.running]
         for state in states:
@@ -257,6 +272,24 @@ class NodeAgent(Controller):
         meta = keys.service_part(pod.project, pod.service, "meta")
         await self.etcd.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
         self._reported[state.id] = fingerprint
+
+    async def _remove_volumes_if_gone(self, labels: Mapping[str, str]) -> None:
+        """A deleted service's named volumes go with its last container on this node.
+
+        While the service exists they stay: a rollout's or scale-up's next pods mount them.
+        """
+        project, service = labels.get(LABEL_PROJECT), labels.get(LABEL_SERVICE)
+        if not project or not service:
+            return
+        if await self.etcd.get(keys.service_part(project, service, "meta")) is not None:
+            return
+        mine = {LABEL_NODE: self.node, LABEL_SERVICE: service}
+        if await self.runtime.list(mine):
+            return
+        for name in await self.runtime.volumes(mine):
+            with contextlib.suppress(ContainerRuntimeError):
+                await self.runtime.remove_volume(name)
+                log.info("volume removed", volume=name, service=service)
 
     async def _remove(self, state: ContainerState) -> None:
         """Stop and remove a container, and its object in etcd."""

@@ -54,13 +54,16 @@ class Cluster:
         self.runners.append(runner)
         return runner
 
-    def node(self, name: str, memory: int = 4096) -> tuple[ControllerRunner, FakeRuntime]:
+    def node(
+        self, name: str, memory: int = 4096, *, ttl: int = 30
+    ) -> tuple[ControllerRunner, FakeRuntime]:
         runtime = FakeRuntime(
             images=[IMAGE, "registry.local/team/web:2"],
             capacity=NodeCapacity(memory, 2, name, "fake"),
         )
         self.runtimes[name] = runtime
-        return self.start(NodeAgent(self.etcd, runtime, self.secrets, name)), runtime
+        agent = NodeAgent(self.etcd, runtime, self.secrets, name, node_ttl=ttl)
+        return self.start(agent), runtime
 
     async def stop(self) -> None:
         for runner in reversed(self.runners):
@@ -176,12 +179,12 @@ async def test_image_change_rolls_without_dropping_below_replicas(
 
 
 async def test_pods_of_a_lost_node_move_to_a_live_one(cluster: Cluster, api: Any) -> None:
-    runner1, _ = cluster.node("n1", memory=4096)
+    runner1, _ = cluster.node("n1", memory=4096, ttl=2)
     cluster.start(ServicesController())
     await make_service(api, 2)
     await eventually(lambda: _count(cluster, 2))
     cluster.node("n2", memory=4096)
-    await runner1.stop(grace=0)  # the agent goes; its node key goes with its lease
+    await runner1.stop(grace=0)  # the agent goes; its node key expires with its lease (2 s)
 
     async def moved() -> bool:
         pods = await cluster.pods()

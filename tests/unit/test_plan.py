@@ -35,6 +35,14 @@ def test_scale_down_removes_the_newest() -> None:
     assert plan(1, "v1", [a, c, b], {"n1"}) == Plan(delete=(c.pod, b.pod))
 
 
+def test_pods_made_in_one_second_go_by_creation_order() -> None:
+    same = [pod("v1", age=5) for _ in range(3)]
+    observed = [
+        Observed(p, running=True, order=rev) for p, rev in zip(same, (30, 10, 20), strict=True)
+    ]
+    assert plan(1, "v1", observed, {"n1"}).delete == (same[0], same[2])  # revisions 30, 20
+
+
 def test_no_image_or_zero_replicas_removes_everything() -> None:
     pods = [Observed(pod("v1"), True), Observed(pod("v0"), False)]
     assert plan(0, "v1", pods, {"n1"}).delete == tuple(o.pod for o in pods)
