@@ -10,6 +10,11 @@ its plan as fenced transactions:
   txn that also requires the service's meta, so a pod is never made for a deleted service;
 - a pod is deleted by removing both keys; the node agent then removes its container.
 
+A reconcile acts on the informers' caches, which trail etcd: a service looked at again before
+the pods cache has seen the pods just written would make them twice. So after writing at
+revision R the controller *expects* R (as Kubernetes' ReplicaSet controller keeps
+"expectations"): the service is not planned again until the pods cache has reached R.
+
 Deleting a service or project (one API txn) leaves its pods to this controller: their service's
 meta is gone, so the plan deletes them all. Pods that outlive the controller's knowledge of their
 service (it was down when the service went) are found through their ``pod:`` key at the next list.
@@ -32,6 +37,8 @@ from lastbackend.store.etcd import Cmp, Op
 
 log = structlog.get_logger("lastbackend.controllers.services")
 
+EXPECTATION_RETRY = 0.02
+"""Seconds before a service waiting for the pods cache to catch up is looked at again."""
 UNSCHEDULABLE_RETRY = 5.0
 """Seconds before pods that fit on no node are tried again (a node join also triggers it)."""
 
@@ -53,6 +60,13 @@ class ServicesController(Controller):
     name = "services"
     workers = 4
     resync_period = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._expected: dict[str, int] = {}  # service work key -> revision the cache must reach
+
+    async def started(self) -> None:
+        self._expected.clear()  # a new term starts from a fresh list
 
     def watches(self) -> Sequence[Watch]:
         return [
@@ -98,6 +112,12 @@ class ServicesController(Controller):
         return await self._service(pid, sid)
 
     async def _service(self, pid: str, sid: str) -> float | None:
+        key = f"svc:{pid}/{sid}"
+        expected = self._expected.get(key)
+        if expected is not None:
+            if self.informer(keys.PODS).revision < expected:
+                return EXPECTATION_RETRY
+            del self._expected[key]
         objects = self.informer(keys.PROJECTS).objects(f"svc:{pid}/{sid}")
         meta = objects.get(keys.service_part(pid, sid, "meta"))
         config_kv = objects.get(keys.service_part(pid, sid, "config"))
@@ -124,9 +144,10 @@ class ServicesController(Controller):
             {n.name for n in nodes},
         )
         for pod in step.delete:
-            await self.txn(
+            result = await self.txn(
                 [], [Op.delete(keys.pod_spec(pod.node, pod.id)), Op.delete(keys.pod(pod.id))]
             )
+            self._expected[key] = result.revision
             log.info("pod deleted", service=sid, pod=pod.id, node=pod.node)
         if not step.create or spec is None:
             return None
@@ -143,6 +164,7 @@ class ServicesController(Controller):
             )
             if not result.succeeded:
                 return None  # the service was deleted meanwhile
+            self._expected[key] = result.revision
             log.info("pod scheduled", service=sid, pod=pod.id, node=node)
         if len(targets) < step.create:
             log.warning(

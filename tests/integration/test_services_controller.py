@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
+from lastbackend.controllers.informer import Informer
+from lastbackend.controllers.leader import LeaderElection
+from lastbackend.controllers.queue import WorkQueue
 from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.controllers.services import ServicesController
-from lastbackend.model.pods import Pod
+from lastbackend.model.pods import Node, Pod
 from lastbackend.node.agent import LABEL_POD, NodeAgent
 from lastbackend.node.runtime.base import NodeCapacity
 from lastbackend.node.runtime.fake import FakeRuntime
@@ -215,3 +219,44 @@ async def test_memory_decides_the_node(cluster: Cluster, api: Any) -> None:
     await make_service(api, 3, memory=512)
     await eventually(lambda: _count(cluster, 3))
     assert {p.node for p in await cluster.pods()} == {"big"}
+
+
+async def test_a_reconcile_ahead_of_the_pods_cache_waits_instead_of_doubling(
+    etcd: Etcd, api: Any
+) -> None:
+    """Freeze the pods informer after the first pod is written: the next reconcile of the
+    service sees a cache without that pod, and must wait for it rather than make another."""
+    controller = ServicesController()
+    election = LeaderElection(etcd, "services", ttl=5)
+    await election.campaign()
+    informers = {w.prefix: Informer(etcd, w.prefix, to_key=w.to_key) for w in controller.watches()}
+    tasks = {p: asyncio.create_task(i.run()) for p, i in informers.items()}
+    try:
+        node = Node("n1", "n1", 4096, 2, "fake", datetime.now(UTC))
+        await etcd.put(keys.node("n1"), codec.dumps(node))
+        sid = await make_service(api, 1)
+        pid = (await (await api.get("/api/projects/demo")).json())["id"]
+        for informer in informers.values():
+            await informer.synced.wait()
+        await eventually(
+            lambda: _has(informers[keys.PROJECTS], keys.service_part(pid, sid, "image"))
+        )
+        await eventually(lambda: _has(informers[keys.NODES], keys.node("n1")))
+        controller.informers, controller.queue, controller.election = (
+            informers, WorkQueue(), election,
+        )  # fmt: skip
+        tasks[keys.PODS].cancel()  # from now on the pods cache trails etcd
+        assert await controller.reconcile(f"svc:{pid}/{sid}") is None
+        assert len((await etcd.range(keys.PODS)).kvs) == 1
+        again = await controller.reconcile(f"svc:{pid}/{sid}")
+        assert again is not None  # asked to be looked at again later
+        assert len((await etcd.range(keys.PODS)).kvs) == 1, "a second pod was made"
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await election.resign()
+
+
+async def _has(informer: Informer, key: str) -> bool:
+    return informer.get(key) is not None
