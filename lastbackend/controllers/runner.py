@@ -345,6 +345,7 @@ class ControllerRunner:
             except QueueShutDown:
                 return
             started = time.perf_counter()
+            self._log.debug("reconcile", key=key)
             try:
                 again = await self.controller.reconcile(key)
             except NotLeader as exc:
@@ -362,6 +363,10 @@ class ControllerRunner:
             finally:
                 self._duration.observe(time.perf_counter() - started)
                 queue.done(key)
+            # A reconcile with nothing to do never awaits, and get() does not either while keys
+            # wait: without this, one worker drains 10k keys in one go and starves the loop
+            # (readyz, watches, lease renewals) for over a second.
+            await asyncio.sleep(0)
 
 
 class Manager:
