@@ -534,10 +534,14 @@ class DockerSampler(threading.Thread):
         return "\n".join(lines)
 
 
+@pytest.mark.parametrize("change", ["image", "env"])
 async def test_config_change_rolls_without_dropping_below_replicas(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str, change: str
 ) -> None:
     h = harness
+    repository, _, _ = base_image.rpartition(":")
+    new_image = f"{repository}:rollout-2"
+    h.docker.tag(base_image, repository, "rollout-2")  # the same bits under a second tag
     daemon = h.start("daemon", etcd_server.endpoint)
     await h.ready(daemon)
     app = App(h, daemon, "shop")
@@ -549,7 +553,10 @@ async def test_config_change_rolls_without_dropping_below_replicas(
     sampler = DockerSampler(h.dockerd, h.node)
     sampler.start()
     try:
-        await app.patch_config("web", {"env": {"VERSION": "2"}})
+        if change == "image":
+            await app.patch_config("web", {"image": new_image})
+        else:
+            await app.patch_config("web", {"env": {"VERSION": "2"}})
 
         def rolled() -> bool:
             mine = h.containers()
@@ -567,8 +574,11 @@ async def test_config_change_rolls_without_dropping_below_replicas(
     assert sampler.error is None, sampler.error
     assert not set(before) & set(after), "every container was replaced"
     for cid in after:
-        env = h.docker.inspect_container(cid)["Config"]["Env"]
-        assert "VERSION=2" in env, env
+        config = h.docker.inspect_container(cid)["Config"]
+        if change == "image":
+            assert config["Image"] == new_image, config["Image"]
+        else:
+            assert "VERSION=2" in config["Env"], config["Env"]
 
     counts = [n for _, n, _ in sampler.samples]
     timeline = sampler.timeline()
