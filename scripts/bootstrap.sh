@@ -41,6 +41,18 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The node agent drives the local Docker engine: start it if it is not running (systemd where
+# there is one, else dockerd in the background, as on a container or CI machine).
+if ! docker info >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    as_root systemctl start docker || true
+  else
+    as_root sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || echo "bootstrap: warning: Docker is not running; services will not start" >&2
+fi
+
 cmd="${1:-daemon}"
 shift || true
 case "$cmd" in
