@@ -9,7 +9,7 @@ goes away must end the upstream streams by itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,23 +33,13 @@ from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.embedded import free_port
 from lastbackend.store.etcd import Etcd
+from tests.support import eventually
 
 pytestmark = pytest.mark.etcd
 
 IMAGE = "registry.local/team/web:1"
 NODE = "n1"
 ADMIN, READ = "admin-token", "read-token"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + within
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached in {within}s; last: {last!r}")
 
 
 class CountingSource:

@@ -7,7 +7,7 @@ the API, the controllers, their elections and informers are all real.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,22 +27,11 @@ from lastbackend.node.runtime.fake import FakeRuntime
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
+from tests.support import eventually
 
 pytestmark = pytest.mark.etcd
 
 IMAGE = "registry.local/team/web:1"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = asyncio.get_running_loop().time() + within
-    last: Any = None
-    while asyncio.get_running_loop().time() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached in {within}s; last: {last!r}")
 
 
 class Cluster:
