@@ -1,4 +1,4 @@
-"""Entry points: ``lastbackend daemon | api | controller | node | tree | version``.
+"""Entry points: ``lastbackend daemon | api | controller | node | tree | lifecycle | version``.
 
 Every subcommand that talks to etcd takes the same ``--etcd`` and TLS flags, read into the same
 :class:`~lastbackend.config.Settings`, so ``lastbackend tree`` finds whatever the daemon uses
@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from lastbackend.config import ConfigError, Settings
 from lastbackend.controllers.gc import GarbageCollector
 from lastbackend.controllers.runner import Controller, Manager
 from lastbackend.controllers.services import ServicesController
+from lastbackend.lifecycle import descriptor as lifecycle_descriptor
+from lastbackend.lifecycle.descriptor import Descriptor, DescriptorError
 from lastbackend.logs import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.node.agent import NodeAgent
@@ -109,7 +112,42 @@ def parser() -> argparse.ArgumentParser:
         "prefix", nargs="?", default=keys.ROOT, help="key prefix (default /lastbackend/)"
     )
     tree.add_argument("--json", action="store_true", help="one JSON object {key: value}")
+    _lifecycle(sub)
     return top
+
+
+def _lifecycle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser("lifecycle", help="the lifecycle descriptor: inspect it, check APIs")
+    actions = top.add_subparsers(dest="lifecycle_command", required=True)
+    inspect = actions.add_parser(
+        "inspect", help="print the lifecycle version and its deprecated and supported APIs"
+    )
+    inspect.add_argument(
+        "--json", action="store_true", help="the GET /api/lifecycle body: expanded, with labels"
+    )
+    check = actions.add_parser(
+        "check",
+        help="may this platform API run this buildpack API? exit 0, 11 (platform API) or 12 "
+        "(buildpack API); deprecation warnings per CNB_*_DEPRECATION_MODE",
+    )
+    check.add_argument(
+        "--platform-api",
+        dest="check_platform_api",
+        help="default: lifecycle.platform_api (CNB_PLATFORM_API), else the newest supported",
+    )
+    check.add_argument(
+        "--buildpack-api", dest="check_buildpack_api", help="a buildpack.toml's api, like 2.1"
+    )
+    for p in (inspect, check):
+        p.add_argument(
+            "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
+        )
+        p.add_argument(
+            "--descriptor",
+            dest="lifecycle_descriptor",
+            type=Path,
+            help="a lifecycle.toml (LB_LIFECYCLE_DESCRIPTOR; default: the shipped one)",
+        )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -127,6 +165,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "read_tokens",
             "node_name",
             "node_advertise",
+            "lifecycle_descriptor",
         )
     }
     return config.load(file=args.config, flags=flags)
@@ -137,7 +176,13 @@ def connect(settings: Settings) -> Etcd:
     return Etcd(settings.endpoints, tls=tls, timeout=settings.etcd_timeout)
 
 
-async def serve(settings: Settings, *, roles: frozenset[str], embedded: bool) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    roles: frozenset[str],
+    embedded: bool,
+    descriptor: Descriptor | None = None,
+) -> int:
     etcd_server: EmbeddedEtcd | None = None
     if embedded and settings.embedded:
         etcd_server = EmbeddedEtcd(
@@ -155,7 +200,7 @@ async def serve(settings: Settings, *, roles: frozenset[str], embedded: bool) ->
         await asyncio.to_thread(etcd_server.wait_healthy, 30.0)
     try:
         async with connect(settings) as etcd:
-            await _run_roles(settings, etcd, roles)
+            await _run_roles(settings, etcd, roles, descriptor)
     finally:
         if etcd_server is not None:
             await asyncio.to_thread(etcd_server.stop)
@@ -178,7 +223,9 @@ def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[
     return controllers
 
 
-async def _run_roles(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> None:
+async def _run_roles(
+    settings: Settings, etcd: Etcd, roles: frozenset[str], descriptor: Descriptor | None = None
+) -> None:
     registry = CollectorRegistry()
     controllers = _controllers(settings, etcd, roles)
     manager = Manager(etcd, controllers, registry=registry) if controllers else None
@@ -190,6 +237,7 @@ async def _run_roles(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> N
         controllers=manager.status if manager is not None else None,
         families="api" in roles,
         logs=agent.open_logs if agent is not None else None,  # serves /node/containers/{id}/logs
+        lifecycle=_view(descriptor) if descriptor is not None else None,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
@@ -247,6 +295,69 @@ async def _until_signalled(runner: web.AppRunner, inflight: InFlight, grace: flo
         loop.remove_signal_handler(signum)
 
 
+def _view(descriptor: Descriptor) -> Any:
+    """The view is computed once: the descriptor never changes while the process runs."""
+    view = lifecycle_descriptor.view(descriptor)
+    return lambda: view
+
+
+def load_descriptor(settings: Settings) -> Descriptor:
+    """The descriptor in force, its platform API checked: a bad one refuses to start."""
+    descriptor = lifecycle_descriptor.load(settings.lifecycle_descriptor)
+    api = lifecycle_descriptor.platform_api(descriptor, settings.platform_api)
+    result = lifecycle_descriptor.check(descriptor, api, None, os.environ)
+    if not result.ok:
+        raise DescriptorError(f"lifecycle.platform_api: {result.error}")
+    for warning in result.warnings:
+        log.warning(warning)
+    return descriptor
+
+
+def lifecycle_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``lastbackend lifecycle inspect | check``: no etcd, no server."""
+    try:
+        descriptor = lifecycle_descriptor.load(settings.lifecycle_descriptor)
+    except DescriptorError as exc:
+        print(f"lastbackend: {exc}", file=sys.stderr)
+        return 2
+    if args.lifecycle_command == "inspect":
+        if args.json:
+            print(json.dumps(lifecycle_descriptor.view(descriptor), indent=2))
+        else:
+            print(inspect_text(descriptor), end="")
+        return 0
+    platform = args.check_platform_api or lifecycle_descriptor.platform_api(
+        descriptor, settings.platform_api
+    )
+    result = lifecycle_descriptor.check(descriptor, platform, args.check_buildpack_api, os.environ)
+    for warning in result.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
+    if result.error is not None:
+        print(f"ERROR: {result.error}", file=sys.stderr)
+        return result.exit_code
+    checked = [f"platform API {platform}"]
+    if args.check_buildpack_api is not None:
+        checked.append(f"buildpack API {args.check_buildpack_api}")
+    print(f"{' and '.join(checked)}: supported by lifecycle {descriptor.version}")
+    return result.exit_code
+
+
+def inspect_text(descriptor: Descriptor) -> str:
+    """``pack builder inspect``'s ``Lifecycle:`` block: the lists as the descriptor has them."""
+
+    def listed(entries: Sequence[object]) -> str:
+        return ", ".join(map(str, entries)) or "(none)"
+
+    lines = ["Lifecycle:", f"  Version: {descriptor.version}"]
+    for title, apis in (("Buildpack", descriptor.buildpack), ("Platform", descriptor.platform)):
+        lines += [
+            f"  {title} APIs:",
+            f"    Deprecated: {listed(apis.deprecated)}",
+            f"    Supported: {listed(apis.supported)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def _render(value: bytes) -> Any:
     text = value.decode(errors="replace")
     if text.startswith("gAAAAA"):  # a Fernet token: ciphertext at rest
@@ -283,12 +394,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)
         return 2
+    if args.command == "lifecycle":
+        return lifecycle_command(settings, args)
     logs.setup(settings.log_level, settings.log_format)
+    descriptor: Descriptor | None = None
+    if args.command in ROLES:
+        try:
+            descriptor = load_descriptor(settings)
+        except DescriptorError as exc:
+            print(f"lastbackend: {exc}", file=sys.stderr)
+            return 2
     try:
         if args.command == "tree":
             return asyncio.run(tree(settings, args.prefix, args.json))
         return asyncio.run(
-            serve(settings, roles=ROLES[args.command], embedded=args.command == "daemon")
+            serve(
+                settings,
+                roles=ROLES[args.command],
+                embedded=args.command == "daemon",
+                descriptor=descriptor,
+            )
         )
     except EtcdNotFound as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)

@@ -66,6 +66,11 @@ class Settings:
     """A Fernet key (never printed). Empty: the key in ``secret_key_file``."""
     secret_key_file: Path | None = None
     """Empty: ``<data_dir>/secret.key``, created with mode 0600 on first use."""
+    # [lifecycle]
+    lifecycle_descriptor: Path | None = None
+    """A ``lifecycle.toml`` (document 002). Empty: the one shipped in the package."""
+    platform_api: str = ""
+    """The platform API staging uses (like ``CNB_PLATFORM_API``). Empty: the newest supported."""
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -195,6 +200,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "log": {"level": "log_level", "format": "log_format"},
     "node": {"name": "node_name", "docker": "docker_host", "advertise": "node_advertise"},
     "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
+    "lifecycle": {"descriptor": "lifecycle_descriptor", "platform_api": "platform_api"},
 }
 
 ENV_KEYS: Mapping[str, str] = {
@@ -212,6 +218,10 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_NODE_ADVERTISE": "node_advertise",
     "LB_SECRET_KEY": "secret_key",
     "LB_SECRET_KEY_FILE": "secret_key_file",
+    "LB_LIFECYCLE_DESCRIPTOR": "lifecycle_descriptor",
+    # upstream's name first, so our own wins when both are set
+    "CNB_PLATFORM_API": "platform_api",
+    "LB_LIFECYCLE_PLATFORM_API": "platform_api",
 }
 
 

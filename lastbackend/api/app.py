@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from lastbackend.api import lifecycle as lifecycle_family
 from lastbackend.api import logs as logs_family
 from lastbackend.api import middlewares, projects, registries, services, system
 from lastbackend.api.state import STATE, LogSource, State
@@ -22,12 +23,14 @@ def make_app(
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None,
     families: bool = True,
     logs: LogSource | None = None,
+    lifecycle: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """The API; with ``families=False`` only the system routes (for controller/node processes).
 
     ``registry`` is shared with in-process controllers so ``/metrics`` shows theirs too.
     ``logs`` reads this process's node agent's containers: given where a node agent runs, it
     serves ``/node/containers/{id}/logs``, which API processes proxy (503 without it).
+    ``lifecycle`` gives the loaded descriptor's view for ``/api/lifecycle`` (503 without it).
     """
     registry = registry or CollectorRegistry()
     inflight = middlewares.InFlight()
@@ -39,7 +42,9 @@ def make_app(
             middlewares.auth(settings),
         ],
     )
-    app[STATE] = State(settings=settings, etcd=etcd, controllers=controllers, logs=logs)
+    app[STATE] = State(
+        settings=settings, etcd=etcd, controllers=controllers, logs=logs, lifecycle=lifecycle
+    )
     app[system.REGISTRY] = registry
     app[middlewares.INFLIGHT] = inflight
     app.on_shutdown.append(_closing)
@@ -47,7 +52,7 @@ def make_app(
     app.router.add_routes(system.routes)
     app.router.add_routes(logs_family.node_routes)
     if families:
-        for family in (projects, services, registries, logs_family):
+        for family in (projects, services, registries, logs_family, lifecycle_family):
             app.router.add_routes(family.routes)
     return app
 

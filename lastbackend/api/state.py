@@ -38,6 +38,9 @@ class State:
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""
     logs: LogSource | None = None
     """Set where a node agent runs: ``/node/containers/{id}/logs`` answers 503 without it."""
+    lifecycle: Callable[[], Mapping[str, object]] | None = None
+    """The lifecycle descriptor's view for ``GET /api/lifecycle`` (503 without it). A callable,
+    not the descriptor: ``api`` imports nothing from ``lifecycle``."""
     closing: asyncio.Event = attrs.Factory(asyncio.Event)
     """Set when the app shuts down, so log streams that would never end by themselves do."""
     _secrets: Secrets | None = None

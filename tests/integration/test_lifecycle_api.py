@@ -1,0 +1,76 @@
+"""``GET /api/lifecycle`` on a real etcd: the descriptor ``make_app`` was given, or a 503."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from lastbackend.api.app import make_app
+from lastbackend.config import Settings
+from lastbackend.lifecycle import descriptor as lc
+from lastbackend.store.etcd import Etcd
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+async def lifecycle_api(etcd: Etcd, settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    view = lc.view(lc.load())
+    client = TestClient(TestServer(make_app(settings, etcd, lifecycle=lambda: view)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_get_lifecycle_returns_the_descriptor_lists_and_labels(lifecycle_api) -> None:
+    resp = await lifecycle_api.get("/api/lifecycle")
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"lifecycle", "apis", "expanded", "labels"}
+    assert body["lifecycle"] == {"version": "0.9.0"}
+    assert body["apis"]["buildpack"] == {"deprecated": ["1"], "supported": ["1.2", "2.1"]}
+    assert body["apis"]["platform"] == {"deprecated": ["0.4"], "supported": ["0.4", "0.5", "1.3"]}
+    assert body["expanded"]["buildpack"]["supported"] == ["1.0", "1.1", "1.2", "2.0", "2.1"]
+    assert body["expanded"]["buildpack"]["deprecated"] == ["1.0", "1.1", "1.2"]
+    assert body["expanded"]["platform"]["supported"] == ["0.4", "0.5", "1.0", "1.1", "1.2", "1.3"]
+    assert body["expanded"]["platform"]["deprecated"] == ["0.4"]
+    labels = body["labels"]
+    assert labels["io.buildpacks.lifecycle.version"] == "0.9.0"
+    assert json.loads(labels["io.buildpacks.lifecycle.apis"]) == body["apis"]
+    assert json.loads(labels["io.buildpacks.builder.metadata"]) == {
+        "lifecycle": {"version": "0.9.0", "api": {"buildpack": "1.2", "platform": "0.4"}}
+    }
+
+
+async def test_get_lifecycle_needs_a_token_like_any_read(etcd: Etcd, settings: Settings) -> None:
+    import attrs
+
+    secured = attrs.evolve(settings, admin_tokens=("adm",), read_tokens=("look",))
+    view = lc.view(lc.load())
+    client = TestClient(TestServer(make_app(secured, etcd, lifecycle=lambda: view)))
+    await client.start_server()
+    try:
+        assert (await client.get("/api/lifecycle")).status == 401
+        resp = await client.get("/api/lifecycle", headers={"Authorization": "Bearer look"})
+        assert resp.status == 200
+    finally:
+        await client.close()
+
+
+async def test_without_a_descriptor_it_is_503_with_the_reason(api) -> None:
+    resp = await api.get("/api/lifecycle")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["errors"][0]["code"] == 10015
+    assert "no lifecycle descriptor is loaded" in body["errors"][0]["detail"]
+
+
+async def test_the_route_is_documented(api) -> None:
+    spec = await (await api.get("/openapi.json")).json()
+    assert "get" in spec["paths"]["/api/lifecycle"]
