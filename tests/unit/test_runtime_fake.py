@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
+from lastbackend.model.registries import registry_host
 from lastbackend.node.runtime.base import (
     ContainerNotFound,
     ContainerRuntimeError,
@@ -23,7 +24,6 @@ from lastbackend.node.runtime.base import (
     Runtime,
     RuntimeEvent,
     must_pull,
-    registry_host,
     split_image,
 )
 from lastbackend.node.runtime.fake import FIRST_PORT, FakeRuntime

@@ -16,7 +16,6 @@ from lastbackend.node.runtime.base import (
     Runtime,
     RuntimeEvent,
     RuntimeUnavailable,
-    registry_host,
 )
 
 __all__ = [
@@ -30,5 +29,4 @@ __all__ = [
     "Runtime",
     "RuntimeEvent",
     "RuntimeUnavailable",
-    "registry_host",
 ]

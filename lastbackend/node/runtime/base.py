@@ -34,8 +34,6 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-DOCKER_HUB = "docker.io"
-
 Labels = Mapping[str, str]
 
 
@@ -219,16 +217,6 @@ def split_image(image: str) -> tuple[str, str, str]:
     else:
         tag = "" if digest else "latest"
     return ref, tag, digest
-
-
-def registry_host(image: str) -> str:
-    """The registry an image is pulled from: its first component when that looks like a host
-    (has a ``.`` or ``:``, or is ``localhost``), else Docker Hub. This is the ``<host>`` of the
-    ``registries/<host>`` account whose credentials pull it."""
-    first, sep, _ = image.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return DOCKER_HUB
 
 
 def must_pull(image: str, *, present: bool, always_pull: bool) -> bool:

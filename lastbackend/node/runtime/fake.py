@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import attrs
 
+from lastbackend.model.registries import registry_host
 from lastbackend.node.runtime.base import (
     ContainerNotFound,
     ContainerRuntimeError,
@@ -34,7 +35,6 @@ from lastbackend.node.runtime.base import (
     RuntimeEvent,
     has_labels,
     must_pull,
-    registry_host,
 )
 
 FIRST_PORT = 40000
