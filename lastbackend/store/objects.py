@@ -65,6 +65,12 @@ class PreconditionFailed(Exception):
     """``If-Match`` named a version that is no longer current."""
 
 
+def require_version(kind: str, revision: int, if_match: int | None) -> None:
+    """Raise :class:`PreconditionFailed` unless ``If-Match`` is absent or names ``revision``."""
+    if if_match is not None and revision != if_match:
+        raise PreconditionFailed(f"{kind} is at version {revision}, not {if_match}")
+
+
 @attrs.frozen
 class Part:
     """How one part is stored: bare text (the ``image`` key) or compact JSON of ``cls``."""
@@ -293,10 +299,7 @@ class Objects:
         """
         async for _ in retries():
             current = await self.get(ref)
-            if if_match is not None and current.revision != if_match:
-                raise PreconditionFailed(
-                    f"{self.layout.kind} is at version {current.revision}, not {if_match}"
-                )
+            require_version(self.layout.kind, current.revision, if_match)
             wanted = dict(change(current))
             ops = self._diff(current, wanted)
             if not ops:
@@ -370,10 +373,7 @@ class Objects:
         """Remove the object, its subtrees and its index key in one transaction."""
         async for _ in retries():
             current = await self.get(ref)
-            if if_match is not None and current.revision != if_match:
-                raise PreconditionFailed(
-                    f"{self.layout.kind} is at version {current.revision}, not {if_match}"
-                )
+            require_version(self.layout.kind, current.revision, if_match)
             # Every part as read: a part can change without meta's bytes changing, and
             # If-Match promised the whole object is at the version the client saw.
             part_keys = self.layout.parts(current.id)

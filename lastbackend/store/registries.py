@@ -41,7 +41,7 @@ from lastbackend.store.objects import (
     Conflict,
     Contention,
     NotFound,
-    PreconditionFailed,
+    require_version,
     retries,
 )
 
@@ -139,10 +139,7 @@ class Registries:
         """
         async for _ in retries():
             kv, current = await self._read(host)
-            if if_match is not None and current.revision != if_match:
-                raise PreconditionFailed(
-                    f"registry account is at version {current.revision}, not {if_match}"
-                )
+            require_version("registry account", current.revision, if_match)
             wanted = self._apply(current.account, change(current.account))
             if wanted == current.account:
                 return current
@@ -179,10 +176,7 @@ class Registries:
     async def delete(self, host: str, *, if_match: int | None = None) -> Stored:
         async for _ in retries():
             kv, current = await self._read(host)
-            if if_match is not None and current.revision != if_match:
-                raise PreconditionFailed(
-                    f"registry account is at version {current.revision}, not {if_match}"
-                )
+            require_version("registry account", current.revision, if_match)
             result = await self.etcd.txn([Cmp.unchanged(kv, kv.key)], [Op.delete(kv.key)])
             if result.succeeded:
                 return current
