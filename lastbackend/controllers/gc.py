@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import structlog
 
-from lastbackend import codec
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Pod
@@ -54,7 +53,7 @@ class GarbageCollector(Controller):
         pods = {
             pod.id: pod
             for kv in pods_informer.cache.values()
-            for pod in [codec.loads(kv.value, Pod)]
+            for pod in [pods_informer.decoded(kv, Pod)]
         }
         garbage: list[tuple[KV, str]] = []
         # Each informer is its own watch and may lag another: judge a key only against a cache
@@ -63,7 +62,7 @@ class GarbageCollector(Controller):
         for raw, kv in projects.cache.items():
             if "/containers/" not in raw or pods_informer.revision < kv.mod_revision:
                 continue
-            container = codec.loads(kv.value, Container)
+            container = projects.decoded(kv, Container)
             if container.pod and container.pod not in pods:
                 garbage.append((kv, f"pod {container.pod} is gone"))
         for raw, kv in self.informer(keys.HELPER_PODS).cache.items():

@@ -82,13 +82,12 @@ class ServicesController(Controller):
 
     def _pods_with_order(self) -> list[tuple[Pod, int]]:
         """Every pod with its key's create revision (the order pods were made in)."""
-        return [
-            (codec.loads(kv.value, Pod), kv.create_revision)
-            for kv in self.informer(keys.PODS).cache.values()
-        ]
+        pods = self.informer(keys.PODS)
+        return [(pods.decoded(kv, Pod), kv.create_revision) for kv in pods.cache.values()]
 
     def _nodes(self) -> list[Node]:
-        return [codec.loads(kv.value, Node) for kv in self.informer(keys.NODES).cache.values()]
+        nodes = self.informer(keys.NODES)
+        return [nodes.decoded(kv, Node) for kv in nodes.cache.values()]
 
     # reconcile ---------------------------------------------------------------------------------
 
@@ -105,7 +104,7 @@ class ServicesController(Controller):
             node, _, pod_id = rest.partition("/")
             kv = self.informer(keys.PODS).get(keys.pod_spec(node, pod_id))
             if kv is not None:
-                pod = codec.loads(kv.value, Pod)
+                pod = self.informer(keys.PODS).decoded(kv, Pod)
                 self.queue.add(f"svc:{pod.project}/{pod.service}")
             return None
         pid, _, sid = rest.partition("/")
