@@ -34,6 +34,7 @@ from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
 from lastbackend.api.middlewares import INFLIGHT
+from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE, State
 from lastbackend.logs import log
 from lastbackend.model.platform import Container
@@ -215,9 +216,8 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
 
 async def _containers(request: web.Request, state: State) -> list[Container]:
     """The service's containers, or the one ``?container=`` names by id or a unique prefix."""
-    project = await state.projects.get(request.match_info["project"])
-    service = await state.services(project.id).get(request.match_info["service"])
-    found = await state.etcd.range(keys.containers(project.id, service.id))
+    pid, service = await resolve(request)
+    found = await state.etcd.range(keys.containers(pid, service.id))
     containers = [codec.loads(kv.value, Container) for kv in found.kvs]
     wanted = request.query.get("container")
     if wanted is None:

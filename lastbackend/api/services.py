@@ -108,6 +108,12 @@ async def _services(request: web.Request) -> tuple[str, Objects]:
     return project.id, state.services(project.id)
 
 
+async def resolve(request: web.Request) -> tuple[str, Record]:
+    """The project id and the service that ``{project}`` and ``{service}`` name (id or name)."""
+    pid, services = await _services(request)
+    return pid, await services.get(request.match_info["service"])
+
+
 async def _update(
     request: web.Request, change: Any, *, image_given: bool = False
 ) -> tuple[str, Record]:
@@ -162,8 +168,7 @@ async def index(request: web.Request) -> web.Response:
 @routes.get(ONE)
 @doc("Get a service by id or name", response="Service")
 async def show(request: web.Request) -> web.Response:
-    pid, services = await _services(request)
-    record = await services.get(request.match_info["service"])
+    pid, record = await resolve(request)
     return json_response(view(pid, record), revision=record.revision)
 
 
@@ -193,8 +198,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def _part(request: web.Request, part: str) -> web.Response:
-    _, services = await _services(request)
-    record = await services.get(request.match_info["service"])
+    _, record = await resolve(request)
     return json_response(_spec(record)[part], revision=record.revision)
 
 
@@ -260,8 +264,7 @@ async def put_domains(request: web.Request) -> web.Response:
 @routes.get(ONE + "/image")
 @doc("Get the image the service runs", response="Image")
 async def get_image(request: web.Request) -> web.Response:
-    _, services = await _services(request)
-    record = await services.get(request.match_info["service"])
+    _, record = await resolve(request)
     return json_response({"image": record.values.get("image")}, revision=record.revision)
 
 
@@ -277,9 +280,8 @@ async def put_image(request: web.Request) -> web.Response:
 
 
 async def _children(request: web.Request, prefix_of: Any) -> tuple[list[Any], int]:
-    pid, services = await _services(request)
-    record = await services.get(request.match_info["service"])
-    found = await services.etcd.range(prefix_of(pid, record.id))
+    pid, record = await resolve(request)
+    found = await request.app[STATE].etcd.range(prefix_of(pid, record.id))
     return found.kvs, found.revision
 
 
@@ -299,10 +301,13 @@ async def containers(request: web.Request) -> web.Response:
 @routes.get(ONE + "/containers/{container}")
 @doc("Get one of a service's containers", response="Container")
 async def container(request: web.Request) -> web.Response:
-    pid, services = await _services(request)
-    record = await services.get(request.match_info["service"])
+    pid, record = await resolve(request)
     cid = request.match_info["container"]
-    kv = await services.etcd.get(keys.container(pid, record.id, cid)) if "/" not in cid else None
+    kv = (
+        await request.app[STATE].etcd.get(keys.container(pid, record.id, cid))
+        if "/" not in cid
+        else None
+    )
     if kv is None:
         raise ApiError(404, f"container {cid!r} not found")
     return json_response(
@@ -335,12 +340,11 @@ async def builds(request: web.Request) -> web.Response:
 @routes.get(ONE + "/builds/{build}")
 @doc("Get one of a service's builds by number", response="Build")
 async def build(request: web.Request) -> web.Response:
-    pid, services = await _services(request)
-    record = await services.get(request.match_info["service"])
+    pid, record = await resolve(request)
     raw = request.match_info["build"]
     if not raw.isdigit():
         raise ApiError(404, f"build {raw!r} not found: builds are numbered 1, 2, ...")
-    kv = await services.etcd.get(keys.build(pid, record.id, int(raw)))
+    kv = await request.app[STATE].etcd.get(keys.build(pid, record.id, int(raw)))
     if kv is None:
         raise ApiError(404, f"build {raw} not found")
     return json_response(
