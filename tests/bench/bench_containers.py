@@ -58,7 +58,6 @@ import asyncio
 import contextlib
 import ctypes
 import http.client
-import io
 import json
 import math
 import os
@@ -68,7 +67,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -95,11 +93,12 @@ from lastbackend.store.embedded import EmbeddedEtcd, free_port
 from lastbackend.store.etcd import MAX_TXN_OPS, Etcd, Op
 from lastbackend.store.objects import NameCache
 
+# Run as a script from tests/bench/: make the repository's tests package importable.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.baseimage import BASE_IMAGE as IMAGE
+from tests.baseimage import INDEX_HTML, ensure_base_image
+
 HOST = "127.0.0.1"
-IMAGE = "lastbackend-test/busybox:1"
-INDEX_HTML = b"hello from lastbackend\n"
-APPLETS = ("sh", "cat", "echo", "env", "false", "hostname", "httpd", "id", "kill", "ls", "mkdir")
-APPLETS += ("nc", "printf", "ps", "rm", "sleep", "test", "touch", "true", "wget")
 HTTPD = "httpd -f -p 8080 -h /www"
 PORT = "8080/TCP"
 REPLICAS = 3
@@ -395,54 +394,8 @@ def docker_api() -> docker.APIClient:
     return docker.APIClient(base_url=url, version="auto", timeout=60)
 
 
-def _statically_linked(path: Path) -> bool:
-    """No ``PT_INTERP`` program header: the binary runs in a rootfs without a libc."""
-    data = path.read_bytes()[:65536]
-    if data[:5] != b"\x7fELF\x02":
-        return False
-    phoff = int.from_bytes(data[32:40], "little")
-    phentsize = int.from_bytes(data[54:56], "little")
-    phnum = int.from_bytes(data[56:58], "little")
-    types = (
-        int.from_bytes(data[o : o + 4], "little")
-        for o in range(phoff, phoff + phentsize * phnum, phentsize)
-    )
-    return 3 not in types
-
-
-def _rootfs_tar() -> bytes:
-    """The same rootfs as tests/e2e/conftest.py: busybox-static, applets, /www/index.html."""
-    busybox = shutil.which("busybox")
-    if busybox is None or not _statically_linked(Path(busybox)):
-        raise RuntimeError(f"{IMAGE} is missing and no static busybox (busybox-static) to build it")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for directory in ("bin", "tmp", "www", "data"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-        page = tarfile.TarInfo("www/index.html")
-        page.size, page.mode = len(INDEX_HTML), 0o644
-        tar.addfile(page, io.BytesIO(INDEX_HTML))
-    return buf.getvalue()
-
-
 def ensure_image(api: docker.APIClient) -> str:
-    try:
-        api.inspect_image(IMAGE)
-        return "present"
-    except docker.errors.ImageNotFound:
-        repository, tag = IMAGE.rsplit(":", 1)
-        api.import_image_from_data(
-            _rootfs_tar(), repository=repository, tag=tag, changes=['CMD ["/bin/sh"]']
-        )
-        api.inspect_image(IMAGE)
-        return "imported offline"
+    return "imported offline" if ensure_base_image(api) else "present"
 
 
 def sweep_node(api: docker.APIClient, node: str) -> int:

@@ -16,12 +16,10 @@ Without Docker these skip, and under ``CI=true`` a skip is a failure (``tests/co
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import secrets
 import shutil
 import subprocess
-import tarfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -35,14 +33,11 @@ import pytest
 from lastbackend.node.runtime.base import RegistryAuth
 from lastbackend.node.runtime.docker import DockerRuntime
 from lastbackend.store.embedded import free_port
+from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
-BASE_IMAGE = "lastbackend-test/busybox:1"
-INDEX_HTML = b"hello from lastbackend\n"
 TEST_LABEL = "io.lastbackend.test"
 SESSION = uuid.uuid4().hex[:12]
-APPLETS = ("sh", "cat", "echo", "env", "false", "hostname", "httpd", "id", "kill", "ls", "mkdir")
-APPLETS += ("nc", "printf", "ps", "rm", "sleep", "test", "touch", "true", "wget")
 
 
 def _answers(url: str) -> bool:
@@ -95,57 +90,14 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait()
 
 
-def _statically_linked(path: Path) -> bool:
-    """No ``PT_INTERP`` program header: the binary runs in a rootfs without a libc."""
-    data = path.read_bytes()[:65536]
-    if data[:5] != b"\x7fELF\x02":  # 64-bit ELF, the only kind Debian ships for amd64/arm64
-        return False
-    phoff, phentsize, phnum = (
-        int.from_bytes(data[32:40], "little"),
-        int.from_bytes(data[54:56], "little"),
-        int.from_bytes(data[56:58], "little"),
-    )
-    types = (
-        int.from_bytes(data[o : o + 4], "little")
-        for o in range(phoff, phoff + phentsize * phnum, phentsize)
-    )
-    return 3 not in types
-
-
-def _rootfs_tar() -> bytes:
-    """A rootfs of busybox-static, its applets as symlinks, and ``/www/index.html``."""
-    busybox = shutil.which("busybox")
-    if busybox is None or not _statically_linked(Path(busybox)):
-        pytest.skip("no statically linked busybox (Debian: busybox-static)")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for directory in ("bin", "tmp", "www", "data"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-        page = tarfile.TarInfo("www/index.html")
-        page.size, page.mode = len(INDEX_HTML), 0o644
-        tar.addfile(page, io.BytesIO(INDEX_HTML))
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def base_image(dockerd: str) -> str:
     """``lastbackend-test/busybox:1``, imported offline unless it is already there."""
     with contextlib.closing(api_client(dockerd)) as api:
         try:
-            api.inspect_image(BASE_IMAGE)
-        except docker.errors.ImageNotFound:
-            repository, tag = BASE_IMAGE.rsplit(":", 1)
-            api.import_image_from_data(
-                _rootfs_tar(), repository=repository, tag=tag, changes=['CMD ["/bin/sh"]']
-            )
-            api.inspect_image(BASE_IMAGE)
+            ensure_base_image(api)
+        except NoStaticBusybox as exc:
+            pytest.skip(str(exc))
     return BASE_IMAGE
 
 

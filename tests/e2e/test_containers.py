@@ -40,8 +40,9 @@ from cryptography.fernet import Fernet
 
 from lastbackend.store.embedded import EmbeddedEtcd, free_port
 from lastbackend.store.etcd import Etcd
+from tests.baseimage import INDEX_HTML
 from tests.conftest import new_etcd_server
-from tests.e2e.conftest import INDEX_HTML, Registry, api_client
+from tests.e2e.conftest import Registry, api_client
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 

@@ -32,7 +32,8 @@ from lastbackend.node.runtime.base import (
     RuntimeEvent,
 )
 from lastbackend.node.runtime.docker import DockerRuntime
-from tests.e2e.conftest import INDEX_HTML, Registry
+from tests.baseimage import INDEX_HTML
+from tests.e2e.conftest import Registry
 
 SERVE = "httpd -f -p 8080 -h /www"
 
