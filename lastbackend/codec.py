@@ -10,9 +10,11 @@ date strings: sortable, unambiguous and parseable everywhere.
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 import cattrs
@@ -24,11 +26,11 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from lastbackend.model import common, platform, registries
+from lastbackend.model import apps, common, platform, registries
 
 T = TypeVar("T")
 
-CHECKS = {**common.CHECKS, **registries.CHECKS}
+CHECKS = {**common.CHECKS, **registries.CHECKS, **apps.CHECKS}
 """Every validated type of every family, with its JSON type and checker."""
 _ZERO = timedelta(0)
 
@@ -141,6 +143,57 @@ def _object_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], A
     return hook
 
 
+def _literal_hook(value: Any, cl: Any) -> Any:
+    choices = typing.get_args(cl)
+    if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
+        listed = ", ".join(map(str, choices))
+        raise ValueError(f"must be one of {listed}, got {json.dumps(value)}")
+    return value
+
+
+def _members(cl: Any) -> tuple[frozenset[Any], bool] | None:
+    """The non-None members of a union type and whether it admits None; None if not a union."""
+    if typing.get_origin(cl) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(cl)
+    return frozenset(a for a in args if a is not type(None)), type(None) in args
+
+
+def _tagged(converter: cattrs.Converter) -> tuple[Callable[[Any], bool], Callable[..., Any]]:
+    """Hooks for the model's tagged unions (``{"type": "bits", ...}``): decode by the tag, and
+    say which tags exist when it is missing or unknown, instead of cattrs' "no match"."""
+    unions = {_members(u)[0]: spec for u, spec in apps.UNIONS.items()}  # type: ignore[index]
+    shaped = _members(apps.StagingResponse)[0]  # type: ignore[index]
+
+    def matches(cl: Any) -> bool:
+        members = _members(cl)
+        return members is not None and (members[0] in unions or members[0] == shaped)
+
+    def hook(value: Any, cl: Any) -> Any:
+        members, nullable = _members(cl)  # type: ignore[misc]
+        if value is None and nullable:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError(f"must be an object, got {_json_type(value)}")
+        if members == shaped:
+            kind = (
+                apps.DockerStagingResponse
+                if "start_command" in value
+                else apps.BuildpackStagingResponse
+            )
+            return converter.structure(value, kind)
+        field, choices = unions[members]
+        tag = value.get(field)
+        if tag not in choices:
+            listed = ", ".join(choices)
+            error = ValueError(f"must be one of {listed}, got {json.dumps(tag)}")
+            error.__notes__ = [AttributeValidationNote(f"Structuring {field}", field, str)]
+            raise cattrs.ClassValidationError("bad tag", [error], cl)
+        return converter.structure(value, choices[tag])
+
+    return matches, hook
+
+
 def _make_converter() -> cattrs.Converter:
     c = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     for kind in (bool, int, float, str):
@@ -151,6 +204,14 @@ def _make_converter() -> cattrs.Converter:
     c.register_unstructure_hook(datetime, format_time)
     c.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _dict_hook(c))
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
+    c.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal_hook)
+    c.register_structure_hook_func(*_tagged(c))
+    c.register_unstructure_hook(
+        apps.BuildpackStagingResponse,
+        make_dict_unstructure_fn(
+            apps.BuildpackStagingResponse, c, commit=override(omit_if_default=True)
+        ),
+    )
     # Seed 001 spells this field in camelCase; Python does not.
     renames = {"commit_message": override(rename="commitMessage")}
     c.register_structure_hook(

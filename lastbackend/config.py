@@ -71,6 +71,24 @@ class Settings:
     """A ``lifecycle.toml`` (document 002). Empty: the one shipped in the package."""
     platform_api: str = ""
     """The platform API staging uses (like ``CNB_PLATFORM_API``). Empty: the newest supported."""
+    # [staging]
+    default_stack: str = "busybox"
+    """The stack a buildpack droplet uses when neither it nor its app names one."""
+    buildpacks_dir: Path | None = None
+    """Extra buildpacks, one directory each, detected before the built-in ones."""
+    staging_concurrency: int = 2
+    staging_timeout: float = 900.0
+    max_upload_bytes: int = 512 << 20
+    """The largest bits upload, and the most its archive may unpack to."""
+    # [registry]
+    platform_registry: str = ""
+    """``host:port`` that staged droplets (and later builds) are pushed to. Empty: keep them in
+    the local Docker engine only, which suits one host."""
+
+    @property
+    def blob_dir(self) -> Path:
+        """Package bits, droplet logs and build logs: files, never etcd values."""
+        return self.data_dir / "blobs"
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -135,6 +153,19 @@ class Settings:
             raise ConfigError(f"log format must be json or console: {self.log_format}")
         if self.max_body_bytes < 1024:
             raise ConfigError("api.max_body_bytes must be at least 1024")
+        if self.staging_concurrency < 1:
+            raise ConfigError("staging.concurrency must be at least 1")
+        if self.staging_timeout <= 0:
+            raise ConfigError("staging.timeout must be a positive number of seconds")
+        if self.max_upload_bytes < 1024:
+            raise ConfigError("staging.max_upload_bytes must be at least 1024")
+        if self.platform_registry and not re.fullmatch(
+            r"[a-z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-f:]+\](:[0-9]{1,5})?", self.platform_registry
+        ):
+            raise ConfigError(
+                "registry.platform (LB_PLATFORM_REGISTRY) must be a registry host[:port], like "
+                f"127.0.0.1:5000: {self.platform_registry!r}"
+            )
         if self.secret_key and not is_fernet_key(self.secret_key):
             raise ConfigError(
                 "secrets.key (LB_SECRET_KEY) is not a Fernet key (32 bytes in url-safe base64, "
@@ -201,6 +232,14 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "node": {"name": "node_name", "docker": "docker_host", "advertise": "node_advertise"},
     "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
     "lifecycle": {"descriptor": "lifecycle_descriptor", "platform_api": "platform_api"},
+    "staging": {
+        "default_stack": "default_stack",
+        "buildpacks_dir": "buildpacks_dir",
+        "concurrency": "staging_concurrency",
+        "timeout": "staging_timeout",
+        "max_upload_bytes": "max_upload_bytes",
+    },
+    "registry": {"platform": "platform_registry"},
 }
 
 ENV_KEYS: Mapping[str, str] = {
@@ -222,6 +261,9 @@ ENV_KEYS: Mapping[str, str] = {
     # upstream's name first, so our own wins when both are set
     "CNB_PLATFORM_API": "platform_api",
     "LB_LIFECYCLE_PLATFORM_API": "platform_api",
+    "LB_DEFAULT_STACK": "default_stack",
+    "LB_BUILDPACKS_DIR": "buildpacks_dir",
+    "LB_PLATFORM_REGISTRY": "platform_registry",
 }
 
 

@@ -170,6 +170,7 @@ class Cmp:
     op: str  # "==" | "<" | ">" | "!="
     revision: int = 0
     value: bytes = b""
+    range_end: bytes = b""  # set: the comparison holds for every key in [key, range_end)
 
     @classmethod
     def absent(cls, key: str) -> Cmp:
@@ -188,6 +189,11 @@ class Cmp:
     @classmethod
     def not_modified_after(cls, key: str, revision: int) -> Cmp:
         return cls(key, "mod", "<", revision + 1)
+
+    @classmethod
+    def nothing_created_after(cls, prefix: str, revision: int) -> Cmp:
+        """No key under ``prefix`` was created after ``revision`` (etcd >= 3.3 range compare)."""
+        return cls(prefix, "create", "<", revision + 1, range_end=prefix_end(prefix))
 
     @classmethod
     def value_is(cls, key: str, value: bytes | str) -> Cmp:
@@ -214,7 +220,11 @@ class Cmp:
         key = self.key.encode()
         if self.target == "create":
             return Compare(
-                result=result, target=Compare.CREATE, key=key, create_revision=self.revision
+                result=result,
+                target=Compare.CREATE,
+                key=key,
+                create_revision=self.revision,
+                range_end=self.range_end,
             )
         if self.target == "mod":
             return Compare(result=result, target=Compare.MOD, key=key, mod_revision=self.revision)

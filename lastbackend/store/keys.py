@@ -15,6 +15,8 @@ ROOT = "/lastbackend/"
 
 SERVICE_PARTS = ("meta", "config", "source", "domains", "image")
 """The single-value keys of a service, in the order the API composes them."""
+APP_PARTS = ("lifecycle", "app")
+"""The single-value keys the ``/v3`` family adds to a service (DESIGN.md section 4)."""
 
 
 def prefix_end(prefix: str) -> bytes:
@@ -58,7 +60,7 @@ def service(pid: str, sid: str) -> str:
 
 
 def service_part(pid: str, sid: str, part: str) -> str:
-    if part not in SERVICE_PARTS:
+    if part not in SERVICE_PARTS and part not in APP_PARTS:
         raise ValueError(f"unknown service part {part!r}")
     return f"{service(pid, sid)}{part}"
 
@@ -77,6 +79,24 @@ def builds(pid: str, sid: str) -> str:
 
 def build(pid: str, sid: str, number: int) -> str:
     return f"{builds(pid, sid)}{number}"
+
+
+def packages(pid: str, sid: str) -> str:
+    return f"{service(pid, sid)}packages/"
+
+
+def package(pid: str, sid: str, guid: str) -> str:
+    """``services/<sid>/packages/<guid>``: a bits, docker or git package of the app."""
+    return f"{packages(pid, sid)}{guid}"
+
+
+def droplets(pid: str, sid: str) -> str:
+    return f"{service(pid, sid)}droplets/"
+
+
+def droplet(pid: str, sid: str, guid: str) -> str:
+    """``services/<sid>/droplets/<guid>``: one staging of a package and its result."""
+    return f"{droplets(pid, sid)}{guid}"
 
 
 # helpers: name -> id indexes --------------------------------------------------------------------
@@ -111,6 +131,40 @@ HELPER_PODS = f"{HELPER}pods/"
 def pod(pod_id: str) -> str:
     """``helper/pods/<pod id>`` -> ``<pid>:<sid>``."""
     return f"{HELPER_PODS}{pod_id}"
+
+
+HELPER_APPS = f"{HELPER}apps/"
+HELPER_PACKAGES = f"{HELPER}packages/"
+HELPER_DROPLETS = f"{HELPER}droplets/"
+
+
+def app_owner(guid: str) -> str:
+    """``helper/apps/<guid>`` -> ``<pid>``: finds an app (a service) from its guid alone."""
+    return f"{HELPER_APPS}{guid}"
+
+
+def package_owner(guid: str) -> str:
+    """``helper/packages/<guid>`` -> ``<pid>:<sid>``."""
+    return f"{HELPER_PACKAGES}{guid}"
+
+
+def droplet_owner(guid: str) -> str:
+    """``helper/droplets/<guid>`` -> ``<pid>:<sid>``."""
+    return f"{HELPER_DROPLETS}{guid}"
+
+
+def owner_of_contained(key: str) -> str | None:
+    """The helper key that points at ``key`` if it is a package or droplet, else ``None``.
+
+    ``.../services/<sid>/packages/<guid>`` -> ``helper/packages/<guid>``, and so for droplets:
+    deleting a service or project deletes these with it.
+    """
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[-2] in ("packages", "droplets") and parts[-3] != "":
+        owner = package_owner if parts[-2] == "packages" else droplet_owner
+        if f"/services/{parts[-3]}/{parts[-2]}/" in key:
+            return owner(parts[-1])
+    return None
 
 
 def is_project_name_key(key: str) -> bool:
@@ -153,6 +207,9 @@ def pod_spec(node_name: str, pod_id: str) -> str:
     """``pods/<node>/<pod id>``: a pod spec assigned to a node."""
     return f"{node_pods(node_name)}{pod_id}"
 
+
+LIFECYCLE_DESCRIPTOR = f"{ROOT}lifecycle/descriptor"
+"""The lifecycle descriptor in use (document 002), written by the daemon that loaded it."""
 
 LEADERS = f"{ROOT}system/leader/"
 

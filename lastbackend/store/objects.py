@@ -29,7 +29,10 @@ import attrs
 
 from lastbackend import codec
 from lastbackend.model.common import is_uuid, new_id, now
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
+
+Linker = Callable[[bytes, bytes], str | None]
+"""(key, value) of a contained object -> the helper key elsewhere in the tree that points at it."""
 
 MAX_ATTEMPTS = 16  # rounds of a lookup by name that keeps seeing renames
 RETRY_DEADLINE = 10.0  # seconds a write keeps retrying lost races before giving up
@@ -95,6 +98,14 @@ class Layout:
     parts: Callable[[str], Mapping[str, str]]  # id -> {part name: key}; "meta" first
     codecs: Mapping[str, Part]
     parent: str | None = None  # a key that must exist for the object to be created
+    links: Callable[[str], Mapping[str, str]] = lambda _: {}
+    """id -> {key: value} of helper keys made with the object and deleted with it (such as
+    ``helper/apps/<sid> -> <pid>``, which finds a service from its id alone)."""
+    cascade: Callable[[str], Sequence[tuple[str, Linker]]] = lambda _: ()
+    """id -> (prefix, linker) pairs for the helper keys of what the object contains: at delete,
+    each key under ``prefix`` that ``linker(key, value)`` maps to a helper key (a service's
+    ``helper/apps/<sid>``, a package's ``helper/packages/<guid>``) has it deleted in the same txn,
+    guarded by nothing new having been created under the prefix since it was read."""
 
     def index_key(self, name: str) -> str:
         return f"{self.index}{name}"
@@ -267,6 +278,9 @@ class Objects:
         if self.layout.parent:
             compare.append(Cmp.present(self.layout.parent))
         ops = [Op.put(index_key, oid)]
+        for key, value in self.layout.links(oid).items():
+            compare.append(Cmp.absent(key))
+            ops.append(Op.put(key, value))
         encoded = {}
         for part, value in values.items():
             if value is not None:
@@ -329,6 +343,18 @@ class Objects:
                 raise Conflict(f"{self.layout.kind} name {new_name!r} is already taken")
         raise Contention(f"{self.layout.kind} {ref!r} is changing too fast; try again")
 
+    async def _cascade(self, oid: str) -> tuple[list[Cmp], list[Op]]:
+        guards: list[Cmp] = []
+        unlinks: list[Op] = []
+        for prefix, linker in self.layout.cascade(oid):
+            revision, pairs = await self.etcd.pairs(prefix)
+            guards.append(Cmp.nothing_created_after(prefix, revision))
+            for key, value in pairs:
+                link = linker(key, value)
+                if link is not None:
+                    unlinks.append(Op.delete(link))
+        return guards, unlinks
+
     def _diff(self, current: Record, wanted: Mapping[str, Any]) -> list[Op]:
         part_keys = self.layout.parts(current.id)
         ops: list[Op] = []
@@ -380,7 +406,14 @@ class Objects:
             compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
             index_key = self.layout.index_key(current.name)
             ops = [Op.delete_prefix(p) for p in self.layout.subtrees(current.id)]
+            ops += [Op.delete(key) for key in self.layout.links(current.id)]
             ops.append(Op.delete(index_key))
+            guards, unlinks = await self._cascade(current.id)
+            if len(ops) + len(unlinks) <= MAX_TXN_OPS:
+                compare += guards
+                ops += unlinks
+            # else: too many to delete atomically; the gc controller removes helper keys whose
+            # object is gone, as it would after a crash.
             result = await self.etcd.txn(compare, ops)
             if result.succeeded:
                 self.cache.drop(index_key)

@@ -11,12 +11,25 @@ from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import Layout, NameCache, Objects, Part
 
+
+def _app_owner(_: bytes, sid: bytes) -> str:
+    return keys.app_owner(sid.decode())
+
+
+def _contained(key: bytes, _: bytes) -> str | None:
+    return keys.owner_of_contained(key.decode())
+
+
 LAYOUT = Layout(
     kind="project",
     index=keys.HELPER_PROJECTS,
     subtrees=lambda pid: (keys.project(pid), keys.project_helpers(pid)),
     parts=lambda pid: {"meta": keys.project_meta(pid)},
     codecs={"meta": Part(Meta)},
+    cascade=lambda pid: (
+        (keys.service_names(pid), _app_owner),
+        (keys.services(pid), _contained),
+    ),
 )
 
 

@@ -1,14 +1,17 @@
-"""Services of one project: five part keys under ``services/<sid>/`` plus a name index.
+"""Services of one project: part keys under ``services/<sid>/`` plus a name index.
 
 The parts are seed 001's ``meta``, ``config``, ``source``, ``domains`` and ``image`` (a bare
-string, the image that runs). ``containers/`` and ``builds/`` live in the same subtree, written by
-controllers, and go with the service when it is deleted.
+string, the image that runs), and the ``/v3`` family's ``lifecycle`` and ``app`` (an app is a
+service). ``containers/``, ``builds/``, ``packages/`` and ``droplets/`` live in the same subtree
+and go with the service when it is deleted. ``helper/apps/<sid> -> <pid>`` is made and removed
+with the service, so ``/v3/apps/<guid>`` finds any service, however it was created.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lastbackend.model.apps import AppState, Lifecycle
 from lastbackend.model.platform import Domains, Meta, ServiceConfig, ServiceSource
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
@@ -20,7 +23,14 @@ CODECS: Mapping[str, Part] = {
     "source": Part(ServiceSource),
     "domains": Part(Domains),
     "image": Part(str, bare=True),
+    "lifecycle": Part(Lifecycle),
+    "app": Part(AppState),
 }
+PARTS = keys.SERVICE_PARTS + keys.APP_PARTS
+
+
+def _contained(key: bytes, _: bytes) -> str | None:
+    return keys.owner_of_contained(key.decode())
 
 
 def layout(pid: str) -> Layout:
@@ -28,9 +38,14 @@ def layout(pid: str) -> Layout:
         kind="service",
         index=keys.service_names(pid),
         subtrees=lambda sid: (keys.service(pid, sid),),
-        parts=lambda sid: {part: keys.service_part(pid, sid, part) for part in keys.SERVICE_PARTS},
+        parts=lambda sid: {part: keys.service_part(pid, sid, part) for part in PARTS},
         codecs=CODECS,
         parent=keys.project_meta(pid),
+        links=lambda sid: {keys.app_owner(sid): pid},
+        cascade=lambda sid: (
+            (keys.packages(pid, sid), _contained),
+            (keys.droplets(pid, sid), _contained),
+        ),
     )
 
 

@@ -438,7 +438,12 @@ async def test_delete_by_id_and_by_name(api: Client, etcd: Etcd, by: str) -> Non
 
 
 def keys_of(raw: Snapshot, name: str, pid: str) -> Snapshot:
-    return {k: v for k, v in raw.items() if k == f"{HELPER}{name}" or f"/{pid}/" in k}
+    """The project's keys: its name, its subtree, and ``helper/apps/<sid> -> <pid>``."""
+    return {
+        k: v
+        for k, v in raw.items()
+        if k == f"{HELPER}{name}" or f"/{pid}/" in k or v[0] == pid.encode()
+    }
 
 
 async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: Etcd) -> None:
@@ -450,6 +455,7 @@ async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: Etcd) -> 
     before = keys_of(await snapshot(etcd), "demo2", demo2)
     assert f"{HELPER}demo2" in before
     assert f"{HELPER}{demo2}/services/web" in before
+    assert len([k for k in before if k.startswith("/lastbackend/helper/apps/")]) == 2
     assert len([k for k in before if k.startswith(f"{PROJECTS}{demo2}/services/")]) > 2
 
     assert (await api.delete("/api/projects/demo")).status == 204
@@ -538,9 +544,11 @@ async def test_key_layout_is_exactly_the_documented_tree(api: Client, etcd: Etcd
         f"{service}/source",
         f"{service}/domains",
         f"{service}/image",
+        f"/lastbackend/helper/apps/{sid}",
     }
     # helper keys hold the bare id
     assert raw[f"{HELPER}demo"] == pid.encode()
+    assert raw[f"/lastbackend/helper/apps/{sid}"] == pid.encode()
     assert raw[f"{HELPER}{pid}/services/web"] == sid.encode()
     # the image key is the bare image reference, not a JSON string
     assert raw[f"{service}/image"] == config["image"].encode()

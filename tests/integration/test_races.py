@@ -119,6 +119,7 @@ async def test_50_concurrent_service_creates_with_one_name(apis: list[Client], e
         keys.project_name("demo"),
         keys.project_meta(pid),
         keys.service_name(pid, "web"),
+        keys.app_owner(sid),
         *(keys.service_part(pid, sid, part) for part in ("meta", "config", "domains", "image")),
     }
     assert tree[keys.service_name(pid, "web")] == sid.encode()

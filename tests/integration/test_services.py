@@ -702,7 +702,13 @@ async def test_deleting_the_project_removes_its_services_and_helpers(
     after = await snapshot(etcd)
     assert not [k for k in after if k.startswith((f"{PROJECTS}{pid}/", f"{HELPER}{pid}/"))]
     assert f"{HELPER}demo" not in after
-    assert after == {k: v for k, v in before.items() if pid not in k and k != f"{HELPER}demo"}
+    kept = {
+        k: v
+        for k, v in before.items()
+        if pid not in k and k != f"{HELPER}demo" and v[0] != pid.encode()  # helper/apps -> pid
+    }
+    assert len(before) - len(kept) > 2 + 2 * 7  # project + 2 services (7 keys each) + helpers
+    assert after == kept
     await expect_error(await api.get(url(pid, "web")), 404)
     await expect_error(await api.get(url("demo")), 404)
     assert len((await get_json(api, url("other")))["resources"]) == 2

@@ -60,7 +60,8 @@ def tree_problems(tree: Mapping[str, bytes]) -> list[str]:
       project meta has exactly that helper;
     - the same for ``helper/projects/<pid>/services/<name>`` and service metas;
     - every other key (service parts, containers, builds, service helpers) belongs to a live
-      project and service: nothing is left behind by a delete.
+      project and service: nothing is left behind by a delete;
+    - every service has ``helper/apps/<sid> -> <pid>`` and every such key has its service.
     """
     problems: list[str] = []
     project_index: dict[str, str] = {}  # name -> pid
@@ -68,6 +69,7 @@ def tree_problems(tree: Mapping[str, bytes]) -> list[str]:
     project_meta: dict[str, str | None] = {}  # pid -> name
     service_meta: dict[tuple[str, str], str | None] = {}  # (pid, sid) -> name
     service_keys: list[tuple[str, str, str]] = []  # (pid, sid, key) of non-meta service keys
+    app_owners: dict[str, str] = {}  # sid -> pid, from helper/apps/
 
     for key, value in tree.items():
         if key.startswith(keys.HELPER_PROJECTS):
@@ -78,6 +80,8 @@ def tree_problems(tree: Mapping[str, bytes]) -> list[str]:
                 service_index[(rest[0], rest[2])] = value.decode()
             else:
                 problems.append(f"unexpected helper key {key}")
+        elif key.startswith(keys.HELPER_APPS):
+            app_owners[key[len(keys.HELPER_APPS) :]] = value.decode()
         elif key.startswith(keys.PROJECTS):
             rest = key[len(keys.PROJECTS) :].split("/")
             if rest[1:] == ["meta"]:
@@ -120,6 +124,12 @@ def tree_problems(tree: Mapping[str, bytes]) -> list[str]:
     for pid, sid, key in service_keys:
         if (pid, sid) not in service_meta:
             problems.append(f"orphan key of a deleted service: {key}")
+    for sid, pid in app_owners.items():
+        if (pid, sid) not in service_meta:
+            problems.append(f"helper/apps/{sid} -> {pid}, which has no service")
+    for pid, sid in service_meta:
+        if app_owners.get(sid) != pid:
+            problems.append(f"service {pid}/{sid} has no helper/apps/{sid} -> {pid}")
     return problems
 
 
@@ -372,6 +382,7 @@ class StoreMachine(RuleBasedStateMachine):
             out[keys.project_meta(pid)] = (project.name, project.description)
             for svc in project.services.values():
                 out[keys.service_name(pid, svc.name)] = svc.id
+                out[keys.app_owner(svc.id)] = pid
                 out[keys.service_part(pid, svc.id, "meta")] = svc.name
                 out[keys.service_part(pid, svc.id, "config")] = svc.replicas
                 out[keys.service_part(pid, svc.id, "domains")] = {}
@@ -450,6 +461,7 @@ def test_tree_problems_finds_orphans_and_mismatches() -> None:
         keys.service_part(pid, sid, "meta"): b'{"name":"x"}',
         keys.service_part(pid, sid, "config"): b"{}",
         keys.container(pid, sid, "c1"): b"{}",
+        keys.app_owner(sid): pid.encode(),
     }
     assert tree_problems(good) == []
     damaged: list[dict[str, bytes]] = [
@@ -461,6 +473,8 @@ def test_tree_problems_finds_orphans_and_mismatches() -> None:
         {**good, keys.service_part(pid, new_id(), "config"): b"{}"},
         {**good, keys.service_name(new_id(), "x"): sid.encode()},
         {**good, "/lastbackend/stray": b""},
+        {k: v for k, v in good.items() if k != keys.app_owner(sid)},
+        {**good, keys.app_owner(new_id()): pid.encode()},
     ]
     for tree in damaged:
         assert tree_problems(tree), tree
