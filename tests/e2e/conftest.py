@@ -4,6 +4,8 @@
   is started here (as root) with its own log file and stopped at the end of the session.
 - ``base_image``: a busybox-static rootfs imported with ``docker import`` (nothing is pulled from
   the internet), serving ``/www`` with ``httpd``; built once and reused.
+- ``busybox_stack``: the default staging stack (``lastbackend/stack-build:busybox`` and
+  ``stack-run:busybox``), built by the product's own ``ensure_stack`` unless it is there.
 - ``registry``: Debian's ``docker-registry`` on a free loopback port with htpasswd auth and
   filesystem storage in a temp dir. Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP.
 - ``runtime`` + ``labels``: a :class:`DockerRuntime` and labels unique to the test; whatever
@@ -15,6 +17,8 @@ Without Docker these skip, and under ``CI=true`` a skip is a failure (``tests/co
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import secrets
@@ -99,6 +103,32 @@ def base_image(dockerd: str) -> str:
         except NoStaticBusybox as exc:
             pytest.skip(str(exc))
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def busybox_stack(dockerd: str) -> str:
+    """The default stack's name, its two images built offline from busybox-static."""
+    from lastbackend.lifecycle import descriptor, stacks
+
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed (Debian: busybox-static)")
+
+    async def build() -> None:
+        runtime = DockerRuntime(dockerd)
+        try:
+            await stacks.ensure_stack(
+                runtime, stacks.DEFAULT_STACK, descriptor.load(), busybox=Path(busybox)
+            )
+        finally:
+            await runtime.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, whatever runs
+        try:
+            pool.submit(asyncio.run, build()).result()
+        except stacks.StackError as exc:
+            pytest.skip(str(exc))
+    return stacks.DEFAULT_STACK
 
 
 @attrs.frozen

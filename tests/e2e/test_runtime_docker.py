@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import tarfile
 import threading
 import time
 import uuid
@@ -26,6 +28,8 @@ from lastbackend.node.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
+    ContainerTimeout,
+    ImageConfig,
     ImageError,
     RegistryAuth,
     Runtime,
@@ -347,6 +351,140 @@ async def test_latest_is_always_pulled(
     repository = image.rsplit(":", 1)[0]
     with pytest.raises(ImageError):  # present, but ``:latest`` (or no tag) is pulled again
         await runtime.ensure_image(repository, RegistryAuth("x", "y", registry.host))
+
+
+# -- the staging part of the seam: create, archives, wait, commit, import, tag, push
+
+
+def tar_of(files: dict[str, bytes], uid: int = 1000, mode: int = 0o640) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid, info.mode = len(data), uid, uid, mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def members(data: bytes) -> dict[str, tuple[int, int, bytes | None]]:
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            body = tar.extractfile(info) if info.isfile() else None
+            out[info.name] = (info.uid, info.mode & 0o7777, body.read() if body else None)
+    return out
+
+
+@pytest.mark.docker
+async def test_create_copy_in_start_wait_and_copy_out(
+    runtime: DockerRuntime, base_image: str, labels: dict[str, str]
+) -> None:
+    s = spec(base_image, labels, command="cat /tmp/in/a.txt > /tmp/out.txt; ls -n /tmp/in; exit 4")
+    created = await runtime.create(s)
+    assert created.status == "created"
+    assert (await runtime.create(s)).id == created.id  # adopted by name
+    await runtime.put_archive(s.name, "/tmp", tar_of({"in/a.txt": b"copied in\n"}))
+    assert (await runtime.start(s.name)).name == s.name
+    assert await runtime.wait(s.name, timeout_s=10) == 4
+    out = await runtime.get_archive(s.name, "/tmp/out.txt")  # from a stopped container
+    assert out is not None
+    assert members(out)["out.txt"][2] == b"copied in\n"
+    copied = await runtime.get_archive(s.name, "/tmp/in")
+    assert copied is not None
+    assert members(copied)["in/a.txt"] == (1000, 0o640, b"copied in\n")  # owner and mode kept
+    assert b" 1000 " in await all_logs(runtime, s.name)
+    assert await runtime.get_archive(s.name, "/tmp/absent") is None
+    with pytest.raises(ContainerNotFound):
+        await runtime.get_archive("lb-test-no-such-container", "/tmp")
+    with pytest.raises(ContainerNotFound):
+        await runtime.start("lb-test-no-such-container")
+
+
+@pytest.mark.docker
+async def test_wait_gives_up_after_its_timeout(
+    runtime: DockerRuntime, base_image: str, labels: dict[str, str]
+) -> None:
+    s = spec(base_image, labels, command="sleep 600")
+    await runtime.run(s)
+    with pytest.raises(ContainerTimeout, match="still running"):
+        await runtime.wait(s.name, timeout_s=1)
+
+
+@pytest.mark.docker
+async def test_commit_merges_config_and_the_image_runs(
+    runtime: DockerRuntime, base_image: str, labels: dict[str, str], docker_api: docker.APIClient
+) -> None:
+    ref = f"lastbackend-test/commit:{uuid.uuid4().hex[:8]}"
+    s, child = spec(base_image, labels), spec(ref, labels)
+    await runtime.create(s)
+    await runtime.put_archive(s.name, "/www", tar_of({"page.txt": b"committed\n"}, mode=0o644))
+    try:
+        image_id = await runtime.commit(
+            s.name,
+            ref,
+            ImageConfig(
+                cmd=("/bin/sh", "-c", 'echo "$GREETING from $(pwd) as $(id -u)"; cat page.txt'),
+                env={"GREETING": "hello"},
+                labels={"io.lastbackend.kind": "droplet"},
+                exposed_ports=("8080/TCP",),
+                workdir="/www",
+                user="1000",
+            ),
+        )
+        info = await runtime.inspect_image(ref)
+        assert info is not None
+        assert info.id == image_id
+        assert ref in info.repo_tags
+        assert info.repo_digests == ()  # never pushed
+        assert info.labels == {**labels, "io.lastbackend.kind": "droplet"}  # merged, as Docker does
+        assert info.env["GREETING"] == "hello"
+        assert (info.exposed_ports, info.workdir, info.user) == (("8080/TCP",), "/www", "1000")
+        assert await runtime.inspect_image("lastbackend-test/absent:1") is None
+
+        await runtime.run(child)
+        assert (await exited(runtime, child.name)).exit_code == 0
+        assert await all_logs(runtime, child.name) == b"hello from /www as 1000\ncommitted\n"
+    finally:
+        for container in (s, child):
+            await runtime.remove(container.name)
+        await runtime.remove_image(ref)
+    await runtime.remove_image(ref)  # gone already: nothing to do
+    assert await runtime.inspect_image(ref) is None
+
+
+@pytest.mark.docker
+async def test_import_tag_and_push_to_a_private_registry(
+    runtime: DockerRuntime, registry: Registry, docker_api: docker.APIClient
+) -> None:
+    ref = f"lastbackend-test/imported:{uuid.uuid4().hex[:8]}"
+    target = f"{registry.host}/team/imported:{uuid.uuid4().hex[:8]}"
+    rootfs = tar_of({"etc/motd": b"imported\n"}, uid=0, mode=0o644)
+    config = ImageConfig(
+        cmd=("/bin/sh",), labels={"k": 'a "quoted" $value\\'}, env={"E": "x y"}, user="1000"
+    )
+    try:
+        image_id = await runtime.import_image(rootfs, ref, config)
+        info = await runtime.inspect_image(ref)
+        assert info is not None
+        assert info.id == image_id
+        assert info.labels == {"k": 'a "quoted" $value\\'}  # quoted through --change intact
+        assert (info.cmd, info.env.get("E"), info.user) == (("/bin/sh",), "x y", "1000")
+
+        await runtime.tag(ref, target)
+        wrong = RegistryAuth(registry.username, "not-" + registry.password, registry.host)
+        with pytest.raises(ImageError) as refused:
+            await runtime.push(target, wrong)
+        assert wrong.password not in str(refused.value)
+        digest = await runtime.push(target, registry.auth)
+        assert digest.startswith("sha256:")
+        pinned = (await runtime.inspect_image(target)).digest_for(target)  # type: ignore[union-attr]
+        assert pinned == f"{target.rsplit(':', 1)[0]}@{digest}"
+        assert (await runtime.inspect_image(pinned)).id == image_id  # type: ignore[union-attr]
+        with pytest.raises(ImageError):
+            await runtime.tag("lastbackend-test/absent:1", target)
+    finally:
+        await runtime.remove_image(target)
+        await runtime.remove_image(ref)
 
 
 # -- the event stream's reconnection, against a stand-in for dockerd on a unix socket

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import tarfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +20,8 @@ from lastbackend.node.runtime.base import (
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerSpec,
+    ContainerTimeout,
+    ImageConfig,
     ImageError,
     NodeCapacity,
     RegistryAuth,
@@ -26,7 +30,7 @@ from lastbackend.node.runtime.base import (
     must_pull,
     split_image,
 )
-from lastbackend.node.runtime.fake import FIRST_PORT, FakeRuntime
+from lastbackend.node.runtime.fake import FIRST_PORT, FakeProcess, FakeRuntime
 
 IMAGE = "registry.example:5000/team/app:1"
 LABELS = {"io.lastbackend.service": "s1"}
@@ -227,3 +231,162 @@ def test_pull_policy_is_kubernetes_default() -> None:
     assert must_pull("app:latest", present=True, always_pull=False)
     assert must_pull("app", present=True, always_pull=False)
     assert not must_pull(digest, present=True, always_pull=True)
+
+
+# -- the staging part of the seam: create, archives, wait, commit, images
+
+
+def tar_of(files: dict[str, bytes], uid: int = 1000, mode: int = 0o640) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.uid, info.gid, info.mode = len(data), uid, uid, mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def members(data: bytes) -> dict[str, tuple[int, int, bytes | None]]:
+    """name -> (uid, mode, content or None for a directory)."""
+    out = {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for info in tar:
+            body = tar.extractfile(info) if info.isfile() else None
+            out[info.name] = (info.uid, info.mode & 0o7777, body.read() if body else None)
+    return out
+
+
+async def test_create_does_not_start_and_adopts_by_name(rt: FakeRuntime) -> None:
+    created = await rt.create(web())
+    assert created.status == "created"
+    assert created.ports == {}
+    assert (await rt.create(web())).id == created.id
+    started = await rt.start(created.name)
+    assert started.status == "running"
+    assert set(started.ports) == {"8080/TCP"}
+    assert (await rt.start(created.id)).id == created.id  # running already: nothing
+    with pytest.raises(ContainerNotFound):
+        await rt.start("nope")
+    with pytest.raises(ImageError, match="not present"):
+        await rt.create(web("x", image="absent:1"))
+
+
+async def test_programs_decide_what_a_started_container_does(rt: FakeRuntime) -> None:
+    seen: list[str] = []
+
+    def program(process: FakeProcess) -> int | None:
+        seen.append(process.name)
+        if process.spec.command != "work":
+            return None  # not ours: keeps running
+        process.print(f"working in {process.env['WHERE']}")
+        process.write("/out/result", b"done", uid=1000)
+        return 3
+
+    rt.on_start(program)
+    await rt.create(web("job", command="work", env={"WHERE": "here"}))
+    await rt.start("job")
+    assert await rt.wait("job", timeout_s=1) == 3
+    assert [c async for c in rt.logs("job")] == [b"working in here\n"]
+    assert rt.files("job")["/out/result"] == b"done"
+    server = await rt.run(web("server"))
+    assert server.running
+    with pytest.raises(ContainerTimeout, match="still running"):
+        await rt.wait("server", timeout_s=0.05)
+    waiting = asyncio.create_task(rt.wait("server"))
+    await asyncio.sleep(0)
+    rt.kill("server")
+    assert await asyncio.wait_for(waiting, 1) == 137
+    assert seen == ["job", "server"]
+    with pytest.raises(ContainerNotFound):
+        await rt.wait("nope")
+
+
+async def test_archives_keep_owners_and_modes(rt: FakeRuntime) -> None:
+    await rt.create(web())
+    await rt.put_archive("lb-pod-1", "/", tar_of({"app/a.txt": b"A", "app/sub/b.txt": b"B"}))
+    got = await rt.get_archive("lb-pod-1", "/app")
+    assert got is not None
+    found = members(got)
+    assert found["app/a.txt"] == (1000, 0o640, b"A")
+    assert found["app/sub/b.txt"] == (1000, 0o640, b"B")
+    assert set(found) == {"app", "app/a.txt", "app/sub", "app/sub/b.txt"}
+    assert await rt.get_archive("lb-pod-1", "/nothing") is None
+    with pytest.raises(ContainerRuntimeError):  # like Docker: the directory must exist
+        await rt.put_archive("lb-pod-1", "/nothing", tar_of({"x": b""}))
+    with pytest.raises(ContainerNotFound):
+        await rt.get_archive("nope", "/app")
+
+
+async def test_commit_merges_config_like_docker(rt: FakeRuntime) -> None:
+    base = ImageConfig(
+        cmd=("/bin/sh",),
+        env={"PATH": "/bin", "HOME": "/"},
+        labels={"stack": "busybox"},
+        workdir="/",
+        user="root",
+    )
+    rt.add_image("stack:1", base, {"/bin/sh": b"#!"})
+    await rt.create(ContainerSpec(name="c", image="stack:1", labels={"from": "container"}))
+    await rt.put_archive("c", "/", tar_of({"workspace/index.html": b"hi"}))
+    image_id = await rt.commit(
+        "c",
+        "droplets/app:1",
+        ImageConfig(
+            cmd=("/bin/sh", "-c", "serve"),
+            env={"PORT": "8080", "HOME": "/workspace"},
+            labels={"kind": "droplet"},
+            exposed_ports=("8080/TCP",),
+            workdir="/workspace",
+            user="lb",
+        ),
+    )
+    info = await rt.inspect_image("droplets/app:1")
+    assert info is not None
+    assert info.id == image_id
+    assert info.repo_tags == ("droplets/app:1",)
+    assert info.cmd == ("/bin/sh", "-c", "serve")
+    assert info.env == {"PATH": "/bin", "HOME": "/workspace", "PORT": "8080"}
+    assert info.labels == {"stack": "busybox", "from": "container", "kind": "droplet"}
+    assert (info.exposed_ports, info.workdir, info.user) == (("8080/TCP",), "/workspace", "lb")
+    assert rt.image_files("droplets/app:1")["/workspace/index.html"] == b"hi"
+    # a container of the image has its files and inherits its labels, as on Docker
+    child = await rt.create(ContainerSpec(name="child", image="droplets/app:1"))
+    assert child.labels == info.labels
+    assert rt.files("child")["/workspace/index.html"] == b"hi"
+
+
+async def test_import_tag_push_and_remove_images(rt: FakeRuntime) -> None:
+    image_id = await rt.import_image(tar_of({"bin/busybox": b"ELF"}), "stack:2", ImageConfig())
+    assert rt.image_files("stack:2") == {"/bin/busybox": b"ELF"}
+    target = "registry.example:5000/droplets/app:d1"
+    await rt.tag("stack:2", target)
+    assert (await rt.inspect_image(target)).id == image_id  # type: ignore[union-attr]
+    auth = RegistryAuth("u", "s3cret", "registry.example:5000")
+    rt.require_auth(auth)
+    with pytest.raises(ImageError) as refused:
+        await rt.push(target, RegistryAuth("u", "guess", "registry.example:5000"))
+    assert "guess" not in str(refused.value)
+    digest = await rt.push(target, auth)
+    assert digest.startswith("sha256:")
+    assert rt.pushes[-1] == (target, auth)
+    pinned = f"registry.example:5000/droplets/app@{digest}"
+    info = await rt.inspect_image(pinned)
+    assert info is not None
+    assert info.id == image_id
+    assert info.digest_for(target) == pinned
+    with pytest.raises(ImageError, match="does not exist"):
+        await rt.push("registry.example:5000/absent:1", auth)
+    await rt.remove_image(target)
+    await rt.remove_image(target)  # gone already: nothing to do
+    assert await rt.inspect_image(target) is None
+    assert await rt.inspect_image("stack:2") is not None
+
+
+async def test_pulled_images_are_pinned_by_digest(rt: FakeRuntime) -> None:
+    await rt.ensure_image("registry.example:5000/team/web:2")
+    info = await rt.inspect_image("registry.example:5000/team/web:2")
+    assert info is not None
+    pinned = info.digest_for("registry.example:5000/team/web:2")
+    assert pinned is not None
+    assert pinned.startswith("registry.example:5000/team/web@sha256:")
+    assert (await rt.inspect_image(pinned)).id == info.id  # type: ignore[union-attr]

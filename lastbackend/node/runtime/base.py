@@ -24,6 +24,14 @@ Rules every implementation keeps, because the agent's idempotence rests on them:
   expands, ``&&`` and ``exec`` work); ``""`` runs the image's own entrypoint and command. An image
   without ``/bin/sh`` must use ``""``.
 - **Secrets stay secret.** No error message contains a registry password.
+- **Staging is done with the same seam.** :meth:`Runtime.create` (without starting), file copies
+  in and out as tar archives (:meth:`Runtime.put_archive`, :meth:`Runtime.get_archive`),
+  :meth:`Runtime.wait` and :meth:`Runtime.commit` are how the buildpack lifecycle runs detect and
+  build in containers and exports an image, the way ``pack`` drives a daemon. Archives hold the
+  owners and modes of their entries, and the engine keeps them, so a tar made with uid 1000
+  gives files the stack's non-root user can write.
+- **Image refs are Docker's.** ``repo[:tag][@digest]``, the tag defaulting to ``latest``;
+  exposed ports are spelled like container ports (``"8080/TCP"``).
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ class ImageError(ContainerRuntimeError):
 
 class ContainerNotFound(ContainerRuntimeError):
     """No container has that id or name (raised only where "nothing" is not an answer)."""
+
+
+class ContainerTimeout(ContainerRuntimeError):
+    """A container did not exit within the time :meth:`Runtime.wait` was given."""
 
 
 @attrs.frozen
@@ -109,6 +121,52 @@ class RegistryAuth:
 
     def __repr__(self) -> str:
         return f"RegistryAuth(username={self.username!r}, password='***', server={self.server!r})"
+
+
+@attrs.frozen
+class ImageConfig:
+    """What an image runs and declares: the part of Docker's image config staging writes.
+
+    Empty fields mean "not set": :meth:`Runtime.commit` then keeps the container's own value
+    (Docker merges ``env`` and ``labels`` into the container's, key by key, and keeps its
+    ``entrypoint`` unless one is given). ``exposed_ports`` are ``"8080/TCP"``.
+    """
+
+    cmd: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    entrypoint: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    env: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    exposed_ports: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    workdir: str = ""
+    user: str = ""
+
+
+@attrs.frozen
+class ImageInfo:
+    """A local image as the engine reports it.
+
+    ``repo_digests`` are ``repo@sha256:...`` pins, one per registry it was pulled from or pushed
+    to (none for an image that never left this engine); ``exposed_ports`` are ``"8080/TCP"``.
+    """
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    repo_digests: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    exposed_ports: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+
+    def digest_for(self, image: str) -> str | None:
+        """``repo@sha256:...`` of this image in ``image``'s repository (its registry's pin)."""
+        repository = split_image(image)[0]
+        for pinned in self.repo_digests:
+            if split_image(pinned)[0] == repository:
+                return pinned
+        return None
 
 
 @attrs.frozen
@@ -200,6 +258,68 @@ class Runtime(Protocol):
         With ``follow`` it goes on until the container stops or the iterator is cancelled.
         Raises :class:`ContainerNotFound` on the first step if there is no such container.
         """
+        ...
+
+    # -- staging: containers as build steps, and images
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        """Create ``spec`` without starting it, or return the container already named so.
+
+        Files can then be copied in with :meth:`put_archive` before :meth:`start`.
+        """
+        ...
+
+    async def start(self, id_or_name: str) -> ContainerState:
+        """Start a created or exited container; nothing if it runs. :class:`ContainerNotFound`
+        if there is none."""
+        ...
+
+    async def wait(self, id_or_name: str, timeout_s: float | None = None) -> int:
+        """The exit code of a started container, once it has exited.
+
+        Raises :class:`ContainerTimeout` when it still runs after ``timeout_s`` (``None``: no
+        limit) and :class:`ContainerNotFound` when there is no such container.
+        """
+        ...
+
+    async def put_archive(self, id_or_name: str, path: str, data: bytes) -> None:
+        """Unpack the tar ``data`` into the directory ``path`` of the container (which must
+        exist), keeping the entries' owners and modes; works on a container that is not running.
+        """
+        ...
+
+    async def get_archive(self, id_or_name: str, path: str) -> bytes | None:
+        """A tar of ``path`` in the container, its entries named from ``path``'s last component
+        (``/workspace`` gives ``workspace/...``), or ``None`` when the path does not exist.
+
+        Works on a stopped container. Raises :class:`ContainerNotFound` without the container.
+        """
+        ...
+
+    async def commit(self, id_or_name: str, ref: str, config: ImageConfig) -> str:
+        """Make an image of the container's filesystem tagged ``ref``; returns its id."""
+        ...
+
+    async def import_image(self, data: bytes, ref: str, config: ImageConfig) -> str:
+        """Make an image from a rootfs tar (``docker import``), tagged ``ref``; returns its id.
+        How a stack is built with nothing to pull."""
+        ...
+
+    async def inspect_image(self, ref: str) -> ImageInfo | None:
+        """The local image ``ref`` (a tag, a ``repo@digest`` pin or an id), or ``None``."""
+        ...
+
+    async def tag(self, source: str, target: str) -> None:
+        """Give the local image ``source`` the name ``target`` (``repo:tag``), moving that tag."""
+        ...
+
+    async def push(self, ref: str, auth: RegistryAuth | None = None) -> str:
+        """Push the local ``ref`` to its registry; returns the manifest digest
+        (``sha256:...``). Raises :class:`ImageError`, whose message never holds the password."""
+        ...
+
+    async def remove_image(self, ref: str) -> None:
+        """Untag ``ref`` (removing the image with its last name); nothing if it is gone."""
         ...
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import math
 import re
 import threading
@@ -30,6 +31,7 @@ import docker
 import docker.errors
 import docker.types
 import docker.utils
+import requests.exceptions
 import structlog
 
 from lastbackend.node.runtime.base import (
@@ -37,7 +39,10 @@ from lastbackend.node.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
+    ContainerTimeout,
+    ImageConfig,
     ImageError,
+    ImageInfo,
     Labels,
     NodeCapacity,
     RegistryAuth,
@@ -128,6 +133,82 @@ def _event(raw: Mapping[str, Any]) -> RuntimeEvent | None:
         time=datetime.fromtimestamp(ns / 1e9, UTC),
         exit_code=int(exit_code) if exit_code not in (None, "") else None,
     )
+
+
+def _image_info(raw: Mapping[str, Any]) -> ImageInfo:
+    config = raw.get("Config") or {}
+    env = dict(item.partition("=")[::2] for item in config.get("Env") or [])
+    return ImageInfo(
+        id=raw["Id"],
+        repo_tags=tuple(raw.get("RepoTags") or ()),
+        repo_digests=tuple(raw.get("RepoDigests") or ()),
+        cmd=tuple(config.get("Cmd") or ()),
+        entrypoint=tuple(config.get("Entrypoint") or ()),
+        env=env,
+        labels=dict(config.get("Labels") or {}),
+        exposed_ports=tuple(
+            sorted(_seam_port(port) for port in (config.get("ExposedPorts") or {}))
+        ),
+        workdir=config.get("WorkingDir") or "",
+        user=config.get("User") or "",
+    )
+
+
+def _seam_port(spec: str) -> str:
+    """``"8080/tcp"`` -> ``"8080/TCP"``, the seam's spelling."""
+    port, _, proto = spec.partition("/")
+    return f"{port}/{(proto or 'tcp').upper()}"
+
+
+def _container_config(config: ImageConfig) -> dict[str, Any]:
+    """The engine's container config for a commit; unset fields are left out (inherited)."""
+    out: dict[str, Any] = {}
+    if config.cmd:
+        out["Cmd"] = list(config.cmd)
+    if config.entrypoint:
+        out["Entrypoint"] = list(config.entrypoint)
+    if config.env:
+        out["Env"] = [f"{key}={value}" for key, value in config.env.items()]
+    if config.labels:
+        out["Labels"] = dict(config.labels)
+    if config.exposed_ports:
+        out["ExposedPorts"] = {_docker_port(port): {} for port in config.exposed_ports}
+    if config.workdir:
+        out["WorkingDir"] = config.workdir
+    if config.user:
+        out["User"] = config.user
+    return out
+
+
+def _quote(value: str) -> str:
+    """A Dockerfile word in double quotes: backslash, quote and ``$`` (substitution) escaped."""
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{value!r}: an image config value cannot hold a line break")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def _changes(config: ImageConfig) -> list[str]:
+    """``docker import --change`` lines for ``config`` (import takes no config object)."""
+    changes = []
+    if config.cmd:
+        changes.append(f"CMD {json.dumps(list(config.cmd))}")
+    if config.entrypoint:
+        changes.append(f"ENTRYPOINT {json.dumps(list(config.entrypoint))}")
+    changes += [f"ENV {key}={_quote(value)}" for key, value in config.env.items()]
+    changes += [f"LABEL {_quote(key)}={_quote(value)}" for key, value in config.labels.items()]
+    changes += [f"EXPOSE {_docker_port(port)}" for port in config.exposed_ports]
+    if config.workdir:
+        changes.append(f"WORKDIR {config.workdir}")
+    if config.user:
+        changes.append(f"USER {config.user}")
+    return changes
+
+
+def _auth_config(auth: RegistryAuth | None) -> dict[str, str] | None:
+    if auth is None:
+        return None
+    return {"username": auth.username, "password": auth.password, "serveraddress": auth.server}
 
 
 def _explain(exc: BaseException) -> str:
@@ -287,18 +368,9 @@ class DockerRuntime:
         if not must_pull(image, present=present, always_pull=always_pull):
             return
         repository, tag, digest = split_image(image)
-        auth_config = (
-            None
-            if auth is None
-            else {
-                "username": auth.username,
-                "password": auth.password,
-                "serveraddress": auth.server,
-            }
-        )
         started = time.monotonic()
         for line in api.pull(
-            repository, tag=digest or tag, stream=True, decode=True, auth_config=auth_config
+            repository, tag=digest or tag, stream=True, decode=True, auth_config=_auth_config(auth)
         ):
             if "error" in line:
                 detail = line.get("errorDetail", {}).get("message") or line["error"]
@@ -310,6 +382,14 @@ class DockerRuntime:
         return _state(await self._call(f"running {spec.name}", self._run, spec))
 
     def _run(self, spec: ContainerSpec) -> dict[str, Any]:
+        raw = self._create(spec)
+        if raw["State"]["Status"] in ("created", "exited"):
+            self._client().start(raw["Id"])
+            raw = self._inspect(raw["Id"]) or raw
+        return raw
+
+    def _create(self, spec: ContainerSpec) -> dict[str, Any]:
+        """The container named ``spec.name``: the one there, or a new one (not started)."""
         api = self._client()
         raw = self._inspect(spec.name)
         if raw is None:
@@ -347,11 +427,135 @@ class DockerRuntime:
                     raise
             raw = self._inspect(spec.name)
             if raw is None:
-                raise ContainerRuntimeError(f"running {spec.name}: it vanished after creation")
-        if raw["State"]["Status"] in ("created", "exited"):
-            api.start(raw["Id"])
-            raw = self._inspect(raw["Id"]) or raw
+                raise ContainerRuntimeError(f"creating {spec.name}: it vanished after creation")
         return raw
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        return _state(await self._call(f"creating {spec.name}", self._create, spec))
+
+    async def start(self, id_or_name: str) -> ContainerState:
+        def start() -> dict[str, Any]:
+            raw = self._inspect(id_or_name)
+            if raw is None:
+                raise ContainerNotFound(f"starting {id_or_name}: no such container")
+            if raw["State"]["Status"] in ("created", "exited"):
+                self._client().start(raw["Id"])
+                raw = self._inspect(raw["Id"]) or raw
+            return raw
+
+        return _state(await self._call(f"starting {id_or_name}", start))
+
+    async def wait(self, id_or_name: str, timeout_s: float | None = None) -> int:
+        def wait() -> int:
+            try:
+                result = self._client().wait(id_or_name, timeout=timeout_s)
+            except requests.exceptions.RequestException as exc:
+                # over the unix socket a read timeout arrives as a ConnectionError
+                if "timed out" not in str(exc).lower():
+                    raise
+                raise ContainerTimeout(
+                    f"waiting for {id_or_name}: still running after {timeout_s:g}s"
+                ) from None
+            return int(result["StatusCode"])
+
+        return await self._call(f"waiting for {id_or_name}", wait)
+
+    async def put_archive(self, id_or_name: str, path: str, data: bytes) -> None:
+        await self._call(
+            f"copying into {id_or_name}:{path}",
+            lambda: self._client().put_archive(id_or_name, path, data),
+        )
+
+    async def get_archive(self, id_or_name: str, path: str) -> bytes | None:
+        def read() -> bytes | None:
+            try:
+                stream, _ = self._client().get_archive(id_or_name, path, chunk_size=None)
+            except docker.errors.NotFound:
+                if self._inspect(id_or_name) is None:
+                    raise
+                return None  # the container is there: the path is not
+            return b"".join(stream)
+
+        return await self._call(f"copying from {id_or_name}:{path}", read)
+
+    async def commit(self, id_or_name: str, ref: str, config: ImageConfig) -> str:
+        repository, tag, _ = split_image(ref)
+
+        def commit() -> str:
+            result = self._client().commit(
+                id_or_name, repository=repository, tag=tag, conf=_container_config(config)
+            )
+            return str(result["Id"])
+
+        return await self._call(f"committing {id_or_name} as {ref}", commit)
+
+    async def import_image(self, data: bytes, ref: str, config: ImageConfig) -> str:
+        repository, tag, _ = split_image(ref)
+
+        def load() -> str:
+            api = self._client()
+            api.import_image_from_data(
+                data, repository=repository, tag=tag, changes=_changes(config)
+            )
+            return str(api.inspect_image(ref)["Id"])
+
+        return await self._call(f"importing {ref}", load)
+
+    async def inspect_image(self, ref: str) -> ImageInfo | None:
+        def read() -> dict[str, Any] | None:
+            try:
+                return dict(self._client().inspect_image(ref))
+            except docker.errors.ImageNotFound:
+                return None
+
+        raw = await self._call(f"inspecting image {ref}", read)
+        return None if raw is None else _image_info(raw)
+
+    async def tag(self, source: str, target: str) -> None:
+        repository, tag, _ = split_image(target)
+
+        def tag_it() -> None:
+            try:
+                self._client().tag(source, repository, tag, force=True)
+            except docker.errors.ImageNotFound:
+                raise ImageError(f"tagging {source} as {target}: no image {source}") from None
+
+        await self._call(f"tagging {source} as {target}", tag_it)
+
+    async def push(self, ref: str, auth: RegistryAuth | None = None) -> str:
+        try:
+            return await asyncio.to_thread(self._push, ref, auth)
+        except docker.errors.APIError as exc:
+            raise ImageError(_redact(f"pushing {ref}: {_explain(exc)}", auth)) from None
+        except (docker.errors.DockerException, OSError) as exc:
+            raise self._error(f"pushing {ref}", exc) from None
+
+    def _push(self, ref: str, auth: RegistryAuth | None) -> str:
+        api = self._client()
+        repository, tag, _ = split_image(ref)
+        digest = ""
+        started = time.monotonic()
+        for line in api.push(
+            repository, tag=tag, stream=True, decode=True, auth_config=_auth_config(auth)
+        ):
+            if "error" in line:
+                detail = line.get("errorDetail", {}).get("message") or line["error"]
+                raise ImageError(_redact(f"pushing {ref}: {detail}", auth))
+            digest = (line.get("aux") or {}).get("Digest") or digest
+        if not digest:  # old engines say it only in the pushed image's RepoDigests
+            pinned = _image_info(api.inspect_image(ref)).digest_for(ref) or ""
+            digest = pinned.partition("@")[2]
+        if not digest:
+            raise ImageError(f"pushing {ref}: the engine reported no digest")
+        log.info("runtime.pushed", image=ref, seconds=round(time.monotonic() - started, 3))
+        return str(digest)
+
+    async def remove_image(self, ref: str) -> None:
+        def remove() -> None:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                self._client().remove_image(ref)
+
+        await self._call(f"removing image {ref}", remove)
 
     def _inspect(self, id_or_name: str) -> dict[str, Any] | None:
         try:

@@ -9,16 +9,28 @@ controller tested against it behaves the same on Docker; ``tests/unit/test_runti
 Everything is deterministic: ids are hashes of a counter, free host ports count up from
 ``FIRST_PORT``, and the clock advances one second per change. Tests steer it with
 :meth:`FakeRuntime.kill`, :meth:`FakeRuntime.write_log`, :meth:`FakeRuntime.fail_pull`,
-:meth:`FakeRuntime.require_auth` and the ``capacity`` attribute, and observe ``pulls``.
+:meth:`FakeRuntime.fail_push`, :meth:`FakeRuntime.require_auth` and the ``capacity`` attribute,
+and observe ``pulls`` and ``pushes``.
+
+Nothing is executed. Containers and images have an in-memory filesystem (what
+:meth:`FakeRuntime.put_archive` unpacks, :meth:`FakeRuntime.get_archive` packs and
+:meth:`FakeRuntime.commit` snapshots), and what a started container *does* is up to the test:
+:meth:`FakeRuntime.on_start` registers programs, Python functions that see the container as a
+:class:`FakeProcess` (its spec, its files, its log) and return its exit code, or ``None`` to keep
+it running. A container no program claims runs until stopped, as a server would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import itertools
-from collections.abc import AsyncIterator, Iterable
+import posixpath
+import tarfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import attrs
 
@@ -28,23 +40,110 @@ from lastbackend.node.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
+    ContainerTimeout,
+    ImageConfig,
     ImageError,
+    ImageInfo,
     Labels,
     NodeCapacity,
     RegistryAuth,
     RuntimeEvent,
     has_labels,
     must_pull,
+    split_image,
 )
 
 FIRST_PORT = 40000
 EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
+@attrs.frozen
+class _Node:
+    """One filesystem entry; paths are absolute and normalised (``/workspace/index.html``)."""
+
+    kind: Literal["dir", "file", "symlink"]
+    data: bytes = b""
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    linkname: str = ""
+
+
+Files = dict[str, _Node]
+
+
+def _root() -> Files:
+    return {"/": _Node("dir")}
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath("/" + path.lstrip("/")) if path.strip("/") else "/"
+
+
+def _parents(files: Files, path: str) -> None:
+    parent = posixpath.dirname(path)
+    while parent not in files:
+        files[parent] = _Node("dir")
+        parent = posixpath.dirname(parent)
+
+
+def _unpack(files: Files, at: str, data: bytes) -> None:
+    """Docker's extraction: entries land under ``at``, owners and modes as the tar says."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+        for member in tar.getmembers():
+            path = _norm(posixpath.join(at, member.name))
+            if not path.startswith(at.rstrip("/") + "/") and path != at:
+                raise ContainerRuntimeError(f"{member.name}: escapes {at}")
+            owner = {"mode": member.mode & 0o7777, "uid": member.uid, "gid": member.gid}
+            if member.isdir():
+                files[path] = _Node("dir", **owner)
+            elif member.issym():
+                files[path] = _Node("symlink", linkname=member.linkname, **owner)
+            elif member.isfile():
+                extracted = tar.extractfile(member)
+                body = extracted.read() if extracted is not None else b""
+                files[path] = _Node("file", data=body, **owner)
+            else:
+                continue
+            _parents(files, path)
+
+
+def _pack(files: Files, path: str) -> bytes:
+    """A tar of ``path`` and what is under it, named from its last component, like Docker."""
+    base = posixpath.dirname(path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in sorted(files):
+            if name != path and not name.startswith(path.rstrip("/") + "/"):
+                continue
+            node = files[name]
+            info = tarfile.TarInfo(posixpath.relpath(name, base))
+            info.mode, info.uid, info.gid = node.mode, node.uid, node.gid
+            if node.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif node.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, node.linkname
+                tar.addfile(info)
+            else:
+                info.size = len(node.data)
+                tar.addfile(info, io.BytesIO(node.data))
+    return buf.getvalue()
+
+
+@attrs.define
+class _Image:
+    id: str
+    config: ImageConfig
+    files: Files
+
+
 @attrs.define
 class _Container:
     spec: ContainerSpec
     state: ContainerState
+    files: Files = attrs.Factory(_root)
+    image: _Image | None = None
     lines: list[bytes] = attrs.Factory(list)
     changed: asyncio.Event = attrs.Factory(asyncio.Event)
 
@@ -52,6 +151,56 @@ class _Container:
         """Wake log followers; a fresh event for the next wait."""
         self.changed.set()
         self.changed = asyncio.Event()
+
+
+class FakeProcess:
+    """A started container as a program sees it: its spec and its files, and a log to write."""
+
+    def __init__(self, box: _Container) -> None:
+        self._box = box
+
+    @property
+    def spec(self) -> ContainerSpec:
+        return self._box.spec
+
+    @property
+    def name(self) -> str:
+        return self._box.spec.name
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment: the image's, then the spec's."""
+        image = self._box.image.config.env if self._box.image is not None else {}
+        return {**image, **self._box.spec.env}
+
+    def read(self, path: str) -> bytes | None:
+        node = self._box.files.get(_norm(path))
+        return node.data if node is not None and node.kind == "file" else None
+
+    def exists(self, path: str) -> bool:
+        return _norm(path) in self._box.files
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = _norm(path).rstrip("/") + "/"
+        return sorted(
+            name[len(prefix) :]
+            for name in self._box.files
+            if name.startswith(prefix) and "/" not in name[len(prefix) :]
+        )
+
+    def write(self, path: str, data: bytes, *, mode: int = 0o644, uid: int = 0) -> None:
+        path = _norm(path)
+        self._box.files[path] = _Node("file", data=data, mode=mode, uid=uid, gid=uid)
+        _parents(self._box.files, path)
+
+    def print(self, text: str) -> None:
+        """A line of output, as the process writing to stdout."""
+        self._box.lines.append(text.encode() + b"\n")
+        self._box.touch()
+
+
+Program = Callable[[FakeProcess], "int | None"]
+"""What a started container does: its exit code, or ``None`` to leave it running."""
 
 
 class FakeRuntime:
@@ -64,7 +213,14 @@ class FakeRuntime:
         self.images: set[str] = set(images)
         self.pulls: list[tuple[str, RegistryAuth | None]] = []
         """Every pull attempted, with the credentials it was given, in order."""
+        self.pushes: list[tuple[str, RegistryAuth | None]] = []
+        """Every push attempted, with the credentials it was given, in order."""
         self.closed = False
+        self._programs: list[Program] = []
+        self._image_ids: dict[str, str] = {}
+        """Reference (tag or ``repo@digest`` pin) -> image id, for images with a history here."""
+        self._image_store: dict[str, _Image] = {}
+        self._push_failures: dict[str, str] = {}
         self._pull_failures: dict[str, str] = {}
         self._registry_auth: dict[str, RegistryAuth] = {}
         self._containers: dict[str, _Container] = {}
@@ -79,9 +235,43 @@ class FakeRuntime:
         """Make every pull of ``image`` fail with ``message``."""
         self._pull_failures[image] = message
 
+    def fail_push(self, ref: str, message: str = "denied: requested access is refused") -> None:
+        """Make every push of ``ref`` fail with ``message``."""
+        self._push_failures[ref] = message
+
     def require_auth(self, auth: RegistryAuth) -> None:
-        """Make pulls from ``auth.server`` fail unless given exactly these credentials."""
+        """Make pulls from and pushes to ``auth.server`` fail unless given exactly these
+        credentials."""
         self._registry_auth[auth.server] = auth
+
+    def add_image(
+        self, ref: str, config: ImageConfig | None = None, files: Mapping[str, bytes] = {}
+    ) -> str:
+        """Make ``ref`` present with ``config`` and these regular files; returns its id."""
+        tree = _root()
+        for path, data in files.items():
+            tree[_norm(path)] = _Node("file", data=data, mode=0o755)
+            _parents(tree, _norm(path))
+        return self._store(ref, config or ImageConfig(), tree, f"added {ref}")
+
+    def on_start(self, program: Program) -> None:
+        """Run ``program`` whenever a container starts (the first program to return an exit
+        code ends the container with it; programs registered earlier are asked first)."""
+        self._programs.append(program)
+
+    def files(self, id_or_name: str) -> dict[str, bytes]:
+        """The regular files of a container, path -> content (a copy)."""
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"no container {id_or_name}")
+        return {path: n.data for path, n in box.files.items() if n.kind == "file"}
+
+    def image_files(self, ref: str) -> dict[str, bytes]:
+        """The regular files of an image, path -> content (a copy)."""
+        image = self._image(ref)
+        if image is None:
+            raise ImageError(f"no image {ref}")
+        return {path: n.data for path, n in image.files.items() if n.kind == "file"}
 
     def kill(self, id_or_name: str, exit_code: int = 137, *, oom: bool = False) -> None:
         """The container's process dies, as ``docker kill`` or the OOM killer would make it."""
@@ -115,29 +305,130 @@ class FakeRuntime:
         if required is not None and auth != required:
             raise ImageError(f"pulling {image}: unauthorized: authentication required")
         self.images.add(image)
+        pulled = self._image(image)
+        repository, _, digest = split_image(image)
+        if pulled is not None and not digest:  # what the registry knows it by, as Docker notes
+            pin = hashlib.sha256(f"{repository} {pulled.id}".encode()).hexdigest()
+            self._image_ids[f"{repository}@sha256:{pin}"] = pulled.id
+            self.images.add(f"{repository}@sha256:{pin}")
 
     async def run(self, spec: ContainerSpec) -> ContainerState:
-        box = self._box(spec.name)
-        if box is None:
-            if spec.image not in self.images:
-                raise ImageError(f"running {spec.name}: image {spec.image} is not present")
-            for volume in spec.volumes:
-                self._volumes.setdefault(volume, dict(spec.labels))
-            digest = hashlib.sha256(f"fake-container-{next(self._ids)}".encode()).hexdigest()
-            state = ContainerState(
-                id=digest,
-                name=spec.name,
-                image=spec.image,
-                status="created",
-                labels=dict(spec.labels),
-                ports={},
-                created=self._now(),
-            )
-            box = self._containers[digest] = _Container(spec, state)
-            self._emit(box, "create")
+        box = self._create(spec, "running")
         if box.state.status in ("created", "exited"):
             self._start(box)
         return box.state
+
+    async def create(self, spec: ContainerSpec) -> ContainerState:
+        return self._create(spec, "creating").state
+
+    async def start(self, id_or_name: str) -> ContainerState:
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"starting {id_or_name}: no such container")
+        if box.state.status in ("created", "exited"):
+            self._start(box)
+        return box.state
+
+    async def wait(self, id_or_name: str, timeout_s: float | None = None) -> int:
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"waiting for {id_or_name}: no such container")
+        try:
+            async with asyncio.timeout(timeout_s):
+                while box.state.status not in ("exited", "dead"):
+                    await box.changed.wait()
+        except TimeoutError:
+            raise ContainerTimeout(
+                f"waiting for {id_or_name}: still running after {timeout_s:g}s"
+            ) from None
+        return box.state.exit_code if box.state.exit_code is not None else 0
+
+    async def put_archive(self, id_or_name: str, path: str, data: bytes) -> None:
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"copying into {id_or_name}: no such container")
+        at = _norm(path)
+        if box.files.get(at, _Node("file")).kind != "dir":
+            raise ContainerNotFound(f"copying into {id_or_name}: no directory {path}")
+        _unpack(box.files, at, data)
+
+    async def get_archive(self, id_or_name: str, path: str) -> bytes | None:
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"copying from {id_or_name}: no such container")
+        at = _norm(path)
+        return _pack(box.files, at) if at in box.files else None
+
+    async def commit(self, id_or_name: str, ref: str, config: ImageConfig) -> str:
+        box = self._box(id_or_name)
+        if box is None:
+            raise ContainerNotFound(f"committing {id_or_name}: no such container")
+        base = box.image.config if box.image is not None else ImageConfig()
+        if box.spec.command:
+            cmd, entrypoint = (box.spec.command,), ("/bin/sh", "-c")
+        else:
+            cmd, entrypoint = base.cmd, base.entrypoint
+        merged = ImageConfig(  # Docker's merge: unset fields inherited, env and labels by key
+            cmd=config.cmd or (() if config.entrypoint else cmd),
+            entrypoint=config.entrypoint or entrypoint,
+            env={**base.env, **box.spec.env, **config.env},
+            labels={**base.labels, **box.spec.labels, **config.labels},
+            exposed_ports=sorted({*base.exposed_ports, *config.exposed_ports}),
+            workdir=config.workdir or base.workdir,
+            user=config.user or base.user,
+        )
+        return self._store(ref, merged, dict(box.files), f"commit {box.state.id}")
+
+    async def import_image(self, data: bytes, ref: str, config: ImageConfig) -> str:
+        files = _root()
+        _unpack(files, "/", data)
+        return self._store(ref, config, files, hashlib.sha256(data).hexdigest())
+
+    async def inspect_image(self, ref: str) -> ImageInfo | None:
+        image = self._image(ref)
+        if image is None:
+            return None
+        names = [r for r, i in self._image_ids.items() if i == image.id and r in self.images]
+        c = image.config
+        return ImageInfo(
+            id=image.id,
+            repo_tags=tuple(sorted(r for r in names if "@" not in r)),
+            repo_digests=tuple(sorted(r for r in names if "@" in r)),
+            cmd=c.cmd,
+            entrypoint=c.entrypoint,
+            env=dict(c.env),
+            labels=dict(c.labels),
+            exposed_ports=tuple(sorted(p.upper() for p in c.exposed_ports)),
+            workdir=c.workdir,
+            user=c.user,
+        )
+
+    async def tag(self, source: str, target: str) -> None:
+        image = self._image(source)
+        if image is None:
+            raise ImageError(f"tagging {source} as {target}: no image {source}")
+        self._image_ids[target] = image.id
+        self.images.add(target)
+
+    async def push(self, ref: str, auth: RegistryAuth | None = None) -> str:
+        self.pushes.append((ref, auth))
+        image = self._image(ref)
+        if image is None:
+            raise ImageError(f"pushing {ref}: An image does not exist locally with the tag")
+        if ref in self._push_failures:
+            raise ImageError(f"pushing {ref}: {self._push_failures[ref]}")
+        required = self._registry_auth.get(registry_host(ref))
+        if required is not None and auth != required:
+            raise ImageError(f"pushing {ref}: unauthorized: authentication required")
+        repository = split_image(ref)[0]
+        digest = "sha256:" + hashlib.sha256(f"{repository} {image.id}".encode()).hexdigest()
+        self._image_ids[f"{repository}@{digest}"] = image.id
+        self.images.add(f"{repository}@{digest}")
+        return digest
+
+    async def remove_image(self, ref: str) -> None:
+        self.images.discard(ref)
+        self._image_ids.pop(ref, None)
 
     async def list(self, labels: Labels) -> list[ContainerState]:
         states = [b.state for b in self._containers.values() if has_labels(b.state.labels, labels)]
@@ -190,6 +481,54 @@ class FakeRuntime:
         self.closed = True
 
     # -- internals
+    def _create(self, spec: ContainerSpec, doing: str) -> _Container:
+        box = self._box(spec.name)
+        if box is not None:
+            return box
+        if spec.image not in self.images:
+            raise ImageError(f"{doing} {spec.name}: image {spec.image} is not present")
+        for volume in spec.volumes:
+            self._volumes.setdefault(volume, dict(spec.labels))
+        digest = hashlib.sha256(f"fake-container-{next(self._ids)}".encode()).hexdigest()
+        image = self._image(spec.image)
+        labels = {**(image.config.labels if image is not None else {}), **spec.labels}
+        state = ContainerState(
+            id=digest,
+            name=spec.name,
+            image=spec.image,
+            status="created",
+            labels=labels,
+            ports={},
+            created=self._now(),
+        )
+        files = dict(image.files) if image is not None else _root()
+        box = self._containers[digest] = _Container(spec, state, files, image)
+        self._emit(box, "create")
+        return box
+
+    def _image(self, ref: str) -> _Image | None:
+        """The image a tag, pin or id names; images only listed in ``images`` are empty ones."""
+        if ref in self._image_store:
+            return self._image_store[ref]
+        for candidate in (ref, _with_tag(ref)):
+            image_id = self._image_ids.get(candidate)
+            if image_id is not None and candidate in self.images:
+                return self._image_store[image_id]
+        for candidate in (ref, _with_tag(ref)):
+            if candidate in self.images:  # put there by a test or a pull: make it concrete
+                image_id = "sha256:" + hashlib.sha256(candidate.encode()).hexdigest()
+                self._image_store.setdefault(image_id, _Image(image_id, ImageConfig(), _root()))
+                self._image_ids[candidate] = image_id
+                return self._image_store[image_id]
+        return None
+
+    def _store(self, ref: str, config: ImageConfig, files: Files, seed: str) -> str:
+        image_id = "sha256:" + hashlib.sha256(f"{seed} {config!r}".encode()).hexdigest()
+        self._image_store[image_id] = _Image(image_id, config, files)
+        self._image_ids[ref] = image_id
+        self.images.add(ref)
+        return image_id
+
     def _box(self, id_or_name: str) -> _Container | None:
         box = self._containers.get(id_or_name)
         if box is None:
@@ -222,6 +561,12 @@ class FakeRuntime:
         )
         self._emit(box, "start")
         box.touch()
+        process = FakeProcess(box)
+        for program in self._programs:
+            exit_code = program(process)
+            if exit_code is not None:
+                self._exit(box, exit_code)
+                return
 
     def _exit(self, box: _Container, exit_code: int) -> None:
         box.state = attrs.evolve(box.state, status="exited", ports={}, exit_code=exit_code)
@@ -262,3 +607,9 @@ class FakeRuntime:
             if not follow or not box.state.running or self._box(box.state.id) is None:
                 return
             await box.changed.wait()
+
+
+def _with_tag(ref: str) -> str:
+    """``busybox`` -> ``busybox:latest``: the name Docker files an untagged reference under."""
+    repository, tag, digest = split_image(ref)
+    return f"{repository}@{digest}" if digest else f"{repository}:{tag}"
