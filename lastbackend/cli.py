@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from lastbackend import config, logs
 from lastbackend.api.app import make_app
 from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
+from lastbackend.controllers.events import EventsController
 from lastbackend.controllers.gc import GarbageCollector
 from lastbackend.controllers.runner import Controller, Manager
 from lastbackend.controllers.services import ServicesController
@@ -37,6 +38,7 @@ from lastbackend.logs import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.node.agent import NodeAgent
 from lastbackend.secrets import Secrets
+from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd, EtcdNotFound
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
@@ -113,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     )
     tree.add_argument("--json", action="store_true", help="one JSON object {key: value}")
     _lifecycle(sub)
+    _stack(sub)
     return top
 
 
@@ -139,6 +142,36 @@ def _lifecycle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--buildpack-api", dest="check_buildpack_api", help="a buildpack.toml's api, like 2.1"
     )
     for p in (inspect, check):
+        p.add_argument(
+            "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
+        )
+        p.add_argument(
+            "--descriptor",
+            dest="lifecycle_descriptor",
+            type=Path,
+            help="a lifecycle.toml (LB_LIFECYCLE_DESCRIPTOR; default: the shipped one)",
+        )
+
+
+def _stack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    top = sub.add_parser("stack", help="stacks (build and run images): build the default, inspect")
+    actions = top.add_subparsers(dest="stack_command", required=True)
+    build = actions.add_parser(
+        "build",
+        help="build the busybox stack offline from busybox-static (idempotent; rebuilt when the "
+        "lifecycle descriptor changed)",
+    )
+    build.add_argument(
+        "--busybox", type=Path, default=Path("/bin/busybox"), help="a statically linked busybox"
+    )
+    inspect = actions.add_parser(
+        "inspect", help="print a stack's images and their lifecycle labels, as pack builder inspect"
+    )
+    for p in (build, inspect):
+        p.add_argument("--name", default=None, help="the stack (default: staging.default_stack)")
+        p.add_argument(
+            "--docker", help="the Docker engine, like DOCKER_HOST (default: node.docker_host)"
+        )
         p.add_argument(
             "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
         )
@@ -208,10 +241,16 @@ async def serve(
     return 0
 
 
-def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[Controller]:
+def _controllers(
+    settings: Settings, etcd: Etcd, roles: frozenset[str], descriptor: Descriptor | None = None
+) -> list[Controller]:
     controllers: list[Controller] = []
     if "controller" in roles:
-        controllers += [ServicesController(), GarbageCollector()]
+        controllers += [ServicesController(), GarbageCollector(BlobStore(settings.blob_dir))]
+        if descriptor is not None:
+            controllers.append(_staging(settings, etcd, descriptor))
+        if settings.amqp_listen is not None or settings.events_forward:
+            controllers.append(_events(settings))
     if "node" in roles:
         from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
@@ -223,11 +262,38 @@ def _controllers(settings: Settings, etcd: Etcd, roles: frozenset[str]) -> list[
     return controllers
 
 
+def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controller:
+    """Staging runs containers on the Docker engine of the controller's own host."""
+    from lastbackend.controllers.staging import StagingController
+    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+
+    return StagingController(
+        etcd,
+        DockerRuntime(settings.docker_host or None),
+        Secrets.from_settings(settings),
+        BlobStore(settings.blob_dir),
+        settings,
+        descriptor,
+        environ=os.environ,
+    )
+
+
+def _events(settings: Settings) -> EventsController:
+    listen = settings.amqp_listen
+    if listen is not None and not config.is_loopback(listen[0]):
+        log.warning(
+            "AMQP events listen on a non-loopback address without authentication: anyone who "
+            "can connect reads every build tag",
+            amqp_listen=settings.events_amqp_listen,
+        )
+    return EventsController(listen, settings.events_forward or None)
+
+
 async def _run_roles(
     settings: Settings, etcd: Etcd, roles: frozenset[str], descriptor: Descriptor | None = None
 ) -> None:
     registry = CollectorRegistry()
-    controllers = _controllers(settings, etcd, roles)
+    controllers = _controllers(settings, etcd, roles, descriptor)
     manager = Manager(etcd, controllers, registry=registry) if controllers else None
     agent = next((c for c in controllers if isinstance(c, NodeAgent)), None)
     app = make_app(
@@ -238,6 +304,7 @@ async def _run_roles(
         families="api" in roles,
         logs=agent.open_logs if agent is not None else None,  # serves /node/containers/{id}/logs
         lifecycle=_view(descriptor) if descriptor is not None else None,
+        buildpacks=_catalog(settings, descriptor) if descriptor is not None else None,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     await runner.setup()
@@ -262,8 +329,9 @@ async def _run_roles(
         if manager is not None:
             await manager.stop()
             for controller in controllers:
-                if isinstance(controller, NodeAgent):
-                    await controller.runtime.close()
+                runtime = getattr(controller, "runtime", None)
+                if runtime is not None:
+                    await runtime.close()
     log.info("stopped")
 
 
@@ -293,6 +361,13 @@ async def _until_signalled(runner: web.AppRunner, inflight: InFlight, grace: flo
     await runner.cleanup()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(signum)
+
+
+def _catalog(settings: Settings, descriptor: Descriptor) -> Callable[[], dict[str, Any]]:
+    """Read on every call, so buildpacks added to staging.buildpacks_dir show without a restart."""
+    from lastbackend.lifecycle import buildpacks
+
+    return lambda: buildpacks.view(buildpacks.discover(settings.buildpacks_dir), descriptor)
 
 
 def _view(descriptor: Descriptor) -> Any:
@@ -358,6 +433,34 @@ def inspect_text(descriptor: Descriptor) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stack_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``lastbackend stack build | inspect``: the Docker engine only, no etcd."""
+    from lastbackend.lifecycle import stacks
+    from lastbackend.node.runtime.base import ContainerRuntimeError
+    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+
+    name = args.name or settings.default_stack
+
+    async def run() -> int:
+        runtime = DockerRuntime(args.docker or settings.docker_host or None)
+        try:
+            if args.stack_command == "build":
+                descriptor = lifecycle_descriptor.load(settings.lifecycle_descriptor)
+                stack = await stacks.ensure_stack(runtime, name, descriptor, args.busybox)
+            else:
+                stack = await stacks.inspect(runtime, name)
+        finally:
+            await runtime.close()
+        print(stacks.describe(stack), end="")
+        return 0 if stack.present else 1
+
+    try:
+        return asyncio.run(run())
+    except (DescriptorError, stacks.StackError, ContainerRuntimeError) as exc:
+        print(f"lastbackend: {exc}", file=sys.stderr)
+        return 2
+
+
 def _render(value: bytes) -> Any:
     text = value.decode(errors="replace")
     if text.startswith("gAAAAA"):  # a Fernet token: ciphertext at rest
@@ -396,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "lifecycle":
         return lifecycle_command(settings, args)
+    if args.command == "stack":
+        return stack_command(settings, args)
     logs.setup(settings.log_level, settings.log_format)
     descriptor: Descriptor | None = None
     if args.command in ROLES:

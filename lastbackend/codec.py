@@ -26,11 +26,11 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from lastbackend.model import apps, common, platform, registries
+from lastbackend.model import apps, common, platform, registries, repos
 
 T = TypeVar("T")
 
-CHECKS = {**common.CHECKS, **registries.CHECKS, **apps.CHECKS}
+CHECKS = {**common.CHECKS, **registries.CHECKS, **apps.CHECKS, **repos.CHECKS}
 """Every validated type of every family, with its JSON type and checker."""
 _ZERO = timedelta(0)
 
@@ -162,7 +162,8 @@ def _members(cl: Any) -> tuple[frozenset[Any], bool] | None:
 def _tagged(converter: cattrs.Converter) -> tuple[Callable[[Any], bool], Callable[..., Any]]:
     """Hooks for the model's tagged unions (``{"type": "bits", ...}``): decode by the tag, and
     say which tags exist when it is missing or unknown, instead of cattrs' "no match"."""
-    unions = {_members(u)[0]: spec for u, spec in apps.UNIONS.items()}  # type: ignore[index]
+    every = {**apps.UNIONS, **repos.UNIONS}
+    unions = {_members(u)[0]: spec for u, spec in every.items()}  # type: ignore[index]
     shaped = _members(apps.StagingResponse)[0]  # type: ignore[index]
 
     def matches(cl: Any) -> bool:

@@ -84,6 +84,12 @@ class Settings:
     platform_registry: str = ""
     """``host:port`` that staged droplets (and later builds) are pushed to. Empty: keep them in
     the local Docker engine only, which suits one host."""
+    # [events]
+    events_amqp_listen: str = "127.0.0.1:5673"
+    """Where the leading ``events`` controller accepts AMQP 1.0 receivers. Empty or ``off``:
+    nowhere."""
+    events_forward: str = ""
+    """An AMQP 1.0 broker (``amqp://[user:password@]host[:port]``) that also gets every event."""
 
     @property
     def blob_dir(self) -> Path:
@@ -119,6 +125,13 @@ class Settings:
     def node_address(self) -> str:
         """The URL written into ``nodes/<name>``: where API processes fetch this node's logs."""
         return (self.node_advertise or f"http://{self.listen}").rstrip("/")
+
+    @property
+    def amqp_listen(self) -> tuple[str, int] | None:
+        """Where the events controller listens, or None when it does not."""
+        if self.events_amqp_listen in ("", "off"):
+            return None
+        return split_host_port(self.events_amqp_listen, "events.amqp_listen")
 
     @property
     def auth_enabled(self) -> bool:
@@ -166,6 +179,12 @@ class Settings:
                 "registry.platform (LB_PLATFORM_REGISTRY) must be a registry host[:port], like "
                 f"127.0.0.1:5000: {self.platform_registry!r}"
             )
+        self.amqp_listen  # noqa: B018 - raises ConfigError on a bad address
+        if self.events_forward and not is_amqp_url(self.events_forward):
+            raise ConfigError(
+                "events.forward (LB_EVENTS_FORWARD) must be an amqp:// or amqps:// URL with a "
+                f"host, like amqp://broker.example.com:5672: {self.events_forward!r}"
+            )
         if self.secret_key and not is_fernet_key(self.secret_key):
             raise ConfigError(
                 "secrets.key (LB_SECRET_KEY) is not a Fernet key (32 bytes in url-safe base64, "
@@ -200,6 +219,18 @@ def is_http_url(value: str) -> bool:
     except ValueError:
         return False
     return url.scheme in ("http", "https") and bool(url.hostname) and url.path in ("", "/")
+
+
+def is_amqp_url(value: str) -> bool:
+    """``amqp(s)://[user:password@]host[:port]``: a broker the events controller can forward to."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return url.scheme in ("amqp", "amqps") and bool(url.hostname) and url.path in ("", "/")
 
 
 def is_fernet_key(value: str) -> bool:
@@ -240,6 +271,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "max_upload_bytes": "max_upload_bytes",
     },
     "registry": {"platform": "platform_registry"},
+    "events": {"amqp_listen": "events_amqp_listen", "forward": "events_forward"},
 }
 
 ENV_KEYS: Mapping[str, str] = {
@@ -264,6 +296,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_DEFAULT_STACK": "default_stack",
     "LB_BUILDPACKS_DIR": "buildpacks_dir",
     "LB_PLATFORM_REGISTRY": "platform_registry",
+    "LB_EVENTS_AMQP_LISTEN": "events_amqp_listen",
+    "LB_EVENTS_FORWARD": "events_forward",
 }
 
 

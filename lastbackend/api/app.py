@@ -7,9 +7,12 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from lastbackend.api import apps, middlewares, projects, registries, repos, services, system
+from lastbackend.api import droplets as droplets_family
+from lastbackend.api import events as events_family
 from lastbackend.api import lifecycle as lifecycle_family
 from lastbackend.api import logs as logs_family
-from lastbackend.api import middlewares, projects, registries, services, system
+from lastbackend.api import packages as packages_family
 from lastbackend.api.state import STATE, LogSource, State
 from lastbackend.config import Settings
 from lastbackend.store.etcd import Etcd
@@ -24,13 +27,15 @@ def make_app(
     families: bool = True,
     logs: LogSource | None = None,
     lifecycle: Callable[[], Mapping[str, object]] | None = None,
+    buildpacks: Callable[[], Mapping[str, object]] | None = None,
 ) -> web.Application:
     """The API; with ``families=False`` only the system routes (for controller/node processes).
 
     ``registry`` is shared with in-process controllers so ``/metrics`` shows theirs too.
     ``logs`` reads this process's node agent's containers: given where a node agent runs, it
     serves ``/node/containers/{id}/logs``, which API processes proxy (503 without it).
-    ``lifecycle`` gives the loaded descriptor's view for ``/api/lifecycle`` (503 without it).
+    ``lifecycle`` gives the loaded descriptor's view for ``/api/lifecycle`` (503 without it),
+    ``buildpacks`` the buildpack catalog's for ``/api/buildpacks``.
     """
     registry = registry or CollectorRegistry()
     inflight = middlewares.InFlight()
@@ -43,7 +48,12 @@ def make_app(
         ],
     )
     app[STATE] = State(
-        settings=settings, etcd=etcd, controllers=controllers, logs=logs, lifecycle=lifecycle
+        settings=settings,
+        etcd=etcd,
+        controllers=controllers,
+        logs=logs,
+        lifecycle=lifecycle,
+        buildpacks=buildpacks,
     )
     app[system.REGISTRY] = registry
     app[middlewares.INFLIGHT] = inflight
@@ -52,7 +62,18 @@ def make_app(
     app.router.add_routes(system.routes)
     app.router.add_routes(logs_family.node_routes)
     if families:
-        for family in (projects, services, registries, logs_family, lifecycle_family):
+        for family in (
+            projects,
+            services,
+            registries,
+            logs_family,
+            lifecycle_family,
+            apps,
+            repos,
+            packages_family,
+            droplets_family,
+            events_family,
+        ):
             app.router.add_routes(family.routes)
     return app
 

@@ -1,10 +1,12 @@
-"""``GET /api/lifecycle``: the lifecycle descriptor this process loaded, and its labels (doc 002).
+"""``GET /api/lifecycle`` and ``GET /api/buildpacks``: what staging supports (doc 002).
 
 The view comes from the callable ``make_app`` was given, not from :mod:`lastbackend.lifecycle`:
 ``api`` sits above ``lifecycle`` in the package layers and imports nothing below it.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
@@ -30,3 +32,20 @@ async def get_lifecycle(request: web.Request) -> web.Response:
             "daemon` and `lastbackend api` from lifecycle.descriptor (LB_LIFECYCLE_DESCRIPTOR)",
         )
     return json_response(dict(source()))
+
+
+@routes.get("/api/buildpacks")
+@doc(
+    "The buildpacks staging detects with, in detection order, each with its id, version, "
+    "buildpack API and whether the descriptor supports it; and the buildpacks refused (with "
+    "the file and the reason)"
+)
+async def get_buildpacks(request: web.Request) -> web.Response:
+    source = request.app[STATE].buildpacks
+    if source is None:
+        raise ApiError(
+            503,
+            "this process has no buildpack catalog; it is loaded by `lastbackend daemon` and "
+            "`lastbackend api` from the built-in buildpacks and staging.buildpacks_dir",
+        )
+    return json_response(dict(await asyncio.to_thread(source)))

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from lastbackend.api.http import Doc
 from lastbackend.codec import CHECKS
-from lastbackend.model import platform, registries
+from lastbackend.model import apps, platform, registries
+from lastbackend.model import repos as build_tags
 
 _JSON = {str: "string", int: "integer", bool: "boolean", float: "number"}
 
@@ -105,6 +106,10 @@ def schemas() -> dict[str, Any]:
         "Registry": _with(_registry_account(), links=_LINKS),
         "RegistryCreate": schema_of(registries.RegistryCreate),
         "RegistryPatch": _optional(schema_of(registries.RegistryPatch)),
+        **_app_schemas(),
+        **_repo_schemas(),
+        **_package_schemas(),
+        **_event_schemas(),
         "Error": {
             "type": "object",
             "properties": {
@@ -122,6 +127,181 @@ def schemas() -> dict[str, Any]:
             },
         },
     }
+
+
+def _lifecycle(kind: type) -> dict[str, Any]:
+    schema = schema_of(kind)
+    schema["properties"]["type"] = {"type": "string", "enum": [kind().type]}
+    return schema
+
+
+def _app_schemas() -> dict[str, Any]:
+    """The ``/v3/apps`` family; a lifecycle is one of its tagged kinds."""
+    lifecycle = {"oneOf": [_ref("BuildpackLifecycle"), _ref("DockerLifecycle")]}
+    nullable_lifecycle = {**lifecycle, "nullable": True}
+    create = schema_of(apps.AppCreate)
+    create["properties"]["lifecycle"] = nullable_lifecycle
+    update = schema_of(apps.AppUpdate)
+    update["properties"]["lifecycle"] = nullable_lifecycle
+    stamp = {"type": "string", "format": "date-time"}
+    return {
+        "BuildpackLifecycle": _lifecycle(apps.BuildpackLifecycle),
+        "DockerLifecycle": _lifecycle(apps.DockerLifecycle),
+        "Lifecycle": lifecycle,
+        "App": {
+            "type": "object",
+            "properties": {
+                "guid": _ID,
+                "name": {"type": "string"},
+                "desired_state": {"type": "string", "enum": list(apps.DESIRED_STATES)},
+                "lifecycle": _ref("Lifecycle"),
+                "environment_variables": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                },
+                "relationships": {"type": "object"},
+                "created_at": stamp,
+                "updated_at": {**stamp, "nullable": True},
+                "links": _LINKS,
+            },
+        },
+        "AppCreate": create,
+        "AppUpdate": _optional(update),
+        "CurrentDropletBody": schema_of(apps.CurrentDropletBody),
+        "CurrentDroplet": {
+            "type": "object",
+            "properties": {"data": schema_of(apps.DropletRef), "links": _LINKS},
+        },
+        "Droplet": {
+            "type": "object",
+            "properties": {
+                "guid": _ID,
+                "state": {"type": "string", "enum": list(apps.DROPLET_STATES)},
+                "error": {"type": "string", "nullable": True},
+                "environment_variables": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                },
+                "lifecycle": _ref("Lifecycle"),
+                "staging_response": {"type": "object", "nullable": True},
+                "image": {"type": "string", "nullable": True},
+                "created_at": stamp,
+                "updated_at": stamp,
+                "links": _LINKS,
+            },
+        },
+    }
+
+
+def _repo_schemas() -> dict[str, Any]:
+    """The build-tag family (seed 003): maps keyed by id; an artifact is one of four types."""
+
+    def by_id(child: str) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": _ref(child)}
+
+    def nested(kind: type, field: str, child: str) -> dict[str, Any]:
+        schema = schema_of(kind)
+        schema["properties"][field] = by_id(child)
+        return schema
+
+    out: dict[str, Any] = {}
+    for tag, kind in build_tags.ARTIFACTS.items():
+        schema = schema_of(kind)
+        schema["properties"]["type"] = {"type": "string", "enum": [tag]}
+        schema["required"] = ["type", *schema["required"]]
+        out[f"{tag.capitalize()}Artifact"] = schema
+    names = [f"{tag.capitalize()}Artifact" for tag in build_tags.ARTIFACTS]
+    return {
+        **out,
+        "Artifact": {
+            "oneOf": [_ref(name) for name in names],
+            "discriminator": {"propertyName": "type"},
+        },
+        "Tag": nested(build_tags.Tag, "artifacts", "Artifact"),
+        "Branch": nested(build_tags.Branch, "tags", "Tag"),
+        "Repo": nested(build_tags.Repo, "branches", "Branch"),
+        "Artifacts": by_id("Artifact"),
+        "Tags": by_id("Tag"),
+        "Branches": by_id("Branch"),
+        "Repos": by_id("Repo"),
+        "Data": {
+            "type": "object",
+            "properties": {"repos": _ref("Repos"), "revision": {"type": "integer"}},
+        },
+    }
+
+
+def _package_schemas() -> dict[str, Any]:
+    """Packages (one of three types, secrets shown as ***) and the droplet create body."""
+    stamp = {"type": "string", "format": "date-time"}
+    creates = {}
+    for tag, kind in apps.PACKAGE_CREATES.items():
+        schema = schema_of(kind)
+        schema["properties"]["type"] = {"type": "string", "enum": [tag]}
+        creates[f"{tag.capitalize()}PackageCreate"] = schema
+    droplet_create = schema_of(apps.DropletCreate)
+    droplet_create["properties"]["lifecycle"] = {**_ref("Lifecycle"), "nullable": True}
+    secret = {"type": "string", "description": "never returned: stored encrypted, shown as ***"}
+    return {
+        **creates,
+        "PackageCreate": {
+            "oneOf": [_ref(name) for name in creates],
+            "discriminator": {"propertyName": "type"},
+        },
+        "Package": {
+            "type": "object",
+            "properties": {
+                "guid": _ID,
+                "type": {"type": "string", "enum": list(apps.PACKAGES)},
+                "state": {"type": "string", "enum": list(apps.PACKAGE_STATES)},
+                "error": {"type": "string", "nullable": True, "description": "bits only"},
+                "hash": {**schema_of(apps.Hash), "description": "bits only"},
+                "image_path": {"type": "string", "description": "docker only"},
+                "url": {"type": "string", "description": "git only"},
+                "credentials": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "docker and git only",
+                    "properties": {
+                        "user": {"type": "string"},
+                        "password": secret,
+                        "api_key": secret,
+                        "email": {"type": "string"},
+                        "login_server": {"type": "string"},
+                    },
+                },
+                "created_at": stamp,
+                "updated_at": stamp,
+                "links": _LINKS,
+            },
+        },
+        "DropletCreate": droplet_create,
+    }
+
+
+def _event_schemas() -> dict[str, Any]:
+    """One server-sent event's ``data`` (``/api/events``); ``id:`` is ``R`` or ``R.n``."""
+    return {
+        "Event": {
+            "type": "object",
+            "description": "event: created | updated | deleted (also hello {revision} and "
+            "relist {revision, reason}); id: R for the last event of revision R, R.n for the "
+            "n-th before it; resume with Last-Event-ID",
+            "properties": {
+                "kind": {"type": "string", "enum": ["created", "updated", "deleted"]},
+                "key": {"type": "string", "description": "the full etcd key"},
+                "object": {
+                    "nullable": True,
+                    "description": "the value (the previous one for deleted), secrets ***",
+                },
+                "revision": {"type": "integer"},
+            },
+        }
+    }
+
+
+_MEDIA_TYPES = {"Event": "text/event-stream"}
+"""Responses that are not JSON, by schema name."""
 
 
 def _registry_account() -> dict[str, Any]:
@@ -148,6 +328,9 @@ _BODY_NAMES = {
 _QUERY: dict[str, dict[str, Any]] = {
     "follow": {"type": "boolean", "default": False},
     "tail": {"type": "integer", "minimum": 0, "maximum": 10000},
+    "heartbeat": {"type": "integer", "minimum": 1, "maximum": 300, "default": 15},
+    "since": {"type": "string", "description": "an event id to resume after: R or R.n"},
+    "prefix": {"type": "string", "description": "a key prefix under /lastbackend/"},
 }
 """Schemas of the query parameters a :class:`Doc` names in ``query``; others are strings."""
 
@@ -189,7 +372,8 @@ def _operation(spec: Doc, path: str) -> dict[str, Any]:
             if spec.paginated
             else item
         )
-        ok["content"] = {"application/json": {"schema": schema}}
+        media = _MEDIA_TYPES.get(spec.response, "application/json")
+        ok["content"] = {media: {"schema": schema}}
     error = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
     op["responses"] = {str(spec.status): ok, "4XX": error, "5XX": error}
     return op

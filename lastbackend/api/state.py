@@ -11,9 +11,13 @@ from aiohttp import web
 
 from lastbackend.config import Settings
 from lastbackend.secrets import Secrets
+from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import projects, services
+from lastbackend.store.apps import Apps
+from lastbackend.store.droplets import Droplets
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NameCache, Objects
+from lastbackend.store.packages import Packages
 from lastbackend.store.registries import Registries
 
 LogSource = Callable[[str, bool, int | None], Awaitable[AsyncIterator[bytes]]]
@@ -41,8 +45,13 @@ class State:
     lifecycle: Callable[[], Mapping[str, object]] | None = None
     """The lifecycle descriptor's view for ``GET /api/lifecycle`` (503 without it). A callable,
     not the descriptor: ``api`` imports nothing from ``lifecycle``."""
+    buildpacks: Callable[[], Mapping[str, object]] | None = None
+    """The buildpack catalog's view for ``GET /api/buildpacks`` (503 without it); it reads the
+    buildpack directories, so the route calls it in a thread."""
     closing: asyncio.Event = attrs.Factory(asyncio.Event)
     """Set when the app shuts down, so log streams that would never end by themselves do."""
+    event_streams: int = 0
+    """``/api/events`` streams open now, each holding an etcd watch (for tests and metrics)."""
     _secrets: Secrets | None = None
     _http: aiohttp.ClientSession | None = None
 
@@ -87,6 +96,23 @@ class State:
 
     def services(self, pid: str) -> Objects:
         return services.services(self.etcd, self.names, pid)
+
+    @property
+    def apps(self) -> Apps:
+        return Apps(self.etcd, self.names)
+
+    @property
+    def blobs(self) -> BlobStore:
+        """Package bits and staging logs: files under ``settings.blob_dir``, never etcd."""
+        return BlobStore(self.settings.blob_dir)
+
+    @property
+    def packages(self) -> Packages:
+        return Packages(self.etcd, lambda: self.secrets)
+
+    @property
+    def droplets(self) -> Droplets:
+        return Droplets(self.etcd)
 
 
 STATE = web.AppKey("state", State)

@@ -8,6 +8,21 @@ removes the container object of a container it removes). What they cannot cover:
 - a ``helper/pods/<id>`` whose pod spec is gone, or a pod whose service is gone, if a process
   died between steps that a future change splits into several transactions.
 
+Apps, packages and droplets (seed 000) add more of the same kind:
+
+- ``helper/apps/<sid>``, ``helper/packages/<guid>`` and ``helper/droplets/<guid>`` whose object
+  is gone. Deletes remove them in the same txn, but a cascade too large for one txn (a project
+  with thousands of packages) leaves them to this sweep, as does a crash;
+- a package left ``PROCESSING_UPLOAD`` by an upload whose process died: once its ``updated`` is
+  older than ``UPLOAD_STALE_AFTER`` (a live upload refreshes it every minute) it becomes
+  ``FAILED`` with "upload interrupted, upload again";
+- blob files (package bits, staging logs) whose package or droplet no longer exists: deleting an
+  app takes its packages and droplets out of etcd in one txn, but files cannot join a txn. Only
+  blobs older than :data:`BLOB_GRACE` go, so a blob written just after its object was created
+  is never judged by a cache that has not seen the object yet; temporary files of uploads cut
+  off by a crash go after :data:`TEMP_MAX_AGE`. This part needs the blob directory
+  (``GarbageCollector(BlobStore(...))``), shared by every host that runs controllers.
+
 Everything here is one work key, ``sweep``: any change under the watched prefixes queues it (the
 queue de-duplicates, so a burst of changes is one sweep), and it runs again every resync period.
 Each deletion is a fenced txn that also compares the key unchanged since the sweep read it, so a
@@ -16,19 +31,34 @@ key rewritten in between (a container reported again) survives.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
+import attrs
 import structlog
 
+from lastbackend import codec
+from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.model.apps import Package
+from lastbackend.model.common import now
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Pod
+from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Op
+from lastbackend.store.packages import parse_owner, upload_stale
 
 log = structlog.get_logger("lastbackend.controllers.gc")
 
 SWEEP = "sweep"
+INTERRUPTED = "upload interrupted, upload again"
+BLOB_GRACE = 60.0
+"""Seconds a blob must exist before it can be judged an orphan."""
+BLOB_SWEEP_EVERY = 30.0
+"""Seconds between two looks at the blob directory (sweeps themselves can be far more often)."""
+TEMP_MAX_AGE = 6 * 3600.0
 
 
 def _sweep(_: str) -> str:
@@ -40,11 +70,19 @@ class GarbageCollector(Controller):
     workers = 1
     resync_period = 60.0
 
+    def __init__(self, blobs: BlobStore | None = None) -> None:
+        super().__init__()
+        self.blobs = blobs
+        self._blobs_swept = float("-inf")
+
     def watches(self) -> Sequence[Watch]:
         return [
             Watch(keys.PROJECTS, to_key=_sweep),
             Watch(keys.PODS, to_key=_sweep),
             Watch(keys.HELPER_PODS, to_key=_sweep),
+            Watch(keys.HELPER_APPS, to_key=_sweep),
+            Watch(keys.HELPER_PACKAGES, to_key=_sweep),
+            Watch(keys.HELPER_DROPLETS, to_key=_sweep),
         ]
 
     async def reconcile(self, key: str) -> float | None:
@@ -73,8 +111,72 @@ class GarbageCollector(Controller):
             meta = keys.service_part(pod.project, pod.service, "meta")
             if kv and projects.get(meta) is None and projects.revision >= kv.mod_revision:
                 garbage.append((kv, "its service is gone"))
+        garbage += self._lost_helpers(projects)
         for kv, why in garbage:
             result = await self.txn([Cmp.unchanged(kv, kv.key)], [Op.delete(kv.key)])
             if result.succeeded:
                 log.info("garbage removed", key=kv.key, why=why)
+        await self._fail_interrupted_uploads(projects)
+        if self.blobs is not None and time.monotonic() - self._blobs_swept >= BLOB_SWEEP_EVERY:
+            self._blobs_swept = time.monotonic()
+            await self._sweep_blobs(self.blobs, projects)
         return None
+
+    def _lost_helpers(self, projects: Informer) -> list[tuple[KV, str]]:
+        """Helper keys of apps, packages and droplets whose object is not in the tree."""
+        garbage: list[tuple[KV, str]] = []
+        for raw, kv in self.informer(keys.HELPER_APPS).cache.items():
+            meta = keys.service_part(kv.value.decode(), keys.leaf(raw), "meta")
+            if projects.get(meta) is None and projects.revision >= kv.mod_revision:
+                garbage.append((kv, "its service is gone"))
+        for prefix, key_of in (
+            (keys.HELPER_PACKAGES, keys.package),
+            (keys.HELPER_DROPLETS, keys.droplet),
+        ):
+            for raw, kv in self.informer(prefix).cache.items():
+                owner = parse_owner(kv.value)
+                target = key_of(*owner, keys.leaf(raw)) if owner else None
+                gone = target is None or projects.get(target) is None
+                if gone and projects.revision >= kv.mod_revision:
+                    garbage.append((kv, "its object is gone"))
+        return garbage
+
+    async def _fail_interrupted_uploads(self, projects: Informer) -> None:
+        at = now()
+        for raw, kv in list(projects.cache.items()):
+            if _contained(raw) != "packages":
+                continue
+            package: Package = projects.decoded(kv, Package)  # type: ignore[arg-type]
+            if not upload_stale(package, at):
+                continue
+            failed = attrs.evolve(package, state="FAILED", error=INTERRUPTED, updated=at)
+            result = await self.txn(
+                [Cmp.unchanged(kv, kv.key)], [Op.put(kv.key, codec.dumps(failed))]
+            )
+            if result.succeeded:
+                log.info("interrupted upload failed", key=kv.key, since=str(package.updated))
+
+    async def _sweep_blobs(self, blobs: BlobStore, projects: Informer) -> None:
+        alive: dict[str, set[str]] = {"packages": set(), "droplets": set()}
+        for raw in projects.cache:
+            kind = _contained(raw)
+            if kind is not None:
+                alive[kind].add(keys.leaf(raw))
+        oldest = time.time() - BLOB_GRACE
+        for kind, living in alive.items():
+            found = await asyncio.to_thread(blobs.entries, kind)
+            for guid, mtime in found.items():
+                if guid in living or mtime >= oldest:
+                    continue
+                if await asyncio.to_thread(blobs.delete, kind, guid):
+                    log.info("orphaned blob removed", kind=kind, guid=guid)
+        for path in await asyncio.to_thread(blobs.sweep_temps, TEMP_MAX_AGE):
+            log.info("abandoned temporary blob removed", path=str(path))
+
+
+def _contained(raw: str) -> str | None:
+    """``"packages"`` or ``"droplets"`` for ``.../services/<sid>/<that>/<guid>``, else None."""
+    parts = raw.split("/")
+    if len(parts) >= 4 and parts[-2] in ("packages", "droplets") and parts[-4] == "services":
+        return parts[-2]
+    return None

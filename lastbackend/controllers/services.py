@@ -15,6 +15,10 @@ the pods cache has seen the pods just written would make them twice. So after wr
 revision R the controller *expects* R (as Kubernetes' ReplicaSet controller keeps
 "expectations"): the service is not planned again until the pods cache has reached R.
 
+An app (a service with an ``app`` key, seed 000) whose ``desired_state`` is ``STOPPED`` has no
+pods, whatever its ``config.replicas`` (kept, so a start brings back as many); a service without
+that key runs.
+
 Deleting a service or project (one API txn) leaves its pods to this controller: their service's
 meta is gone, so the plan deletes them all. Pods that outlive the controller's knowledge of their
 service (it was down when the service went) are found through their ``pod:`` key at the next list.
@@ -29,6 +33,7 @@ import structlog
 from lastbackend import codec
 from lastbackend.controllers.plan import Observed, choose_nodes, plan
 from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.model.apps import AppState
 from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Container, ServiceConfig
 from lastbackend.model.pods import Node, Pod, PodSpec
@@ -124,6 +129,11 @@ class ServicesController(Controller):
         config = codec.loads(config_kv.value, ServiceConfig) if config_kv else ServiceConfig()
         image = image_kv.value.decode() if image_kv else None
         spec = PodSpec.of(config, image) if meta and image else None
+        app_kv = objects.get(keys.service_part(pid, sid, "app"))
+        stopped = (
+            app_kv is not None
+            and self.informer(keys.PROJECTS).decoded(app_kv, AppState).desired_state == "STOPPED"
+        )
 
         running = {
             c.pod
@@ -137,7 +147,7 @@ class ServicesController(Controller):
         mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
         nodes = self._nodes()
         step = plan(
-            config.replicas if meta else 0,
+            config.replicas if meta and not stopped else 0,
             spec.template if spec else None,
             [Observed(p, p.id in running, order) for p, order in mine],
             {n.name for n in nodes},

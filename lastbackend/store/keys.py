@@ -217,3 +217,57 @@ LEADERS = f"{ROOT}system/leader/"
 def leader(controller: str) -> str:
     """``system/leader/<controller>``: the election key of one controller, on the leader's lease."""
     return f"{LEADERS}{controller}"
+
+
+# build tags (seed 003): repos/<r>/meta, .../branches/<b>/meta, .../tags/<t>/meta, .../artifacts/<a>
+
+REPOS = f"{ROOT}repos/"
+_REPO_LEVELS = ("branches", "tags", "artifacts")
+"""The collection segment in front of each id after the repo's: ``branches/<b>``, ``tags/<t>``,
+``artifacts/<a>``."""
+
+
+def repo_object(ids: tuple[str, ...]) -> str:
+    """The subtree (with its trailing slash) of a repo, branch or tag, named by its ids.
+
+    ``(r,)`` -> ``repos/<r>/``, ``(r, b)`` -> ``repos/<r>/branches/<b>/``, ``(r, b, t)`` ->
+    ``repos/<r>/branches/<b>/tags/<t>/``. An artifact is one key, not a subtree: see
+    :func:`repo_key`.
+    """
+    if not 1 <= len(ids) <= 3:
+        raise ValueError(f"a repo, branch or tag has 1 to 3 ids, got {ids!r}")
+    path = f"{REPOS}{ids[0]}/"
+    for level, oid in zip(_REPO_LEVELS, ids[1:], strict=False):
+        path += f"{level}/{oid}/"
+    return path
+
+
+def repo_key(ids: tuple[str, ...]) -> str:
+    """The key holding an object's own fields: ``.../meta`` of a repo, branch or tag, or the
+    artifact's ``.../tags/<t>/artifacts/<a>`` itself."""
+    if len(ids) == 4:
+        return f"{repo_object(ids[:3])}artifacts/{ids[3]}"
+    return f"{repo_object(ids)}meta"
+
+
+def repo_ids(key: str) -> tuple[str, ...] | None:
+    """The inverse of :func:`repo_key`: the ids of the object a key holds, or ``None`` for a key
+    that is not a repo's, branch's or tag's ``meta`` or an artifact.
+
+    A watch on :data:`REPOS` uses it to tell what changed: the number of ids is the level (1 repo,
+    2 branch, 3 tag, 4 artifact). The document's address of the object (its AMQP address) is the
+    key without :data:`ROOT` and, but for an artifact, without ``/meta``.
+    """
+    if not key.startswith(REPOS):
+        return None
+    parts = key[len(REPOS) :].split("/")
+    if len(parts) not in (2, 4, 6, 7) or "" in parts:
+        return None
+    ids = [parts[0]]
+    for i, level in enumerate(_REPO_LEVELS[: (len(parts) - 1) // 2]):
+        if parts[1 + 2 * i] != level:
+            return None
+        ids.append(parts[2 + 2 * i])
+    if len(parts) != 7 and parts[-1] != "meta":
+        return None
+    return tuple(ids)

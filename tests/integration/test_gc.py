@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import time
+import zipfile
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from lastbackend import codec
-from lastbackend.controllers.gc import GarbageCollector
+from lastbackend.controllers.gc import BLOB_GRACE, TEMP_MAX_AGE, GarbageCollector
 from lastbackend.controllers.runner import ControllerRunner
-from lastbackend.model.common import now
+from lastbackend.model.apps import BitsPackage, BuildpackLifecycle, Droplet
+from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Container, Meta
 from lastbackend.model.pods import Pod, PodSpec
+from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
+from tests.conftest import ClientFactory, dump
+from tests.support import eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -70,3 +82,124 @@ async def test_sweeps_orphans_and_keeps_the_living(etcd: Etcd, gc: ControllerRun
     found = {kv.key for kv in (await etcd.range(keys.ROOT)).kvs}
     assert not (found & garbage.keys()), found & garbage.keys()
     assert alive.keys() <= found
+
+
+# apps, packages, droplets and their blobs ------------------------------------------------------
+
+
+def package(state: str, updated: datetime) -> bytes:
+    return codec.dumps(BitsPackage(created=updated, updated=updated, state=state))  # type: ignore[arg-type]
+
+
+def droplet(package_guid: str) -> bytes:
+    t = now()
+    return codec.dumps(Droplet(t, t, package_guid, BuildpackLifecycle()))
+
+
+async def test_sweeps_lost_app_helpers_and_fails_interrupted_uploads(
+    etcd: Etcd, gc: ControllerRunner
+) -> None:
+    t = now()
+    living_pkg, living_drop, stale_pkg, busy_pkg = (new_id() for _ in range(4))
+    await etcd.put(keys.service_part(PID, SID, "meta"), codec.dumps(Meta("web", t, t)))
+    alive = {
+        keys.app_owner(SID): PID.encode(),
+        keys.package(PID, SID, living_pkg): package("READY", t),
+        keys.package_owner(living_pkg): f"{PID}:{SID}".encode(),
+        keys.droplet(PID, SID, living_drop): droplet(living_pkg),
+        keys.droplet_owner(living_drop): f"{PID}:{SID}".encode(),
+        keys.package(PID, SID, stale_pkg): package("PROCESSING_UPLOAD", t - timedelta(minutes=6)),
+        keys.package_owner(stale_pkg): f"{PID}:{SID}".encode(),
+        keys.package(PID, SID, busy_pkg): package("PROCESSING_UPLOAD", t - timedelta(minutes=2)),
+        keys.package_owner(busy_pkg): f"{PID}:{SID}".encode(),
+    }
+    garbage = {
+        keys.app_owner(GONE): PID.encode(),
+        keys.package_owner(new_id()): f"{PID}:{SID}".encode(),
+        keys.package_owner(new_id()): f"{PID}:{GONE}".encode(),
+        keys.package_owner(new_id()): b"not an owner",
+        keys.droplet_owner(new_id()): f"{PID}:{SID}".encode(),
+    }
+    for key, value in {**alive, **garbage}.items():
+        await etcd.put(key, value)
+    gc.start()
+
+    async def swept() -> bool:
+        found = await dump(etcd)
+        return not (found.keys() & garbage.keys()) and b"interrupted" in found.get(
+            keys.package(PID, SID, stale_pkg), b""
+        )
+
+    await eventually(swept)
+    found = await dump(etcd)
+    assert alive.keys() <= found.keys()
+    failed = codec.loads(found[keys.package(PID, SID, stale_pkg)], BitsPackage)
+    assert failed.state == "FAILED"
+    assert failed.error == "upload interrupted, upload again"
+    busy = codec.loads(found[keys.package(PID, SID, busy_pkg)], BitsPackage)
+    assert busy.state == "PROCESSING_UPLOAD", "a live upload (refreshed recently) is left alone"
+    assert found[keys.package(PID, SID, living_pkg)] == alive[keys.package(PID, SID, living_pkg)]
+
+
+async def test_deleting_an_app_leaves_blobs_that_gc_removes(
+    etcd: Etcd, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await make_client(data_dir=tmp_path)
+    blobs = BlobStore(tmp_path / "blobs")
+
+    async def call(method: str, path: str, expect: int, **kwargs: Any) -> Any:
+        resp = await client.request(method, path, **kwargs)
+        assert resp.status == expect, await resp.text()
+        return await resp.json() if resp.content_type == "application/json" else None
+
+    pid = (await call("POST", "/api/projects", 201, json={"name": "demo"}))["id"]
+    apps = [
+        (await call("POST", f"/api/projects/{pid}/services", 201, json={"name": n}))["id"]
+        for n in ("doomed", "kept")
+    ]
+    made: dict[str, tuple[str, str]] = {}  # app -> (package, droplet)
+    for app in apps:
+        body = {"type": "bits", "relationships": {"app": {"guid": app}}}
+        guid = (await call("POST", "/v3/packages", 201, json=body))["guid"]
+        form = aiohttp.FormData()
+        form.add_field("bits", zip_bytes({"index.html": b"hi"}), filename="a.zip")
+        await call("POST", f"/v3/packages/{guid}/upload", 200, data=form)
+        drop = (await call("POST", f"/v3/packages/{guid}/droplets", 201, json={}))["guid"]
+        blobs.append_log(drop, "-----> staged")
+        made[app] = (guid, drop)
+    await call("DELETE", f"/api/projects/{pid}/services/{apps[0]}", 204)
+    doomed_pkg, doomed_drop = made[apps[0]]
+    kept_pkg, kept_drop = made[apps[1]]
+    assert blobs.exists("packages", doomed_pkg), "files are not part of the etcd txn"
+    assert blobs.exists("droplets", doomed_drop)
+    # Old enough to be judged: a blob younger than BLOB_GRACE is left for a later sweep.
+    long_ago = time.time() - 2 * BLOB_GRACE
+    for path in (*blobs.root.glob("packages/*"), *blobs.root.glob("droplets/*")):
+        os.utime(path, (long_ago, long_ago))
+    young_orphan = new_id()
+    blobs.write("packages", young_orphan, b"just renamed into place")
+    abandoned = blobs.temp_path("upload")
+    abandoned.write_bytes(b"cut off")
+    os.utime(abandoned, (time.time() - 2 * TEMP_MAX_AGE,) * 2)
+
+    async def orphans_gone() -> bool:
+        left = (blobs.exists("packages", doomed_pkg), blobs.exists("droplets", doomed_drop))
+        return not any(left) and not abandoned.exists()
+
+    runner = ControllerRunner(GarbageCollector(blobs), etcd, lease_ttl=2)
+    runner.start()
+    try:
+        await eventually(orphans_gone)
+    finally:
+        await runner.stop(grace=1)
+    assert blobs.exists("packages", kept_pkg)
+    assert blobs.exists("droplets", kept_drop)
+    assert blobs.exists("packages", young_orphan)
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,3 +75,44 @@ async def test_without_a_descriptor_it_is_503_with_the_reason(api) -> None:
 async def test_the_route_is_documented(api) -> None:
     spec = await (await api.get("/openapi.json")).json()
     assert "get" in spec["paths"]["/api/lifecycle"]
+
+
+async def test_buildpacks_lists_detection_order_and_refused_ones(
+    etcd: Etcd, settings: Settings, tmp_path: Path
+) -> None:
+    from lastbackend.lifecycle import buildpacks
+
+    extra = tmp_path / "buildpacks"
+    (extra / "go" / "bin").mkdir(parents=True)
+    (extra / "go" / "buildpack.toml").write_text(
+        'api = "2.1"\n[buildpack]\nid = "example/go"\nversion = "1.0.0"\nname = "Go"\n'
+    )
+    for script in ("detect", "build"):
+        (extra / "go" / "bin" / script).write_text("#!/bin/sh\nexit 0\n")
+    (extra / "broken").mkdir()
+    (extra / "broken" / "buildpack.toml").write_text("api = \n")
+    descriptor = lc.load()
+    catalog = lambda: buildpacks.view(buildpacks.discover(extra), descriptor)  # noqa: E731
+    client = TestClient(TestServer(make_app(settings, etcd, buildpacks=catalog)))
+    await client.start_server()
+    try:
+        resp = await client.get("/api/buildpacks")
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+    finally:
+        await client.close()
+    ids = [bp["id"] for bp in body["buildpacks"]]
+    assert ids[0] == "example/go"  # extras are detected before the built-in ones
+    assert ids.index("procfile") < ids.index("static")
+    assert [p for p in body["problems"] if "broken" in json.dumps(p)]
+
+
+async def test_buildpacks_is_503_without_a_catalog(etcd: Etcd, settings: Settings) -> None:
+    client = TestClient(TestServer(make_app(settings, etcd)))
+    await client.start_server()
+    try:
+        resp = await client.get("/api/buildpacks")
+        assert resp.status == 503
+        assert "buildpacks_dir" in (await resp.json())["errors"][0]["detail"]
+    finally:
+        await client.close()

@@ -1,0 +1,345 @@
+"""The staging controller: turns PENDING droplets into runnable images (STAGED) or FAILED ones.
+
+It watches ``helper/droplets/`` (one small key per droplet, ``<guid> -> <pid>:<sid>``) rather than
+the whole ``projects/`` tree: a helper key appears when a droplet is created and goes when it is
+deleted, which are the two events that need action; every other change is this controller's own
+doing. The droplet itself is read from etcd at reconcile time, so a decision never rests on a
+stale cache.
+
+One staging is one task, bound to the leadership term (the ``_supervise`` background coroutine
+cancels every task when the term ends) and limited by a semaphore to ``concurrency`` at once:
+droplets beyond that stay PENDING until a slot frees, as queued builds do. A droplet moves to
+STAGING in a fenced txn when its slot is taken, and to STAGED/FAILED in a fenced txn guarded by the
+droplet key being unchanged since then, so a droplet deleted mid-staging is never written back.
+
+Crash safety: a droplet found STAGING with no task of this process (the previous leader died, or
+this process restarted) is staged again from its package, after the leftovers of the interrupted
+run (containers labelled ``io.lastbackend.staging=<guid>``) are removed. Staging is idempotent:
+the droplet's image name is derived from its guid, so a re-run overwrites, never duplicates.
+
+Where work happens: bits come from the blob store, git sources are cloned with the git CLI, and
+every container operation goes through the :class:`~lastbackend.node.runtime.base.Runtime` seam,
+on the Docker engine of the host the controller runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+
+from lastbackend import codec
+from lastbackend.config import Settings
+from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.lifecycle import stacks
+from lastbackend.lifecycle import staging as engine
+from lastbackend.lifecycle.buildpacks import discover
+from lastbackend.lifecycle.descriptor import Descriptor
+from lastbackend.model.apps import (
+    BitsPackage,
+    BuildpackLifecycle,
+    BuildpackStagingResponse,
+    DockerCredentials,
+    DockerLifecycle,
+    DockerPackage,
+    DockerStagingResponse,
+    Droplet,
+    GitCredentials,
+    GitPackage,
+    Hash,
+    Package,
+    split_git_url,
+)
+from lastbackend.model.common import now
+from lastbackend.model.platform import ServiceConfig
+from lastbackend.node.runtime.base import RegistryAuth, Runtime
+from lastbackend.secrets import Secrets
+from lastbackend.sources import git
+from lastbackend.sources.blobs import BlobStore
+from lastbackend.store import keys
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.packages import Packages
+from lastbackend.store.registries import credentials_for
+
+log = structlog.get_logger("lastbackend.controllers.staging")
+
+RESYNC = 30.0
+
+
+@attrs.frozen
+class Job:
+    """One droplet to stage, as read when its slot was taken."""
+
+    pid: str
+    sid: str
+    guid: str
+    droplet: Droplet
+    kv: KV  # the droplet key as written when it entered STAGING: the final write compares it
+
+
+class StagingController(Controller):
+    name = "staging"
+    workers = 2
+    resync_period = RESYNC
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        runtime: Runtime,
+        secrets: Secrets,
+        blobs: BlobStore,
+        settings: Settings,
+        descriptor: Descriptor,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.etcd = etcd
+        self.runtime = runtime
+        self.secrets = secrets
+        self.blobs = blobs
+        self.settings = settings
+        self.descriptor = descriptor
+        self.environ = dict(environ or {})
+        self.packages = Packages(etcd, lambda: secrets)
+        self._slots = asyncio.Semaphore(settings.staging_concurrency)
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def watches(self) -> Sequence[Watch]:
+        return [Watch(keys.HELPER_DROPLETS, to_key=keys.leaf)]
+
+    def background(self) -> Sequence[Coroutine[Any, Any, None]]:
+        return [self._supervise()]
+
+    async def _supervise(self) -> None:
+        """Hold the term's staging tasks: when the term ends, they end with it."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            tasks = list(self._running.values())
+            self._running.clear()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # reconcile ---------------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> float | None:
+        guid = key
+        task = self._running.get(guid)
+        if task is not None and task.done():
+            del self._running[guid]
+            task = None
+        owner = self.informer().get(keys.droplet_owner(guid))
+        if owner is None:  # deleted: stop its staging, if any, and remove what it left
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            await engine.cleanup(self.runtime, guid)
+            return None
+        if task is not None:
+            return None
+        pid, _, sid = owner.value.decode().partition(":")
+        kv = await self.etcd.get(keys.droplet(pid, sid, guid))
+        if kv is None:
+            return None  # a helper without its droplet: gc's to remove
+        droplet = codec.loads(kv.value, Droplet)
+        if droplet.state not in ("PENDING", "STAGING"):
+            return None
+        if droplet.state == "STAGING":
+            log.warning("restaging an interrupted droplet", droplet=guid)
+        self._running[guid] = asyncio.create_task(self._run(pid, sid, guid), name=f"stage-{guid}")
+        return None
+
+    async def _run(self, pid: str, sid: str, guid: str) -> None:
+        async with self._slots:
+            job = await self._begin(pid, sid, guid)
+            if job is None:
+                return
+            sink = self._log_sink(guid)
+            try:
+                async with asyncio.timeout(self.settings.staging_timeout):
+                    final = await self._stage(job, sink)
+            except (engine.StagingError, stacks.StackError, git.GitError) as exc:
+                sink(f"-----> Staging failed: {exc}")
+                final = self._failed(job, str(exc))
+            except TimeoutError:
+                reason = f"staging took longer than {self.settings.staging_timeout:.0f}s"
+                sink(f"-----> {reason}")
+                final = self._failed(job, reason)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(engine.cleanup(self.runtime, guid))
+                raise
+            except Exception as exc:
+                log.exception("staging crashed", droplet=guid)
+                sink(f"-----> Staging failed: internal error: {exc}")
+                final = self._failed(job, f"internal error while staging: {exc}")
+            await engine.cleanup(self.runtime, guid)
+            result = await self.txn(
+                [Cmp.unchanged(job.kv, job.kv.key)], [Op.put(job.kv.key, codec.dumps(final))]
+            )
+            if result.succeeded:
+                log.info("droplet staged", droplet=guid, state=final.state, error=final.error)
+            else:
+                log.info("droplet changed while staging; result dropped", droplet=guid)
+        if self.queue is not None:
+            self.queue.add(guid)  # look again: it may have been deleted meanwhile
+
+    async def _begin(self, pid: str, sid: str, guid: str) -> Job | None:
+        """Move the droplet to STAGING; None if it is gone or no longer waits to be staged."""
+        key = keys.droplet(pid, sid, guid)
+        kv = await self.etcd.get(key)
+        if kv is None:
+            return None
+        droplet = codec.loads(kv.value, Droplet)
+        if droplet.state not in ("PENDING", "STAGING"):
+            return None
+        staging = attrs.evolve(droplet, state="STAGING", error=None, updated=now())
+        result = await self.txn([Cmp.unchanged(kv, key)], [Op.put(key, codec.dumps(staging))])
+        if not result.succeeded:
+            return None  # changed meanwhile: the requeue after this task looks again
+        await engine.cleanup(self.runtime, guid)
+        written = KV(key, codec.dumps(staging), kv.create_revision, result.revision, kv.version + 1)
+        if droplet.state == "STAGING":
+            self.blobs.append_log(guid, "-----> Staging restarted (the previous run was cut off)")
+        return Job(pid, sid, guid, staging, written)
+
+    def _failed(self, job: Job, reason: str) -> Droplet:
+        return attrs.evolve(job.droplet, state="FAILED", error=reason, updated=now())
+
+    def _log_sink(self, guid: str) -> Callable[[str], None]:
+        def sink(line: str) -> None:
+            self.blobs.append_log(guid, line)
+
+        return sink
+
+    # staging -----------------------------------------------------------------------------------
+
+    async def _stage(self, job: Job, sink: Callable[[str], None]) -> Droplet:
+        package_kv = await self.etcd.get(keys.package(job.pid, job.sid, job.droplet.package))
+        if package_kv is None:
+            raise engine.StagingError("the droplet's package was deleted", None)
+        package: Package = codec.loads(package_kv.value, Package)  # type: ignore[arg-type]
+        config_kv = await self.etcd.get(keys.service_part(job.pid, job.sid, "config"))
+        config = codec.loads(config_kv.value, ServiceConfig) if config_kv else ServiceConfig()
+        env = {**config.env, **job.droplet.environment_variables}
+        lifecycle = job.droplet.lifecycle
+        if isinstance(lifecycle, DockerLifecycle):
+            if not isinstance(package, DockerPackage):
+                raise engine.StagingError("the docker lifecycle stages docker packages only", None)
+            return await self._stage_docker(job, package, lifecycle, sink)
+        assert isinstance(lifecycle, BuildpackLifecycle)
+        commit: str | None = None
+        if isinstance(package, BitsPackage):
+            if package.state != "READY":
+                raise engine.StagingError(f"the package is {package.state}, not READY", None)
+            app_tar = await asyncio.to_thread(self.blobs.read_package, job.droplet.package)
+            digest = package.hash.value
+        elif isinstance(package, GitPackage):
+            app_tar, commit = await self._clone(package, sink)
+            digest = hashlib.sha1(app_tar).hexdigest()
+        else:
+            raise engine.StagingError("the buildpack lifecycle stages bits and git packages", None)
+        stack = lifecycle.data.stack or self.settings.default_stack
+        if stack == self.settings.default_stack:
+            await stacks.ensure_stack(self.runtime, stack, self.descriptor)
+        registry = self.settings.platform_registry
+        result = await engine.stage_buildpack(
+            self.runtime,
+            app_tar,
+            droplet=job.guid,
+            app=job.sid,
+            buildpacks=discover(self.settings.buildpacks_dir),
+            requested=lifecycle.data.buildpack,
+            stack=stack,
+            env=env,
+            descriptor=self.descriptor,
+            platform_api=self.settings.platform_api,
+            environ=self.environ,
+            target=engine.droplet_image(registry, job.sid, job.guid),
+            push_auth=await self._registry_auth(registry) if registry else None,
+            log=sink,
+        )
+        response = BuildpackStagingResponse(
+            hash=Hash(value=digest),
+            buildpack=result.buildpack,
+            stack=result.stack,
+            process_types=dict(result.process_types),
+            commit=commit,
+        )
+        return attrs.evolve(
+            job.droplet,
+            state="STAGED",
+            error=None,
+            staging_response=response,
+            image=result.image,
+            ports=list(result.ports),
+            updated=now(),
+        )
+
+    async def _stage_docker(
+        self,
+        job: Job,
+        package: DockerPackage,
+        lifecycle: DockerLifecycle,
+        sink: Callable[[str], None],
+    ) -> Droplet:
+        auth = None
+        creds = self.packages.clear_credentials(package)
+        if isinstance(creds, DockerCredentials) and creds.user:
+            server = _login_host(creds.login_server)
+            auth = RegistryAuth(creds.user, creds.password, server)
+        registry = self.settings.platform_registry
+        cache = lifecycle.data.use_caching and bool(registry)
+        result = await engine.stage_docker(
+            self.runtime,
+            package.image,
+            auth=auth,
+            use_caching=cache,
+            cache_target=engine.droplet_image(registry, job.sid, job.guid) if cache else None,
+            push_auth=await self._registry_auth(registry) if cache else None,
+            log=sink,
+        )
+        response = DockerStagingResponse(
+            start_command=result.start_command, image_path=result.image_path, cached=result.cached
+        )
+        return attrs.evolve(
+            job.droplet,
+            state="STAGED",
+            error=None,
+            staging_response=response,
+            image=result.image,
+            ports=list(result.ports),
+            updated=now(),
+        )
+
+    async def _clone(self, package: GitPackage, sink: Callable[[str], None]) -> tuple[bytes, str]:
+        url, ref = split_git_url(package.url)
+        auth = None
+        creds = self.packages.clear_credentials(package)
+        if isinstance(creds, GitCredentials):
+            auth = git.GitAuth(creds.user, creds.password or creds.api_key)
+        sink(f"-----> Cloning {url}" + (f" ({ref})" if ref else ""))
+        with tempfile.TemporaryDirectory(prefix="lb-clone-") as tmp:
+            checkout = await git.clone(url, Path(tmp) / "src", ref=ref, auth=auth)
+            sink(f"       commit {checkout.commit}: {checkout.message}")
+            return await asyncio.to_thread(git.tar_tree, checkout.path), checkout.commit
+
+    async def _registry_auth(self, host: str) -> RegistryAuth | None:
+        found = await credentials_for(self.etcd, self.secrets, host)
+        return RegistryAuth(found.username, found.password, found.host) if found else None
+
+
+def _login_host(login_server: str) -> str:
+    """``https://index.docker.io/v1/`` -> ``index.docker.io``; empty: the image's registry."""
+    rest = login_server.split("://", 1)[-1]
+    return rest.split("/", 1)[0].lower()

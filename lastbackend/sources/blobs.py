@@ -1,0 +1,207 @@
+"""The blob store: package bits and staging logs as files under ``settings.blob_dir``.
+
+Blobs are files, never etcd values (DESIGN.md section 4): etcd keeps every value in memory and
+in each member's WAL and snapshot, refuses values over ~1.5 MB, and replicates each write to
+every member, so a 100 MB upload there would hurt the whole cluster. etcd holds what is small
+and must be consistent (the package's state and sha1); the bytes live here, named by the guid
+of the object they belong to:
+
+```
+<blob_dir>/packages/<guid>.tar   the package's bits, normalized to an uncompressed tar whose
+                                 root is the app directory (see :mod:`.archive`)
+<blob_dir>/droplets/<guid>.log   a droplet's staging output, appended by the staging controller
+<blob_dir>/tmp/                  uploads being received and normalized
+```
+
+**Several hosts share this directory.** An upload is received by whichever API process the
+client reached, and the droplet is staged by whichever process leads the staging controller, so
+in a multi-host install ``blob_dir`` (that is, ``<data_dir>/blobs``) must be one shared directory
+(NFS or the like) mounted on every API and controller host. The operations are chosen for that:
+a blob appears by ``rename`` of a complete, fsynced temporary file from ``tmp/`` on the same
+file system, so a reader on any host sees the old state or the whole new file, never half of
+one; logs are appended and closed on every call and read by opening afresh (close-to-open
+consistency is what NFS guarantees).
+
+The methods are synchronous; each touches one file. ``read_log``, ``append_log``, ``exists`` and
+``delete`` are small and may be called from the event loop; whole-blob work (``put_file``,
+``read``, hashing, normalizing) belongs in ``asyncio.to_thread``. A blob whose object is gone
+(deleted by a cascade, or a crash between the etcd write and the file operation) is removed by
+the gc controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from lastbackend.model.common import is_uuid
+
+KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log"}
+"""Blob kinds: the directory of each and the suffix of its files."""
+TEMP = "tmp"
+READ_CHUNK = 1 << 20
+"""The most ``read_log`` returns at once."""
+
+
+class BlobMissing(FileNotFoundError):
+    """The blob an object refers to is not in the store."""
+
+
+class BlobStore:
+    """One blob directory; cheap to construct (nothing is touched until a method runs)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"<BlobStore {self.root}>"
+
+    # names -------------------------------------------------------------------------------------
+
+    def path(self, kind: str, guid: str) -> Path:
+        """Where a blob lives. ``guid`` must be a UUID, so no name can leave its directory."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown blob kind {kind!r}; one of {', '.join(KINDS)}")
+        if not is_uuid(guid):
+            raise ValueError(f"blob names are UUIDs, got {guid!r}")
+        return self.root / kind / f"{guid}{KINDS[kind]}"
+
+    def package_path(self, guid: str) -> Path:
+        return self.path("packages", guid)
+
+    def log_path(self, guid: str) -> Path:
+        return self.path("droplets", guid)
+
+    def temp_path(self, purpose: str = "blob") -> Path:
+        """A fresh path under ``tmp/`` (the directory is made, the file is not), on the same
+        file system as the blobs so that :meth:`put_file` can rename it into place."""
+        tmp = self.root / TEMP
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp / f"{purpose}-{os.getpid()}-{os.urandom(8).hex()}"
+
+    # whole blobs -------------------------------------------------------------------------------
+
+    def write(self, kind: str, guid: str, data: bytes) -> None:
+        """Replace a blob atomically: temporary file, fsync, rename."""
+        tmp = self.temp_path(kind)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            self.put_file(kind, guid, tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, kind: str, guid: str, src: Path) -> None:
+        """Move a complete file (made under :meth:`temp_path`) into place as the blob, durably:
+        its data is fsynced before the rename, and the directory after it."""
+        target = self.path(kind, guid)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(src, target)
+        _fsync_dir(target.parent)
+
+    def read(self, kind: str, guid: str) -> bytes:
+        try:
+            return self.path(kind, guid).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(f"no {kind} blob {guid} in {self.root}") from None
+
+    def read_package(self, guid: str) -> bytes:
+        """A package's normalized tar (call it in a thread: it may be hundreds of MB)."""
+        return self.read("packages", guid)
+
+    def open(self, kind: str, guid: str) -> BinaryIO:
+        try:
+            return open(self.path(kind, guid), "rb")
+        except FileNotFoundError:
+            raise BlobMissing(f"no {kind} blob {guid} in {self.root}") from None
+
+    def exists(self, kind: str, guid: str) -> bool:
+        return self.path(kind, guid).is_file()
+
+    def delete(self, kind: str, guid: str) -> bool:
+        """Remove a blob; False if there was none (deleting twice is not an error)."""
+        try:
+            self.path(kind, guid).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def names(self, kind: str) -> list[str]:
+        """The guids that have a blob of this kind, sorted."""
+        return sorted(self.entries(kind))
+
+    def entries(self, kind: str) -> dict[str, float]:
+        """guid -> modification time (epoch seconds) of every blob of this kind."""
+        self.path(kind, "00000000-0000-4000-8000-000000000000")  # checks the kind
+        suffix = KINDS[kind]
+        found: dict[str, float] = {}
+        try:
+            scan = os.scandir(self.root / kind)
+        except FileNotFoundError:
+            return found
+        with scan:
+            for entry in scan:
+                guid = entry.name.removesuffix(suffix)
+                if entry.name.endswith(suffix) and is_uuid(guid):
+                    with contextlib.suppress(FileNotFoundError):
+                        found[guid] = entry.stat().st_mtime
+        return found
+
+    def sweep_temps(self, older_than: float) -> list[Path]:
+        """Remove temporary files untouched for ``older_than`` seconds (uploads cut off by a
+        crash); an upload in progress writes its file continually and so is never this old."""
+        removed: list[Path] = []
+        limit = time.time() - older_than
+        try:
+            scan = os.scandir(self.root / TEMP)
+        except FileNotFoundError:
+            return removed
+        with scan:
+            for entry in scan:
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file() and entry.stat().st_mtime < limit:
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+        return removed
+
+    # staging logs ------------------------------------------------------------------------------
+
+    def append_log(self, guid: str, text: str | bytes) -> None:
+        """Append to a droplet's staging log as whole lines: a missing final newline is added.
+
+        Opened, written and closed per call (``O_APPEND``), so a reader on another host sees the
+        text as soon as this returns.
+        """
+        data = text.encode() if isinstance(text, str) else text
+        if not data.endswith(b"\n"):
+            data += b"\n"
+        path = self.log_path(guid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as out:
+            out.write(data)
+
+    def read_log(self, guid: str, offset: int = 0, limit: int = READ_CHUNK) -> tuple[bytes, int]:
+        """Up to ``limit`` bytes of the log from ``offset``, and the offset to read from next.
+        No log yet (a droplet still PENDING) reads as empty."""
+        try:
+            with open(self.log_path(guid), "rb") as f:
+                f.seek(offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            return b"", offset
+        return data, offset + len(data)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable; some file systems (NFS among them) refuse, harmlessly."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

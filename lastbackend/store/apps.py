@@ -1,0 +1,297 @@
+"""Apps (seed 000) over services: find one by guid alone, list across projects, run a droplet.
+
+An app is a service (DESIGN.md section 1), so this module adds no object of its own: it reads
+and writes the service's parts through :mod:`lastbackend.store.services`, and finds the project
+of a bare guid through ``helper/apps/<guid> -> <pid>`` (made and removed with every service).
+A helper key whose service is gone (a crash between two API processes cannot leave one, but the
+gc controller may not have run after a too-large cascade) reads as a missing app.
+
+Starting, stopping and assigning a droplet are each one transaction that compares every part of
+the service as read and, when a droplet is involved, the droplet key unchanged: a droplet deleted
+or restaged meanwhile cannot be started half-way. Lost races are retried like
+:meth:`Objects.update <lastbackend.store.objects.Objects.update>` (GuaranteedUpdate), and a
+change that changes nothing is skipped.
+
+Running a droplet points the service's ``image`` key at the droplet's image, clears
+``config.command`` (the image's own command runs) and publishes its ports with host port 0 (any
+free port): ``$PORT``/TCP for a buildpack droplet (``PORT`` from the app's environment when it is
+a port number, else 8080, as on Cloud Foundry), each port the image exposes for a docker one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
+import attrs
+
+from lastbackend import codec
+from lastbackend.model.apps import AppCreate, AppState, BuildpackLifecycle, Droplet, Lifecycle
+from lastbackend.model.common import HostPort, PortSpec, Replicas, Text, is_uuid, now
+from lastbackend.model.platform import Meta, ServiceConfig
+from lastbackend.store import keys, services
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.objects import (
+    Contention,
+    NameCache,
+    NotFound,
+    Objects,
+    Page,
+    Record,
+    require_version,
+    retries,
+)
+
+DEFAULT_PORT = 8080
+"""The port a buildpack app listens on when its environment sets no ``PORT``."""
+ORDERS = ("created_at", "updated_at", "name")
+
+
+class Refused(ValueError):
+    """A well-formed request the app's state does not allow; the API answers 422."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason
+
+
+def app_state(record: Record) -> AppState:
+    """The ``app`` part; a service made through ``/api`` has none and runs: ``STARTED``."""
+    state: AppState | None = record.values.get("app")
+    return state if state is not None else AppState(desired_state="STARTED")
+
+
+def lifecycle(record: Record) -> Lifecycle:
+    """The ``lifecycle`` part, or the default: buildpack auto-detection, default stack."""
+    value: Lifecycle | None = record.values.get("lifecycle")
+    return value if value is not None else BuildpackLifecycle()
+
+
+def config(record: Record) -> ServiceConfig:
+    value: ServiceConfig | None = record.values.get("config")
+    return value if value is not None else ServiceConfig()
+
+
+def app_port(env: Mapping[str, str]) -> int:
+    raw = env.get("PORT", "")
+    if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535:
+        return int(raw)
+    return DEFAULT_PORT
+
+
+def run_parts(record: Record, droplet: Droplet) -> dict[str, Any]:
+    """The ``image`` and ``config`` that run ``droplet`` (see the module docstring)."""
+    if droplet.image is None:
+        raise Refused("the droplet has no image; stage it again")
+    current = config(record)
+    if droplet.lifecycle.type == "docker":
+        ports = {PortSpec(p): HostPort(0) for p in droplet.ports}
+    else:
+        ports = {PortSpec(f"{app_port(current.env)}/TCP"): HostPort(0)}
+    replicas = current.replicas or Replicas(1)
+    new = attrs.evolve(current, command=Text(""), ports=ports, replicas=replicas)
+    return {"image": droplet.image, "config": new}
+
+
+Change = Callable[[str, Record], Awaitable[tuple[Mapping[str, Any], list[Cmp]]]]
+"""(pid, record) -> (new values of some parts, extra guards for the txn); may raise."""
+
+
+class Apps:
+    """The app transactions on one etcd client, sharing the services' read caches."""
+
+    def __init__(self, etcd: Etcd, cache: NameCache) -> None:
+        self.etcd = etcd
+        self.cache = cache
+
+    def services(self, pid: str) -> Objects:
+        return services.services(self.etcd, self.cache, pid)
+
+    # reads --------------------------------------------------------------------------------------
+
+    async def owner(self, guid: str) -> str:
+        """The project id of app ``guid``; :class:`NotFound` if there is no such app."""
+        kv = await self.etcd.get(keys.app_owner(guid)) if is_uuid(guid) else None
+        if kv is None:
+            raise NotFound(f"app {guid!r} not found")
+        return kv.value.decode()
+
+    async def get(self, guid: str) -> tuple[str, Record]:
+        pid = await self.owner(guid)
+        try:
+            return pid, await self.services(pid).get(guid)
+        except NotFound:
+            raise NotFound(f"app {guid!r} not found") from None
+
+    async def droplet(self, pid: str, sid: str, guid: str) -> tuple[Droplet, KV] | None:
+        kv = await self.etcd.get(keys.droplet(pid, sid, guid)) if is_uuid(guid) else None
+        return (codec.loads(kv.value, Droplet), kv) if kv is not None else None
+
+    async def list(
+        self,
+        *,
+        page: int,
+        per_page: int,
+        order: str = "created_at",
+        descending: bool = False,
+        names: Collection[str] | None = None,
+        spaces: Collection[str] | None = None,
+    ) -> tuple[Page, list[str]]:
+        """One page of apps across projects, and the project id of each, read at one revision.
+
+        The app index gives every (guid, project); the metas of those in ``spaces`` are read to
+        filter by name and sort, then the other parts of the page's apps only.
+        """
+        revision, pairs = await self.etcd.pairs(keys.HELPER_APPS)
+        owners = [(keys.leaf(key.decode()), pid.decode()) for key, pid in pairs]
+        if spaces is not None:
+            owners = [(sid, pid) for sid, pid in owners if pid in spaces]
+        meta_keys = {sid: keys.service_part(pid, sid, "meta") for sid, pid in owners}
+        found = await self.etcd.read_many(list(meta_keys.values()), revision=revision)
+        rows: list[tuple[str, str, KV, Meta]] = []
+        for sid, pid in owners:
+            kv = found.get(meta_keys[sid])
+            if kv is None:
+                continue  # a dangling helper key: not an app
+            meta: Meta = self._decode("meta", kv)
+            if names is None or meta.name in names:
+                rows.append((sid, pid, kv, meta))
+        field = {"created_at": "created", "updated_at": "updated", "name": "name"}[order]
+        rows.sort(key=lambda row: (getattr(row[3], field), row[0]), reverse=descending)
+        chosen = rows[(page - 1) * per_page : page * per_page]
+        part_keys = {
+            sid: {p: keys.service_part(pid, sid, p) for p in services.PARTS if p != "meta"}
+            for sid, pid, _, _ in chosen
+        }
+        rest = await self.etcd.read_many(
+            [key for parts in part_keys.values() for key in parts.values()], revision=revision
+        )
+        records = []
+        for sid, _, meta_kv, _ in chosen:
+            kvs: dict[str, KV | None] = {"meta": meta_kv}
+            kvs.update({part: rest.get(key) for part, key in part_keys[sid].items()})
+            values = {part: self._decode(part, kv) for part, kv in kvs.items() if kv}
+            records.append(Record(sid, values, kvs))
+        pids = [pid for _, pid, _, _ in chosen]
+        return Page(records=records, total=len(rows), revision=revision), pids
+
+    def _decode(self, part: str, kv: KV) -> Any:
+        """Decoded once per (key, mod revision), in the cache the services store uses."""
+        token = (kv.key, kv.mod_revision)
+        value = self.cache.values.get(token)
+        if value is None:
+            value = services.CODECS[part].decode(kv.value)
+            self.cache.values.put(token, value)
+        return value
+
+    # writes -------------------------------------------------------------------------------------
+
+    async def create(self, spec: AppCreate) -> tuple[str, Record]:
+        """A service with replicas 1, the lifecycle and a ``STOPPED`` app state, in one txn.
+
+        :class:`NotFound` when the space (project) does not exist, :class:`Conflict` when the
+        name is taken in it.
+        """
+        pid = spec.relationships.space.guid
+        t = now()
+        values = {
+            "meta": Meta(spec.name, t, t),
+            "config": ServiceConfig(replicas=Replicas(1), env=dict(spec.environment_variables)),
+            "lifecycle": spec.lifecycle or BuildpackLifecycle(),
+            "app": AppState(desired_state="STOPPED"),
+        }
+        return pid, await self.services(pid).create(spec.name, values)
+
+    async def start(self, guid: str, *, if_match: int | None = None) -> tuple[str, Record]:
+        async def change(pid: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+            state = app_state(record)
+            if state.current_droplet is None:
+                raise Refused("app has no current droplet; stage a package and assign it first")
+            found = await self.droplet(pid, record.id, state.current_droplet)
+            if found is None:
+                raise Refused(
+                    f"the current droplet {state.current_droplet} no longer exists; "
+                    "assign another with PATCH .../relationships/current_droplet"
+                )
+            droplet, kv = found
+            _require_staged(droplet, state.current_droplet)
+            wanted = {"app": attrs.evolve(state, desired_state="STARTED")}
+            return {**wanted, **run_parts(record, droplet)}, [Cmp.unchanged(kv, kv.key)]
+
+        return await self._update(guid, change, if_match)
+
+    async def stop(self, guid: str, *, if_match: int | None = None) -> tuple[str, Record]:
+        """``STOPPED``: the services controller removes the pods; image and config are kept."""
+
+        async def change(_: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+            return {"app": attrs.evolve(app_state(record), desired_state="STOPPED")}, []
+
+        return await self._update(guid, change, if_match)
+
+    async def assign(
+        self, guid: str, droplet_guid: str, *, if_match: int | None = None
+    ) -> tuple[str, Record]:
+        """Make ``droplet_guid`` the current droplet; a started app runs it at once (a rolling
+        deploy: the services controller replaces the pods surge-first)."""
+
+        async def change(pid: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+            found = await self.droplet(pid, record.id, droplet_guid)
+            if found is None:
+                raise Refused(f"droplet {droplet_guid} is not a droplet of app {guid}", "data.guid")
+            droplet, kv = found
+            _require_staged(droplet, droplet_guid, "data.guid")
+            state = attrs.evolve(app_state(record), current_droplet=droplet_guid)
+            wanted: dict[str, Any] = {"app": state}
+            if state.desired_state == "STARTED":
+                wanted.update(run_parts(record, droplet))
+            return wanted, [Cmp.unchanged(kv, kv.key)]
+
+        return await self._update(guid, change, if_match)
+
+    async def _update(self, guid: str, change: Change, if_match: int | None) -> tuple[str, Record]:
+        """Read, change, write comparing every part (and ``change``'s guards); retry on a race."""
+        pid = await self.owner(guid)
+        objects = self.services(pid)
+        part_keys = objects.layout.parts(guid)
+        async for _ in retries():
+            try:
+                current = await objects.get(guid)
+            except NotFound:
+                raise NotFound(f"app {guid!r} not found") from None
+            require_version("app", current.revision, if_match)
+            wanted, guards = await change(pid, current)
+            changed = {p: v for p, v in wanted.items() if current.values.get(p) != v}
+            if not changed:
+                return pid, current
+            changed["meta"] = attrs.evolve(current.values["meta"], updated=now())
+            encoded = {p: services.CODECS[p].encode(v) for p, v in changed.items()}
+            compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
+            ops = [Op.put(part_keys[p], raw) for p, raw in encoded.items()]
+            result = await self.etcd.txn([*compare, *guards], ops)
+            if result.succeeded:
+                return pid, _written(current, part_keys, changed, encoded, result.revision)
+        raise Contention(f"app {guid!r} is changing too fast; try again")
+
+
+def _require_staged(droplet: Droplet, guid: str, field: str | None = None) -> None:
+    if droplet.state != "STAGED":
+        reason = f"droplet {guid} is {droplet.state}, not STAGED; only a staged droplet can run"
+        raise Refused(reason, field)
+
+
+def _written(
+    current: Record,
+    part_keys: Mapping[str, str],
+    values: Mapping[str, Any],
+    encoded: Mapping[str, bytes],
+    revision: int,
+) -> Record:
+    """The record as a successful txn left it, without reading it back."""
+    new_values = {**current.values, **values}
+    kvs = dict(current.kvs)
+    for part, raw in encoded.items():
+        old = kvs.get(part)
+        created = old.create_revision if old else revision
+        kvs[part] = KV(part_keys[part], raw, created, revision, (old.version if old else 0) + 1)
+    return Record(current.id, new_values, kvs)

@@ -1,0 +1,189 @@
+"""Droplets: ``services/<sid>/droplets/<guid>`` plus ``helper/droplets/<guid> -> <pid>:<sid>``.
+
+A droplet is one staging of one package of an app, stored beside the package in the app's
+subtree. The transactions follow ``store/packages.py``; creating one also compares the package
+unchanged since it was read (still ``READY``, not deleted) and whatever else the caller's
+decision rested on (the app's ``lifecycle`` key), so a droplet is never made from a package or
+lifecycle that changed in between. The staging controller moves droplets through ``STAGING`` to
+``STAGED`` or ``FAILED`` with :meth:`Droplets.update` or :meth:`Droplets.swap`, passing its
+fence as ``guard``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+import attrs
+
+from lastbackend import codec
+from lastbackend.model.apps import Droplet, Lifecycle
+from lastbackend.model.common import is_uuid, new_id, now
+from lastbackend.store import keys
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.objects import Contention, NotFound, require_version, retries
+from lastbackend.store.packages import StoredPackage, app_prefixes, parse_owner, ranges
+
+
+@attrs.frozen
+class StoredDroplet:
+    """A droplet as read or written; ``revision`` is its key's ``mod_revision`` (the ETag)."""
+
+    guid: str
+    project: str
+    app: str
+    droplet: Droplet
+    revision: int
+
+    @property
+    def key(self) -> str:
+        return keys.droplet(self.project, self.app, self.guid)
+
+    def unchanged(self) -> Cmp:
+        return Cmp(self.key, "mod", "==", self.revision)
+
+
+class Droplets:
+    """The transactions on droplets."""
+
+    def __init__(self, etcd: Etcd) -> None:
+        self.etcd = etcd
+
+    # reads --------------------------------------------------------------------------------------
+
+    async def owner(self, guid: str) -> tuple[str, str]:
+        kv = await self.etcd.get(keys.droplet_owner(guid)) if is_uuid(guid) else None
+        found = parse_owner(kv.value) if kv is not None else None
+        if found is None:
+            raise NotFound(f"droplet {guid!r} not found")
+        return found
+
+    async def get(self, guid: str) -> StoredDroplet:
+        pid, sid = await self.owner(guid)
+        kv = await self.etcd.get(keys.droplet(pid, sid, guid))
+        if kv is None:  # its app was deleted a moment ago; gc removes the helper key
+            raise NotFound(f"droplet {guid!r} not found")
+        return _decode(kv, pid, sid, guid)
+
+    async def list(
+        self,
+        *,
+        apps: Collection[str] | None = None,
+        packages: Collection[str] | None = None,
+        states: Collection[str] | None = None,
+    ) -> tuple[list[StoredDroplet], int]:
+        """Every droplet that passes the filters, oldest first, all read at one revision."""
+        if apps is None:
+            revision, pairs = await self.etcd.pairs(keys.HELPER_DROPLETS)
+            skip = len(keys.HELPER_DROPLETS.encode())
+            wanted = []
+            for key, value in pairs:
+                owner = parse_owner(value)
+                if owner is not None:
+                    wanted.append(keys.droplet(*owner, key[skip:].decode()))
+            found = list((await self.etcd.read_many(wanted, revision=revision)).values())
+        else:
+            prefixes, revision = await app_prefixes(self.etcd, apps, keys.droplets)
+            found = await ranges(self.etcd, prefixes, revision)
+        out = []
+        for kv in found:
+            stored = decode_at(kv)
+            if stored is None:
+                continue
+            droplet = stored.droplet
+            if (states is None or droplet.state in states) and (
+                packages is None or droplet.package in packages
+            ):
+                out.append(stored)
+        out.sort(key=lambda s: (s.droplet.created, s.guid))
+        return out, revision
+
+    async def app_lifecycle(self, pid: str, sid: str) -> tuple[Lifecycle | None, KV | None]:
+        """The app's ``lifecycle`` key, decoded, with the KV to guard a create on."""
+        kv = await self.etcd.get(keys.service_part(pid, sid, "lifecycle"))
+        if kv is None:
+            return None, None
+        lifecycle: Lifecycle = codec.loads(kv.value, Lifecycle)  # type: ignore[arg-type]
+        return lifecycle, kv
+
+    # writes -------------------------------------------------------------------------------------
+
+    async def create(
+        self, package: StoredPackage, droplet: Droplet, *, guard: Sequence[Cmp] = ()
+    ) -> StoredDroplet | None:
+        """A new droplet of ``package``'s app; None if the package (or a ``guard``) changed
+        since it was read: the caller reads again and decides again."""
+        guid = new_id()
+        pid, sid = package.project, package.app
+        key = keys.droplet(pid, sid, guid)
+        owner = keys.droplet_owner(guid)
+        result = await self.etcd.txn(
+            [
+                package.unchanged(),
+                Cmp.present(keys.service_part(pid, sid, "meta")),
+                Cmp.absent(key),
+                Cmp.absent(owner),
+                *guard,
+            ],
+            [Op.put(key, codec.dumps(droplet)), Op.put(owner, f"{pid}:{sid}")],
+        )
+        if not result.succeeded:
+            return None
+        return StoredDroplet(guid, pid, sid, droplet, result.revision)
+
+    async def update(
+        self,
+        guid: str,
+        change: Callable[[StoredDroplet], Droplet],
+        *,
+        if_match: int | None = None,
+        guard: Sequence[Cmp] = (),
+    ) -> StoredDroplet:
+        """Read-modify-write with retries; ``updated`` is set. ``change`` may run more than
+        once and may raise to refuse; ``guard`` adds comparisons (a controller's fence)."""
+        async for _ in retries():
+            current = await self.get(guid)
+            require_version("droplet", current.revision, if_match)
+            wanted = change(current)
+            if wanted == current.droplet:
+                return current
+            written = await self.swap(current, attrs.evolve(wanted, updated=now()), guard=guard)
+            if written is not None:
+                return written
+        raise Contention(f"droplet {guid!r} is changing too fast; try again")
+
+    async def swap(
+        self, current: StoredDroplet, droplet: Droplet, *, guard: Sequence[Cmp] = ()
+    ) -> StoredDroplet | None:
+        """Write ``droplet`` (as given) if the stored one is still ``current``; None if not."""
+        result = await self.etcd.txn(
+            [current.unchanged(), *guard], [Op.put(current.key, codec.dumps(droplet))]
+        )
+        if not result.succeeded:
+            return None
+        return attrs.evolve(current, droplet=droplet, revision=result.revision)
+
+    async def delete(self, guid: str, *, if_match: int | None = None) -> StoredDroplet:
+        """Remove the droplet and its helper key; a staging of it stops (the staging
+        controller sees the helper key go)."""
+        async for _ in retries():
+            current = await self.get(guid)
+            require_version("droplet", current.revision, if_match)
+            result = await self.etcd.txn(
+                [current.unchanged()],
+                [Op.delete(current.key), Op.delete(keys.droplet_owner(guid))],
+            )
+            if result.succeeded:
+                return current
+        raise Contention(f"droplet {guid!r} is changing too fast; try again")
+
+
+def _decode(kv: KV, pid: str, sid: str, guid: str) -> StoredDroplet:
+    return StoredDroplet(guid, pid, sid, codec.loads(kv.value, Droplet), kv.mod_revision)
+
+
+def decode_at(kv: KV) -> StoredDroplet | None:
+    """A droplet read by key: ``projects/<pid>/services/<sid>/droplets/<guid>``."""
+    parts = kv.key.removeprefix(keys.PROJECTS).split("/")
+    if len(parts) != 5 or parts[1] != "services" or parts[3] != "droplets":
+        return None
+    return _decode(kv, parts[0], parts[2], parts[4])
