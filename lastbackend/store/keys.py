@@ -99,6 +99,40 @@ def droplet(pid: str, sid: str, guid: str) -> str:
     return f"{droplets(pid, sid)}{guid}"
 
 
+# images and vendors (seed 001) ------------------------------------------------------------------
+
+IMAGES = f"{ROOT}images/"
+IMAGE_PARTS = ("meta", "source")
+
+
+def image(iid: str) -> str:
+    """The image's subtree (with its trailing slash)."""
+    return f"{IMAGES}{iid}/"
+
+
+def image_part(iid: str, part: str) -> str:
+    if part not in IMAGE_PARTS:
+        raise ValueError(f"unknown image part {part!r}")
+    return f"{image(iid)}{part}"
+
+
+def image_builds(iid: str) -> str:
+    return f"{image(iid)}builds/"
+
+
+def image_build(iid: str, number: int) -> str:
+    """``images/<iid>/builds/<n>``: a build of the image (seed 001)."""
+    return f"{image_builds(iid)}{number}"
+
+
+VENDORS = f"{ROOT}vendors/"
+
+
+def vendor(name: str) -> str:
+    """``vendors/<vendor>``: a connected github/bitbucket/gitlab/slack account (token encrypted)."""
+    return f"{VENDORS}{name}"
+
+
 # helpers: name -> id indexes --------------------------------------------------------------------
 
 HELPER = f"{ROOT}helper/"
