@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import tempfile
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle import staging as engine
 from lastbackend.lifecycle.buildpacks import discover
 from lastbackend.lifecycle.descriptor import Descriptor
+from lastbackend.lifecycle.descriptor import view as descriptor_view
 from lastbackend.model.apps import (
     BitsPackage,
     BuildpackLifecycle,
@@ -114,6 +116,13 @@ class StagingController(Controller):
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.HELPER_DROPLETS, to_key=keys.leaf)]
+
+    async def started(self) -> None:
+        """Publish the descriptor staging judges API versions by, for admins reading the tree."""
+        view = json.dumps(descriptor_view(self.descriptor), separators=(",", ":"))
+        current = await self.etcd.get(keys.LIFECYCLE_DESCRIPTOR)
+        if current is None or current.value != view.encode():
+            await self.txn([], [Op.put(keys.LIFECYCLE_DESCRIPTOR, view)])
 
     def background(self) -> Sequence[Coroutine[Any, Any, None]]:
         return [self._supervise()]
@@ -300,6 +309,8 @@ class StagingController(Controller):
             auth = RegistryAuth(creds.user, creds.password, server)
         registry = self.settings.platform_registry
         cache = lifecycle.data.use_caching and bool(registry)
+        if lifecycle.data.use_caching and not registry:
+            sink("-----> use_caching: no platform registry (registry.platform); staging uncached")
         result = await engine.stage_docker(
             self.runtime,
             package.image,

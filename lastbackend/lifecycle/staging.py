@@ -13,9 +13,10 @@ for lifecycle failures, the exit code upstream's lifecycle would use.
    deprecated: warn into the log, fail or stay silent by ``CNB_PLATFORM_DEPRECATION_MODE``).
 2. *Detect*, in a container of the build image named ``lb-staging-<droplet>-detect``: the app
    is put at ``/workspace`` (owned by the stack's user), each candidate at
-   ``/cnb/buildpacks/<id>/``, the droplet's environment in ``/platform/env/``; our detector
-   script runs each ``bin/detect`` in order and the first to pass (exit 0) wins. Candidates are
-   the requested buildpack alone, or all of them in detection order (:mod:`.buildpacks`).
+   ``/cnb/buildpacks/<id, / as _>/``, the droplet's environment in ``/platform/env/``; our
+   detector script runs each ``bin/detect`` in order and the first to pass (exit 0) wins.
+   Candidates are the requested buildpack alone, or all of them in detection order
+   (:mod:`.buildpacks`).
 3. *Buildpack API*: the chosen buildpack's ``api`` is judged (unsupported: exit 12; deprecated:
    by ``CNB_BUILDPACK_DEPRECATION_MODE``). A requested buildpack is judged before detection.
 4. *Build*, in ``lb-staging-<droplet>-build``: ``bin/build /layers/<id> /platform <plan>``; then

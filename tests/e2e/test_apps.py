@@ -91,6 +91,8 @@ class V3:
         result: dict[str, Any] = await eventually(
             probe, within, f"droplet {droplet} staged", explain=self.h.explain, interval=0.2
         )
+        if result.get("image") and "@" not in result["image"]:
+            self.h.images.append(result["image"])  # a local droplet image: removed afterwards
         return result
 
     async def logs(self, droplet: str) -> str:
@@ -164,6 +166,9 @@ async def test_static_site_zip_is_detected_staged_started_and_served(
     assert "commit" not in response
     log = await v3.logs(droplet["guid"])
     assert "static" in log
+    descriptor = await etcd.get("/lastbackend/lifecycle/descriptor")  # published by staging
+    assert descriptor is not None
+    assert json.loads(descriptor.value)["lifecycle"]["version"]
 
     await v3.start(app, droplet["guid"])
     assert await v3.answering(project, app) == SITE

@@ -261,14 +261,24 @@ class Harness:
             with contextlib.suppress(Exception):
                 server.stop()
         for c in self.containers():
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 self.docker.remove_container(c["Id"], force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: a removal already in progress (the agent's)
+                    raise
         for name in self.volumes():
             with contextlib.suppress(docker.errors.NotFound):
                 self.docker.remove_volume(name, force=True)
         for image in self.images:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.docker.remove_image(image)
+            try:
+                self.docker.remove_image(image, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # still held by a container being removed
+                    raise
 
 
 @pytest.fixture
