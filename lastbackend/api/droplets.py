@@ -42,7 +42,7 @@ from lastbackend.store import keys
 from lastbackend.store.droplets import StoredDroplet
 from lastbackend.store.etcd import Cmp, StoreError
 from lastbackend.store.objects import Contention, NotFound, retries
-from lastbackend.store.packages import app_project
+from lastbackend.store.owned import app_project
 
 routes = web.RouteTableDef()
 

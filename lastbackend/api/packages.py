@@ -48,14 +48,8 @@ from lastbackend.sources import archive
 from lastbackend.sources.archive import ArchiveError
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store.objects import NotFound
-from lastbackend.store.packages import (
-    UPLOAD_HEARTBEAT,
-    AppNotFound,
-    Packages,
-    StoredPackage,
-    app_project,
-    upload_stale,
-)
+from lastbackend.store.owned import AppNotFound, app_project
+from lastbackend.store.packages import UPLOAD_HEARTBEAT, Packages, StoredPackage, upload_stale
 
 routes = web.RouteTableDef()
 

@@ -48,7 +48,8 @@ from lastbackend.model.pods import Pod
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Op
-from lastbackend.store.packages import parse_owner, upload_stale
+from lastbackend.store.owned import parse_owner
+from lastbackend.store.packages import upload_stale
 
 log = structlog.get_logger("lastbackend.controllers.gc")
 

@@ -17,11 +17,12 @@ import attrs
 
 from lastbackend import codec
 from lastbackend.model.apps import Droplet, Lifecycle
-from lastbackend.model.common import is_uuid, new_id, now
+from lastbackend.model.common import new_id, now
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
-from lastbackend.store.objects import Contention, NotFound, require_version, retries
-from lastbackend.store.packages import StoredPackage, app_prefixes, parse_owner, ranges
+from lastbackend.store.objects import Contention, require_version, retries
+from lastbackend.store.owned import DROPLETS
+from lastbackend.store.packages import StoredPackage
 
 
 @attrs.frozen
@@ -51,18 +52,12 @@ class Droplets:
     # reads --------------------------------------------------------------------------------------
 
     async def owner(self, guid: str) -> tuple[str, str]:
-        kv = await self.etcd.get(keys.droplet_owner(guid)) if is_uuid(guid) else None
-        found = parse_owner(kv.value) if kv is not None else None
-        if found is None:
-            raise NotFound(f"droplet {guid!r} not found")
-        return found
+        return await DROPLETS.owner(self.etcd, guid)
 
     async def get(self, guid: str) -> StoredDroplet:
-        pid, sid = await self.owner(guid)
-        kv = await self.etcd.get(keys.droplet(pid, sid, guid))
-        if kv is None:  # its app was deleted a moment ago; gc removes the helper key
-            raise NotFound(f"droplet {guid!r} not found")
-        return _decode(kv, pid, sid, guid)
+        stored = decode_at(await DROPLETS.read(self.etcd, guid))
+        assert stored is not None
+        return stored
 
     async def list(
         self,
@@ -72,18 +67,7 @@ class Droplets:
         states: Collection[str] | None = None,
     ) -> tuple[list[StoredDroplet], int]:
         """Every droplet that passes the filters, oldest first, all read at one revision."""
-        if apps is None:
-            revision, pairs = await self.etcd.pairs(keys.HELPER_DROPLETS)
-            skip = len(keys.HELPER_DROPLETS.encode())
-            wanted = []
-            for key, value in pairs:
-                owner = parse_owner(value)
-                if owner is not None:
-                    wanted.append(keys.droplet(*owner, key[skip:].decode()))
-            found = list((await self.etcd.read_many(wanted, revision=revision)).values())
-        else:
-            prefixes, revision = await app_prefixes(self.etcd, apps, keys.droplets)
-            found = await ranges(self.etcd, prefixes, revision)
+        found, revision = await DROPLETS.read_all(self.etcd, apps)
         out = []
         for kv in found:
             stored = decode_at(kv)
@@ -183,7 +167,5 @@ def _decode(kv: KV, pid: str, sid: str, guid: str) -> StoredDroplet:
 
 def decode_at(kv: KV) -> StoredDroplet | None:
     """A droplet read by key: ``projects/<pid>/services/<sid>/droplets/<guid>``."""
-    parts = kv.key.removeprefix(keys.PROJECTS).split("/")
-    if len(parts) != 5 or parts[1] != "services" or parts[3] != "droplets":
-        return None
-    return _decode(kv, parts[0], parts[2], parts[4])
+    where = DROPLETS.locate(kv.key)
+    return _decode(kv, *where) if where is not None else None

@@ -40,21 +40,18 @@ from lastbackend.model.apps import (
     Package,
     PackageCreate,
 )
-from lastbackend.model.common import is_uuid, new_id, now
+from lastbackend.model.common import new_id, now
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
-from lastbackend.store.objects import Contention, NotFound, require_version, retries
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.objects import Contention, require_version, retries
+from lastbackend.store.owned import PACKAGES, AppNotFound, app_project
 
 UPLOAD_STALE_AFTER = timedelta(minutes=5)
 UPLOAD_HEARTBEAT = 60.0
 """Seconds between the ``updated`` refreshes of an upload being processed."""
 
 Credentials = DockerCredentials | GitCredentials
-
-
-class AppNotFound(NotFound):
-    """The app a package or droplet is for does not exist (any more)."""
 
 
 @attrs.frozen
@@ -80,51 +77,6 @@ def upload_stale(package: Package, at: datetime) -> bool:
     return package.state == "PROCESSING_UPLOAD" and at - package.updated > UPLOAD_STALE_AFTER
 
 
-def parse_owner(raw: bytes) -> tuple[str, str] | None:
-    """``b"<pid>:<sid>"`` (a helper value) -> ``(pid, sid)``; None if malformed."""
-    pid, sep, sid = raw.decode(errors="replace").partition(":")
-    return (pid, sid) if sep and is_uuid(pid) and is_uuid(sid) else None
-
-
-async def app_project(etcd: Etcd, app: str) -> str:
-    """The project of an app, from ``helper/apps/<app>``; :class:`AppNotFound` if none."""
-    kv = await etcd.get(keys.app_owner(app)) if is_uuid(app) else None
-    if kv is None:
-        raise AppNotFound(f"app {app!r} not found")
-    return kv.value.decode()
-
-
-async def ranges(etcd: Etcd, prefixes: Sequence[str], revision: int) -> list[KV]:
-    """Every key under each prefix, all read at ``revision``, in as few round trips as can be."""
-    found: list[KV] = []
-    for i in range(0, len(prefixes), MAX_TXN_OPS):
-        chunk = prefixes[i : i + MAX_TXN_OPS]
-        result = await etcd.txn([], [Op.get_prefix(p, revision=revision) for p in chunk])
-        for read in result.reads:
-            found.extend(read)
-    return found
-
-
-async def app_prefixes(
-    etcd: Etcd, apps: Collection[str], prefix_of: Callable[[str, str], str]
-) -> tuple[list[str], int]:
-    """The subtree prefixes (``prefix_of(pid, sid)``) of the apps that exist, and the revision
-    their owners were read at; unknown apps are simply not there."""
-    wanted = [a for a in dict.fromkeys(apps) if is_uuid(a)]
-    if not wanted:
-        return [], (await etcd.range(keys.HELPER_APPS, count_only=True)).revision
-    owners: dict[str, str] = {}
-    revision = 0
-    for i in range(0, len(wanted), MAX_TXN_OPS):
-        chunk = wanted[i : i + MAX_TXN_OPS]
-        result = await etcd.txn([], [Op.get(keys.app_owner(a), revision=revision) for a in chunk])
-        revision = revision or result.revision
-        for app, read in zip(chunk, result.reads, strict=True):
-            if read:
-                owners[app] = read[0].value.decode()
-    return [prefix_of(pid, app) for app, pid in owners.items()], revision
-
-
 class Packages:
     """The transactions on packages.
 
@@ -139,18 +91,12 @@ class Packages:
     # reads --------------------------------------------------------------------------------------
 
     async def owner(self, guid: str) -> tuple[str, str]:
-        kv = await self.etcd.get(keys.package_owner(guid)) if is_uuid(guid) else None
-        found = parse_owner(kv.value) if kv is not None else None
-        if found is None:
-            raise NotFound(f"package {guid!r} not found")
-        return found
+        return await PACKAGES.owner(self.etcd, guid)
 
     async def get(self, guid: str) -> StoredPackage:
-        pid, sid = await self.owner(guid)
-        kv = await self.etcd.get(keys.package(pid, sid, guid))
-        if kv is None:  # its app was deleted a moment ago; gc removes the helper key
-            raise NotFound(f"package {guid!r} not found")
-        return _decode(kv, pid, sid, guid)
+        stored = decode_at(await PACKAGES.read(self.etcd, guid))
+        assert stored is not None
+        return stored
 
     async def list(
         self,
@@ -160,18 +106,7 @@ class Packages:
         types: Collection[str] | None = None,
     ) -> tuple[list[StoredPackage], int]:
         """Every package that passes the filters, oldest first, all read at one revision."""
-        if apps is None:
-            revision, pairs = await self.etcd.pairs(keys.HELPER_PACKAGES)
-            skip = len(keys.HELPER_PACKAGES.encode())
-            wanted = []
-            for key, value in pairs:
-                owner = parse_owner(value)
-                if owner is not None:
-                    wanted.append(keys.package(*owner, key[skip:].decode()))
-            found = list((await self.etcd.read_many(wanted, revision=revision)).values())
-        else:
-            prefixes, revision = await app_prefixes(self.etcd, apps, keys.packages)
-            found = await ranges(self.etcd, prefixes, revision)
+        found, revision = await PACKAGES.read_all(self.etcd, apps)
         out = []
         for kv in found:
             stored = decode_at(kv)
@@ -306,7 +241,5 @@ def _decode(kv: KV, pid: str, sid: str, guid: str) -> StoredPackage:
 
 def decode_at(kv: KV) -> StoredPackage | None:
     """A package read by key: ``projects/<pid>/services/<sid>/packages/<guid>``."""
-    parts = kv.key.removeprefix(keys.PROJECTS).split("/")
-    if len(parts) != 5 or parts[1] != "services" or parts[3] != "packages":
-        return None
-    return _decode(kv, parts[0], parts[2], parts[4])
+    where = PACKAGES.locate(kv.key)
+    return _decode(kv, *where) if where is not None else None
