@@ -181,7 +181,9 @@ CHECKS: dict[Any, tuple[type, Callable[[Any], Any]]] = {
 """Each validated type: the JSON type it must arrive as, and its checker."""
 
 
-SECRET_FIELDS = frozenset({"password", "token", "api_key", "secret", "refresh_token"})
+SECRET_FIELDS = frozenset(
+    {"password", "token", "api_key", "secret", "refresh_token", "webhook_secret"}
+)
 """Field names whose values are never shown: responses and ``lastbackend tree`` print ``***``."""
 MASK = "***"
 
