@@ -399,7 +399,10 @@ async def test_resync_and_requeue_after_reconcile_without_events(etcd: Etcd) -> 
     runner.start()
     try:
         await eventually(lambda: controller.reconciled.count("quiet") >= 3, what="resyncs")
-        assert controller.reconciled.count("poll") >= 8  # every 50 ms, as it asked
+        # "poll" asked to be looked at every 50 ms, "quiet" is only resynced every 200 ms: on a
+        # loaded machine both slow down, but poll keeps coming back more often on its own.
+        await eventually(lambda: controller.reconciled.count("poll") >= 8, what="requeues")
+        assert controller.reconciled.count("poll") > controller.reconciled.count("quiet")
     finally:
         await runner.stop()
 
