@@ -25,6 +25,7 @@ from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
 from tests.e2e.conftest import Registry
 from tests.e2e.test_containers import Harness, Proc, eventually, push
+from tests.gitserver import GitServer, commit, make_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -275,3 +276,59 @@ async def test_private_docker_image_staged_with_credentials_and_started(
         assert registry.password not in proc.output()
     for kv in (await etcd.range("/lastbackend/")).kvs:
         assert registry.password.encode() not in kv.value, kv.key
+
+
+async def test_git_package_is_cloned_with_its_credentials_and_staged_with_the_commit(
+    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, tmp_path: Path
+) -> None:
+    h = harness
+    root = tmp_path / "repos"
+    root.mkdir()
+    token = "git-token-" + "x" * 12
+    server = GitServer(root, "ci", token)
+    await server.start()
+    try:
+        make_repo(root, "site", {"index.html": "first\n"}, branch="live")
+        sha = commit(root, "site", {"index.html": "from git\n"}, "second")
+        daemon = h.start("daemon", etcd_server.endpoint)
+        await h.ready(daemon)
+        v3 = V3(h, daemon)
+        project, app = await v3.app("gitsite")
+        url = f"{server.repo_url('site')}:live"
+        package = await v3.call(
+            "POST",
+            f"/v3/apps/{app}/packages",
+            {"type": "git", "url": url, "credentials": {"user": "ci", "password": token}},
+            201,
+        )
+        assert package["state"] == "READY"
+        assert package["credentials"]["password"] == "***"
+        droplet = await v3.call("POST", f"/v3/packages/{package['guid']}/droplets", {}, 201)
+        staged = await v3.staged(droplet["guid"])
+        assert staged["state"] == "STAGED", staged
+        response = staged["staging_response"]
+        assert response["commit"] == sha
+        assert response["buildpack"] == "static"
+        assert response["hash"]["type"] == "sha1"
+        assert response["hash"]["value"]
+
+        bad = await v3.call(
+            "POST",
+            f"/v3/apps/{app}/packages",
+            {"type": "git", "url": f"{server.repo_url('site')}:no-such-branch"},
+            201,
+        )
+        failed = await v3.staged(
+            (await v3.call("POST", f"/v3/packages/{bad['guid']}/droplets", {}, 201))["guid"]
+        )
+        assert failed["state"] == "FAILED"
+        assert failed["error"].startswith("clone repo failed")
+
+        await v3.start(app, droplet["guid"])
+        assert await v3.answering(project, app) == b"from git\n"
+    finally:
+        await server.stop()
+    for text in h.responses:
+        assert token not in text
+    for proc in h.procs:
+        assert token not in proc.output()
