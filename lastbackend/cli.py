@@ -249,6 +249,7 @@ def _controllers(
         controllers += [ServicesController(), GarbageCollector(BlobStore(settings.blob_dir))]
         if descriptor is not None:
             controllers.append(_staging(settings, etcd, descriptor))
+        controllers.append(_builds(settings, etcd))
         if settings.amqp_listen is not None or settings.events_forward:
             controllers.append(_events(settings))
     if "node" in roles:
@@ -275,6 +276,20 @@ def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controll
         settings,
         descriptor,
         environ=os.environ,
+    )
+
+
+def _builds(settings: Settings, etcd: Etcd) -> Controller:
+    """Builds run ``docker build`` on the Docker engine of the controller's own host."""
+    from lastbackend.controllers.builds import BuildsController
+    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+
+    return BuildsController(
+        etcd,
+        DockerRuntime(settings.docker_host or None),
+        Secrets.from_settings(settings),
+        BlobStore(settings.blob_dir),
+        settings,
     )
 
 

@@ -27,10 +27,19 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from lastbackend.model import apps, common, platform, registries, repos
+from lastbackend.model import images as image_model
+from lastbackend.model import vendors as vendor_model
 
 T = TypeVar("T")
 
-CHECKS = {**common.CHECKS, **registries.CHECKS, **apps.CHECKS, **repos.CHECKS}
+CHECKS = {
+    **common.CHECKS,
+    **registries.CHECKS,
+    **apps.CHECKS,
+    **repos.CHECKS,
+    **vendor_model.CHECKS,
+    **image_model.CHECKS,
+}
 """Every validated type of every family, with its JSON type and checker."""
 _ZERO = timedelta(0)
 
@@ -221,6 +230,11 @@ def _make_converter() -> cattrs.Converter:
     )
     c.register_unstructure_hook(
         platform.Build, make_dict_unstructure_fn(platform.Build, c, **renames)
+    )
+    # Seed 001 has ``expiry`` on the gitlab object only: left out when unset.
+    c.register_unstructure_hook(
+        vendor_model.Vendor,
+        make_dict_unstructure_fn(vendor_model.Vendor, c, expiry=override(omit_if_default=True)),
     )
     return c
 

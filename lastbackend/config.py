@@ -84,6 +84,12 @@ class Settings:
     platform_registry: str = ""
     """``host:port`` that staged droplets (and later builds) are pushed to. Empty: keep them in
     the local Docker engine only, which suits one host."""
+    # [builds]
+    build_concurrency: int = 2
+    """How many builds run at once on the build controller's host; later ones wait queued."""
+    build_timeout: float = 1800.0
+    build_dockerfile: str = "Dockerfile"
+    """The Dockerfile's path inside the checkout."""
     # [events]
     events_amqp_listen: str = "127.0.0.1:5673"
     """Where the leading ``events`` controller accepts AMQP 1.0 receivers. Empty or ``off``:
@@ -172,6 +178,16 @@ class Settings:
             raise ConfigError("staging.timeout must be a positive number of seconds")
         if self.max_upload_bytes < 1024:
             raise ConfigError("staging.max_upload_bytes must be at least 1024")
+        if self.build_concurrency < 1:
+            raise ConfigError("builds.concurrency must be at least 1")
+        if self.build_timeout <= 0:
+            raise ConfigError("builds.timeout must be a positive number of seconds")
+        dockerfile = self.build_dockerfile
+        if not dockerfile or dockerfile.startswith("/") or ".." in dockerfile.split("/"):
+            raise ConfigError(
+                "builds.dockerfile (LB_BUILDS_DOCKERFILE) must be a path inside the checkout, "
+                f"like Dockerfile or docker/app.Dockerfile: {dockerfile!r}"
+            )
         if self.platform_registry and not re.fullmatch(
             r"[a-z0-9.-]+(:[0-9]{1,5})?|\[[0-9a-f:]+\](:[0-9]{1,5})?", self.platform_registry
         ):
@@ -271,6 +287,11 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "max_upload_bytes": "max_upload_bytes",
     },
     "registry": {"platform": "platform_registry"},
+    "builds": {
+        "concurrency": "build_concurrency",
+        "timeout": "build_timeout",
+        "dockerfile": "build_dockerfile",
+    },
     "events": {"amqp_listen": "events_amqp_listen", "forward": "events_forward"},
 }
 
@@ -296,6 +317,9 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_DEFAULT_STACK": "default_stack",
     "LB_BUILDPACKS_DIR": "buildpacks_dir",
     "LB_PLATFORM_REGISTRY": "platform_registry",
+    "LB_BUILDS_CONCURRENCY": "build_concurrency",
+    "LB_BUILDS_TIMEOUT": "build_timeout",
+    "LB_BUILDS_DOCKERFILE": "build_dockerfile",
     "LB_EVENTS_AMQP_LISTEN": "events_amqp_listen",
     "LB_EVENTS_FORWARD": "events_forward",
 }

@@ -8,11 +8,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lastbackend.api import apps, middlewares, projects, registries, repos, services, system
+from lastbackend.api import builds as builds_family
 from lastbackend.api import droplets as droplets_family
 from lastbackend.api import events as events_family
+from lastbackend.api import hooks as hooks_family
+from lastbackend.api import images as images_family
 from lastbackend.api import lifecycle as lifecycle_family
 from lastbackend.api import logs as logs_family
 from lastbackend.api import packages as packages_family
+from lastbackend.api import vendors as vendors_family
 from lastbackend.api.state import STATE, LogSource, State
 from lastbackend.config import Settings
 from lastbackend.store.etcd import Etcd
@@ -73,6 +77,10 @@ def make_app(
             packages_family,
             droplets_family,
             events_family,
+            vendors_family,
+            images_family,
+            hooks_family,
+            builds_family,
         ):
             app.router.add_routes(family.routes)
     return app

@@ -18,7 +18,9 @@ from aiohttp import web
 from lastbackend.api.http import Doc
 from lastbackend.codec import CHECKS
 from lastbackend.model import apps, platform, registries
+from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
+from lastbackend.model import vendors as vendor_model
 
 _JSON = {str: "string", int: "integer", bool: "boolean", float: "number"}
 
@@ -110,6 +112,7 @@ def schemas() -> dict[str, Any]:
         **_repo_schemas(),
         **_package_schemas(),
         **_event_schemas(),
+        **_vendor_image_schemas(),
         "Error": {
             "type": "object",
             "properties": {
@@ -300,6 +303,57 @@ def _event_schemas() -> dict[str, Any]:
     }
 
 
+def _vendor_image_schemas() -> dict[str, Any]:
+    """Vendors (secrets shown as ***), images with their builds, and a push hook's answer."""
+    vendor = schema_of(vendor_model.Vendor)
+    secret = {"type": "string", "enum": ["***"], "description": "never returned: shown as ***"}
+    vendor["properties"]["token"] = secret
+    vendor["properties"]["webhook_secret"] = {
+        "type": "string",
+        "enum": ["***", ""],
+        "description": "*** when set (never returned), empty when not: hooks are then refused",
+    }
+    vendor = _with(vendor, links=_LINKS)
+    either = {"oneOf": [_ref("Vendor"), {"type": "object", "maxProperties": 0}]}
+    image = _with(
+        schema_of(image_model.ImageMeta),
+        id=_ID,
+        source=_ref("ServiceSource"),
+        builds={"type": "array", "items": _ref("Build"), "description": "one image only"},
+        links=_LINKS,
+    )
+    built = {
+        "type": "object",
+        "properties": {
+            "service": _ID,
+            "project": _ID,
+            "image": _ID,
+            "number": {"type": "integer"},
+        },
+    }
+    return {
+        "Vendor": vendor,
+        "VendorConnect": schema_of(vendor_model.VendorConnect),
+        "VendorMap": {
+            "type": "object",
+            "properties": {name: either for name in vendor_model.VENDORS},
+        },
+        "Image": image,
+        "ImageCreate": schema_of(image_model.ImageCreate),
+        "ImagePatch": _optional(schema_of(image_model.ImageCreate)),
+        "HookResult": {
+            "type": "object",
+            "properties": {
+                "builds": {"type": "array", "items": built},
+                "ignored": {"type": "string", "description": "why an event started nothing"},
+            },
+        },
+    }
+
+
+UNSIGNED = frozenset({("post", "/api/hooks/{vendor}")})
+"""Operations authenticated by a webhook signature instead of the bearer token."""
+
 _MEDIA_TYPES = {"Event": "text/event-stream"}
 """Responses that are not JSON, by schema name."""
 
@@ -322,6 +376,8 @@ _BODY_NAMES = {
     platform.Domains: "Domains",
     platform.ImageBody: "ImageBody",
     registries.RegistryCreate: "RegistryCreate",
+    vendor_model.VendorConnect: "VendorConnect",
+    image_model.ImageCreate: "ImageCreate",
 }
 
 
@@ -396,6 +452,8 @@ def build(app: web.Application) -> dict[str, Any]:
     for method, path, spec in documented_routes(app):
         if spec is not None:
             paths.setdefault(path, {})[method.lower()] = _operation(spec, path)
+            if (method.lower(), path) in UNSIGNED:
+                paths[path][method.lower()]["security"] = []
     return {
         "openapi": "3.0.3",
         "info": {"title": "lastbackend", "version": "0.1.0"},

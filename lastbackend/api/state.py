@@ -12,13 +12,16 @@ from aiohttp import web
 from lastbackend.config import Settings
 from lastbackend.secrets import Secrets
 from lastbackend.sources.blobs import BlobStore
+from lastbackend.store import images as image_store
 from lastbackend.store import projects, services
 from lastbackend.store.apps import Apps
+from lastbackend.store.builds import Builds
 from lastbackend.store.droplets import Droplets
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NameCache, Objects
 from lastbackend.store.packages import Packages
 from lastbackend.store.registries import Registries
+from lastbackend.store.vendors import Vendors
 
 LogSource = Callable[[str, bool, int | None], Awaitable[AsyncIterator[bytes]]]
 """``(container id, follow, tail) -> chunks``: this process's node agent reading one container.
@@ -91,6 +94,14 @@ class State:
         return Registries(self.etcd, self.secrets)
 
     @property
+    def vendors(self) -> Vendors:
+        return Vendors(self.etcd, self.secrets)
+
+    @property
+    def images(self) -> Objects:
+        return image_store.images(self.etcd, self.names)
+
+    @property
     def projects(self) -> Objects:
         return projects.projects(self.etcd, self.names)
 
@@ -113,6 +124,11 @@ class State:
     @property
     def droplets(self) -> Droplets:
         return Droplets(self.etcd)
+
+    @property
+    def builds(self) -> Builds:
+        """Builds of services and images: numbering, reads, cancel."""
+        return Builds(self.etcd)
 
 
 STATE = web.AppKey("state", State)

@@ -10,6 +10,7 @@ of the object they belong to:
 <blob_dir>/packages/<guid>.tar   the package's bits, normalized to an uncompressed tar whose
                                  root is the app directory (see :mod:`.archive`)
 <blob_dir>/droplets/<guid>.log   a droplet's staging output, appended by the staging controller
+<blob_dir>/build-logs/<id>-<n>.log  build <n> of a service or image <id>: the build output
 <blob_dir>/tmp/                  uploads being received and normalized
 ```
 
@@ -39,8 +40,10 @@ from typing import BinaryIO
 
 from lastbackend.model.common import is_uuid
 
-KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log"}
+KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log", "build-logs": ".log"}
 """Blob kinds: the directory of each and the suffix of its files."""
+LOGS = frozenset({"droplets", "build-logs"})
+"""The kinds that are logs, appended line by line."""
 TEMP = "tmp"
 READ_CHUNK = 1 << 20
 """The most ``read_log`` returns at once."""
@@ -62,18 +65,22 @@ class BlobStore:
     # names -------------------------------------------------------------------------------------
 
     def path(self, kind: str, guid: str) -> Path:
-        """Where a blob lives. ``guid`` must be a UUID, so no name can leave its directory."""
+        """Where a blob lives. ``guid`` must be a UUID (a build log's ``<uuid>-<n>``), so no name
+        can leave its directory."""
         if kind not in KINDS:
             raise ValueError(f"unknown blob kind {kind!r}; one of {', '.join(KINDS)}")
-        if not is_uuid(guid):
-            raise ValueError(f"blob names are UUIDs, got {guid!r}")
+        if not _valid_name(kind, guid):
+            shape = "<uuid>-<build number>" if kind == "build-logs" else "UUIDs"
+            raise ValueError(f"{kind} blob names are {shape}, got {guid!r}")
         return self.root / kind / f"{guid}{KINDS[kind]}"
 
     def package_path(self, guid: str) -> Path:
         return self.path("packages", guid)
 
-    def log_path(self, guid: str) -> Path:
-        return self.path("droplets", guid)
+    def log_path(self, guid: str, kind: str = "droplets") -> Path:
+        if kind not in LOGS:
+            raise ValueError(f"{kind} blobs are not logs")
+        return self.path(kind, guid)
 
     def temp_path(self, purpose: str = "blob") -> Path:
         """A fresh path under ``tmp/`` (the directory is made, the file is not), on the same
@@ -147,7 +154,7 @@ class BlobStore:
         with scan:
             for entry in scan:
                 guid = entry.name.removesuffix(suffix)
-                if entry.name.endswith(suffix) and is_uuid(guid):
+                if entry.name.endswith(suffix) and _valid_name(kind, guid):
                     with contextlib.suppress(FileNotFoundError):
                         found[guid] = entry.stat().st_mtime
         return found
@@ -171,8 +178,9 @@ class BlobStore:
 
     # staging logs ------------------------------------------------------------------------------
 
-    def append_log(self, guid: str, text: str | bytes) -> None:
-        """Append to a droplet's staging log as whole lines: a missing final newline is added.
+    def append_log(self, guid: str, text: str | bytes, *, kind: str = "droplets") -> None:
+        """Append to a droplet's staging log (or a build's, with ``kind="build-logs"``) as whole
+        lines: a missing final newline is added.
 
         Opened, written and closed per call (``O_APPEND``), so a reader on another host sees the
         text as soon as this returns.
@@ -180,21 +188,31 @@ class BlobStore:
         data = text.encode() if isinstance(text, str) else text
         if not data.endswith(b"\n"):
             data += b"\n"
-        path = self.log_path(guid)
+        path = self.log_path(guid, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as out:
             out.write(data)
 
-    def read_log(self, guid: str, offset: int = 0, limit: int = READ_CHUNK) -> tuple[bytes, int]:
+    def read_log(
+        self, guid: str, offset: int = 0, limit: int = READ_CHUNK, *, kind: str = "droplets"
+    ) -> tuple[bytes, int]:
         """Up to ``limit`` bytes of the log from ``offset``, and the offset to read from next.
-        No log yet (a droplet still PENDING) reads as empty."""
+        No log yet (a droplet still PENDING, a build still queued) reads as empty."""
         try:
-            with open(self.log_path(guid), "rb") as f:
+            with open(self.log_path(guid, kind), "rb") as f:
                 f.seek(offset)
                 data = f.read(limit)
         except FileNotFoundError:
             return b"", offset
         return data, offset + len(data)
+
+
+def _valid_name(kind: str, name: str) -> bool:
+    """A UUID; for build logs ``<uuid>-<n>`` (the service or image id and the build number)."""
+    if kind == "build-logs":
+        owner, _, number = name.rpartition("-")
+        return is_uuid(owner) and number.isdigit() and number == str(int(number))
+    return is_uuid(name)
 
 
 def _fsync_dir(path: Path) -> None:

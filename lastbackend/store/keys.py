@@ -187,6 +187,19 @@ def droplet_owner(guid: str) -> str:
     return f"{HELPER_DROPLETS}{guid}"
 
 
+HELPER_IMAGES = f"{HELPER}images/"
+
+
+def image_name(name: str) -> str:
+    """``helper/images/<name>`` -> ``<iid>``, keeping image names unique.
+
+    An image name is a docker repository and holds ``/`` (``registry.local:5000/acme/web``), so
+    it is percent-encoded into one segment: ``helper/images/registry.local:5000%2Facme%2Fweb``.
+    The names the model accepts have no ``%`` of their own, so the encoding is one-to-one.
+    """
+    return f"{HELPER_IMAGES}{name.replace('/', '%2F')}"
+
+
 def owner_of_contained(key: str) -> str | None:
     """The helper key that points at ``key`` if it is a package or droplet, else ``None``.
 

@@ -36,7 +36,7 @@ Rules every implementation keeps, because the agent's idempotence rests on them:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +55,11 @@ class RuntimeUnavailable(ContainerRuntimeError):
 
 class ImageError(ContainerRuntimeError):
     """An image could not be pulled: missing, unauthorized, or the registry is unreachable."""
+
+
+class BuildError(ContainerRuntimeError):
+    """``docker build`` failed: a step exited non-zero, the Dockerfile is missing or wrong, the
+    base image could not be had. The message is the engine's reason, fit to show the user."""
 
 
 class ContainerNotFound(ContainerRuntimeError):
@@ -320,6 +325,25 @@ class Runtime(Protocol):
 
     async def remove_image(self, ref: str) -> None:
         """Untag ``ref`` (removing the image with its last name); nothing if it is gone."""
+        ...
+
+    async def build_image(
+        self,
+        context_tar: bytes,
+        dockerfile: str,
+        tag: str,
+        *,
+        labels: Labels,
+        log: Callable[[str], None],
+    ) -> str:
+        """``docker build`` of the context (an uncompressed tar) with the Dockerfile at
+        ``dockerfile`` inside it, tagged ``tag`` and labelled ``labels``; returns the image id.
+
+        Each line of the build's output is passed to ``log`` as it comes. Raises
+        :class:`BuildError` with the engine's reason when the build fails. Cancelling the call
+        stops the build on the engine, and the containers of its steps are removed (after a
+        failure too), so nothing of an unfinished build keeps running.
+        """
         ...
 
     async def close(self) -> None:

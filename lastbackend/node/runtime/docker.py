@@ -30,11 +30,13 @@ from typing import Any, Generic, Protocol, TypeVar
 import docker
 import docker.errors
 import docker.types
+import docker.types.daemon
 import docker.utils
 import requests.exceptions
 import structlog
 
 from lastbackend.node.runtime.base import (
+    BuildError,
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerSpec,
@@ -556,6 +558,93 @@ class DockerRuntime:
                 self._client().remove_image(ref)
 
         await self._call(f"removing image {ref}", remove)
+
+    # -- builds
+    async def build_image(
+        self,
+        context_tar: bytes,
+        dockerfile: str,
+        tag: str,
+        *,
+        labels: Labels,
+        log: Callable[[str], None],
+    ) -> str:
+        image_id = ""
+        build = self._stream(
+            f"building {tag}",
+            lambda bridge: self._build(bridge, context_tar, dockerfile, tag, dict(labels)),
+        )
+        async for kind, value in build:
+            if kind == "id":
+                image_id = value
+            else:
+                log(value)
+        if not image_id:  # engines that send no aux ID: the tag names the result
+            info = await self.inspect_image(tag)
+            if info is None:
+                raise BuildError(f"building {tag}: the engine reported no image")
+            image_id = info.id
+        return image_id
+
+    def _build(
+        self,
+        bridge: _Bridge[tuple[str, str]],
+        context_tar: bytes,
+        dockerfile: str,
+        tag: str,
+        labels: dict[str, str],
+    ) -> None:
+        """The engine's ``POST /build`` (the classic builder), read as it streams.
+
+        Not ``APIClient.build``: its generator hides the response, and closing the response's
+        socket is how a cancelled build is stopped: the engine sees its client gone, kills the
+        step's container and removes it (``forcerm``).
+        """
+        api = self._client(stream=True)
+        params = {
+            "t": tag,
+            "dockerfile": dockerfile,
+            "rm": True,
+            "forcerm": True,
+            "pull": False,
+            "labels": json.dumps(labels),
+        }
+        try:
+            response = api._post(
+                api._url("/build"),
+                data=context_tar,
+                params=params,
+                headers={"Content-Type": "application/tar"},
+                stream=True,
+                timeout=None,
+            )
+            api._raise_for_status(response)
+        except docker.errors.APIError as exc:
+            raise BuildError(f"docker build failed: {_explain(exc)}") from None
+        stream = docker.types.daemon.CancellableStream(
+            api._stream_helper(response, decode=True), response
+        )
+        if not bridge.attach(stream):
+            return
+        pending = ""
+        for item in stream:
+            if "error" in item:
+                detail = (item.get("errorDetail") or {}).get("message") or item["error"]
+                raise BuildError(f"docker build failed: {str(detail).strip()}")
+            aux = item.get("aux")
+            if isinstance(aux, dict) and aux.get("ID") and not bridge.emit(("id", str(aux["ID"]))):
+                return
+            text = item.get("stream")
+            if text is None and item.get("status") and not item.get("progress"):
+                text = f"{item['status']}\n"  # pulling the base image: one line per step
+            if not text:
+                continue
+            *lines, pending = (pending + str(text)).split("\n")
+            for line in lines:
+                if line.strip() and not bridge.emit(("line", line.rstrip())):
+                    return
+        if pending.strip():
+            bridge.emit(("line", pending.rstrip()))
 
     def _inspect(self, id_or_name: str) -> dict[str, Any] | None:
         try:

@@ -9,8 +9,8 @@ controller tested against it behaves the same on Docker; ``tests/unit/test_runti
 Everything is deterministic: ids are hashes of a counter, free host ports count up from
 ``FIRST_PORT``, and the clock advances one second per change. Tests steer it with
 :meth:`FakeRuntime.kill`, :meth:`FakeRuntime.write_log`, :meth:`FakeRuntime.fail_pull`,
-:meth:`FakeRuntime.fail_push`, :meth:`FakeRuntime.require_auth` and the ``capacity`` attribute,
-and observe ``pulls`` and ``pushes``.
+:meth:`FakeRuntime.fail_push`, :meth:`FakeRuntime.require_auth`, ``build_gate`` and the
+``capacity`` attribute, and observe ``pulls``, ``pushes`` and ``builds``.
 
 Nothing is executed. Containers and images have an in-memory filesystem (what
 :meth:`FakeRuntime.put_archive` unpacks, :meth:`FakeRuntime.get_archive` packs and
@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import io
 import itertools
+import json
 import posixpath
 import tarfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -36,6 +37,7 @@ import attrs
 
 from lastbackend.model.registries import registry_host
 from lastbackend.node.runtime.base import (
+    BuildError,
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerSpec,
@@ -215,6 +217,10 @@ class FakeRuntime:
         """Every pull attempted, with the credentials it was given, in order."""
         self.pushes: list[tuple[str, RegistryAuth | None]] = []
         """Every push attempted, with the credentials it was given, in order."""
+        self.builds: list[str] = []
+        """The tag of every build started, in order."""
+        self.build_gate: asyncio.Event | None = None
+        """When set to an event, every build waits for it after its last step (a long build)."""
         self.closed = False
         self._programs: list[Program] = []
         self._image_ids: dict[str, str] = {}
@@ -430,6 +436,77 @@ class FakeRuntime:
         self.images.discard(ref)
         self._image_ids.pop(ref, None)
 
+    async def build_image(
+        self,
+        context_tar: bytes,
+        dockerfile: str,
+        tag: str,
+        *,
+        labels: Labels,
+        log: Callable[[str], None],
+    ) -> str:
+        """A small Dockerfile interpreter: ``FROM`` (a local image), ``COPY``, ``CMD``, ``ENV``,
+        ``EXPOSE``; ``RUN exit <n>`` fails with Docker's message, other ``RUN`` lines do nothing."""
+        self.builds.append(tag)
+        context = _root()
+        _unpack(context, "/", context_tar)
+        source = context.get(_norm(dockerfile))
+        if source is None or source.kind != "file":
+            raise BuildError(
+                f"docker build failed: Cannot locate specified Dockerfile: {dockerfile}"
+            )
+        steps = [
+            line.strip()
+            for line in source.data.decode().splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        files: Files | None = None
+        config = ImageConfig()
+        for number, step in enumerate(steps, 1):
+            log(f"Step {number}/{len(steps)} : {step}")
+            instruction, _, args = step.partition(" ")
+            instruction, args = instruction.upper(), args.strip()
+            if instruction == "FROM":
+                base = self._image(args)
+                if base is None:
+                    raise BuildError(
+                        f"docker build failed: pull access denied for {split_image(args)[0]}, "
+                        "repository does not exist or may require 'docker login'"
+                    )
+                files, config = dict(base.files), base.config
+                continue
+            if files is None:
+                raise BuildError("docker build failed: no build stage in current context")
+            if instruction == "COPY":
+                src, dst = args.split()
+                for path, node in _copied(context, _norm(src), _norm(dst)).items():
+                    files[path] = node
+                    _parents(files, path)
+            elif instruction == "CMD":
+                cmd = json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+                config = attrs.evolve(config, cmd=cmd)
+            elif instruction == "ENV":
+                key, _, value = args.partition("=")
+                config = attrs.evolve(config, env={**config.env, key: value})
+            elif instruction == "EXPOSE":
+                ports = {*config.exposed_ports, args.upper() if "/" in args else f"{args}/TCP"}
+                config = attrs.evolve(config, exposed_ports=sorted(ports))
+            elif instruction == "RUN" and args.startswith("exit ") and args[5:] != "0":
+                raise BuildError(
+                    f"docker build failed: The command '/bin/sh -c {args}' returned a non-zero "
+                    f"code: {args[5:]}"
+                )
+            await asyncio.sleep(0)
+        if files is None:
+            raise BuildError("docker build failed: the Dockerfile has no FROM")
+        if self.build_gate is not None:
+            await self.build_gate.wait()
+        config = attrs.evolve(config, labels={**config.labels, **labels})
+        image_id = self._store(tag, config, files, f"build {tag} {len(self.builds)}")
+        log(f"Successfully built {image_id[7:19]}")
+        log(f"Successfully tagged {tag}")
+        return image_id
+
     async def list(self, labels: Labels) -> list[ContainerState]:
         states = [b.state for b in self._containers.values() if has_labels(b.state.labels, labels)]
         return sorted(states, key=lambda s: (s.created, s.name))
@@ -607,6 +684,21 @@ class FakeRuntime:
             if not follow or not box.state.running or self._box(box.state.id) is None:
                 return
             await box.changed.wait()
+
+
+def _copied(context: Files, src: str, dst: str) -> Files:
+    """What ``COPY src dst`` adds: a file as ``dst``, or a directory's contents under ``dst``."""
+    node = context.get(src)
+    if node is None:
+        raise BuildError(f"docker build failed: COPY failed: no {src} in the build context")
+    if node.kind != "dir":
+        return {dst: node}
+    prefix = src.rstrip("/") + "/"
+    return {
+        posixpath.join(dst, path[len(prefix) :]): n
+        for path, n in context.items()
+        if path.startswith(prefix)
+    }
 
 
 def _with_tag(ref: str) -> str:

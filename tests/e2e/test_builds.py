@@ -1,0 +1,406 @@
+"""Builds end to end: ``lastbackend daemon`` clones, ``docker build``s, pushes and rolls out.
+
+Everything is real: a smart-HTTP git server on loopback that demands the vendor's token
+(``tests/gitserver.py``), the vendor connected through ``/api/vendors/github``, a Dockerfile
+``FROM`` the offline busybox image, the Docker engine, the htpasswd registry of the e2e fixtures
+(the daemon's ``LB_PLATFORM_REGISTRY``, with its account stored through ``/api/registries``), and
+the node agent running the built image. What is checked is what a user notices: the build's
+status and message, its log, the tag in the registry, and the page the service answers with.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import docker
+import pytest
+
+from lastbackend.api.hooks import sign
+from lastbackend.store.embedded import EmbeddedEtcd
+from lastbackend.store.etcd import Etcd
+from tests.e2e.conftest import Registry
+from tests.e2e.test_containers import Harness, Proc, eventually
+from tests.gitserver import GitServer, commit, make_repo
+
+pytestmark = [pytest.mark.docker, pytest.mark.etcd]
+
+TOKEN = "ghp_e2e0123456789abcdef0123456789abcdef"
+USER = "ada"
+HOOK_SECRET = "hook-" + uuid.uuid4().hex
+INTERRUPTED = "interrupted: the build controller restarted while this build ran; start it again"
+
+
+def dockerfile(base: str, extra: str = "") -> str:
+    return (
+        f"FROM {base}\n"
+        f"{extra}"
+        "COPY index.html /www/index.html\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n'
+    )
+
+
+class BuildHarness(Harness):
+    """The containers harness, its daemons pushing builds to the e2e registry."""
+
+    registry_host = ""
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["LB_PLATFORM_REGISTRY"] = self.registry_host
+        return env
+
+
+@pytest.fixture
+def harness(
+    tmp_path: Path, dockerd: str, base_image: str, docker_api: docker.APIClient, registry: Registry
+) -> Iterator[BuildHarness]:
+    h = BuildHarness(tmp_path, dockerd, docker_api)
+    h.registry_host = registry.host
+    try:
+        yield h
+    finally:
+        h.cleanup()
+
+
+@pytest.fixture
+async def git(tmp_path: Path) -> AsyncIterator[GitServer]:
+    server = GitServer(tmp_path / "git", USER, TOKEN)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+class Site:
+    """One project with a service built from ``acme/<repo>`` on the git server."""
+
+    def __init__(self, h: BuildHarness, proc: Proc, git: GitServer, registry: Registry) -> None:
+        self.h = h
+        self.proc = proc
+        self.git = git
+        self.registry = registry
+        self.project = f"p-{uuid.uuid4().hex[:8]}"
+        self.repo = f"site{uuid.uuid4().hex[:6]}"
+        self.pid = ""
+        self.sid = ""
+
+    @property
+    def builds(self) -> str:
+        return f"/api/projects/{self.project}/services/web/builds"
+
+    async def call(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        _, data = await self.h.call(self.proc, method, path, body, expect=expect)
+        return data
+
+    async def setup(self, files: dict[str, str], branch: str = "main") -> str:
+        sha = make_repo(self.git.root / "acme", self.repo, files)
+        vendor = {
+            "host": f"127.0.0.1:{self.git.port}",
+            "scheme": "http",
+            "username": USER,
+            "token": TOKEN,
+            "webhook_secret": HOOK_SECRET,
+        }
+        status, _ = await self.h.call(self.proc, "PUT", "/api/vendors/github", vendor)
+        assert status in (200, 201)
+        account = {
+            "host": self.registry.host,
+            "username": self.registry.username,
+            "password": self.registry.password,
+        }
+        status, _ = await self.h.call(self.proc, "POST", "/api/registries", account)
+        assert status in (201, 409)
+        self.pid = (await self.call("POST", "/api/projects", {"name": self.project}, 201))["id"]
+        service = {
+            "name": "web",
+            "source": {"hub": "github", "owner": "acme", "repo": self.repo, "branch": branch},
+            "config": {"replicas": 1, "memory": 32, "ports": {"8080/TCP": 0}},
+        }
+        path = f"/api/projects/{self.project}/services"
+        self.sid = (await self.call("POST", path, service, 201))["id"]
+        return sha
+
+    def ref(self, number: int) -> str:
+        ref = f"{self.registry.host}/{self.project}/web:{number}"
+        self.h.images.append(ref)
+        return ref
+
+    async def start(self) -> int:
+        return int((await self.call("POST", self.builds, None, 201))["number"])
+
+    async def build(self, number: int) -> dict[str, Any]:
+        return dict(await self.call("GET", f"{self.builds}/{number}"))
+
+    async def ended(self, number: int, within: float = 120) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            build = await self.build(number)
+            return build if build["status"] in ("success", "failed", "canceled") else None
+
+        result: dict[str, Any] = await eventually(
+            probe, within, f"build {number} ended", explain=self.h.explain, interval=0.2
+        )
+        return result
+
+    async def reaches(self, number: int, status: str, within: float = 60) -> None:
+        async def probe() -> bool:
+            return (await self.build(number))["status"] == status
+
+        await eventually(probe, within, f"build {number} {status}", explain=self.h.explain)
+
+    async def logs(self, number: int) -> str:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.proc.url}{self.builds}/{number}/logs") as resp,
+        ):
+            assert resp.status == 200
+            return await resp.text()
+
+    async def answers(self, expected: bytes, within: float = 60) -> None:
+        """The service's running container serves ``expected`` on its published port."""
+        path = f"/api/projects/{self.project}/services/web/containers"
+
+        async def probe() -> bool:
+            body = await self.call("GET", path)
+            for container in body["resources"]:
+                port = container["ports"].get("8080/TCP")
+                if container["status"] != "running" or not port:
+                    continue
+                timeout = aiohttp.ClientTimeout(total=3)
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with (
+                        aiohttp.ClientSession(timeout=timeout) as http,
+                        http.get(f"http://127.0.0.1:{port}/") as resp,
+                    ):
+                        if resp.status == 200 and await resp.read() == expected:
+                            return True
+            return False
+
+        await eventually(probe, within, f"the service answers {expected!r}", explain=self.h.explain)
+
+    async def registry_tags(self) -> list[str]:
+        """What the registry itself lists for the service's repository."""
+        raw = f"{self.registry.username}:{self.registry.password}".encode()
+        headers = {"Authorization": f"Basic {base64.b64encode(raw).decode()}"}
+        url = f"http://{self.registry.host}/v2/{self.project}/web/tags/list"
+        async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+            if resp.status != 200:
+                return []
+            return list((await resp.json()).get("tags") or [])
+
+    async def hook(self, sha: str, message: str, secret: str = HOOK_SECRET) -> tuple[int, Any]:
+        payload = {
+            "ref": "refs/heads/main",
+            "after": sha,
+            "repository": {"name": self.repo, "owner": {"login": "acme"}},
+            "head_commit": {"id": sha, "message": message, "author": {"name": "Ada"}},
+        }
+        raw = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": sign(secret, raw),
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.proc.url}/api/hooks/github", data=raw, headers=headers) as resp,
+        ):
+            text = await resp.text()
+            return resp.status, json.loads(text) if text else None
+
+    def step_containers(self, marker: str) -> list[str]:
+        """Containers of ``docker build`` steps whose command holds ``marker``."""
+        found = self.h.docker.containers(all=True)
+        return [c["Id"] for c in found if marker in (c.get("Command") or "")]
+
+
+async def daemon_with_site(
+    h: BuildHarness, etcd_server: EmbeddedEtcd, git: GitServer, registry: Registry
+) -> tuple[Proc, Site]:
+    daemon = h.start("daemon", etcd_server.endpoint)
+    await h.ready(daemon)
+    return daemon, Site(h, daemon, git, registry)
+
+
+# --- a build, then a push webhook, each rolled out --------------------------------------------
+
+
+async def test_build_then_push_webhook_roll_out_new_content(
+    harness: BuildHarness,
+    etcd: Etcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    base_image: str,
+) -> None:
+    h = harness
+    _, site = await daemon_with_site(h, etcd_server, git, registry)
+    sha = await site.setup({"Dockerfile": dockerfile(base_image), "index.html": "v1 built\n"})
+
+    number = await site.start()
+    assert number == 1
+    build = await site.ended(number)
+    assert build["status"] == "success", await site.logs(number)
+    assert build["commit"] == sha
+    assert build["commitMessage"] == f"first commit of {site.repo}"
+    assert build["committer"] == "Ada"
+    ref = site.ref(1)
+    image = await site.call("GET", f"/api/projects/{site.project}/services/web/image")
+    assert image == {"image": ref}
+    assert "1" in await site.registry_tags()
+    log = await site.logs(number)
+    assert "Step 2/4 : COPY index.html /www/index.html" in log  # step 4: our LABEL
+    assert f"Pushing {ref} as {registry.username}" in log
+    assert TOKEN not in log
+    assert registry.password not in log
+    await site.answers(b"v1 built\n")
+
+    tag = await site.call("GET", f"/api/repos/acme.{site.repo}/branches/main/tags/untested")
+    assert (tag["build_id"], tag["commit_id"]) == ("1", sha)
+    [artifact] = tag["artifacts"].values()
+    assert artifact["registry_url"] == registry.host
+    assert artifact["repository"] == f"{site.project}/web"
+
+    # a push webhook: a wrong signature starts nothing, a right one builds and rolls out
+    second = commit(git.root / "acme", site.repo, {"index.html": "v2 pushed\n"}, "second page")
+    status, answer = await site.hook(second, "second page\n\nbody", secret="not-the-secret")
+    assert status == 401, answer
+    assert [b["number"] for b in (await site.call("GET", site.builds))["resources"]] == [1]
+    status, answer = await site.hook(second, "second page\n\nbody")
+    assert status == 202, answer
+    assert answer["builds"] == [{"service": site.sid, "project": site.pid, "number": 2}]
+    build = await site.ended(2)
+    assert build["status"] == "success", await site.logs(2)
+    assert (build["commit"], build["commitMessage"]) == (second, "second page")
+    image = await site.call("GET", f"/api/projects/{site.project}/services/web/image")
+    assert image == {"image": site.ref(2)}
+    await site.answers(b"v2 pushed\n")
+    assert sorted(await site.registry_tags()) == ["1", "2"]
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+async def test_bad_branch_and_failing_step_fail_with_their_reasons(
+    harness: BuildHarness,
+    etcd: Etcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    base_image: str,
+) -> None:
+    h = harness
+    _, site = await daemon_with_site(h, etcd_server, git, registry)
+    files = {"Dockerfile": dockerfile(base_image, "RUN exit 7\n"), "index.html": "never\n"}
+    await site.setup(files, branch="release")  # the repository has only main
+    build = await site.ended(await site.start())
+    assert build["status"] == "failed"
+    assert build["message"].startswith("clone repo failed: fatal:"), build
+    assert "release" in build["message"]
+
+    await site.call(
+        "PUT",
+        f"/api/projects/{site.project}/services/web/source",
+        {"hub": "github", "owner": "acme", "repo": site.repo, "branch": "main"},
+    )
+    build = await site.ended(await site.start())
+    assert build["status"] == "failed"
+    assert build["message"] == (
+        "docker build failed: The command '/bin/sh -c exit 7' returned a non-zero code: 7"
+    )
+    assert "Build failed: docker build failed" in await site.logs(2)
+    image = await site.call("GET", f"/api/projects/{site.project}/services/web/image")
+    assert image == {"image": None}
+
+
+# --- one at a time, and cancel --------------------------------------------------------------------
+
+
+async def test_builds_run_one_at_a_time_and_cancel_stops_docker_build(
+    harness: BuildHarness,
+    etcd: Etcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    base_image: str,
+) -> None:
+    h = harness
+    _, site = await daemon_with_site(h, etcd_server, git, registry)
+    marker = f"lb-cancel-{uuid.uuid4().hex[:8]}"
+    slow = dockerfile(base_image, f"RUN sleep 120 # {marker}\n")
+    await site.setup({"Dockerfile": slow, "index.html": "slow\n"})
+    first, second = await site.start(), await site.start()
+
+    running = await eventually(
+        lambda: site.step_containers(marker), 60, "the RUN step running", explain=h.explain
+    )
+    assert (await site.build(first))["status"] == "building"
+    assert (await site.build(second))["status"] == "queued"  # one at a time per service
+
+    canceled = await site.call("POST", f"{site.builds}/{first}/cancel")
+    assert canceled["status"] == "canceled"
+    # the engine stops the step and removes its container; then the next build starts
+    await eventually(
+        lambda: not set(running) & set(site.step_containers(marker)),
+        30,
+        "the canceled step's container removed",
+        explain=h.explain,
+    )
+    await site.reaches(second, "building")
+    assert (await site.build(first))["status"] == "canceled"
+    running = await eventually(lambda: site.step_containers(marker), 60, "the next RUN step")
+    await site.call("POST", f"{site.builds}/{second}/cancel")
+    await eventually(lambda: not site.step_containers(marker), 30, "second step removed")
+    assert "Build stopped" in await site.logs(first)
+    again = await h.call(site.proc, "POST", f"{site.builds}/{first}/cancel")
+    assert again[0] == 409
+    image = await site.call("GET", f"/api/projects/{site.project}/services/web/image")
+    assert image == {"image": None}
+
+
+# --- kill -9 mid-build ----------------------------------------------------------------------------
+
+
+async def test_kill_9_mid_build_ends_failed_never_stuck_building(
+    harness: BuildHarness,
+    etcd: Etcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    base_image: str,
+) -> None:
+    h = harness
+    daemon, site = await daemon_with_site(h, etcd_server, git, registry)
+    marker = f"lb-kill-{uuid.uuid4().hex[:8]}"
+    await site.setup(
+        {"Dockerfile": dockerfile(base_image, f"RUN sleep 120 # {marker}\n"), "index.html": "x\n"}
+    )
+    number = await site.start()
+    await eventually(lambda: site.step_containers(marker), 60, "the RUN step running")
+    daemon.kill()
+    # the engine sees its client gone and stops the step
+    await eventually(lambda: not site.step_containers(marker), 30, "step container gone")
+
+    restarted = h.start("daemon", etcd_server.endpoint)
+    await h.ready(restarted)
+    site.proc = restarted
+    build = await site.ended(number, within=90)  # after the dead leader's lease expires
+    assert (build["status"], build["message"]) == ("failed", INTERRUPTED)
+    assert "Build failed: interrupted" in await site.logs(number)
+
+    # and the service can be built again
+    commit(
+        git.root / "acme",
+        site.repo,
+        {"Dockerfile": dockerfile(base_image), "index.html": "after the crash\n"},
+        "fast again",
+    )
+    build = await site.ended(await site.start())
+    assert build["status"] == "success", await site.logs(2)
+    site.ref(2)
+    await site.answers(b"after the crash\n")
