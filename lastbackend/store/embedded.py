@@ -4,6 +4,12 @@
 and the test fixtures use it to get a real server on free ports. The child gets
 ``PR_SET_PDEATHSIG`` so that an owner killed with ``kill -9`` does not leave an etcd holding the
 data directory's lock.
+
+The death signal is set by util-linux's ``setpriv --pdeathsig`` where it exists, not by a
+``preexec_fn``: Python code between fork and exec runs the fork handlers of every library in
+the parent, and gRPC's restarts its poller in the child, which then aborts (SIGABRT) when
+``close_fds`` closes that poller's epoll descriptor. CI saw exactly that, once in a few hundred
+restarts. Without ``preexec_fn`` subprocess forks with no Python in the child at all.
 """
 
 from __future__ import annotations
@@ -92,13 +98,16 @@ class EmbeddedEtcd:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
         cmd = self.command()
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=None if setpriv is not None else _die_with_parent,
             )
 
     def wait_healthy(self, timeout: float) -> None:
