@@ -119,6 +119,19 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _descriptor(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that reads the settings and the lifecycle descriptor only."""
+    parser.add_argument(
+        "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
+    )
+    parser.add_argument(
+        "--descriptor",
+        dest="lifecycle_descriptor",
+        type=Path,
+        help="a lifecycle.toml (LB_LIFECYCLE_DESCRIPTOR; default: the shipped one)",
+    )
+
+
 def _lifecycle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     top = sub.add_parser("lifecycle", help="the lifecycle descriptor: inspect it, check APIs")
     actions = top.add_subparsers(dest="lifecycle_command", required=True)
@@ -142,15 +155,7 @@ def _lifecycle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--buildpack-api", dest="check_buildpack_api", help="a buildpack.toml's api, like 2.1"
     )
     for p in (inspect, check):
-        p.add_argument(
-            "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
-        )
-        p.add_argument(
-            "--descriptor",
-            dest="lifecycle_descriptor",
-            type=Path,
-            help="a lifecycle.toml (LB_LIFECYCLE_DESCRIPTOR; default: the shipped one)",
-        )
+        _descriptor(p)
 
 
 def _stack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -172,15 +177,7 @@ def _stack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(
             "--docker", help="the Docker engine, like DOCKER_HOST (default: node.docker_host)"
         )
-        p.add_argument(
-            "--config", type=Path, help="TOML settings file (see configs/lastbackend.toml)"
-        )
-        p.add_argument(
-            "--descriptor",
-            dest="lifecycle_descriptor",
-            type=Path,
-            help="a lifecycle.toml (LB_LIFECYCLE_DESCRIPTOR; default: the shipped one)",
-        )
+        _descriptor(p)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -227,18 +227,16 @@ def is_loopback(host: str) -> bool:
 
 def is_http_url(value: str) -> bool:
     """``http(s)://host[:port]``: what a node may advertise (no path: routes are absolute)."""
-    from urllib.parse import urlsplit
-
-    try:
-        url = urlsplit(value)
-        url.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return False
-    return url.scheme in ("http", "https") and bool(url.hostname) and url.path in ("", "/")
+    return _is_url(value, ("http", "https"))
 
 
 def is_amqp_url(value: str) -> bool:
     """``amqp(s)://[user:password@]host[:port]``: a broker the events controller can forward to."""
+    return _is_url(value, ("amqp", "amqps"))
+
+
+def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
+    """A URL of one of ``schemes`` with a host, a valid port if any, and no path."""
     from urllib.parse import urlsplit
 
     try:
@@ -246,7 +244,7 @@ def is_amqp_url(value: str) -> bool:
         url.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return False
-    return url.scheme in ("amqp", "amqps") and bool(url.hostname) and url.path in ("", "/")
+    return url.scheme in schemes and bool(url.hostname) and url.path in ("", "/")
 
 
 def is_fernet_key(value: str) -> bool:

@@ -3,7 +3,7 @@
 The same five routes on both targets::
 
     POST /api/projects/{project}/services/{service}/builds      start (201, the queued build)
-    GET  .../builds, GET .../builds/{n}                           (services: in api/services.py)
+    GET  .../builds, GET .../builds/{n}                           by number
     POST .../builds/{n}/cancel                                    a queued or running build
     GET  .../builds/{n}/logs?follow=true                          its output, as text
     POST /api/images/{image}/builds  ... and the same under /api/images/{image}
@@ -20,34 +20,28 @@ server shuts down).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from lastbackend import codec
-from lastbackend.api.errors import ApiError, bad_query
+from lastbackend.api.errors import ApiError
 from lastbackend.api.http import doc, json_response, page_body, paging, read_json
-from lastbackend.api.middlewares import INFLIGHT
 from lastbackend.api.services import ONE as SERVICE
 from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE
+from lastbackend.api.streams import follow_query, send_log
 from lastbackend.model.common import is_uuid
 from lastbackend.model.platform import Build
+from lastbackend.sources.blobs import BUILD_LOGS
 from lastbackend.store import keys
-from lastbackend.store.builds import FINAL, NoSource, StoredBuild, Target
-from lastbackend.store.etcd import StoreError
-from lastbackend.store.objects import NotFound
+from lastbackend.store.builds import FINAL, NoSource, Target
 
 routes = web.RouteTableDef()
 
 SERVICE_BUILDS = SERVICE + "/builds"
 IMAGE_BUILDS = "/api/images/{image}/builds"
-LOG_KIND = "build-logs"
-POLL = 0.2
-"""Seconds between looks at a followed log and its build's status."""
-TEXT = "text/plain; charset=utf-8"
 
 
 def view(number: int, build: Build) -> dict[str, Any]:
@@ -122,15 +116,15 @@ async def start_image_build(request: web.Request) -> web.Response:
     return await _start(request, await _image(request))
 
 
-# read (images; a service's are in api/services.py) ------------------------------------------------
+# read ---------------------------------------------------------------------------------------------
 
 
-@routes.get(IMAGE_BUILDS)
-@doc("List an image's builds by number", response="Build", paginated=True)
-async def image_builds(request: web.Request) -> web.Response:
+async def _list(
+    request: web.Request, target_of: Callable[[web.Request], Awaitable[Target]]
+) -> web.Response:
+    """A page of the target's builds; the query is checked before the target is looked up."""
     pg = paging(request, ("number",))
-    target = await _image(request)
-    items, revision = await request.app[STATE].builds.list(target)
+    items, revision = await request.app[STATE].builds.list(await target_of(request))
     items.sort(key=lambda b: b.number, reverse=pg.descending)
     chosen = [view(b.number, b.build) for b in items[(pg.page - 1) * pg.per_page :][: pg.per_page]]
     return json_response(
@@ -138,12 +132,33 @@ async def image_builds(request: web.Request) -> web.Response:
     )
 
 
+async def _one(request: web.Request, target: Target) -> web.Response:
+    stored = await request.app[STATE].builds.get(target, _number(request))
+    return json_response(view(stored.number, stored.build), revision=stored.kv.mod_revision)
+
+
+@routes.get(SERVICE_BUILDS)
+@doc("List a service's builds by number", response="Build", paginated=True)
+async def service_builds(request: web.Request) -> web.Response:
+    return await _list(request, _service)
+
+
+@routes.get(SERVICE_BUILDS + "/{build}")
+@doc("Get one of a service's builds by number", response="Build")
+async def service_build(request: web.Request) -> web.Response:
+    return await _one(request, await _service(request))
+
+
+@routes.get(IMAGE_BUILDS)
+@doc("List an image's builds by number", response="Build", paginated=True)
+async def image_builds(request: web.Request) -> web.Response:
+    return await _list(request, _image)
+
+
 @routes.get(IMAGE_BUILDS + "/{build}")
 @doc("Get one of an image's builds by number", response="Build")
 async def image_build(request: web.Request) -> web.Response:
-    target = await _image(request)
-    stored = await request.app[STATE].builds.get(target, _number(request))
-    return json_response(view(stored.number, stored.build), revision=stored.kv.mod_revision)
+    return await _one(request, await _image(request))
 
 
 # cancel -------------------------------------------------------------------------------------------
@@ -169,71 +184,15 @@ async def cancel_image_build(request: web.Request) -> web.Response:
 # output -------------------------------------------------------------------------------------------
 
 
-def _follow(request: web.Request) -> bool:
-    raw = request.query.get("follow", "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise bad_query("follow", f"must be true or false, got {raw!r}")
-    return raw in ("true", "1")
-
-
 async def _logs(request: web.Request, target: Target) -> web.StreamResponse:
-    follow = _follow(request)
+    follow = follow_query(request)
     number = _number(request)
-    stored = await request.app[STATE].builds.get(target, number)  # 404 before any byte is sent
-    response = web.StreamResponse(headers={"Content-Type": TEXT})
-    await response.prepare(request)
-    inflight = request.app[INFLIGHT]
-    if follow:  # a followed log may outlive any drain timeout: shutdown ends it instead
-        inflight.leave()
-    try:
-        with contextlib.suppress(ConnectionError):
-            await _copy_log(request, response, target, stored if follow else None)
-            await response.write_eof()
-    finally:
-        if follow:
-            inflight.enter()  # the middleware leaves once more
-    return response
+    builds = request.app[STATE].builds
 
+    async def ended() -> bool:
+        return (await builds.get(target, number)).build.status in FINAL
 
-async def _copy_log(
-    request: web.Request,
-    response: web.StreamResponse,
-    target: Target,
-    stored: StoredBuild | None,
-) -> None:
-    """Send the log from the start; while the build (None: don't follow) has not finished, keep
-    sending what is appended, looking at its status every :data:`POLL` seconds.
-
-    The status is read *before* the log each round, so output written before the build ended is
-    always sent before the stream ends.
-    """
-    state = request.app[STATE]
-    name = target.log_name(stored.number if stored else _number(request))
-    offset = 0
-    last = stored is None or stored.build.status in FINAL
-    while True:
-        while True:
-            chunk, offset = await asyncio.to_thread(
-                state.blobs.read_log, name, offset, kind=LOG_KIND
-            )
-            if not chunk:
-                break
-            await response.write(chunk)
-        if last or state.closing.is_set() or _gone(request):
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.closing.wait(), POLL)
-        try:
-            last = (await state.builds.get(target, stored.number)).build.status in FINAL
-        except NotFound:
-            last = True
-        except StoreError:
-            return
-
-
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
+    return await send_log(request, BUILD_LOGS, target.log_name(number), ended, follow=follow)
 
 
 @routes.get(SERVICE_BUILDS + "/{build}/logs")

@@ -19,17 +19,16 @@ droplet is ``STAGED`` or ``FAILED`` (or deleted, or the server shuts down).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from aiohttp import web
 
 from lastbackend import codec
-from lastbackend.api.errors import ApiError, bad_query
+from lastbackend.api.errors import ApiError
 from lastbackend.api.http import body, doc, if_match, json_response
-from lastbackend.api.middlewares import INFLIGHT
 from lastbackend.api.packages import filter_values, listing
 from lastbackend.api.state import STATE
+from lastbackend.api.streams import follow_query, send_log
 from lastbackend.model.apps import (
     DROPLET_STATES,
     LIFECYCLE_OF_PACKAGE,
@@ -40,8 +39,8 @@ from lastbackend.model.apps import (
 from lastbackend.model.common import now
 from lastbackend.store import keys
 from lastbackend.store.droplets import StoredDroplet
-from lastbackend.store.etcd import Cmp, StoreError
-from lastbackend.store.objects import Contention, NotFound, retries
+from lastbackend.store.etcd import Cmp
+from lastbackend.store.objects import Contention, retries
 from lastbackend.store.owned import app_project
 
 routes = web.RouteTableDef()
@@ -52,9 +51,6 @@ OF_PACKAGE = "/v3/packages/{guid}/droplets"
 OF_APP = "/v3/apps/{guid}/droplets"
 FINAL = frozenset({"STAGED", "FAILED", "EXPIRED"})
 """States after which a droplet's log grows no more."""
-POLL = 0.2
-"""Seconds between looks at a followed log and its droplet's state."""
-TEXT = "text/plain; charset=utf-8"
 
 
 def href(guid: str) -> str:
@@ -229,68 +225,17 @@ async def delete(request: web.Request) -> web.Response:
 # staging output ----------------------------------------------------------------------------------
 
 
-def _follow(request: web.Request) -> bool:
-    raw = request.query.get("follow", "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise bad_query("follow", f"must be true or false, got {raw!r}")
-    return raw in ("true", "1")
-
-
 @routes.get(ONE + "/logs")
 @doc(
     "A droplet's staging output as text (follow=true: stream it until STAGED or FAILED)",
     query=("follow",),
 )
 async def logs(request: web.Request) -> web.StreamResponse:
-    follow = _follow(request)
-    state = request.app[STATE]
+    follow = follow_query(request)
+    droplets = request.app[STATE].droplets
     guid = request.match_info["guid"]
-    stored = await state.droplets.get(guid)  # 404 before any byte is sent
-    response = web.StreamResponse(headers={"Content-Type": TEXT})
-    await response.prepare(request)
-    inflight = request.app[INFLIGHT]
-    if follow:  # a followed log may outlive any drain timeout: shutdown ends it instead
-        inflight.leave()
-    try:
-        with contextlib.suppress(ConnectionError):
-            await _copy_log(request, response, guid, stored.droplet.state if follow else None)
-            await response.write_eof()
-    finally:
-        if follow:
-            inflight.enter()  # the middleware leaves once more
-    return response
 
+    async def staged() -> bool:
+        return (await droplets.get(guid)).droplet.state in FINAL
 
-async def _copy_log(
-    request: web.Request, response: web.StreamResponse, guid: str, state_now: str | None
-) -> None:
-    """Send the log from the start; while ``state_now`` is not final (None: don't follow), keep
-    sending what is appended, looking at the droplet's state every :data:`POLL` seconds.
-
-    The state is read *before* the log each round, so output written before the droplet became
-    final is always sent before the stream ends.
-    """
-    state = request.app[STATE]
-    offset = 0
-    last = state_now is None or state_now in FINAL
-    while True:
-        while True:
-            chunk, offset = await asyncio.to_thread(state.blobs.read_log, guid, offset)
-            if not chunk:
-                break
-            await response.write(chunk)
-        if last or state.closing.is_set() or _gone(request):
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.closing.wait(), POLL)
-        try:
-            last = (await state.droplets.get(guid)).droplet.state in FINAL
-        except NotFound:
-            last = True
-        except StoreError:
-            return
-
-
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
+    return await send_log(request, "droplets", guid, staged, follow=follow)

@@ -37,8 +37,8 @@ from aiohttp import web
 
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
-from lastbackend.api.middlewares import INFLIGHT
 from lastbackend.api.state import STATE, State
+from lastbackend.api.streams import gone, not_drained
 from lastbackend.logs import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.store import keys
@@ -262,16 +262,14 @@ async def events(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    inflight = request.app[INFLIGHT]
-    inflight.leave()  # the stream never ends by itself: shutdown ends it (``State.closing``)
-    state.event_streams += 1
-    try:
-        with contextlib.suppress(ConnectionError):
-            await _stream(request, response, state, prefix, beat, resume, current)
-            await response.write_eof()
-    finally:
-        state.event_streams -= 1
-        inflight.enter()  # the middleware leaves once more
+    with not_drained(request):  # the stream never ends by itself: shutdown ends it
+        state.event_streams += 1
+        try:
+            with contextlib.suppress(ConnectionError):
+                await _stream(request, response, state, prefix, beat, resume, current)
+                await response.write_eof()
+        finally:
+            state.event_streams -= 1
     return response
 
 
@@ -298,7 +296,7 @@ async def _stream(
     next_beat = loop.time() + beat
     try:
         while not watcher.done():
-            if _gone(request) or state.closing.is_set():
+            if gone(request) or state.closing.is_set():
                 return
             if loop.time() >= next_beat:
                 await response.write(HEARTBEAT_FRAME)
@@ -346,8 +344,3 @@ def _compacted(error: Compacted) -> str:
 
 def _relist(current: int, reason: str) -> bytes:
     return frame("relist", {"revision": current, "reason": reason})
-
-
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()

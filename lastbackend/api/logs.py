@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import quote
 
@@ -33,9 +33,9 @@ from aiohttp import web
 from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
-from lastbackend.api.middlewares import INFLIGHT
 from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE, State
+from lastbackend.api.streams import follow_query, gone, not_drained
 from lastbackend.logs import log
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
@@ -63,14 +63,6 @@ TEXT = "text/plain; charset=utf-8"
 # query parameters --------------------------------------------------------------------------------
 
 
-def _follow(request: web.Request) -> bool:
-    raw = request.query.get("follow", "false")
-    value = {"true": True, "1": True, "false": False, "0": False}.get(raw.lower())
-    if value is None:
-        raise bad_query("follow", f"must be true or false, got {raw!r}")
-    return value
-
-
 def _tail(request: web.Request, default: int | None) -> int | None:
     raw = request.query.get("tail")
     if raw is None:
@@ -83,11 +75,6 @@ def _tail(request: web.Request, default: int | None) -> int | None:
 # streaming ---------------------------------------------------------------------------------------
 
 
-def _gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
 async def _stream(request: web.Request, work: Coroutine[Any, Any, None]) -> None:
     """Run ``work`` (writing a prepared response) until it ends, the client leaves or the app
     shuts down. The headers are sent by then, so a failure can only end the stream: logged."""
@@ -96,7 +83,7 @@ async def _stream(request: web.Request, work: Coroutine[Any, Any, None]) -> None
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=POLL)
-            if not task.done() and (_gone(request) or closing.is_set()):
+            if not task.done() and (gone(request) or closing.is_set()):
                 task.cancel()
     finally:
         if not task.done():  # this handler itself was cancelled
@@ -106,21 +93,6 @@ async def _stream(request: web.Request, work: Coroutine[Any, Any, None]) -> None
         error = task.exception()
         if not isinstance(error, ConnectionError):  # the client went while being written to
             log.error("log stream failed", path=request.path, error=repr(error))
-
-
-@contextlib.contextmanager
-def _not_drained(request: web.Request, follow: bool) -> Iterator[None]:
-    """A followed log never finishes, so shutdown must not wait for it as for a request in
-    flight (for ``api.shutdown_timeout``); shutdown ends it instead (``State.closing``)."""
-    if not follow:
-        yield
-        return
-    inflight = request.app[INFLIGHT]
-    inflight.leave()
-    try:
-        yield
-    finally:
-        inflight.enter()  # the middleware leaves once more
 
 
 def _response(content_type: str) -> web.StreamResponse:
@@ -144,7 +116,7 @@ async def _finish(response: web.StreamResponse) -> None:
     query=("follow", "tail"),
 )
 async def node_logs(request: web.Request) -> web.StreamResponse:
-    follow, tail = _follow(request), _tail(request, None)
+    follow, tail = follow_query(request), _tail(request, None)
     source = request.app[STATE].logs
     if source is None:
         raise ApiError(
@@ -159,7 +131,7 @@ async def node_logs(request: web.Request) -> web.StreamResponse:
     response = _response("application/octet-stream")
     try:
         await response.prepare(request)
-        with _not_drained(request, follow):
+        with not_drained(request, follow):
             await _stream(request, _copy(chunks, response))
         await _finish(response)
     finally:
@@ -188,7 +160,7 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
     query=("tail", "follow", "container"),
 )
 async def service_logs(request: web.Request) -> web.StreamResponse:
-    follow, tail = _follow(request), _tail(request, TAIL_DEFAULT)
+    follow, tail = follow_query(request), _tail(request, TAIL_DEFAULT)
     state = request.app[STATE]
     containers = await _containers(request, state)
     addresses = await _addresses(state) if containers else {}
@@ -205,7 +177,7 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
         failed = [u.line(f"-- logs unavailable: {u.error}".encode()) for u in opened if u.error]
         if failed:
             await response.write(b"".join(failed))
-        with _not_drained(request, follow):
+        with not_drained(request, follow):
             await _stream(request, _merge(live, response))
         await _finish(response)
         return response

@@ -28,7 +28,6 @@ from lastbackend.api.http import (
 from lastbackend.api.state import STATE
 from lastbackend.model.common import now
 from lastbackend.model.platform import (
-    Build,
     Container,
     Domains,
     ImageBody,
@@ -276,7 +275,7 @@ async def put_image(request: web.Request) -> web.Response:
     return json_response({"image": record.values.get("image")}, revision=record.revision)
 
 
-# containers and builds: written by controllers, read here ---------------------------------------
+# containers: written by node agents, read here --------------------------------------------------
 
 
 async def _children(request: web.Request, prefix_of: Any) -> tuple[list[Any], int]:
@@ -312,41 +311,4 @@ async def container(request: web.Request) -> web.Response:
         raise ApiError(404, f"container {cid!r} not found")
     return json_response(
         codec.unstructure(codec.loads(kv.value, Container)), revision=kv.mod_revision
-    )
-
-
-def _build_view(number: int, build: Build) -> dict[str, Any]:
-    return {"number": number, **codec.unstructure(build)}
-
-
-@routes.get(ONE + "/builds")
-@doc("List a service's builds by number", response="Build", paginated=True)
-async def builds(request: web.Request) -> web.Response:
-    pg = paging(request, ("number",))
-    kvs, revision = await _children(request, keys.builds)
-    items = sorted(
-        ((int(keys.leaf(kv.key)), codec.loads(kv.value, Build)) for kv in kvs),
-        key=lambda item: item[0],
-        reverse=pg.descending,
-    )
-    chosen = [
-        _build_view(n, b) for n, b in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
-    ]
-    return json_response(
-        page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
-    )
-
-
-@routes.get(ONE + "/builds/{build}")
-@doc("Get one of a service's builds by number", response="Build")
-async def build(request: web.Request) -> web.Response:
-    pid, record = await resolve(request)
-    raw = request.match_info["build"]
-    if not raw.isdigit():
-        raise ApiError(404, f"build {raw!r} not found: builds are numbered 1, 2, ...")
-    kv = await request.app[STATE].etcd.get(keys.build(pid, record.id, int(raw)))
-    if kv is None:
-        raise ApiError(404, f"build {raw} not found")
-    return json_response(
-        _build_view(int(raw), codec.loads(kv.value, Build)), revision=kv.mod_revision
     )

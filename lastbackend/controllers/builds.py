@@ -7,10 +7,10 @@ builds alone) and hand out one work key per *target*: ``service:<pid>:<sid>`` or
 A reconcile therefore sees every build of one service or image at once, and the work queue never
 runs one target twice at a time, which is what keeps one build per target running.
 
-One running build per target, FIFO. A reconcile starts a task for the lowest-numbered ``queued``
-build of a target that has none running; later ones wait queued, and the task's end queues the
-target again, so the next one starts. Tasks share a semaphore of ``builds.concurrency`` slots
-(asyncio's is FIFO too), and each runs under ``builds.timeout``.
+One running build per target, FIFO. A reconcile starts a job (:mod:`~lastbackend.controllers.jobs`:
+a task bound to the leadership term) for the lowest-numbered ``queued`` build of a target that has
+none running; later ones wait queued, and the job's end queues the target again, so the next one
+starts. At most ``builds.concurrency`` jobs work at once (FIFO too), each under ``builds.timeout``.
 
 Steps, each a fenced txn guarded by the build key being as the task last wrote it, so a cancel or
 a delete in between stops the task instead of being overwritten:
@@ -61,6 +61,7 @@ import structlog
 
 from lastbackend import codec
 from lastbackend.config import Settings
+from lastbackend.controllers.jobs import Jobs
 from lastbackend.controllers.leader import NotLeader
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.platform import Build, Meta, ServiceSource
@@ -68,7 +69,7 @@ from lastbackend.model.repos import ContainerArtifact, PathId, Tag, check_path_i
 from lastbackend.node.runtime.base import ContainerRuntimeError, RegistryAuth, Runtime
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.sources import git, vendors
-from lastbackend.sources.blobs import BlobStore
+from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
 from lastbackend.sources.vendors import Remote
 from lastbackend.store import keys
 from lastbackend.store.builds import (
@@ -93,7 +94,6 @@ LOCAL_REPOSITORY = "lastbackend-builds"
 """Where a service's builds are tagged when no platform registry is configured."""
 TAG = "untested"
 """The build-tag family's tag a successful build gets (CI promotes it from there)."""
-LOG_KIND = "build-logs"
 
 
 Resolver = Callable[[Etcd, Secrets, ServiceSource], Awaitable[Remote]]
@@ -121,9 +121,10 @@ class _Job:
 
 
 @attrs.define
-class _Running:
+class _Building:
+    """What the job of a target keeps with its task."""
+
     number: int
-    task: asyncio.Task[None]
     finishing: bool = False  # the final write is under way: the build's end is the task's own
 
 
@@ -150,25 +151,13 @@ class BuildsController(Controller):
         self.settings = settings
         self.resolve: Resolver = resolve or vendors.resolve
         self.repos = Repos(etcd)
-        self._slots = asyncio.Semaphore(settings.build_concurrency)
-        self._running: dict[str, _Running] = {}
+        self.jobs: Jobs[_Building] = Jobs(self.name, settings.build_concurrency)
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.PROJECTS, to_key=work_key_of), Watch(keys.IMAGES, to_key=work_key_of)]
 
     def background(self) -> Sequence[Coroutine[Any, Any, None]]:
-        return [self._supervise()]
-
-    async def _supervise(self) -> None:
-        """Hold the term's build tasks: when the term ends, they end with it."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            tasks = [running.task for running in self._running.values()]
-            self._running.clear()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return [self.jobs.supervise()]
 
     # reconcile ---------------------------------------------------------------------------------
 
@@ -182,17 +171,13 @@ class BuildsController(Controller):
             ),
             key=lambda found: found[0],
         )
-        running = self._running.get(key)
-        if running is not None and running.task.done():
-            del self._running[key]
-            if not running.task.cancelled() and running.task.exception() is not None:
-                log.warning("build task failed", target=key, error=str(running.task.exception()))
-            running = None
+        running = self.jobs.running(key)
         if running is not None:
-            current = next((b for n, b, _ in builds if n == running.number), None)
-            if (current is None or current.status in FINAL) and not running.finishing:
+            building = running.info
+            current = next((b for n, b, _ in builds if n == building.number), None)
+            if (current is None or current.status in FINAL) and not building.finishing:
                 # canceled by request, or deleted with its service or image: stop the work
-                log.info("stopping a build", target=key, build=running.number)
+                log.info("stopping a build", target=key, build=building.number)
                 running.task.cancel()
             return None
         for number, build, kv in builds:
@@ -201,8 +186,8 @@ class BuildsController(Controller):
         queued = [number for number, build, _ in builds if build.status == QUEUED]
         if queued:
             number = min(queued)
-            task = asyncio.create_task(self._run(target, number), name=f"build-{key}-{number}")
-            self._running[key] = _Running(number, task)
+            job = self._run(target, number)
+            self.jobs.start(key, job, _Building(number), name=f"build-{key}-{number}")
         return None
 
     async def _interrupted(self, target: Target, number: int, build: Build, kv: KV) -> None:
@@ -219,7 +204,7 @@ class BuildsController(Controller):
     async def _run(self, target: Target, number: int) -> None:
         sink = self._sink(target, number)
         try:
-            async with self._slots:
+            async with self.jobs.slots:
                 job = await self._begin(target, number)
                 if job is None:
                     return
@@ -356,9 +341,10 @@ class BuildsController(Controller):
     async def _succeed(self, job: _Job, ref: str, sink: Callable[[str], None]) -> None:
         """``success``, and for a service its ``image`` key, in one txn that also compares the
         target still there: a deleted service is never given an image key again."""
-        running = self._running.get(job.target.work_key)
-        if running is not None and running.number == job.number:
-            running.finishing = True
+        running = self.jobs.running(job.target.work_key)
+        building = running.info if running is not None else None
+        if building is not None and building.number == job.number:
+            building.finishing = True
         done = advance(job.build, "success", message="")
         compare = [Cmp.present(job.target.meta_key)]
         ops: list[Op] = []
@@ -368,8 +354,8 @@ class BuildsController(Controller):
         try:
             await self._write(job, done, compare, ops)
         finally:
-            if running is not None:
-                running.finishing = False
+            if building is not None:
+                building.finishing = False
         if job.target.kind == "service":
             sink(f"-----> Build succeeded: the service now runs {ref}")
         else:
@@ -465,7 +451,7 @@ class BuildsController(Controller):
         name = target.log_name(number)
 
         def sink(line: str) -> None:
-            self.blobs.append_log(name, line, kind=LOG_KIND)
+            self.blobs.append_log(name, line, kind=BUILD_LOGS)
 
         return sink
 

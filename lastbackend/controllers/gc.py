@@ -16,12 +16,14 @@ Apps, packages and droplets (seed 000) add more of the same kind:
 - a package left ``PROCESSING_UPLOAD`` by an upload whose process died: once its ``updated`` is
   older than ``UPLOAD_STALE_AFTER`` (a live upload refreshes it every minute) it becomes
   ``FAILED`` with "upload interrupted, upload again";
-- blob files (package bits, staging logs) whose package or droplet no longer exists: deleting an
-  app takes its packages and droplets out of etcd in one txn, but files cannot join a txn. Only
-  blobs older than :data:`BLOB_GRACE` go, so a blob written just after its object was created
-  is never judged by a cache that has not seen the object yet; temporary files of uploads cut
-  off by a crash go after :data:`TEMP_MAX_AGE`. This part needs the blob directory
-  (``GarbageCollector(BlobStore(...))``), shared by every host that runs controllers.
+- blob files (package bits, staging logs, build logs) whose package, droplet or build no longer
+  exists: deleting an app, a service or an image takes its packages, droplets and builds out of
+  etcd in one txn, but files cannot join a txn. Only blobs older than :data:`BLOB_GRACE` go, so a
+  blob written just after its object was created is never judged by a cache that has not seen
+  the object yet; temporary files of uploads cut off by a crash go after :data:`TEMP_MAX_AGE`.
+  This part needs the blob directory (``GarbageCollector(BlobStore(...))``), shared by every
+  host that runs controllers. Build keys live under ``projects/`` (a service's) and ``images/``
+  (an image's), so both are watched.
 
 Everything here is one work key, ``sweep``: any change under the watched prefixes queues it (the
 queue de-duplicates, so a burst of changes is one sweep), and it runs again every resync period.
@@ -32,6 +34,7 @@ key rewritten in between (a container reported again) survives.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Sequence
 
@@ -45,8 +48,9 @@ from lastbackend.model.apps import Package
 from lastbackend.model.common import now
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Pod
-from lastbackend.sources.blobs import BlobStore
+from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
 from lastbackend.store import keys
+from lastbackend.store.builds import build_of
 from lastbackend.store.etcd import KV, Cmp, Op
 from lastbackend.store.owned import parse_owner
 from lastbackend.store.packages import upload_stale
@@ -84,6 +88,7 @@ class GarbageCollector(Controller):
             Watch(keys.HELPER_APPS, to_key=_sweep),
             Watch(keys.HELPER_PACKAGES, to_key=_sweep),
             Watch(keys.HELPER_DROPLETS, to_key=_sweep),
+            Watch(keys.IMAGES, to_key=_sweep),
         ]
 
     async def reconcile(self, key: str) -> float | None:
@@ -158,11 +163,11 @@ class GarbageCollector(Controller):
                 log.info("interrupted upload failed", key=kv.key, since=str(package.updated))
 
     async def _sweep_blobs(self, blobs: BlobStore, projects: Informer) -> None:
-        alive: dict[str, set[str]] = {"packages": set(), "droplets": set()}
-        for raw in projects.cache:
-            kind = _contained(raw)
-            if kind is not None:
-                alive[kind].add(keys.leaf(raw))
+        alive: dict[str, set[str]] = {"packages": set(), "droplets": set(), BUILD_LOGS: set()}
+        for raw in itertools.chain(projects.cache, self.informer(keys.IMAGES).cache):
+            owned = _blob_of(raw)
+            if owned is not None:
+                alive[owned[0]].add(owned[1])
         oldest = time.time() - BLOB_GRACE
         for kind, living in alive.items():
             found = await asyncio.to_thread(blobs.entries, kind)
@@ -173,6 +178,18 @@ class GarbageCollector(Controller):
                     log.info("orphaned blob removed", kind=kind, guid=guid)
         for path in await asyncio.to_thread(blobs.sweep_temps, TEMP_MAX_AGE):
             log.info("abandoned temporary blob removed", path=str(path))
+
+
+def _blob_of(raw: str) -> tuple[str, str] | None:
+    """The blob a key owns, as (kind, name): a package's bits, a droplet's log, a build's log."""
+    kind = _contained(raw)
+    if kind is not None:
+        return kind, keys.leaf(raw)
+    build = build_of(raw)
+    if build is not None:
+        target, number = build
+        return BUILD_LOGS, target.log_name(number)
+    return None
 
 
 def _contained(raw: str) -> str | None:

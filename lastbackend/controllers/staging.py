@@ -6,11 +6,11 @@ deleted, which are the two events that need action; every other change is this c
 doing. The droplet itself is read from etcd at reconcile time, so a decision never rests on a
 stale cache.
 
-One staging is one task, bound to the leadership term (the ``_supervise`` background coroutine
-cancels every task when the term ends) and limited by a semaphore to ``concurrency`` at once:
-droplets beyond that stay PENDING until a slot frees, as queued builds do. A droplet moves to
-STAGING in a fenced txn when its slot is taken, and to STAGED/FAILED in a fenced txn guarded by the
-droplet key being unchanged since then, so a droplet deleted mid-staging is never written back.
+One staging is one job (:mod:`~lastbackend.controllers.jobs`: a task bound to the leadership
+term), at most ``staging.concurrency`` at once: droplets beyond that stay PENDING until a slot
+frees, as queued builds do. A droplet moves to STAGING in a fenced txn when its slot is taken, and
+to STAGED/FAILED in a fenced txn guarded by the droplet key being unchanged since then, so a
+droplet deleted mid-staging is never written back; deleting it also cancels its job.
 
 Crash safety: a droplet found STAGING with no task of this process (the previous leader died, or
 this process restarted) is staged again from its package, after the leftovers of the interrupted
@@ -38,6 +38,7 @@ import structlog
 
 from lastbackend import codec
 from lastbackend.config import Settings
+from lastbackend.controllers.jobs import Jobs
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle import staging as engine
@@ -57,6 +58,7 @@ from lastbackend.model.apps import (
     GitPackage,
     Hash,
     Package,
+    StagingResponse,
     split_git_url,
 )
 from lastbackend.model.common import now
@@ -111,8 +113,7 @@ class StagingController(Controller):
         self.descriptor = descriptor
         self.environ = dict(environ or {})
         self.packages = Packages(etcd, lambda: secrets)
-        self._slots = asyncio.Semaphore(settings.staging_concurrency)
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self.jobs: Jobs[None] = Jobs(self.name, settings.staging_concurrency)
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.HELPER_DROPLETS, to_key=keys.leaf)]
@@ -125,36 +126,19 @@ class StagingController(Controller):
             await self.txn([], [Op.put(keys.LIFECYCLE_DESCRIPTOR, view)])
 
     def background(self) -> Sequence[Coroutine[Any, Any, None]]:
-        return [self._supervise()]
-
-    async def _supervise(self) -> None:
-        """Hold the term's staging tasks: when the term ends, they end with it."""
-        try:
-            await asyncio.Event().wait()
-        finally:
-            tasks = list(self._running.values())
-            self._running.clear()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return [self.jobs.supervise()]
 
     # reconcile ---------------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> float | None:
         guid = key
-        task = self._running.get(guid)
-        if task is not None and task.done():
-            del self._running[guid]
-            task = None
+        running = self.jobs.running(guid)
         owner = self.informer().get(keys.droplet_owner(guid))
         if owner is None:  # deleted: stop its staging, if any, and remove what it left
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await self.jobs.cancel(guid)
             await engine.cleanup(self.runtime, guid)
             return None
-        if task is not None:
+        if running is not None:
             return None
         pid, _, sid = owner.value.decode().partition(":")
         kv = await self.etcd.get(keys.droplet(pid, sid, guid))
@@ -165,11 +149,11 @@ class StagingController(Controller):
             return None
         if droplet.state == "STAGING":
             log.warning("restaging an interrupted droplet", droplet=guid)
-        self._running[guid] = asyncio.create_task(self._run(pid, sid, guid), name=f"stage-{guid}")
+        self.jobs.start(guid, self._run(pid, sid, guid), None, name=f"stage-{guid}")
         return None
 
     async def _run(self, pid: str, sid: str, guid: str) -> None:
-        async with self._slots:
+        async with self.jobs.slots:
             job = await self._begin(pid, sid, guid)
             if job is None:
                 return
@@ -285,15 +269,7 @@ class StagingController(Controller):
             process_types=dict(result.process_types),
             commit=commit,
         )
-        return attrs.evolve(
-            job.droplet,
-            state="STAGED",
-            error=None,
-            staging_response=response,
-            image=result.image,
-            ports=list(result.ports),
-            updated=now(),
-        )
+        return _staged(job.droplet, response, result.image, result.ports)
 
     async def _stage_docker(
         self,
@@ -323,15 +299,7 @@ class StagingController(Controller):
         response = DockerStagingResponse(
             start_command=result.start_command, image_path=result.image_path, cached=result.cached
         )
-        return attrs.evolve(
-            job.droplet,
-            state="STAGED",
-            error=None,
-            staging_response=response,
-            image=result.image,
-            ports=list(result.ports),
-            updated=now(),
-        )
+        return _staged(job.droplet, response, result.image, result.ports)
 
     async def _clone(self, package: GitPackage, sink: Callable[[str], None]) -> tuple[bytes, str]:
         url, ref = split_git_url(package.url)
@@ -348,6 +316,21 @@ class StagingController(Controller):
     async def _registry_auth(self, host: str) -> RegistryAuth | None:
         found = await credentials_for(self.etcd, self.secrets, host)
         return RegistryAuth(found.username, found.password, found.host) if found else None
+
+
+def _staged(
+    droplet: Droplet, response: StagingResponse, image: str, ports: Sequence[str]
+) -> Droplet:
+    """The droplet STAGED: runnable as ``image``, listening on ``ports``."""
+    return attrs.evolve(
+        droplet,
+        state="STAGED",
+        error=None,
+        staging_response=response,
+        image=image,
+        ports=list(ports),
+        updated=now(),
+    )
 
 
 def _login_host(login_server: str) -> str:

@@ -40,9 +40,11 @@ from typing import BinaryIO
 
 from lastbackend.model.common import is_uuid
 
-KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log", "build-logs": ".log"}
+BUILD_LOGS = "build-logs"
+"""The kind of a build's output, named ``<service or image id>-<build number>``."""
+KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log", BUILD_LOGS: ".log"}
 """Blob kinds: the directory of each and the suffix of its files."""
-LOGS = frozenset({"droplets", "build-logs"})
+LOGS = frozenset({"droplets", BUILD_LOGS})
 """The kinds that are logs, appended line by line."""
 TEMP = "tmp"
 READ_CHUNK = 1 << 20
@@ -67,10 +69,9 @@ class BlobStore:
     def path(self, kind: str, guid: str) -> Path:
         """Where a blob lives. ``guid`` must be a UUID (a build log's ``<uuid>-<n>``), so no name
         can leave its directory."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown blob kind {kind!r}; one of {', '.join(KINDS)}")
+        _check_kind(kind)
         if not _valid_name(kind, guid):
-            shape = "<uuid>-<build number>" if kind == "build-logs" else "UUIDs"
+            shape = "<uuid>-<build number>" if kind == BUILD_LOGS else "UUIDs"
             raise ValueError(f"{kind} blob names are {shape}, got {guid!r}")
         return self.root / kind / f"{guid}{KINDS[kind]}"
 
@@ -144,7 +145,7 @@ class BlobStore:
 
     def entries(self, kind: str) -> dict[str, float]:
         """guid -> modification time (epoch seconds) of every blob of this kind."""
-        self.path(kind, "00000000-0000-4000-8000-000000000000")  # checks the kind
+        _check_kind(kind)
         suffix = KINDS[kind]
         found: dict[str, float] = {}
         try:
@@ -207,9 +208,14 @@ class BlobStore:
         return data, offset + len(data)
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown blob kind {kind!r}; one of {', '.join(KINDS)}")
+
+
 def _valid_name(kind: str, name: str) -> bool:
     """A UUID; for build logs ``<uuid>-<n>`` (the service or image id and the build number)."""
-    if kind == "build-logs":
+    if kind == BUILD_LOGS:
         owner, _, number = name.rpartition("-")
         return is_uuid(owner) and number.isdigit() and number == str(int(number))
     return is_uuid(name)

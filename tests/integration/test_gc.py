@@ -197,6 +197,67 @@ async def test_deleting_an_app_leaves_blobs_that_gc_removes(
     assert blobs.exists("packages", young_orphan)
 
 
+async def test_build_logs_of_deleted_services_and_images_are_removed(
+    etcd: Etcd, make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client = await make_client(data_dir=tmp_path)
+    blobs = BlobStore(tmp_path / "blobs")
+
+    async def call(method: str, path: str, expect: int, **kwargs: Any) -> Any:
+        resp = await client.request(method, path, **kwargs)
+        assert resp.status == expect, await resp.text()
+        return await resp.json() if resp.content_type == "application/json" else None
+
+    source = {"hub": "github.com", "owner": "acme", "repo": "site", "branch": "main"}
+    pid = (await call("POST", "/api/projects", 201, json={"name": "demo"}))["id"]
+    services = f"/api/projects/{pid}/services"
+    doomed_svc, kept_svc = [
+        (await call("POST", services, 201, json={"name": n, "source": source}))["id"]
+        for n in ("doomed", "kept")
+    ]
+    doomed_img, kept_img = [
+        (await call("POST", "/api/images", 201, json={"name": n, "source": source}))["id"]
+        for n in ("acme/doomed", "acme/kept")
+    ]
+    builds = [f"{services}/{sid}/builds" for sid in (doomed_svc, kept_svc)]
+    builds += [f"/api/images/{iid}/builds" for iid in (doomed_img, kept_img)]
+    for url in builds:
+        for _ in range(2):
+            await call("POST", url, 201)
+    owners = (doomed_svc, kept_svc, doomed_img, kept_img)
+    logs = {f"{owner}-{n}" for owner in owners for n in (1, 2)}
+    never_built = f"{kept_svc}-3"  # a number its service never had: its key cannot exist
+    for name in (*logs, never_built):
+        blobs.append_log(name, "-----> Build 1", kind="build-logs")
+    await call("DELETE", f"{services}/{doomed_svc}", 204)
+    await call("DELETE", f"/api/images/{doomed_img}", 204)
+    assert await etcd.get(keys.build(pid, doomed_svc, 1)) is None
+    assert await etcd.get(keys.image_build(doomed_img, 1)) is None
+    assert await etcd.get(keys.image_build(kept_img, 2)) is not None
+    long_ago = time.time() - 2 * BLOB_GRACE
+    for path in blobs.root.glob("build-logs/*"):
+        os.utime(path, (long_ago, long_ago))
+    young = f"{doomed_img}-9"  # written a moment ago: judged only after BLOB_GRACE
+    blobs.append_log(young, "-----> Build 9", kind="build-logs")
+    doomed = {name for name in logs if name.startswith((doomed_svc, doomed_img))}
+    doomed.add(never_built)
+
+    async def orphans_gone() -> bool:
+        return not any(blobs.exists("build-logs", name) for name in doomed)
+
+    runner = ControllerRunner(GarbageCollector(blobs), etcd, lease_ttl=2)
+    runner.start()
+    try:
+        await eventually(orphans_gone)
+    finally:
+        await runner.stop(grace=1)
+    kept = logs - doomed
+    assert len(kept) == 4
+    assert set(blobs.names("build-logs")) == kept | {young}
+    for name in kept:
+        assert blobs.read_log(name, kind="build-logs")[0] == b"-----> Build 1\n"
+
+
 def zip_bytes(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
