@@ -17,6 +17,12 @@ this process restarted) is staged again from its package, after the leftovers of
 run (containers labelled ``io.lastbackend.staging=<guid>``) are removed. Staging is idempotent:
 the droplet's image name is derived from its guid, so a re-run overwrites, never duplicates.
 
+Droplet images (labelled ``io.lastbackend.droplet=<guid>`` by staging) live on the engine of
+this host, so deleting a droplet removes its image here too, after its containers; an image a
+container still uses is left, and the sweep (one list call at the start of each term and every
+resync period) removes every droplet image whose helper key is gone. The sweep spares images
+younger than :data:`SWEEP_GRACE`, which may belong to another installation sharing the engine.
+
 Where work happens: bits come from the blob store, git sources are cloned with the git CLI, and
 every container operation goes through the :class:`~lastbackend.node.runtime.base.Runtime` seam,
 on the Docker engine of the host the controller runs on.
@@ -29,7 +35,8 @@ import contextlib
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +70,13 @@ from lastbackend.model.apps import (
 )
 from lastbackend.model.common import now
 from lastbackend.model.platform import ServiceConfig
-from lastbackend.node.runtime.base import RegistryAuth, Runtime
+from lastbackend.node.runtime.base import (
+    ContainerRuntimeError,
+    ImageInfo,
+    ImageInUse,
+    RegistryAuth,
+    Runtime,
+)
 from lastbackend.secrets import Secrets
 from lastbackend.sources import git
 from lastbackend.sources.blobs import BlobStore
@@ -75,6 +88,8 @@ from lastbackend.store.registries import credentials_for
 log = structlog.get_logger("lastbackend.controllers.staging")
 
 RESYNC = 30.0
+SWEEP_GRACE = 600.0
+"""Seconds a droplet image must have existed before the sweep may take it as an orphan."""
 
 
 @attrs.frozen
@@ -92,6 +107,7 @@ class StagingController(Controller):
     name = "staging"
     workers = 2
     resync_period = RESYNC
+    sweep_grace = SWEEP_GRACE
 
     def __init__(
         self,
@@ -126,7 +142,7 @@ class StagingController(Controller):
             await self.txn([], [Op.put(keys.LIFECYCLE_DESCRIPTOR, view)])
 
     def background(self) -> Sequence[Coroutine[Any, Any, None]]:
-        return [self.jobs.supervise()]
+        return [self.jobs.supervise(), self._sweeper()]
 
     # reconcile ---------------------------------------------------------------------------------
 
@@ -137,6 +153,7 @@ class StagingController(Controller):
         if owner is None:  # deleted: stop its staging, if any, and remove what it left
             await self.jobs.cancel(guid)
             await engine.cleanup(self.runtime, guid)
+            await self._remove_images(await self.runtime.images({engine.LABEL_DROPLET: guid}))
             return None
         if running is not None:
             return None
@@ -214,6 +231,41 @@ class StagingController(Controller):
             self.blobs.append_log(guid, line)
 
         return sink
+
+    # droplet images ---------------------------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        """Sweep now (a new term: deletions may have been missed) and once per resync period."""
+        while True:
+            try:
+                await self.sweep()
+            except ContainerRuntimeError as exc:
+                log.warning("sweeping droplet images failed", error=str(exc))
+            await asyncio.sleep(self.resync_period)
+
+    async def sweep(self) -> None:
+        """Remove the local droplet images whose droplet is gone (its helper key absent)."""
+        informer = self.informer()
+        cutoff = now() - timedelta(seconds=self.sweep_grace)
+        orphans = [
+            image
+            for image in await self.runtime.images({}, keys=[engine.LABEL_DROPLET])
+            if informer.get(keys.droplet_owner(image.labels[engine.LABEL_DROPLET])) is None
+            and (image.created is None or image.created <= cutoff)
+        ]
+        await self._remove_images(orphans)
+
+    async def _remove_images(self, images: Iterable[ImageInfo]) -> None:
+        """Untag each image (its last name removes it); one a container uses is left as is."""
+        for image in images:
+            for ref in image.repo_tags or (image.id,):
+                try:
+                    await self.runtime.remove_image(ref)
+                except ImageInUse:
+                    log.info("droplet image in use: kept", image=ref)
+                    break
+            else:
+                log.info("droplet image removed", image=image.repo_tags or image.id)
 
     # staging -----------------------------------------------------------------------------------
 

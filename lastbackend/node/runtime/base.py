@@ -15,8 +15,10 @@ Rules every implementation keeps, because the agent's idempotence rests on them:
 - **Labels are the index.** ``io.lastbackend.*`` labels on containers and volumes are how
   :meth:`Runtime.list`, :meth:`Runtime.volumes` and :meth:`Runtime.events` select what belongs to
   lastbackend, to a service or to a pod; a label filter matches objects carrying *all* the pairs.
-- **Deleting is idempotent.** ``stop``, ``remove`` and ``remove_volume`` of something that is
-  already gone do nothing, so a retried reconcile never fails on its own earlier progress.
+- **Deleting is idempotent.** ``stop``, ``remove``, ``remove_volume`` and ``remove_image`` of
+  something that is already gone do nothing, so a retried reconcile never fails on its own earlier
+  progress. A volume or image a container still uses is refused (:class:`ImageInUse` for an
+  image), never forced: the caller leaves it for a later sweep.
 - **No restart policy.** A dead container stays dead and is reported by an event; the agent
   decides what replaces it, so Docker and the controllers never fight over a container.
 - **Commands are shell lines.** A non-empty :attr:`ContainerSpec.command` replaces the image's
@@ -36,7 +38,7 @@ Rules every implementation keeps, because the agent's idempotence rests on them:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -55,6 +57,10 @@ class RuntimeUnavailable(ContainerRuntimeError):
 
 class ImageError(ContainerRuntimeError):
     """An image could not be pulled: missing, unauthorized, or the registry is unreachable."""
+
+
+class ImageInUse(ContainerRuntimeError):
+    """An image's last name cannot be removed while a container (running or not) uses it."""
 
 
 class BuildError(ContainerRuntimeError):
@@ -152,6 +158,7 @@ class ImageInfo:
 
     ``repo_digests`` are ``repo@sha256:...`` pins, one per registry it was pulled from or pushed
     to (none for an image that never left this engine); ``exposed_ports`` are ``"8080/TCP"``.
+    ``created`` is when the engine made it (``None`` where it did not say).
     """
 
     id: str
@@ -164,6 +171,7 @@ class ImageInfo:
     exposed_ports: tuple[str, ...] = ()
     workdir: str = ""
     user: str = ""
+    created: datetime | None = None
 
     def digest_for(self, image: str) -> str | None:
         """``repo@sha256:...`` of this image in ``image``'s repository (its registry's pin)."""
@@ -324,7 +332,17 @@ class Runtime(Protocol):
         ...
 
     async def remove_image(self, ref: str) -> None:
-        """Untag ``ref`` (removing the image with its last name); nothing if it is gone."""
+        """Untag ``ref`` (removing the image with its last name); nothing if it is gone.
+
+        Raises :class:`ImageInUse` when ``ref`` is the image's last name and a container uses it.
+        """
+        ...
+
+    async def images(self, labels: Labels, *, keys: Iterable[str] = ()) -> list[ImageInfo]:
+        """The local images carrying all of ``labels`` and a label of every name in ``keys``
+        (whatever its value): one list call, so a sweep costs the same for any number of
+        images. Only ``id``, ``repo_tags``, ``repo_digests``, ``labels`` and ``created`` are set.
+        """
         ...
 
     async def build_image(

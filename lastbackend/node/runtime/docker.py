@@ -23,7 +23,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -45,6 +45,7 @@ from lastbackend.node.runtime.base import (
     ImageConfig,
     ImageError,
     ImageInfo,
+    ImageInUse,
     Labels,
     NodeCapacity,
     RegistryAuth,
@@ -153,6 +154,19 @@ def _image_info(raw: Mapping[str, Any]) -> ImageInfo:
         ),
         workdir=config.get("WorkingDir") or "",
         user=config.get("User") or "",
+        created=_parse_time(raw.get("Created")),
+    )
+
+
+def _listed_image(raw: Mapping[str, Any]) -> ImageInfo:
+    """An entry of ``GET /images/json``, whose untagged names read ``<none>:<none>``."""
+    created = raw.get("Created")
+    return ImageInfo(
+        id=raw["Id"],
+        repo_tags=tuple(t for t in raw.get("RepoTags") or () if t != "<none>:<none>"),
+        repo_digests=tuple(d for d in raw.get("RepoDigests") or () if d != "<none>@<none>"),
+        labels=dict(raw.get("Labels") or {}),
+        created=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
     )
 
 
@@ -554,10 +568,25 @@ class DockerRuntime:
 
     async def remove_image(self, ref: str) -> None:
         def remove() -> None:
-            with contextlib.suppress(docker.errors.ImageNotFound):
+            try:
                 self._client().remove_image(ref)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as exc:  # 409 "... container <id> is using ..."
+                if exc.status_code == 409 and "container" in _explain(exc):
+                    raise ImageInUse(f"removing image {ref}: {_explain(exc)}") from None
+                raise
 
         await self._call(f"removing image {ref}", remove)
+
+    async def images(self, labels: Labels, *, keys: Iterable[str] = ()) -> list[ImageInfo]:
+        wanted = [*_label_filter(labels)["label"], *keys]
+
+        def read() -> list[dict[str, Any]]:
+            return list(self._client().images(filters={"label": wanted} if wanted else None))
+
+        found = await self._call("listing images", read)
+        return [_listed_image(raw) for raw in found]
 
     # -- builds
     async def build_image(

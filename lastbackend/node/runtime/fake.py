@@ -46,6 +46,7 @@ from lastbackend.node.runtime.base import (
     ImageConfig,
     ImageError,
     ImageInfo,
+    ImageInUse,
     Labels,
     NodeCapacity,
     RegistryAuth,
@@ -138,6 +139,7 @@ class _Image:
     id: str
     config: ImageConfig
     files: Files
+    created: datetime = EPOCH
 
 
 @attrs.define
@@ -212,7 +214,8 @@ class FakeRuntime:
         self.capacity = capacity or NodeCapacity(
             memory_mb=4096, cpus=2, hostname="fake-node", docker_version="fake"
         )
-        self.images: set[str] = set(images)
+        self.refs: set[str] = set(images)
+        """The tags and pins present locally (``images`` seeds it with empty images)."""
         self.pulls: list[tuple[str, RegistryAuth | None]] = []
         """Every pull attempted, with the credentials it was given, in order."""
         self.pushes: list[tuple[str, RegistryAuth | None]] = []
@@ -302,7 +305,7 @@ class FakeRuntime:
     async def ensure_image(
         self, image: str, auth: RegistryAuth | None = None, *, always_pull: bool = False
     ) -> None:
-        if not must_pull(image, present=image in self.images, always_pull=always_pull):
+        if not must_pull(image, present=image in self.refs, always_pull=always_pull):
             return
         self.pulls.append((image, auth))
         if image in self._pull_failures:
@@ -310,13 +313,13 @@ class FakeRuntime:
         required = self._registry_auth.get(registry_host(image))
         if required is not None and auth != required:
             raise ImageError(f"pulling {image}: unauthorized: authentication required")
-        self.images.add(image)
+        self.refs.add(image)
         pulled = self._image(image)
         repository, _, digest = split_image(image)
         if pulled is not None and not digest:  # what the registry knows it by, as Docker notes
             pin = hashlib.sha256(f"{repository} {pulled.id}".encode()).hexdigest()
             self._image_ids[f"{repository}@sha256:{pin}"] = pulled.id
-            self.images.add(f"{repository}@sha256:{pin}")
+            self.refs.add(f"{repository}@sha256:{pin}")
 
     async def run(self, spec: ContainerSpec) -> ContainerState:
         box = self._create(spec, "running")
@@ -394,7 +397,7 @@ class FakeRuntime:
         image = self._image(ref)
         if image is None:
             return None
-        names = [r for r, i in self._image_ids.items() if i == image.id and r in self.images]
+        names = self._names(image.id)
         c = image.config
         return ImageInfo(
             id=image.id,
@@ -407,6 +410,7 @@ class FakeRuntime:
             exposed_ports=tuple(sorted(p.upper() for p in c.exposed_ports)),
             workdir=c.workdir,
             user=c.user,
+            created=image.created,
         )
 
     async def tag(self, source: str, target: str) -> None:
@@ -414,7 +418,7 @@ class FakeRuntime:
         if image is None:
             raise ImageError(f"tagging {source} as {target}: no image {source}")
         self._image_ids[target] = image.id
-        self.images.add(target)
+        self.refs.add(target)
 
     async def push(self, ref: str, auth: RegistryAuth | None = None) -> str:
         self.pushes.append((ref, auth))
@@ -429,12 +433,38 @@ class FakeRuntime:
         repository = split_image(ref)[0]
         digest = "sha256:" + hashlib.sha256(f"{repository} {image.id}".encode()).hexdigest()
         self._image_ids[f"{repository}@{digest}"] = image.id
-        self.images.add(f"{repository}@{digest}")
+        self.refs.add(f"{repository}@{digest}")
         return digest
 
     async def remove_image(self, ref: str) -> None:
-        self.images.discard(ref)
-        self._image_ids.pop(ref, None)
+        image = self._image(ref)
+        if image is None:
+            self.refs.discard(ref)
+            self._image_ids.pop(ref, None)
+            return
+        names = self._names(image.id)
+        last = ref == image.id or not [n for n in names if n != ref and "@" not in n]
+        if not last:
+            self.refs.discard(ref)
+            self._image_ids.pop(ref, None)
+            return
+        users = [b.state.name for b in self._containers.values() if b.image is image]
+        if users:  # Docker's 409 conflict
+            raise ImageInUse(
+                f"removing image {ref}: conflict: unable to remove repository reference"
+                f" (must force) - container {users[0]} is using its referenced image"
+            )
+        for name in [*names, ref]:  # its last tag: the image goes, pins and all
+            self.refs.discard(name)
+            self._image_ids.pop(name, None)
+
+    async def images(self, labels: Labels, *, keys: Iterable[str] = ()) -> list[ImageInfo]:
+        found = []
+        for image_id in sorted({self._image_ids[r] for r in self.refs if r in self._image_ids}):
+            labelled = self._image_store[image_id].config.labels
+            if has_labels(labelled, labels) and all(key in labelled for key in keys):
+                found.append(await self.inspect_image(image_id))
+        return [info for info in found if info is not None]
 
     async def build_image(
         self,
@@ -562,7 +592,7 @@ class FakeRuntime:
         box = self._box(spec.name)
         if box is not None:
             return box
-        if spec.image not in self.images:
+        if spec.image not in self.refs:
             raise ImageError(f"{doing} {spec.name}: image {spec.image} is not present")
         for volume in spec.volumes:
             self._volumes.setdefault(volume, dict(spec.labels))
@@ -584,15 +614,15 @@ class FakeRuntime:
         return box
 
     def _image(self, ref: str) -> _Image | None:
-        """The image a tag, pin or id names; images only listed in ``images`` are empty ones."""
+        """The image a tag, pin or id names; refs only listed in ``refs`` are empty images."""
         if ref in self._image_store:
             return self._image_store[ref]
         for candidate in (ref, _with_tag(ref)):
             image_id = self._image_ids.get(candidate)
-            if image_id is not None and candidate in self.images:
+            if image_id is not None and candidate in self.refs:
                 return self._image_store[image_id]
         for candidate in (ref, _with_tag(ref)):
-            if candidate in self.images:  # put there by a test or a pull: make it concrete
+            if candidate in self.refs:  # put there by a test or a pull: make it concrete
                 image_id = "sha256:" + hashlib.sha256(candidate.encode()).hexdigest()
                 self._image_store.setdefault(image_id, _Image(image_id, ImageConfig(), _root()))
                 self._image_ids[candidate] = image_id
@@ -601,10 +631,14 @@ class FakeRuntime:
 
     def _store(self, ref: str, config: ImageConfig, files: Files, seed: str) -> str:
         image_id = "sha256:" + hashlib.sha256(f"{seed} {config!r}".encode()).hexdigest()
-        self._image_store[image_id] = _Image(image_id, config, files)
+        self._image_store[image_id] = _Image(image_id, config, files, self._now())
         self._image_ids[ref] = image_id
-        self.images.add(ref)
+        self.refs.add(ref)
         return image_id
+
+    def _names(self, image_id: str) -> list[str]:
+        """The tags and pins an image is present under."""
+        return sorted(r for r, i in self._image_ids.items() if i == image_id and r in self.refs)
 
     def _box(self, id_or_name: str) -> _Container | None:
         box = self._containers.get(id_or_name)
