@@ -66,6 +66,7 @@ from lastbackend.controllers.leader import NotLeader
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.platform import Build, Meta, ServiceSource
 from lastbackend.model.repos import ContainerArtifact, PathId, Tag, check_path_id
+from lastbackend.node.registry_auth import registry_auth
 from lastbackend.node.runtime.base import ContainerRuntimeError, RegistryAuth, Runtime
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.sources import git, vendors
@@ -81,7 +82,6 @@ from lastbackend.store.builds import (
     work_key_of,
 )
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op, StoreError
-from lastbackend.store.registries import credentials_for
 from lastbackend.store.repos import Repos
 
 log = structlog.get_logger("lastbackend.controllers.builds")
@@ -394,10 +394,9 @@ class BuildsController(Controller):
 
     async def _registry_auth(self, host: str) -> RegistryAuth | None:
         try:
-            found = await credentials_for(self.etcd, self.secrets, host)
+            return await registry_auth(self.etcd, self.secrets, host)
         except SecretError as exc:
             raise BuildFailed(f"push failed: the account of registry {host}: {exc}") from exc
-        return RegistryAuth(found.username, found.password, found.host) if found else None
 
     # the build-tag family ----------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ from lastbackend.model.apps import (
 )
 from lastbackend.model.common import now
 from lastbackend.model.platform import ServiceConfig
+from lastbackend.node.registry_auth import registry_auth
 from lastbackend.node.runtime.base import (
     ContainerRuntimeError,
     ImageInfo,
@@ -83,7 +84,6 @@ from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
 from lastbackend.store.packages import Packages
-from lastbackend.store.registries import credentials_for
 
 log = structlog.get_logger("lastbackend.controllers.staging")
 
@@ -311,7 +311,7 @@ class StagingController(Controller):
             platform_api=self.settings.platform_api,
             environ=self.environ,
             target=engine.droplet_image(registry, job.sid, job.guid),
-            push_auth=await self._registry_auth(registry) if registry else None,
+            push_auth=await registry_auth(self.etcd, self.secrets, registry) if registry else None,
             log=sink,
         )
         response = BuildpackStagingResponse(
@@ -345,7 +345,7 @@ class StagingController(Controller):
             auth=auth,
             use_caching=cache,
             cache_target=engine.droplet_image(registry, job.sid, job.guid) if cache else None,
-            push_auth=await self._registry_auth(registry) if cache else None,
+            push_auth=await registry_auth(self.etcd, self.secrets, registry) if cache else None,
             log=sink,
         )
         response = DockerStagingResponse(
@@ -364,10 +364,6 @@ class StagingController(Controller):
             checkout = await git.clone(url, Path(tmp) / "src", ref=ref, auth=auth)
             sink(f"       commit {checkout.commit}: {checkout.message}")
             return await asyncio.to_thread(git.tar_tree, checkout.path), checkout.commit
-
-    async def _registry_auth(self, host: str) -> RegistryAuth | None:
-        found = await credentials_for(self.etcd, self.secrets, host)
-        return RegistryAuth(found.username, found.password, found.host) if found else None
 
 
 def _staged(

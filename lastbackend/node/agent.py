@@ -38,17 +38,16 @@ from lastbackend.model.common import now
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node, Pod
 from lastbackend.model.registries import registry_host
+from lastbackend.node.registry_auth import registry_auth
 from lastbackend.node.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
-    RegistryAuth,
     Runtime,
 )
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
 from lastbackend.store.etcd import Cmp, Etcd, Op, StoreError
-from lastbackend.store.registries import credentials_for
 
 log = structlog.get_logger("lastbackend.node")
 
@@ -249,8 +248,7 @@ class NodeAgent(Controller):
         )
 
     async def _pull(self, image: str) -> None:
-        found = await credentials_for(self.etcd, self.secrets, registry_host(image))
-        auth = RegistryAuth(found.username, found.password, found.host) if found else None
+        auth = await registry_auth(self.etcd, self.secrets, registry_host(image))
         await self.runtime.ensure_image(image, auth)
 
     async def _report(self, pod: Pod, state: ContainerState) -> None:
