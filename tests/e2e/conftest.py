@@ -38,6 +38,7 @@ from lastbackend.node.runtime.base import RegistryAuth
 from lastbackend.node.runtime.docker import DockerRuntime
 from lastbackend.store.embedded import free_port
 from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
+from tests.e2e.harness import Harness
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 TEST_LABEL = "io.lastbackend.test"
@@ -239,3 +240,16 @@ def sweep(api: docker.APIClient) -> None:
     for volume in api.volumes(filters=selector)["Volumes"] or []:
         with contextlib.suppress(docker.errors.NotFound):
             api.remove_volume(volume["Name"], force=True)
+
+
+@pytest.fixture
+def harness(
+    tmp_path: Path, dockerd: str, base_image: str, docker_api: docker.APIClient
+) -> Iterator[Harness]:
+    """One test's processes and node: killed, and its containers, volumes and images removed,
+    however the test ends."""
+    h = Harness(tmp_path, dockerd, docker_api)
+    try:
+        yield h
+    finally:
+        h.cleanup()

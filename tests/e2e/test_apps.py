@@ -13,35 +13,21 @@ import contextlib
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import docker
 import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
 from tests.e2e.conftest import Registry
-from tests.e2e.test_containers import Harness, Proc, eventually, push
+from tests.e2e.harness import Harness, Proc, eventually, push
 from tests.gitserver import GitServer, commit, make_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
 SITE = b"<h1>hello from a static site</h1>\n"
-
-
-@pytest.fixture
-def harness(
-    tmp_path: Path, dockerd: str, base_image: str, docker_api: docker.APIClient
-) -> Iterator[Harness]:
-    """As in test_containers: processes killed, this node's containers removed afterwards."""
-    h = Harness(tmp_path, dockerd, docker_api)
-    try:
-        yield h
-    finally:
-        h.cleanup()
 
 
 def zip_of(files: dict[str, bytes | str]) -> bytes:

@@ -26,7 +26,7 @@ from lastbackend.api.hooks import sign
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
 from tests.e2e.conftest import Registry
-from tests.e2e.test_containers import Harness, Proc, eventually
+from tests.e2e.harness import Harness, Proc, eventually
 from tests.gitserver import GitServer, commit, make_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]

@@ -6,30 +6,15 @@ through ``/v3``, and ``docker images`` must no longer list its tag.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import docker
 import pytest
 
 from lastbackend.lifecycle.staging import LABEL_DROPLET
 from lastbackend.store.embedded import EmbeddedEtcd
+from tests.e2e.harness import Harness, eventually
 from tests.e2e.test_apps import SITE, V3, zip_of
-from tests.e2e.test_containers import Harness, eventually
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
-
-
-@pytest.fixture
-def harness(
-    tmp_path: Path, dockerd: str, base_image: str, docker_api: docker.APIClient
-) -> Iterator[Harness]:
-    """As in test_apps: processes killed, this node's containers and images removed afterwards."""
-    h = Harness(tmp_path, dockerd, docker_api)
-    try:
-        yield h
-    finally:
-        h.cleanup()
 
 
 def tags(api: docker.APIClient, droplet: str) -> list[str]:
