@@ -1072,9 +1072,13 @@ def report(results: Results, plan: Plan, quick: bool) -> str:
     noise = {f"phase {k}": v for k, v in r.other_load.items()}
     noise |= {f"cold start {i + 1}": c.other_load for i, c in enumerate(r.cold)}
     out = header + "\n" + "\n".join(lines) + "\n\n### Aims\n\n" + "\n".join(aims)
-    out += (
-        "\n\nCPU used by processes outside the bench (not this script, its etcd, lastbackend "
-        "processes or the Docker engine), in cores: "
+    return out + noise_report(noise, "its etcd, lastbackend processes or the Docker engine")
+
+
+def noise_report(noise: dict[str, float], ours: str) -> str:
+    """The CPU other processes used per phase, and a warning when any phase was noisy."""
+    out = (
+        f"\n\nCPU used by processes outside the bench (not this script, {ours}), in cores: "
         + ", ".join(f"{k} {v:.2f}" for k, v in noise.items())
         + "."
     )

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import hashlib
 import http.client
 import io
@@ -88,6 +87,7 @@ import docker.errors
 # The sibling benchmark's helpers (this file runs as a script, from its own directory).
 from bench_containers import (
     Http,
+    _die_with_parent,
     budget,
     cpu_seconds,
     docker_pids,
@@ -96,6 +96,7 @@ from bench_containers import (
     get_json,
     log_events,
     machine_busy,
+    noise_report,
     percentile,
     say,
     stop_process,
@@ -121,7 +122,6 @@ POLL_STAGE = 0.02  # seconds between looks at a droplet (and its staging log)
 POLL_HTTP = 0.01  # seconds between looks at an app's containers while waiting for its 200
 STAGE_TIMEOUT = 180.0
 START_TIMEOUT = 60.0
-NOISY = 0.25  # cores used by other processes during a run above which the run is flagged
 STATIC_MARKERS = ("Detecting", "Building", "Exporting")
 DOCKER_MARKERS = ("Pulling",)
 # The aims.
@@ -131,11 +131,6 @@ AIM_START_S = 3.0
 
 
 # processes --------------------------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _lastbackend() -> list[str]:
@@ -858,20 +853,9 @@ def report(r: Results, runs: int) -> str:
         noise["warm-up"] = r.cold.other_load
     noise |= {f"run {i + 1}": x.other_load for i, x in enumerate(timed)}
     out = header + "\n" + "\n".join(lines) + "\n\n### Aims\n\n" + "\n".join(aims)
-    out += (
-        "\n\nCPU used by processes outside the bench (not this script, its etcd, registry or "
-        "daemon, the Docker engine or processes in containers), in cores: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in noise.items())
-        + "."
+    return out + noise_report(
+        noise, "its etcd, registry or daemon, the Docker engine or processes in containers"
     )
-    noisy = [k for k, v in noise.items() if v > NOISY]
-    if noisy:
-        out += (
-            f"\n\nWARNING: other processes used more than {NOISY:g} of {os.cpu_count()} cores "
-            f"during {', '.join(noisy)}: those figures measure a shared machine; run again when "
-            "it is idle."
-        )
-    return out
 
 
 # main -------------------------------------------------------------------------------------------
