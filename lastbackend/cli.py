@@ -24,17 +24,17 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from lastbackend import config, logs
+from lastbackend import config, logsetup
 from lastbackend.api.app import make_app
 from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
-from lastbackend.controllers.events import EventsController
+from lastbackend.controllers.build_tag_events import EventsController
 from lastbackend.controllers.gc import GarbageCollector
 from lastbackend.controllers.runner import Controller, Manager
 from lastbackend.controllers.services import ServicesController
 from lastbackend.lifecycle import descriptor as lifecycle_descriptor
 from lastbackend.lifecycle.descriptor import Descriptor, DescriptorError
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.node.agent import NodeAgent
 from lastbackend.secrets import Secrets
@@ -250,7 +250,7 @@ def _controllers(
         if settings.amqp_listen is not None or settings.events_forward:
             controllers.append(_events(settings))
     if "node" in roles:
-        from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+        from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
         runtime = DockerRuntime(settings.docker_host or None)
         secrets = Secrets.from_settings(settings)
@@ -263,7 +263,7 @@ def _controllers(
 def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controller:
     """Staging runs containers on the Docker engine of the controller's own host."""
     from lastbackend.controllers.staging import StagingController
-    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+    from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
     return StagingController(
         etcd,
@@ -279,7 +279,7 @@ def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controll
 def _builds(settings: Settings, etcd: Etcd) -> Controller:
     """Builds run ``docker build`` on the Docker engine of the controller's own host."""
     from lastbackend.controllers.builds import BuildsController
-    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+    from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
     return BuildsController(
         etcd,
@@ -448,8 +448,8 @@ def inspect_text(descriptor: Descriptor) -> str:
 def stack_command(settings: Settings, args: argparse.Namespace) -> int:
     """``lastbackend stack build | inspect``: the Docker engine only, no etcd."""
     from lastbackend.lifecycle import stacks
-    from lastbackend.node.runtime.base import ContainerRuntimeError
-    from lastbackend.node.runtime.docker import DockerRuntime  # the Docker SDK, only here
+    from lastbackend.runtime.base import ContainerRuntimeError
+    from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
     name = args.name or settings.default_stack
 
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return lifecycle_command(settings, args)
     if args.command == "stack":
         return stack_command(settings, args)
-    logs.setup(settings.log_level, settings.log_format)
+    logsetup.setup(settings.log_level, settings.log_format)
     descriptor: Descriptor | None = None
     if args.command in ROLES:
         try:

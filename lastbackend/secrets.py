@@ -28,7 +28,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from lastbackend.config import Settings
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 
 TOKEN_PREFIX = "gAAAAA"
 """How every Fernet token begins (version byte 0x80, then a timestamp): ciphertext at a glance."""

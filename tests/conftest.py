@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
+from tests.support import free_port
 
 CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from lastbackend.store.embedded import free_port
+from tests.support import free_port
 
 
 def make_repo(root: Path, name: str, files: dict[str, str], *, branch: str = "main") -> str:

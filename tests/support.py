@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,3 +19,10 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) 
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"not reached in {within}s; last: {last!r}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free at this moment (another process may still take it before the caller binds)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

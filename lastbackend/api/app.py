@@ -9,12 +9,12 @@ from prometheus_client import CollectorRegistry
 
 from lastbackend.api import apps, middlewares, projects, registries, repos, services, system
 from lastbackend.api import builds as builds_family
+from lastbackend.api import container_logs as logs_family
 from lastbackend.api import droplets as droplets_family
-from lastbackend.api import events as events_family
+from lastbackend.api import event_stream as events_family
 from lastbackend.api import hooks as hooks_family
 from lastbackend.api import images as images_family
 from lastbackend.api import lifecycle as lifecycle_family
-from lastbackend.api import logs as logs_family
 from lastbackend.api import packages as packages_family
 from lastbackend.api import vendors as vendors_family
 from lastbackend.api.state import STATE, LogSource, State

@@ -36,7 +36,7 @@ from aiohttp import web
 from lastbackend.api.errors import ApiError
 from lastbackend.api.http import doc, json_response
 from lastbackend.api.state import STATE
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 from lastbackend.model.platform import ServiceSource
 from lastbackend.model.vendors import Vendor
 from lastbackend.store.builds import Builds, NoSource, Target

@@ -22,7 +22,7 @@ from lastbackend.api.errors import ApiError
 from lastbackend.api.http import Handler
 from lastbackend.codec import Invalid
 from lastbackend.config import Settings
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 from lastbackend.secrets import SecretError
 from lastbackend.store.etcd import StoreUnavailable
 from lastbackend.store.objects import Conflict, Contention, NotFound, PreconditionFailed

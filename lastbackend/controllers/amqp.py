@@ -1,6 +1,6 @@
 """AMQP 1.0 for the events controller: a listener receivers attach to, and an optional forwarder.
 
-The only module that imports proton (python-qpid-proton), as ``node/runtime/docker.py`` is the
+The only module that imports proton (python-qpid-proton), as ``runtime/docker.py`` is the
 only one that imports docker.
 
 **Threads.** Proton's reactor is not thread-safe and runs its own I/O loop, so :class:`AmqpHub`

@@ -19,7 +19,7 @@ a delete in between stops the task instead of being overwritten:
   the branch with the git CLI (``sources/git.py``); the checkout's commit, subject and author are
   recorded with the next step;
 - ``building``: ``docker build`` of the checkout (the Dockerfile at ``builds.dockerfile``),
-  through the :class:`~lastbackend.node.runtime.base.Runtime` seam, tagged by build number;
+  through the :class:`~lastbackend.runtime.base.Runtime` seam, tagged by build number;
 - ``pushing``: push to the registry named by the tag, with the account stored for that host;
 - ``success``: for a service, in the same txn, its ``image`` key is set to the new tag (compared
   with the service still existing), and the services controller rolls it out. Before that the
@@ -66,8 +66,7 @@ from lastbackend.controllers.leader import NotLeader
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.platform import Build, Meta, ServiceSource
 from lastbackend.model.repos import ContainerArtifact, PathId, Tag, check_path_id
-from lastbackend.node.registry_auth import registry_auth
-from lastbackend.node.runtime.base import ContainerRuntimeError, RegistryAuth, Runtime
+from lastbackend.runtime.base import ContainerRuntimeError, RegistryAuth, Runtime
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.sources import git, vendors
 from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
@@ -82,6 +81,7 @@ from lastbackend.store.builds import (
     work_key_of,
 )
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op, StoreError
+from lastbackend.store.registries import registry_auth
 from lastbackend.store.repos import Repos
 
 log = structlog.get_logger("lastbackend.controllers.builds")

@@ -24,7 +24,7 @@ resync period) removes every droplet image whose helper key is gone. The sweep s
 younger than :data:`SWEEP_GRACE`, which may belong to another installation sharing the engine.
 
 Where work happens: bits come from the blob store, git sources are cloned with the git CLI, and
-every container operation goes through the :class:`~lastbackend.node.runtime.base.Runtime` seam,
+every container operation goes through the :class:`~lastbackend.runtime.base.Runtime` seam,
 on the Docker engine of the host the controller runs on.
 """
 
@@ -70,8 +70,7 @@ from lastbackend.model.apps import (
 )
 from lastbackend.model.common import now
 from lastbackend.model.platform import ServiceConfig
-from lastbackend.node.registry_auth import registry_auth
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     ContainerRuntimeError,
     ImageInfo,
     ImageInUse,
@@ -84,6 +83,7 @@ from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
 from lastbackend.store.packages import Packages
+from lastbackend.store.registries import registry_auth
 
 log = structlog.get_logger("lastbackend.controllers.staging")
 

@@ -33,7 +33,7 @@ import attrs
 
 from lastbackend.lifecycle import descriptor as lifecycle
 from lastbackend.lifecycle.descriptor import Descriptor
-from lastbackend.node.runtime.base import ImageConfig, ImageInfo, Runtime
+from lastbackend.runtime.base import ImageConfig, ImageInfo, Runtime
 
 DEFAULT_STACK = "busybox"
 BUILD_REPOSITORY = "lastbackend/stack-build"

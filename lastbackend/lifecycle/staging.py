@@ -1,6 +1,6 @@
 """The staging engine: an app's files or a docker image in, a runnable image out.
 
-Pure machinery over the :class:`~lastbackend.node.runtime.base.Runtime` seam, with no etcd: the
+Pure machinery over the :class:`~lastbackend.runtime.base.Runtime` seam, with no etcd: the
 staging controller reads droplets and packages, calls :func:`stage_buildpack` or
 :func:`stage_docker`, and writes what they return. Both take a ``log`` callable that receives the
 staging output line by line, in the Cloud Foundry / Heroku style (``-----> Detecting``), and both
@@ -68,7 +68,7 @@ from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle.buildpacks import Buildpack, find
 from lastbackend.lifecycle.descriptor import Descriptor, Kind
 from lastbackend.model.registries import DOCKER_HUB, registry_host
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ImageConfig,

@@ -159,3 +159,17 @@ def registry_host(image: str) -> str:
     ):
         return DOCKER_HUB
     return first.lower()
+
+
+@attrs.frozen(repr=False)
+class RegistryAuth:
+    """A login as the runtime takes it: a clear password, kept out of ``repr`` and so of logs.
+
+    ``server`` is the registry's host (``127.0.0.1:5000``, ``docker.io``)."""
+
+    username: str
+    password: str
+    server: str
+
+    def __repr__(self) -> str:
+        return f"RegistryAuth(username={self.username!r}, password='***', server={self.server!r})"

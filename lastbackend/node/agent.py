@@ -38,8 +38,7 @@ from lastbackend.model.common import now
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node, Pod
 from lastbackend.model.registries import registry_host
-from lastbackend.node.registry_auth import registry_auth
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
@@ -48,6 +47,7 @@ from lastbackend.node.runtime.base import (
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
 from lastbackend.store.etcd import Cmp, Etcd, Op, StoreError
+from lastbackend.store.registries import registry_auth
 
 log = structlog.get_logger("lastbackend.node")
 

@@ -30,6 +30,7 @@ from lastbackend.model.common import now
 from lastbackend.model.registries import (
     DOCKER_HUB_ALIASES,
     RegistryAccount,
+    RegistryAuth,
     RegistryCreate,
     RegistryPatch,
     check_registry_host,
@@ -205,3 +206,13 @@ async def credentials_for(etcd: Etcd, secrets: Secrets, host: str) -> RegistryCr
             password = secrets.decrypt(account.password)
             return RegistryCredentials(account.host, account.username, password, account.email)
     return None
+
+
+async def registry_auth(etcd: Etcd, secrets: Secrets, host: str) -> RegistryAuth | None:
+    """The login for ``host`` as the runtime takes it, or ``None`` without an account.
+
+    The node agent (pulls), staging and builds (pushes) all need it, so it is made here once;
+    raises ``SecretError`` when the stored password was encrypted with another key.
+    """
+    found = await credentials_for(etcd, secrets, host)
+    return RegistryAuth(found.username, found.password, found.host) if found else None

@@ -54,7 +54,8 @@ import aiohttp
 from proton import Timeout
 from proton.utils import BlockingConnection
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 WARMUP = 20

@@ -57,8 +57,9 @@ from types import FrameType
 import aiohttp
 from yarl import URL
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Cmp, Etcd, Op
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 PROJECTS = 1000

@@ -69,7 +69,7 @@ from cryptography.fernet import Fernet
 # Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lastbackend.api.hooks import sign
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from tests.baseimage import BASE_IMAGE
 from tests.bench.bench_containers import (
     _die_with_parent,
@@ -83,6 +83,7 @@ from tests.bench.bench_containers import (
     tail,
 )
 from tests.gitserver import GitServer, commit, make_repo
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 POLL = 0.02

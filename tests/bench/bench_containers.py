@@ -89,9 +89,10 @@ from lastbackend.model.platform import Meta, ServiceConfig
 from lastbackend.node.agent import LABEL_NODE, LABEL_SERVICE
 from lastbackend.store import keys
 from lastbackend.store import services as service_store
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import MAX_TXN_OPS, Etcd, Op
 from lastbackend.store.objects import NameCache
+from tests.support import free_port
 
 # Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

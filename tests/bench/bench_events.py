@@ -48,8 +48,9 @@ import aiohttp
 # The sibling benchmark's process helpers (this file runs as a script, from its own directory).
 from bench_api import cpu_seconds, machine_busy, start_api, stop_process, wait_ready
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 CHANGES = 500

@@ -109,7 +109,8 @@ from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle.staging import LABEL_APP, STAGING_LABEL, container_name
 from lastbackend.node.agent import LABEL_SERVICE
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
+from tests.support import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.baseimage import BASE_IMAGE, INDEX_HTML, ensure_base_image
@@ -424,7 +425,7 @@ def default_stack_state() -> str:
 
 
 async def _inspect_default_stack() -> stacks.Stack:
-    from lastbackend.node.runtime.docker import DockerRuntime
+    from lastbackend.runtime.docker import DockerRuntime
 
     runtime = DockerRuntime(os.environ.get("DOCKER_HOST") or None)
     try:
@@ -435,7 +436,7 @@ async def _inspect_default_stack() -> stacks.Stack:
 
 def time_stack_build(name: str) -> float:
     """Seconds to make the busybox rootfs and import it as stack ``name``'s two images."""
-    from lastbackend.node.runtime.docker import DockerRuntime
+    from lastbackend.runtime.docker import DockerRuntime
 
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
 

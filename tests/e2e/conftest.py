@@ -34,11 +34,11 @@ import docker
 import docker.errors
 import pytest
 
-from lastbackend.node.runtime.base import RegistryAuth
-from lastbackend.node.runtime.docker import DockerRuntime
-from lastbackend.store.embedded import free_port
+from lastbackend.runtime.base import RegistryAuth
+from lastbackend.runtime.docker import DockerRuntime
 from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
 from tests.e2e.harness import Harness
+from tests.support import free_port
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 TEST_LABEL = "io.lastbackend.test"

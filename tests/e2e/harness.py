@@ -31,7 +31,8 @@ import docker.errors
 import pytest
 from cryptography.fernet import Fernet
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
+from tests.support import free_port
 
 if TYPE_CHECKING:
     from tests.e2e.conftest import Registry

@@ -25,10 +25,10 @@ from lastbackend.config import Settings
 from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.controllers.services import ServicesController
 from lastbackend.node.agent import LABEL_NODE, NodeAgent
-from lastbackend.node.runtime.docker import DockerRuntime
+from lastbackend.runtime.docker import DockerRuntime
 from lastbackend.secrets import Secrets, generate_key
-from lastbackend.store.embedded import free_port
 from lastbackend.store.etcd import Etcd
+from tests.support import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 

@@ -23,7 +23,7 @@ import docker
 import pytest
 from aiohttp import web
 
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerSpec,
@@ -35,7 +35,7 @@ from lastbackend.node.runtime.base import (
     Runtime,
     RuntimeEvent,
 )
-from lastbackend.node.runtime.docker import DockerRuntime
+from lastbackend.runtime.docker import DockerRuntime
 from tests.baseimage import INDEX_HTML
 from tests.e2e.conftest import Registry
 

@@ -31,8 +31,8 @@ from lastbackend.lifecycle.staging import (
     stage_buildpack,
     stage_docker,
 )
-from lastbackend.node.runtime.base import ContainerSpec, ImageConfig, RegistryAuth
-from lastbackend.node.runtime.docker import DockerRuntime
+from lastbackend.runtime.base import ContainerSpec, ImageConfig, RegistryAuth
+from lastbackend.runtime.docker import DockerRuntime
 from tests.baseimage import INDEX_HTML
 from tests.e2e.conftest import Registry
 from tests.support import eventually

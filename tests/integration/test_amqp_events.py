@@ -28,7 +28,7 @@ from proton.utils import BlockingConnection, LinkDetached
 
 from lastbackend.config import ConfigError, Settings
 from lastbackend.controllers.amqp import AmqpHub, Outgoing
-from lastbackend.controllers.events import (
+from lastbackend.controllers.build_tag_events import (
     CREATED,
     DELETED,
     UPDATED,
@@ -39,9 +39,8 @@ from lastbackend.controllers.events import (
 )
 from lastbackend.controllers.runner import ControllerRunner, Manager
 from lastbackend.store import keys
-from lastbackend.store.embedded import free_port
 from lastbackend.store.etcd import Etcd
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 Client = TestClient[Any, Any]
 

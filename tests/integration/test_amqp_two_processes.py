@@ -37,9 +37,9 @@ from cryptography.fernet import Fernet
 from proton import Message, ProtonException, Timeout
 from proton.utils import BlockingConnection
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.etcd
 

@@ -20,11 +20,11 @@ from lastbackend.controllers.services import ServicesController
 from lastbackend.model.apps import BuildpackLifecycle, Droplet
 from lastbackend.model.pods import Pod
 from lastbackend.node.agent import NodeAgent
-from lastbackend.node.runtime.base import NodeCapacity
-from lastbackend.node.runtime.fake import FakeRuntime
+from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
+from tests.fakeruntime import FakeRuntime
 from tests.support import eventually
 
 pytestmark = pytest.mark.etcd

@@ -2,7 +2,7 @@
 
 The API, the vendor that resolves the source, ``git clone`` from a smart-HTTP server that demands
 the vendor's token, the build-tag family and the controller are all real; only the container
-engine is :class:`~lastbackend.node.runtime.fake.FakeRuntime`, whose ``build_gate`` holds a build
+engine is :class:`~tests.fakeruntime.FakeRuntime`, whose ``build_gate`` holds a build
 in ``building`` for as long as a test needs (``tests/e2e/test_builds.py`` does the same on a real
 Docker engine and registry).
 """
@@ -24,12 +24,12 @@ from lastbackend.controllers.builds import INTERRUPTED, BuildsController
 from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.model.common import now
 from lastbackend.model.platform import Build
-from lastbackend.node.runtime.base import RegistryAuth
-from lastbackend.node.runtime.fake import FakeRuntime
+from lastbackend.runtime.base import RegistryAuth
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.fakeruntime import FakeRuntime
 from tests.gitserver import GitServer, commit, make_repo
 from tests.support import eventually
 

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from lastbackend.store.embedded import EmbeddedEtcd, free_port
+from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import dump
+from tests.support import free_port
 
 pytestmark = pytest.mark.etcd
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lastbackend.store.embedded import free_port
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
+from tests.support import free_port
 
 pytestmark = pytest.mark.etcd
 

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from lastbackend.api.app import make_app
-from lastbackend.api.events import shown
+from lastbackend.api.event_stream import shown
 from lastbackend.api.middlewares import INFLIGHT
 from lastbackend.api.state import STATE
 from lastbackend.config import Settings

@@ -222,12 +222,12 @@ async def test_losing_etcd_ends_the_term_before_the_lease_could_expire(tmp_path:
 CANDIDATE = textwrap.dedent(
     """
     import asyncio, sys
-    from lastbackend import logs
+    from lastbackend import logsetup
     from lastbackend.controllers.leader import LeaderElection
     from lastbackend.store.etcd import Etcd
 
     async def main():
-        logs.setup("warning")
+        logsetup.setup("warning")
         async with Etcd([sys.argv[1]]) as etcd:
             election = LeaderElection(etcd, "crash", identity="child", ttl=int(sys.argv[2]))
             await election.campaign()

@@ -27,13 +27,12 @@ from lastbackend.controllers.services import ServicesController
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
 from lastbackend.node.agent import LABEL_NODE, NodeAgent
-from lastbackend.node.runtime.base import ContainerSpec, NodeCapacity
-from lastbackend.node.runtime.fake import FakeRuntime
+from lastbackend.runtime.base import ContainerSpec, NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
-from lastbackend.store.embedded import free_port
 from lastbackend.store.etcd import Etcd
-from tests.support import eventually
+from tests.fakeruntime import FakeRuntime
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.etcd
 

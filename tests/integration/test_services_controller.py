@@ -22,11 +22,11 @@ from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.controllers.services import ServicesController
 from lastbackend.model.pods import Node, Pod
 from lastbackend.node.agent import LABEL_POD, NodeAgent
-from lastbackend.node.runtime.base import NodeCapacity
-from lastbackend.node.runtime.fake import FakeRuntime
+from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
+from tests.fakeruntime import FakeRuntime
 from tests.support import eventually
 
 pytestmark = pytest.mark.etcd

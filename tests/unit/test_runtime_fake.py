@@ -16,7 +16,7 @@ import attrs
 import pytest
 
 from lastbackend.model.registries import registry_host
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     ContainerNotFound,
     ContainerRuntimeError,
     ContainerSpec,
@@ -30,7 +30,7 @@ from lastbackend.node.runtime.base import (
     must_pull,
     split_image,
 )
-from lastbackend.node.runtime.fake import FIRST_PORT, FakeProcess, FakeRuntime
+from tests.fakeruntime import FIRST_PORT, FakeProcess, FakeRuntime
 
 IMAGE = "registry.example:5000/team/app:1"
 LABELS = {"io.lastbackend.service": "s1"}

@@ -34,8 +34,8 @@ from lastbackend.lifecycle.staging import (
     stage_buildpack,
     stage_docker,
 )
-from lastbackend.node.runtime.base import ContainerSpec, ImageConfig, RegistryAuth
-from lastbackend.node.runtime.fake import FakeProcess, FakeRuntime
+from lastbackend.runtime.base import ContainerSpec, ImageConfig, RegistryAuth
+from tests.fakeruntime import FakeProcess, FakeRuntime
 
 DROPLET = "0b9f8a52-5f4e-4f0c-9d4c-6f2f7c1f0a11"
 TARGET = f"lastbackend-droplets/app1:{DROPLET}"

@@ -17,12 +17,12 @@ from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.controllers.staging import StagingController
 from lastbackend.lifecycle import descriptor
 from lastbackend.lifecycle.staging import LABEL_APP, LABEL_DROPLET, droplet_image
-from lastbackend.node.runtime.base import ContainerSpec, ImageConfig
-from lastbackend.node.runtime.fake import FakeRuntime
+from lastbackend.runtime.base import ContainerSpec, ImageConfig
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd, Op
+from tests.fakeruntime import FakeRuntime
 from tests.support import eventually
 
 pytestmark = pytest.mark.etcd

@@ -1,8 +1,8 @@
 """The container runtime seam: what the node agent needs from a container engine, and no more.
 
 The agent reconciles pods into containers through :class:`Runtime` only, so its logic can be
-tested against :class:`~lastbackend.node.runtime.fake.FakeRuntime` and run against
-:class:`~lastbackend.node.runtime.docker.DockerRuntime` (the one module that imports ``docker``),
+tested against :class:`~tests.fakeruntime.FakeRuntime` and run against
+:class:`~lastbackend.runtime.docker.DockerRuntime` (the one module that imports ``docker``),
 the way httpx swaps its ``Transport``.
 
 Rules every implementation keeps, because the agent's idempotence rests on them:
@@ -43,6 +43,8 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 import attrs
+
+from lastbackend.model.registries import RegistryAuth
 
 Labels = Mapping[str, str]
 
@@ -120,18 +122,6 @@ class ContainerState:
     @property
     def running(self) -> bool:
         return self.status == "running"
-
-
-@attrs.frozen(repr=False)
-class RegistryAuth:
-    """Credentials for one registry; ``server`` is its host (``127.0.0.1:5000``, ``docker.io``)."""
-
-    username: str
-    password: str
-    server: str
-
-    def __repr__(self) -> str:
-        return f"RegistryAuth(username={self.username!r}, password='***', server={self.server!r})"
 
 
 @attrs.frozen

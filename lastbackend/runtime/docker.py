@@ -35,7 +35,7 @@ import docker.utils
 import requests.exceptions
 import structlog
 
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     BuildError,
     ContainerNotFound,
     ContainerRuntimeError,
@@ -57,7 +57,7 @@ from lastbackend.node.runtime.base import (
 )
 
 T = TypeVar("T")
-log = structlog.get_logger("lastbackend.node.runtime")
+log = structlog.get_logger("lastbackend.runtime")
 
 MIB = 1024 * 1024
 STREAM_BUFFER = 256
@@ -297,7 +297,7 @@ class _Bridge(Generic[T]):
 
 
 class DockerRuntime:
-    """:class:`~lastbackend.node.runtime.base.Runtime` on a Docker engine.
+    """:class:`~lastbackend.runtime.base.Runtime` on a Docker engine.
 
     ``base_url`` is the engine's address (``unix:///var/run/docker.sock``,
     ``tcp://host:2376``); ``None`` reads ``DOCKER_HOST`` and its TLS variables like the docker

@@ -1,4 +1,4 @@
-"""An in-memory :class:`~lastbackend.node.runtime.base.Runtime` for unit tests of controller logic.
+"""An in-memory :class:`~lastbackend.runtime.base.Runtime` for unit tests of controller logic.
 
 It keeps the seam's rules (adoption by name, label selection, idempotent deletes, events from the
 moment of subscription, no restart policy) and Docker's observable habits (the events a kill or a
@@ -36,7 +36,7 @@ from typing import Literal
 import attrs
 
 from lastbackend.model.registries import registry_host
-from lastbackend.node.runtime.base import (
+from lastbackend.runtime.base import (
     BuildError,
     ContainerNotFound,
     ContainerRuntimeError,

@@ -54,7 +54,7 @@ from lastbackend.store import keys
 from lastbackend.store.etcd import Compacted, Etcd, StoreError
 from lastbackend.store.repos import decode, objects
 
-log = structlog.get_logger("lastbackend.controllers.events")
+log = structlog.get_logger("lastbackend.controllers.build_tag_events")
 
 Ids = tuple[str, ...]
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"

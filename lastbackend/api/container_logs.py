@@ -36,7 +36,7 @@ from lastbackend.api.http import doc
 from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE, State
 from lastbackend.api.streams import follow_query, gone, not_drained
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
 from lastbackend.store import keys

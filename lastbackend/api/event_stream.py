@@ -39,7 +39,7 @@ from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
 from lastbackend.api.state import STATE, State
 from lastbackend.api.streams import gone, not_drained
-from lastbackend.logs import log
+from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.store import keys
 from lastbackend.store.etcd import Compacted, Etcd, StoreError, WatchEvent
