@@ -30,7 +30,7 @@ from lastbackend.api.middlewares import INFLIGHT, InFlight
 from lastbackend.config import ConfigError, Settings
 from lastbackend.controllers.build_tag_events import EventsController
 from lastbackend.controllers.gc import GarbageCollector
-from lastbackend.controllers.runner import Controller, Manager
+from lastbackend.controllers.runner import Controller, Elected, Manager
 from lastbackend.controllers.services import ServicesController
 from lastbackend.lifecycle import descriptor as lifecycle_descriptor
 from lastbackend.lifecycle.descriptor import Descriptor, DescriptorError
@@ -239,14 +239,16 @@ async def serve(
 
 
 def _controllers(
-    settings: Settings, etcd: Etcd, roles: frozenset[str], descriptor: Descriptor | None = None
-) -> list[Controller]:
-    controllers: list[Controller] = []
+    settings: Settings, roles: frozenset[str], descriptor: Descriptor | None = None
+) -> list[Elected]:
+    """What the roles run, each under its own election; none holds an etcd client (they get
+    a fenced handle from their runner)."""
+    controllers: list[Elected] = []
     if "controller" in roles:
         controllers += [ServicesController(), GarbageCollector(BlobStore(settings.blob_dir))]
         if descriptor is not None:
-            controllers.append(_staging(settings, etcd, descriptor))
-        controllers.append(_builds(settings, etcd))
+            controllers.append(_staging(settings, descriptor))
+        controllers.append(_builds(settings))
         if settings.amqp_listen is not None or settings.events_forward:
             controllers.append(_events(settings))
     if "node" in roles:
@@ -255,18 +257,17 @@ def _controllers(
         runtime = DockerRuntime(settings.docker_host or None)
         secrets = Secrets.from_settings(settings)
         controllers.append(
-            NodeAgent(etcd, runtime, secrets, settings.node, address=settings.node_address)
+            NodeAgent(runtime, secrets, settings.node, address=settings.node_address)
         )
     return controllers
 
 
-def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controller:
+def _staging(settings: Settings, descriptor: Descriptor) -> Controller:
     """Staging runs containers on the Docker engine of the controller's own host."""
     from lastbackend.controllers.staging import StagingController
     from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
     return StagingController(
-        etcd,
         DockerRuntime(settings.docker_host or None),
         Secrets.from_settings(settings),
         BlobStore(settings.blob_dir),
@@ -276,13 +277,12 @@ def _staging(settings: Settings, etcd: Etcd, descriptor: Descriptor) -> Controll
     )
 
 
-def _builds(settings: Settings, etcd: Etcd) -> Controller:
+def _builds(settings: Settings) -> Controller:
     """Builds run ``docker build`` on the Docker engine of the controller's own host."""
     from lastbackend.controllers.builds import BuildsController
     from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
     return BuildsController(
-        etcd,
         DockerRuntime(settings.docker_host or None),
         Secrets.from_settings(settings),
         BlobStore(settings.blob_dir),
@@ -305,7 +305,7 @@ async def _run_roles(
     settings: Settings, etcd: Etcd, roles: frozenset[str], descriptor: Descriptor | None = None
 ) -> None:
     registry = CollectorRegistry()
-    controllers = _controllers(settings, etcd, roles, descriptor)
+    controllers = _controllers(settings, roles, descriptor)
     manager = Manager(etcd, controllers, registry=registry) if controllers else None
     agent = next((c for c in controllers if isinstance(c, NodeAgent)), None)
     app = make_app(

@@ -47,11 +47,10 @@ import structlog
 
 from lastbackend import codec
 from lastbackend.controllers.amqp import AmqpHub, Outgoing
-from lastbackend.controllers.informer import PAGE
-from lastbackend.controllers.runner import Controller, Watch
+from lastbackend.controllers.runner import LeaderTask
 from lastbackend.model import repos as model
 from lastbackend.store import keys
-from lastbackend.store.etcd import Compacted, Etcd, StoreError
+from lastbackend.store.etcd import Compacted, Store, StoreError, list_prefix
 from lastbackend.store.repos import decode, objects
 
 log = structlog.get_logger("lastbackend.controllers.build_tag_events")
@@ -180,21 +179,15 @@ def _valid(ids: Ids, key: str, raw: bytes) -> bool:
     return True
 
 
-async def list_tree(etcd: Etcd) -> tuple[int, list[tuple[str, bytes]]]:
-    """Every key under ``repos/`` at one revision, in pages pinned to the first page's."""
-    revision = 0
-    start: str | None = None
-    found: list[tuple[str, bytes]] = []
-    while True:
-        page = await etcd.range(keys.REPOS, start=start, revision=revision, limit=PAGE)
-        revision = revision or page.revision
-        found += [(kv.key, kv.value) for kv in page.kvs]
-        if not page.more or not page.kvs:
-            return revision, found
-        start = page.kvs[-1].key + "\0"
+async def list_tree(etcd: Store) -> tuple[int, list[tuple[str, bytes]]]:
+    """Every key under ``repos/`` at one revision."""
+    revision, kvs = await list_prefix(etcd, keys.REPOS)
+    return revision, [(kv.key, kv.value) for kv in kvs]
 
 
-async def follow(etcd: Etcd, tree: RepoTree, publish: Callable[[Sequence[Outgoing]], None]) -> None:
+async def follow(
+    etcd: Store, tree: RepoTree, publish: Callable[[Sequence[Outgoing]], None]
+) -> None:
     """Watch ``repos/`` from ``tree.revision`` + 1 and publish every revision's changes, forever.
 
     A broken stream is resumed by the store; a compaction relists and publishes the difference.
@@ -232,7 +225,7 @@ async def follow(etcd: Etcd, tree: RepoTree, publish: Callable[[Sequence[Outgoin
             delay = min(delay * 2, RETRY_MAX)
 
 
-class EventsController(Controller):
+class EventsController(LeaderTask):
     """Leader-elected AMQP publisher of the build-tag tree (see the module docstring).
 
     ``listen`` is where receivers connect (``None``: nowhere, forwarding only); ``forward`` an
@@ -240,7 +233,6 @@ class EventsController(Controller):
     """
 
     name = "events"
-    workers = 1
 
     def __init__(self, listen: tuple[str, int] | None, forward: str | None = None) -> None:
         super().__init__()
@@ -249,19 +241,9 @@ class EventsController(Controller):
         self.hub: AmqpHub | None = None
         """The current term's hub (``None`` between terms): for status and tests."""
 
-    def watches(self) -> Sequence[Watch]:
-        return []  # its own watch, per revision: see the module docstring
-
-    async def reconcile(self, key: str) -> float | None:
-        return None
-
-    def background(self) -> Sequence[Any]:
-        return [self._serve()]
-
-    async def _serve(self) -> None:
-        if self.election is None:
-            raise RuntimeError("the events controller runs under its runner")
-        etcd = self.election.etcd
+    async def run(self) -> None:
+        """List, then follow the tree with a watch of its own, a revision at a time."""
+        etcd = self.store
         tree = RepoTree()
         revision, pairs = await list_tree(etcd)
         tree.load(pairs, revision)  # the state receivers start from: nothing is replayed

@@ -21,9 +21,10 @@ a delete in between stops the task instead of being overwritten:
 - ``building``: ``docker build`` of the checkout (the Dockerfile at ``builds.dockerfile``),
   through the :class:`~lastbackend.runtime.base.Runtime` seam, tagged by build number;
 - ``pushing``: push to the registry named by the tag, with the account stored for that host;
-- ``success``: for a service, in the same txn, its ``image`` key is set to the new tag (compared
-  with the service still existing), and the services controller rolls it out. Before that the
-  result is tagged ``untested`` in the build-tag family (see :meth:`BuildsController._tag`).
+- ``success``: in the same txn the result is tagged ``untested`` in the build-tag family (see
+  :meth:`BuildsController._tag`) and, for a service, its ``image`` key is set to the new tag
+  (compared with the service still existing), which the services controller rolls out. A build
+  is ``success`` exactly when its tag is there: CI never promotes a build that failed.
 
 Where images go (``<n>`` is the build number)::
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import tempfile
@@ -80,9 +82,9 @@ from lastbackend.store.builds import (
     advance,
     work_key_of,
 )
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op, StoreError
+from lastbackend.store.etcd import KV, Cmp, Op, Store, StoreError
 from lastbackend.store.registries import registry_auth
-from lastbackend.store.repos import Repos
+from lastbackend.store.repos import Ids, PlannedPut, Repos
 
 log = structlog.get_logger("lastbackend.controllers.builds")
 
@@ -94,9 +96,11 @@ LOCAL_REPOSITORY = "lastbackend-builds"
 """Where a service's builds are tagged when no platform registry is configured."""
 TAG = "untested"
 """The build-tag family's tag a successful build gets (CI promotes it from there)."""
+TAG_TRIES = 5
+"""Plans of the tag for one success txn; a tag that keeps changing after that is left out."""
 
 
-Resolver = Callable[[Etcd, Secrets, ServiceSource], Awaitable[Remote]]
+Resolver = Callable[[Store, Secrets, ServiceSource], Awaitable[Remote]]
 """A source -> where to clone it from and with which credentials (the vendor's token)."""
 
 
@@ -135,7 +139,6 @@ class BuildsController(Controller):
 
     def __init__(
         self,
-        etcd: Etcd,
         runtime: Runtime,
         secrets: Secrets,
         blobs: BlobStore,
@@ -144,13 +147,11 @@ class BuildsController(Controller):
         resolve: Resolver | None = None,
     ) -> None:
         super().__init__()
-        self.etcd = etcd
         self.runtime = runtime
         self.secrets = secrets
         self.blobs = blobs
         self.settings = settings
         self.resolve: Resolver = resolve or vendors.resolve
-        self.repos = Repos(etcd)
         self.jobs: Jobs[_Building] = Jobs(self.name, settings.build_concurrency)
 
     def watches(self) -> Sequence[Watch]:
@@ -247,7 +248,7 @@ class BuildsController(Controller):
     async def _begin(self, target: Target, number: int) -> _Job | None:
         """Move the build to ``fetching``; None if it is gone or no longer queued."""
         key = target.key(number)
-        kv = await self.etcd.get(key)
+        kv = await self.store.get(key)
         if kv is None:
             return None
         build = codec.loads(kv.value, Build)
@@ -287,7 +288,7 @@ class BuildsController(Controller):
             f"branch {source.branch}"
         )
         try:
-            remote = await self.resolve(self.etcd, self.secrets, source)
+            remote = await self.resolve(self.store, self.secrets, source)
         except (asyncio.CancelledError, StoreError):
             raise
         except Exception as exc:
@@ -335,24 +336,39 @@ class BuildsController(Controller):
                 raise BuildFailed(f"push failed: {exc}") from exc
             sink(f"       {digest}")
 
-        await self._tag(job, source, ref, host, image_id, sink)
-        await self._succeed(job, ref, sink)
+        await self._succeed(job, ref, self._tag(job, source, ref, host, image_id, sink), sink)
 
-    async def _succeed(self, job: _Job, ref: str, sink: Callable[[str], None]) -> None:
-        """``success``, and for a service its ``image`` key, in one txn that also compares the
-        target still there: a deleted service is never given an image key again."""
+    async def _succeed(
+        self, job: _Job, ref: str, tag: tuple[Ids, Tag] | None, sink: Callable[[str], None]
+    ) -> None:
+        """``success``, for a service its ``image`` key, and the ``untested`` tag, in one txn
+        that also compares the target still there: a deleted service is never given an image
+        key again, and CI never sees a tag of a build that did not succeed (nor the reverse)."""
         running = self.jobs.running(job.target.work_key)
         building = running.info if running is not None else None
         if building is not None and building.number == job.number:
             building.finishing = True
         done = advance(job.build, "success", message="")
-        compare = [Cmp.present(job.target.meta_key)]
-        ops: list[Op] = []
+        own: list[Op] = []
         if job.target.kind == "service":
             image_key = keys.service_part(job.target.project, job.target.id, "image")
-            ops.append(Op.put(image_key, ref))
+            own.append(Op.put(image_key, ref))
         try:
-            await self._write(job, done, compare, ops)
+            for attempt in itertools.count(1):
+                plan = await self._plan_tag(job, tag, sink) if attempt <= TAG_TRIES else None
+                compare = [Cmp.present(job.target.meta_key), *(plan.compare if plan else [])]
+                try:
+                    await self._write(job, done, compare, [*own, *(plan.ops if plan else [])])
+                except _Stopped:
+                    if plan is None or not await self._unchanged(job):
+                        raise
+                    continue  # the tag changed between its read and our txn: plan it again
+                if tag is not None and plan is not None:
+                    ids = tag[0]
+                    sink(f"-----> Tagged {TAG}: repos/{ids[0]}/branches/{ids[1]}/tags/{TAG}")
+                elif tag is not None:
+                    sink(f"       not tagged {TAG}: the tag kept changing; build it again to tag")
+                break
         finally:
             if building is not None:
                 building.finishing = False
@@ -364,7 +380,7 @@ class BuildsController(Controller):
     # reading the target ------------------------------------------------------------------------
 
     async def _source(self, target: Target) -> ServiceSource:
-        kv = await self.etcd.get(target.source_key)
+        kv = await self.store.get(target.source_key)
         if kv is None:
             raise BuildFailed(f"the {target.kind} has no source to build from")
         return codec.loads(kv.value, ServiceSource)
@@ -373,7 +389,7 @@ class BuildsController(Controller):
         """The tag of the build's image (see the module docstring)."""
         registry = self.settings.platform_registry.rstrip("/")
         if target.kind == "service":
-            found = await self.etcd.read_many([keys.project_meta(target.project), target.meta_key])
+            found = await self.store.read_many([keys.project_meta(target.project), target.meta_key])
             project = found.get(keys.project_meta(target.project))
             service = found.get(target.meta_key)
             if project is None or service is None:
@@ -382,7 +398,7 @@ class BuildsController(Controller):
                 f"{codec.loads(project.value, Meta).name}/{codec.loads(service.value, Meta).name}"
             )
             return f"{registry or LOCAL_REPOSITORY}/{path}:{number}"
-        kv = await self.etcd.get(target.meta_key)
+        kv = await self.store.get(target.meta_key)
         if kv is None:
             raise _Stopped(target.describe(number))
         name = str(json.loads(kv.value).get("name") or "")
@@ -394,13 +410,13 @@ class BuildsController(Controller):
 
     async def _registry_auth(self, host: str) -> RegistryAuth | None:
         try:
-            return await registry_auth(self.etcd, self.secrets, host)
+            return await registry_auth(self.store, self.secrets, host)
         except SecretError as exc:
             raise BuildFailed(f"push failed: the account of registry {host}: {exc}") from exc
 
     # the build-tag family ----------------------------------------------------------------------
 
-    async def _tag(
+    def _tag(
         self,
         job: _Job,
         source: ServiceSource,
@@ -408,21 +424,20 @@ class BuildsController(Controller):
         host: str | None,
         image_id: str,
         sink: Callable[[str], None],
-    ) -> None:
-        """Tag the result ``untested`` at ``repos/<owner>.<repo>/branches/<branch>/``.
+    ) -> tuple[Ids, Tag] | None:
+        """The ``untested`` tag of the result, at ``repos/<owner>.<repo>/branches/<branch>/``.
 
         The repo id is the source's ``<owner>.<repo>`` and the branch id its branch with ``/``
         spelled ``~`` (ids hold no ``/``; git refuses ``~`` in branch names, so none is
         ambiguous). A pushed image is the tag's ``container`` artifact, its id the image id as
         document 003 recommends. The tag is replaced whole, so it names the latest build of the
-        branch. A failure here is logged and does not fail the build: the image is built and
-        pushed either way.
+        branch. ``None`` when the source gives no valid ids: the build succeeds untagged.
         """
         target, number = job.target, job.number
         ids = (_path_id(f"{source.owner}.{source.repo}"), _path_id(source.branch.replace("/", "~")))
         if ids[0] is None or ids[1] is None:
             sink(f"       not tagged: {source.owner}/{source.repo} or its branch is no repo id")
-            return
+            return None
         artifacts: dict[PathId, Any] = {}
         if host is not None:
             repository = _repository(ref)[len(host) + 1 :]
@@ -436,13 +451,31 @@ class BuildsController(Controller):
         tag = Tag(
             build_id=str(number), build_url=url, commit_id=job.build.commit, artifacts=artifacts
         )
+        return (ids[0], ids[1], TAG), tag
+
+    async def _plan_tag(
+        self, job: _Job, tag: tuple[Ids, Tag] | None, sink: Callable[[str], None]
+    ) -> PlannedPut | None:
+        """The tag's share of the success txn; a tag that cannot be planned does not fail the
+        build (the image is built and pushed either way): it is logged and left out."""
+        if tag is None:
+            return None
         try:
-            await self.repos.put((ids[0], ids[1], TAG), tag)
-        except Exception as exc:  # never fails the build: the image is there either way
-            log.warning("build not tagged", target=target.work_key, build=number, error=str(exc))
+            return await Repos(self.store).plan_put(*tag)
+        except (asyncio.CancelledError, NotLeader):
+            raise
+        except Exception as exc:
+            log.warning(
+                "build not tagged", target=job.target.work_key, build=job.number, error=str(exc)
+            )
             sink(f"       not tagged {TAG}: {exc}")
-            return
-        sink(f"-----> Tagged {TAG}: repos/{ids[0]}/branches/{ids[1]}/tags/{TAG}")
+            return None
+
+    async def _unchanged(self, job: _Job) -> bool:
+        """Whether the build key is still as this task last wrote it (so a failed txn was the
+        tag's compares, not a cancel or a delete)."""
+        kv = await self.store.get(job.key)
+        return kv is not None and kv.mod_revision == job.kv.mod_revision
 
     # logs --------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ see a state etcd actually had, with no locks.
 
 The protocol (DESIGN.md section 5):
 
-1. **List** the prefix at one revision (pages of :data:`PAGE` keys, all pinned to the first
+1. **List** the prefix at one revision (``store.etcd.list_prefix``: pages pinned to the first
    page's revision, so the snapshot is one moment of the tree however large it is) and emit the
    difference against the cache. The first list emits a put per key and then sets :attr:`synced`.
 2. **Watch** from the list's revision + 1 with ``prev_kv``. The store's watch resumes a broken
@@ -45,12 +45,9 @@ from typing import Any, TypeVar
 import structlog
 
 from lastbackend import codec
-from lastbackend.store.etcd import KV, Compacted, Etcd, StoreError, WatchBatch
+from lastbackend.store.etcd import KV, Compacted, Etcd, StoreError, WatchBatch, list_prefix
 
 T = TypeVar("T")
-
-PAGE = 1000
-"""Keys per list page: a few MB at most, under gRPC's default 4 MB message limit."""
 
 RETRY_MIN = 0.1
 RETRY_MAX = 5.0
@@ -174,19 +171,10 @@ class Informer:
                 delay = min(delay * 2, RETRY_MAX)
 
     async def _list(self) -> tuple[int, dict[str, KV]]:
-        revision = 0
-        start: str | None = None
-        found: dict[str, KV] = {}
-        while True:
-            page = await self.etcd.range(self.prefix, start=start, revision=revision, limit=PAGE)
-            if revision == 0:
-                revision = page.revision
-            for kv in page.kvs:
-                if self._to_key(kv.key) is not None:
-                    found[kv.key] = kv
-            if not page.more or not page.kvs:
-                return revision, found
-            start = page.kvs[-1].key + "\0"
+        revision, kvs = await list_prefix(
+            self.etcd, self.prefix, keep=lambda key: self._to_key(key) is not None
+        )
+        return revision, {kv.key: kv for kv in kvs}
 
     async def _relist(self) -> None:
         revision, snapshot = await self._list()

@@ -24,6 +24,9 @@ revision names the term: :meth:`LeaderElection.fence` is the comparison "the ele
 still the one created at my term's revision". A leader puts it in every transaction it makes
 (:meth:`LeaderElection.txn` does so and tells a lost fence apart from the caller's own compares),
 so a write by a paused ex-leader fails in etcd instead of overwriting its successor's.
+Leaders never hold the raw client: they get a :class:`Fenced` handle, whose only write is
+:meth:`Fenced.txn`, so an unfenced write cannot be made by accident (store modules take it
+wherever they take an :class:`~lastbackend.store.etcd.Etcd`, through the same reads and ``txn``).
 
 Everything runs on one event loop; the state below is only changed between ``await`` points.
 """
@@ -35,19 +38,22 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import structlog
 
 from lastbackend.store import keys
 from lastbackend.store.etcd import (
+    KV,
     Cmp,
     Compacted,
     Etcd,
     Lease,
     Op,
+    Range,
     StoreError,
     TxnResult,
+    WatchBatch,
 )
 
 DEFAULT_TTL = 15
@@ -331,3 +337,78 @@ class LeaderElection:
                 election=self.name,
                 reason=self._lost_reason,
             )
+
+
+class Fenced:
+    """The store as a leader uses it: etcd's reads, and transactions that carry the fence.
+
+    Duck-types the read side of :class:`~lastbackend.store.etcd.Etcd` and its ``txn``, so
+    repositories (``store.repos.Repos``, ``store.registries``...) work on it unchanged and every
+    write they make for a leader is fenced. There is no ``put`` or ``delete``: a write is a
+    transaction, and a transaction here fails with :class:`NotLeader` once the term is over.
+    Leases (a node's key lives on its own) are granted here too, for keys put by a fenced txn.
+    """
+
+    def __init__(self, election: LeaderElection) -> None:
+        self.election = election
+        self._etcd = election.etcd
+
+    def __repr__(self) -> str:
+        return f"<Fenced {self.election.name!r} term={self.election.term}>"
+
+    async def txn(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """See :meth:`LeaderElection.txn`."""
+        return await self.election.txn(compare, success, failure)
+
+    async def get(self, key: str, *, revision: int = 0) -> KV | None:
+        return await self._etcd.get(key, revision=revision)
+
+    async def read_many(self, keys: Sequence[str], *, revision: int = 0) -> dict[str, KV]:
+        return await self._etcd.read_many(keys, revision=revision)
+
+    async def range(
+        self,
+        prefix: str,
+        *,
+        start: str | None = None,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> Range:
+        return await self._etcd.range(
+            prefix,
+            start=start,
+            revision=revision,
+            limit=limit,
+            keys_only=keys_only,
+            count_only=count_only,
+        )
+
+    async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]:
+        return await self._etcd.pairs(prefix)
+
+    async def status(self) -> int:
+        return await self._etcd.status()
+
+    def watch_batches(
+        self,
+        key: str,
+        *,
+        start_revision: int,
+        prefix: bool = True,
+        prev_kv: bool = True,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[WatchBatch]:
+        return self._etcd.watch_batches(
+            key,
+            start_revision=start_revision,
+            prefix=prefix,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+        )
+
+    async def grant(self, ttl: int) -> Lease:
+        return await self._etcd.grant(ttl)

@@ -21,8 +21,13 @@ off mid-way is safe because reconciles are idempotent. A new term starts from a 
 cache kept from an old term could be arbitrarily stale.
 
 ``reconcile`` runs on the event loop; it may ``await`` I/O freely (workers run concurrently, but
-never two on the same key). Its writes should go through :meth:`Controller.txn` (or carry
-:meth:`Controller.fence`) so that they fail if the term is over.
+never two on the same key). A controller holds no etcd client of its own: it reads and writes
+through :attr:`Elected.store`, the election's :class:`~lastbackend.controllers.leader.Fenced`
+handle, whose writes fail once the term is over.
+
+Leader-only work that lists and watches nothing through informers (the AMQP publisher, which
+keeps its own per-revision watch) is a :class:`LeaderTask`: the runner elects it the same way
+and runs its one coroutine for the term, without a queue or workers to pretend with.
 
 :class:`Manager` runs several controllers under one etcd client and one metrics registry, and
 stops them cleanly: first it shuts the queues (workers finish the reconcile in hand, within a
@@ -45,7 +50,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lastbackend.controllers.informer import Informer, KeyMap
-from lastbackend.controllers.leader import DEFAULT_TTL, LeaderElection, NotLeader
+from lastbackend.controllers.leader import DEFAULT_TTL, Fenced, LeaderElection, NotLeader
 from lastbackend.controllers.queue import (
     DEFAULT_BASE_DELAY,
     DEFAULT_BURST,
@@ -82,21 +87,49 @@ class QueueSettings:
     burst: int = DEFAULT_BURST
 
 
-class Controller(abc.ABC):
-    """Subclass, set :attr:`name`, and implement :meth:`watches` and :meth:`reconcile`."""
+class Elected:
+    """What a runner runs under a leader election: a :class:`Controller` or a :class:`LeaderTask`.
+
+    While the runner has it, :attr:`store` is the election's :class:`Fenced` handle: every
+    write goes through it, so a paused ex-leader's writes fail instead of landing.
+    """
 
     name: str = ""
-    """The controller's name: its election key, log field and metrics label."""
+    """Its election key's last segment, log field and metrics label."""
+
+    def __init__(self) -> None:
+        self.election: LeaderElection | None = None
+        self._store: Fenced | None = None
+
+    @property
+    def store(self) -> Fenced:
+        """Reads of etcd and fenced transactions, for the current term (see ``leader.Fenced``)."""
+        if self.election is None:
+            raise NotLeader(f"{self.name!r} is not running")
+        if self._store is None or self._store.election is not self.election:
+            self._store = Fenced(self.election)
+        return self._store
+
+    async def txn(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """A fenced transaction: see :meth:`LeaderElection.txn`."""
+        return await self.store.txn(compare, success, failure)
+
+
+class Controller(Elected):
+    """Subclass, set :attr:`name`, and implement :meth:`watches` and :meth:`reconcile`."""
+
     workers: int = 2
     """Concurrent reconciles (never two of one key)."""
     resync_period: float = 300.0
     """Seconds between re-adds of every cached key."""
 
     def __init__(self) -> None:
+        super().__init__()
         # Set by the runner for the duration of each leadership term.
         self.informers: dict[str, Informer] = {}
         self.queue: WorkQueue | None = None
-        self.election: LeaderElection | None = None
 
     @abc.abstractmethod
     def watches(self) -> Sequence[Watch]:
@@ -131,19 +164,18 @@ class Controller(abc.ABC):
             return next(iter(self.informers.values()))
         return self.informers[prefix]
 
-    def fence(self) -> Cmp:
-        """See :meth:`LeaderElection.fence`."""
-        if self.election is None:
-            raise NotLeader(f"controller {self.name!r} is not running")
-        return self.election.fence()
 
-    async def txn(
-        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
-    ) -> TxnResult:
-        """A fenced transaction: see :meth:`LeaderElection.txn`."""
-        if self.election is None:
-            raise NotLeader(f"controller {self.name!r} is not running")
-        return await self.election.txn(compare, success, failure)
+class LeaderTask(Elected):
+    """Leader-only work that watches no prefix through an informer: a publisher, a sweeper.
+
+    One coroutine per term, with no queue or workers to pretend with: :meth:`run` starts when
+    the term does and is cancelled when it ends. Raising ends the term and the runner starts
+    over after a backoff; returning resigns for good.
+    """
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """The term's work, until cancelled; write only through :attr:`store`."""
 
 
 class ControllerMetrics:
@@ -194,7 +226,7 @@ class ControllerRunner:
 
     def __init__(
         self,
-        controller: Controller,
+        controller: Elected,
         etcd: Etcd,
         *,
         registry: CollectorRegistry | None = None,
@@ -277,7 +309,19 @@ class ControllerRunner:
 
     async def _lead(self) -> None:
         """One leadership term: cancelled by the election when it ends."""
-        controller = self.controller
+        self.controller.election = self.election
+        self._log.info("controller leading", term=self.election.term)
+        if isinstance(self.controller, LeaderTask):
+            self._synced = True  # nothing to list: ready as soon as it leads
+            try:
+                await self.controller.run()
+            finally:
+                self._synced = False
+            return
+        assert isinstance(self.controller, Controller)
+        await self._lead_controller(self.controller)
+
+    async def _lead_controller(self, controller: Controller) -> None:
         queue = WorkQueue(name=self.name, **attrs.asdict(self.queue_settings))
         informers = {
             w.prefix: Informer(self.etcd, w.prefix, to_key=w.to_key, name=f"{self.name}:{w.prefix}")
@@ -287,12 +331,7 @@ class ControllerRunner:
             informer.add_handler(self._enqueuer(informer, queue))
         self.queue = queue
         self._informers = list(informers.values())
-        controller.informers, controller.queue, controller.election = (
-            informers,
-            queue,
-            self.election,
-        )
-        self._log.info("controller leading", term=self.election.term)
+        controller.informers, controller.queue = informers, queue
         try:
             async with asyncio.TaskGroup() as group:
                 for informer in informers.values():
@@ -303,11 +342,17 @@ class ControllerRunner:
                 await controller.started()
                 self._synced = True
                 self._workers = [
-                    group.create_task(self._worker(queue), name=f"worker-{self.name}-{n}")
+                    group.create_task(
+                        self._worker(controller, queue), name=f"worker-{self.name}-{n}"
+                    )
                     for n in range(max(1, controller.workers))
                 ]
                 group.create_task(
-                    resync(queue, lambda: self._work_keys(informers.values()), self._resync())
+                    resync(
+                        queue,
+                        lambda: self._work_keys(informers.values()),
+                        self._resync(controller),
+                    )
                 )
                 for coro in controller.background():
                     group.create_task(coro)
@@ -319,8 +364,9 @@ class ControllerRunner:
             self.queue = None
             controller.informers, controller.queue = {}, None
 
-    def _resync(self) -> float:
-        return self.controller.resync_period if self.controller.resync_period > 0 else 300.0
+    @staticmethod
+    def _resync(controller: Controller) -> float:
+        return controller.resync_period if controller.resync_period > 0 else 300.0
 
     @staticmethod
     def _work_keys(informers: Iterable[Informer]) -> list[str]:
@@ -338,7 +384,7 @@ class ControllerRunner:
 
         return enqueue
 
-    async def _worker(self, queue: WorkQueue) -> None:
+    async def _worker(self, controller: Controller, queue: WorkQueue) -> None:
         while True:
             try:
                 key = await queue.get()
@@ -347,7 +393,7 @@ class ControllerRunner:
             started = time.perf_counter()
             self._log.debug("reconcile", key=key)
             try:
-                again = await self.controller.reconcile(key)
+                again = await controller.reconcile(key)
             except NotLeader as exc:
                 self._errors.inc()
                 self._log.warning("reconcile fenced off", key=key, error=str(exc))
@@ -376,7 +422,7 @@ class Manager:
     def __init__(
         self,
         etcd: Etcd,
-        controllers: Iterable[Controller],
+        controllers: Iterable[Elected],
         *,
         registry: CollectorRegistry | None = None,
         identity: str | None = None,

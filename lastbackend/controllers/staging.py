@@ -81,7 +81,7 @@ from lastbackend.secrets import Secrets
 from lastbackend.sources import git
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, Cmp, Op
 from lastbackend.store.packages import Packages
 from lastbackend.store.registries import registry_auth
 
@@ -111,7 +111,6 @@ class StagingController(Controller):
 
     def __init__(
         self,
-        etcd: Etcd,
         runtime: Runtime,
         secrets: Secrets,
         blobs: BlobStore,
@@ -121,14 +120,12 @@ class StagingController(Controller):
         environ: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.etcd = etcd
         self.runtime = runtime
         self.secrets = secrets
         self.blobs = blobs
         self.settings = settings
         self.descriptor = descriptor
         self.environ = dict(environ or {})
-        self.packages = Packages(etcd, lambda: secrets)
         self.jobs: Jobs[None] = Jobs(self.name, settings.staging_concurrency)
 
     def watches(self) -> Sequence[Watch]:
@@ -137,7 +134,7 @@ class StagingController(Controller):
     async def started(self) -> None:
         """Publish the descriptor staging judges API versions by, for admins reading the tree."""
         view = json.dumps(descriptor_view(self.descriptor), separators=(",", ":"))
-        current = await self.etcd.get(keys.LIFECYCLE_DESCRIPTOR)
+        current = await self.store.get(keys.LIFECYCLE_DESCRIPTOR)
         if current is None or current.value != view.encode():
             await self.txn([], [Op.put(keys.LIFECYCLE_DESCRIPTOR, view)])
 
@@ -158,7 +155,7 @@ class StagingController(Controller):
         if running is not None:
             return None
         pid, _, sid = owner.value.decode().partition(":")
-        kv = await self.etcd.get(keys.droplet(pid, sid, guid))
+        kv = await self.store.get(keys.droplet(pid, sid, guid))
         if kv is None:
             return None  # a helper without its droplet: gc's to remove
         droplet = codec.loads(kv.value, Droplet)
@@ -207,7 +204,7 @@ class StagingController(Controller):
     async def _begin(self, pid: str, sid: str, guid: str) -> Job | None:
         """Move the droplet to STAGING; None if it is gone or no longer waits to be staged."""
         key = keys.droplet(pid, sid, guid)
-        kv = await self.etcd.get(key)
+        kv = await self.store.get(key)
         if kv is None:
             return None
         droplet = codec.loads(kv.value, Droplet)
@@ -270,11 +267,11 @@ class StagingController(Controller):
     # staging -----------------------------------------------------------------------------------
 
     async def _stage(self, job: Job, sink: Callable[[str], None]) -> Droplet:
-        package_kv = await self.etcd.get(keys.package(job.pid, job.sid, job.droplet.package))
+        package_kv = await self.store.get(keys.package(job.pid, job.sid, job.droplet.package))
         if package_kv is None:
             raise engine.StagingError("the droplet's package was deleted", None)
         package: Package = codec.loads(package_kv.value, Package)  # type: ignore[arg-type]
-        config_kv = await self.etcd.get(keys.service_part(job.pid, job.sid, "config"))
+        config_kv = await self.store.get(keys.service_part(job.pid, job.sid, "config"))
         config = codec.loads(config_kv.value, ServiceConfig) if config_kv else ServiceConfig()
         env = {**config.env, **job.droplet.environment_variables}
         lifecycle = job.droplet.lifecycle
@@ -311,7 +308,7 @@ class StagingController(Controller):
             platform_api=self.settings.platform_api,
             environ=self.environ,
             target=engine.droplet_image(registry, job.sid, job.guid),
-            push_auth=await registry_auth(self.etcd, self.secrets, registry) if registry else None,
+            push_auth=await registry_auth(self.store, self.secrets, registry) if registry else None,
             log=sink,
         )
         response = BuildpackStagingResponse(
@@ -331,7 +328,7 @@ class StagingController(Controller):
         sink: Callable[[str], None],
     ) -> Droplet:
         auth = None
-        creds = self.packages.clear_credentials(package)
+        creds = Packages(self.store, lambda: self.secrets).clear_credentials(package)
         if isinstance(creds, DockerCredentials) and creds.user:
             server = _login_host(creds.login_server)
             auth = RegistryAuth(creds.user, creds.password, server)
@@ -345,7 +342,7 @@ class StagingController(Controller):
             auth=auth,
             use_caching=cache,
             cache_target=engine.droplet_image(registry, job.sid, job.guid) if cache else None,
-            push_auth=await registry_auth(self.etcd, self.secrets, registry) if cache else None,
+            push_auth=await registry_auth(self.store, self.secrets, registry) if cache else None,
             log=sink,
         )
         response = DockerStagingResponse(
@@ -356,7 +353,7 @@ class StagingController(Controller):
     async def _clone(self, package: GitPackage, sink: Callable[[str], None]) -> tuple[bytes, str]:
         url, ref = split_git_url(package.url)
         auth = None
-        creds = self.packages.clear_credentials(package)
+        creds = Packages(self.store, lambda: self.secrets).clear_credentials(package)
         if isinstance(creds, GitCredentials):
             auth = git.GitAuth(creds.user, creds.password or creds.api_key)
         sink(f"-----> Cloning {url}" + (f" ({ref})" if ref else ""))

@@ -15,7 +15,9 @@ agents started with the same ``--name`` cannot both act on one host. In each ter
 Containers are named ``lb-<pod id>`` and labelled ``io.lastbackend.*``, so a restarted agent finds
 and adopts what it made: at the start of a term every labelled container's pod is reconciled.
 Container objects are written in a txn that requires the service's meta, so an agent never
-recreates keys under a service that was deleted.
+recreates keys under a service that was deleted. Every write (the node key, container reports and
+deletes) is fenced by the node's election (``self.store``), so an agent that was paused past its
+term cannot overwrite what the agent that took over wrote.
 
 The node key carries the agent's ``address``: API processes fetch a container's logs from the
 node that runs it (:meth:`NodeAgent.open_logs`, served at ``/node/containers/<id>/logs``), so
@@ -46,7 +48,7 @@ from lastbackend.runtime.base import (
 )
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
-from lastbackend.store.etcd import Cmp, Etcd, Op, StoreError
+from lastbackend.store.etcd import Cmp, Op, StoreError
 from lastbackend.store.registries import registry_auth
 
 log = structlog.get_logger("lastbackend.node")
@@ -84,7 +86,6 @@ class NodeAgent(Controller):
 
     def __init__(
         self,
-        etcd: Etcd,
         runtime: Runtime,
         secrets: Secrets,
         node: str,
@@ -93,7 +94,6 @@ class NodeAgent(Controller):
         node_ttl: int = NODE_TTL,
     ) -> None:
         super().__init__()
-        self.etcd = etcd
         self.runtime = runtime
         self.secrets = secrets
         self.node = node
@@ -146,11 +146,9 @@ class NodeAgent(Controller):
             updated=now(),
             address=self.address,
         )
-        lease = await self.etcd.grant(self.node_ttl)
+        lease = await self.store.grant(self.node_ttl)
         try:
-            await self.etcd.txn(
-                [], [Op.put(keys.node(self.node), codec.dumps(node), lease=lease.id)]
-            )
+            await self.txn([], [Op.put(keys.node(self.node), codec.dumps(node), lease=lease.id)])
             lease.keep_alive()
             log.info("node registered", node=self.node, memory=node.memory, cpus=node.cpus)
             await lease.lost.wait()
@@ -248,7 +246,7 @@ class NodeAgent(Controller):
         )
 
     async def _pull(self, image: str) -> None:
-        auth = await registry_auth(self.etcd, self.secrets, registry_host(image))
+        auth = await registry_auth(self.store, self.secrets, registry_host(image))
         await self.runtime.ensure_image(image, auth)
 
     async def _report(self, pod: Pod, state: ContainerState) -> None:
@@ -268,7 +266,7 @@ class NodeAgent(Controller):
             return
         key = keys.container(pod.project, pod.service, state.id)
         meta = keys.service_part(pod.project, pod.service, "meta")
-        await self.etcd.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
+        await self.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
         self._reported[state.id] = fingerprint
 
     async def _remove_volumes_if_gone(self, labels: Mapping[str, str]) -> None:
@@ -279,7 +277,7 @@ class NodeAgent(Controller):
         project, service = labels.get(LABEL_PROJECT), labels.get(LABEL_SERVICE)
         if not project or not service:
             return
-        if await self.etcd.get(keys.service_part(project, service, "meta")) is not None:
+        if await self.store.get(keys.service_part(project, service, "meta")) is not None:
             return
         mine = {LABEL_NODE: self.node, LABEL_SERVICE: service}
         if await self.runtime.list(mine):
@@ -295,7 +293,7 @@ class NodeAgent(Controller):
         self._reported.pop(state.id, None)
         project, service = state.labels.get(LABEL_PROJECT), state.labels.get(LABEL_SERVICE)
         if project and service:
-            await self.etcd.txn([], [Op.delete(keys.container(project, service, state.id))])
+            await self.txn([], [Op.delete(keys.container(project, service, state.id))])
         log.info("container removed", pod=state.labels.get(LABEL_POD), container=state.id[:12])
 
 

@@ -23,7 +23,7 @@ from lastbackend.model.platform import ServiceSource
 from lastbackend.model.vendors import GIT_VENDORS, Vendor, default_host
 from lastbackend.secrets import Secrets
 from lastbackend.sources.git import GitAuth
-from lastbackend.store.etcd import Etcd
+from lastbackend.store.etcd import Store
 from lastbackend.store.vendors import Vendors
 
 TOKEN_USERS = {"gitlab": "oauth2", "bitbucket": "x-token-auth"}
@@ -55,7 +55,7 @@ def auth_for(vendor: Vendor, token: str) -> GitAuth:
     return GitAuth(user, token)
 
 
-async def resolve(etcd: Etcd, secrets: Secrets, source: ServiceSource) -> Remote:
+async def resolve(etcd: Store, secrets: Secrets, source: ServiceSource) -> Remote:
     """The clone URL and credentials of ``source``; raises ``SecretError`` when the vendor's
     token was encrypted with another key (a clone without it would fail less clearly)."""
     store = Vendors(etcd, secrets)

@@ -29,10 +29,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import grpc
@@ -597,6 +597,72 @@ class Etcd:
                 call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, WATCH_RETRY_MAX)
+
+
+class Store(Protocol):
+    """What repositories need of etcd: reads and transactions.
+
+    :class:`Etcd` is one; a leader's ``controllers.leader.Fenced`` is the other, whose every
+    transaction carries the leader's fence. Code that writes for a controller takes this, so
+    the same repository call is fenced there and plain in the API.
+    """
+
+    async def get(self, key: str, *, revision: int = 0) -> KV | None: ...
+
+    async def read_many(self, keys: Sequence[str], *, revision: int = 0) -> dict[str, KV]: ...
+
+    async def range(
+        self,
+        prefix: str,
+        *,
+        start: str | None = None,
+        revision: int = 0,
+        limit: int = 0,
+        keys_only: bool = False,
+        count_only: bool = False,
+    ) -> Range: ...
+
+    async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]: ...
+
+    async def txn(
+        self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult: ...
+
+    def watch_batches(
+        self,
+        key: str,
+        *,
+        start_revision: int,
+        prefix: bool = True,
+        prev_kv: bool = True,
+        progress_notify: bool = False,
+    ) -> AsyncIterator[WatchBatch]: ...
+
+
+PAGE = 1000
+"""Keys per list page: a few MB at most, under gRPC's default 4 MB message limit."""
+
+
+async def list_prefix(
+    store: Store, prefix: str, *, keep: Callable[[str], bool] | None = None
+) -> tuple[int, list[KV]]:
+    """Every key under ``prefix`` at one revision, and that revision.
+
+    Read in pages of :data:`PAGE` keys, all pinned to the first page's revision, so the result is
+    one moment of the tree however large it is (a watch from revision + 1 continues it exactly).
+    ``keep`` filters page by page, so a caller that wants a few keys of a large subtree never
+    holds the rest.
+    """
+    revision = 0
+    start: str | None = None
+    found: list[KV] = []
+    while True:
+        page = await store.range(prefix, start=start, revision=revision, limit=PAGE)
+        revision = revision or page.revision
+        found += page.kvs if keep is None else [kv for kv in page.kvs if keep(kv.key)]
+        if not page.more or not page.kvs:
+            return revision, found
+        start = page.kvs[-1].key + "\0"
 
 
 class Lease:

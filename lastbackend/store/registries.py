@@ -37,7 +37,7 @@ from lastbackend.model.registries import (
 )
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, Cmp, Op, Store
 from lastbackend.store.objects import (
     Conflict,
     Contention,
@@ -94,7 +94,7 @@ def _decode(kv: KV) -> Stored:
 class Registries:
     """The transactions on registry accounts."""
 
-    def __init__(self, etcd: Etcd, secrets: Secrets) -> None:
+    def __init__(self, etcd: Store, secrets: Secrets) -> None:
         self.etcd = etcd
         self.secrets = secrets
 
@@ -184,7 +184,7 @@ class Registries:
         raise Contention(f"registry account {host!r} is changing too fast; try again")
 
 
-async def credentials_for(etcd: Etcd, secrets: Secrets, host: str) -> RegistryCredentials | None:
+async def credentials_for(etcd: Store, secrets: Secrets, host: str) -> RegistryCredentials | None:
     """The decrypted login for ``host`` (see ``model.registries.registry_host``), or ``None``.
 
     Host names are case-insensitive, so ``host`` is lowercased; Docker Hub's names are aliases
@@ -208,7 +208,7 @@ async def credentials_for(etcd: Etcd, secrets: Secrets, host: str) -> RegistryCr
     return None
 
 
-async def registry_auth(etcd: Etcd, secrets: Secrets, host: str) -> RegistryAuth | None:
+async def registry_auth(etcd: Store, secrets: Secrets, host: str) -> RegistryAuth | None:
     """The login for ``host`` as the runtime takes it, or ``None`` without an account.
 
     The node agent (pulls), staging and builds (pushes) all need it, so it is made here once;

@@ -41,7 +41,7 @@ import attrs
 from lastbackend import codec
 from lastbackend.model import repos as model
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Op, Store
 from lastbackend.store.objects import Contention, NotFound, retries
 
 Ids = tuple[str, ...]
@@ -157,10 +157,31 @@ def _stale(ids: Ids, wanted: dict[str, bytes], current: Iterable[str]) -> list[O
     return [Op.delete_prefix(p) for p in sorted(prefixes)] + [Op.delete(k) for k in sorted(singles)]
 
 
-class Repos:
-    """The transactions of the build-tag family."""
+@attrs.frozen
+class PlannedPut:
+    """A PUT's transaction, planned from one read (see :meth:`Repos.plan_put`)."""
 
-    def __init__(self, etcd: Etcd) -> None:
+    value: Any
+    """The object as the PUT leaves it, nested whole."""
+    compare: list[Cmp]
+    ops: list[Op]
+    """Empty when the stored object is already ``value``: then nothing is to be written."""
+    read_version: str
+    read_revision: int
+    kept: list[KV]
+    wrote: bool
+    size: int
+
+    def version_at(self, revision: int) -> str:
+        """The object's version once the plan's transaction succeeded at ``revision``."""
+        newest = max([kv.mod_revision for kv in self.kept] + [revision if self.wrote else 0])
+        return f"{newest}-{self.size}"
+
+
+class Repos:
+    """The transactions of the build-tag family; on a leader's fenced store, fenced ones."""
+
+    def __init__(self, etcd: Store) -> None:
         self.etcd = etcd
 
     async def _read(self, ids: Ids) -> tuple[list[KV], int]:
@@ -214,48 +235,64 @@ class Repos:
         """Every repo nested whole: ``GET /api/data``."""
         return await self.children(())
 
-    async def put(self, ids: Ids, node: Any, *, dry_run: bool = False) -> Snapshot:
-        """Create or replace the object at ``ids`` with ``node`` and its children (see the
-        module docstring); a dry run reads and plans but does not write."""
+    async def plan_put(self, ids: Ids, node: Any) -> PlannedPut:
+        """Read what a PUT of ``node`` at ``ids`` depends on and plan its one transaction.
+
+        Nothing is written: :meth:`put` runs the plan, and a caller with writes of its own (a
+        build marked ``success`` with its ``untested`` tag) adds the plan's compares and
+        operations to its transaction, so both land or neither does.
+        """
         wanted = entries(ids, node)
         ancestors = [keys.repo_key(ids[:depth]) for depth in range(1, len(ids))]
         # Compares: the unchanged keys, the ancestors and the created-after guard.
         _fits(len(wanted) + len(ancestors) + 1, f"this {model.LEVELS[len(ids) - 1]}")
-        value = objects(wanted.items())[ids]
-        prefix = keys.repo_object(ids) if len(ids) < 4 else None
+        read = await self.etcd.txn([], [_read_op(ids), *map(Op.get, ancestors)])
+        current = {kv.key: kv for kv in read.reads[0]}
+        compare: list[Cmp] = []
+        ops: list[Op] = []
+        for depth, (key, found) in enumerate(zip(ancestors, read.reads[1:], strict=True)):
+            if found:
+                compare.append(Cmp.present(key))
+            else:
+                compare.append(Cmp.absent(key))
+                ops.append(Op.put(key, codec.dumps(_EMPTY[depth])))
+        kept: list[KV] = []
+        wrote = False
+        for key, raw in wanted.items():
+            kv = current.get(key)
+            if kv is not None and kv.value == raw:
+                kept.append(kv)
+                compare.append(Cmp.unchanged(kv, key))
+            else:
+                ops.append(Op.put(key, raw))
+                wrote = True
+        ops += _stale(ids, wanted, current)
+        _fits(len(ops), f"replacing this {model.LEVELS[len(ids) - 1]}")
+        if ops and len(ids) < 4:
+            compare.append(Cmp.nothing_created_after(keys.repo_object(ids), read.revision))
+        return PlannedPut(
+            value=objects(wanted.items())[ids],
+            compare=compare,
+            ops=ops,
+            read_version=version(current.values()),
+            read_revision=read.revision,
+            kept=kept,
+            wrote=wrote,
+            size=len(wanted),
+        )
+
+    async def put(self, ids: Ids, node: Any, *, dry_run: bool = False) -> Snapshot:
+        """Create or replace the object at ``ids`` with ``node`` and its children (see the
+        module docstring); a dry run reads and plans but does not write."""
         async for _ in retries():
-            read = await self.etcd.txn([], [_read_op(ids), *map(Op.get, ancestors)])
-            current = {kv.key: kv for kv in read.reads[0]}
-            compare: list[Cmp] = []
-            ops: list[Op] = []
-            for depth, (key, found) in enumerate(zip(ancestors, read.reads[1:], strict=True)):
-                if found:
-                    compare.append(Cmp.present(key))
-                else:
-                    compare.append(Cmp.absent(key))
-                    ops.append(Op.put(key, codec.dumps(_EMPTY[depth])))
-            kept: list[KV] = []
-            wrote = False
-            for key, raw in wanted.items():
-                kv = current.get(key)
-                if kv is not None and kv.value == raw:
-                    kept.append(kv)
-                    compare.append(Cmp.unchanged(kv, key))
-                else:
-                    ops.append(Op.put(key, raw))
-                    wrote = True
-            ops += _stale(ids, wanted, current)
-            if not ops:
-                return Snapshot(value, version(current.values()), read.revision)
-            _fits(len(ops), f"replacing this {model.LEVELS[len(ids) - 1]}")
+            plan = await self.plan_put(ids, node)
+            if not plan.ops:
+                return Snapshot(plan.value, plan.read_version, plan.read_revision)
             if dry_run:
-                return Snapshot(value, None, read.revision)
-            if prefix is not None:
-                compare.append(Cmp.nothing_created_after(prefix, read.revision))
-            result = await self.etcd.txn(compare, ops)
+                return Snapshot(plan.value, None, plan.read_revision)
+            result = await self.etcd.txn(plan.compare, plan.ops)
             if result.succeeded:
-                newest = max([kv.mod_revision for kv in kept] + [result.revision if wrote else 0])
-                return Snapshot(value, f"{newest}-{len(wanted)}", result.revision)
+                return Snapshot(plan.value, plan.version_at(result.revision), result.revision)
         raise Contention(f"{describe(ids)} is changing too fast; try again")
 
     async def delete(self, ids: Ids, *, dry_run: bool = False) -> Snapshot:

@@ -27,7 +27,7 @@ from lastbackend.model.platform import ServiceSource
 from lastbackend.model.vendors import DEFAULT_HOSTS, VENDORS, Vendor, VendorConnect
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, Cmp, Etcd, Op, Store
 from lastbackend.store.objects import Contention, NotFound, require_version, retries
 
 
@@ -52,7 +52,7 @@ def _decode(kv: KV) -> Stored:
 class Vendors:
     """The transactions on vendors, and the decryption of their secrets."""
 
-    def __init__(self, etcd: Etcd, secrets: Secrets) -> None:
+    def __init__(self, etcd: Store, secrets: Secrets) -> None:
         self.etcd = etcd
         self.secrets = secrets
 

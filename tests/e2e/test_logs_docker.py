@@ -52,9 +52,7 @@ async def setup(
     node = f"e2e-logs-{uuid.uuid4().hex[:8]}"
     port = free_port()
     runtime = DockerRuntime(dockerd)
-    agent = NodeAgent(
-        etcd, runtime, Secrets(generate_key()), node, address=f"http://127.0.0.1:{port}"
-    )
+    agent = NodeAgent(runtime, Secrets(generate_key()), node, address=f"http://127.0.0.1:{port}")
     servers: list[web.AppRunner] = []
     for app, at in (
         (make_app(settings, etcd, families=False, logs=agent.open_logs), port),

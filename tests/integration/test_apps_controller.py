@@ -39,7 +39,7 @@ async def runtime(etcd: Etcd) -> AsyncIterator[FakeRuntime]:
     """One node agent on the fake runtime and the services controller, both leading."""
     fake = FakeRuntime(images=[IMAGE, NEXT], capacity=NodeCapacity(4096, 2, "n1", "fake"))
     runners = [
-        ControllerRunner(NodeAgent(etcd, fake, Secrets(generate_key()), "n1"), etcd, lease_ttl=2),
+        ControllerRunner(NodeAgent(fake, Secrets(generate_key()), "n1"), etcd, lease_ttl=2),
         ControllerRunner(ServicesController(), etcd, lease_ttl=2),
     ]
     for runner in runners:

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 from lastbackend import codec
 from lastbackend.api.state import STATE
 from lastbackend.controllers.builds import INTERRUPTED, BuildsController
+from lastbackend.controllers.leader import Fenced
 from lastbackend.controllers.runner import ControllerRunner
 from lastbackend.model.common import now
 from lastbackend.model.platform import Build
@@ -28,6 +29,7 @@ from lastbackend.runtime.base import RegistryAuth
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
+from lastbackend.store.repos import Repos
 from tests.conftest import ClientFactory, dump
 from tests.fakeruntime import FakeRuntime
 from tests.gitserver import GitServer, commit, make_repo
@@ -82,7 +84,6 @@ class Env:
     def start_controller(self) -> None:
         state = self.app_state
         controller = BuildsController(
-            self.etcd,
             self.runtime,
             state.secrets,
             BlobStore(state.settings.blob_dir),
@@ -473,3 +474,63 @@ async def test_followed_logs_stream_until_the_build_ends(env: Env) -> None:
     gate.set()
     rest = await asyncio.wait_for(resp.text(), 20)
     assert "Build succeeded" in rest
+
+
+# the untested tag lands with success, or not at all -------------------------------------------
+
+TAG_PATH = "/api/repos/acme.site/branches/main/tags/untested"
+
+
+def _after_plan(monkeypatch: pytest.MonkeyPatch, meddle: Any) -> list[int]:
+    """Run ``meddle()`` between the controller's first planning of the tag and its success txn;
+    the plans the controller made (the API's own PUTs are not counted) are returned."""
+    planned: list[int] = []
+    plan_put = Repos.plan_put
+
+    async def plan_then_meddle(self: Repos, ids: Any, node: Any) -> Any:
+        plan = await plan_put(self, ids, node)
+        if not isinstance(self.etcd, Fenced):
+            return plan
+        planned.append(len(planned) + 1)
+        if len(planned) == 1:
+            await meddle()
+        return plan
+
+    monkeypatch.setattr(Repos, "plan_put", plan_then_meddle)
+    return planned
+
+
+async def test_a_tag_changed_by_ci_at_success_is_planned_again_and_lands_with_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await env.start()
+    await env.service()
+
+    async def ci_writes_the_tag() -> None:  # a CI job PUTs the tag meanwhile
+        await env.call("PUT", TAG_PATH, None, json={"build_id": "ci", "artifacts": {}})
+
+    planned = _after_plan(monkeypatch, ci_writes_the_tag)
+    number = await env.build()
+    assert (await env.ended(number))["status"] == "success", await env.logs(number)
+    assert planned == [1, 2]  # the first success txn failed on the tag's compare, not the build's
+    tag = await env.call("GET", TAG_PATH, 200)
+    assert tag["build_id"] == str(number)
+    assert "Tagged untested" in await env.logs(number)
+
+
+async def test_a_build_canceled_as_it_succeeds_leaves_no_tag_and_no_image(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await env.start()
+    await env.service()
+    numbers: list[int] = []
+
+    async def cancel() -> None:
+        await env.call("POST", f"{env.builds()}/{numbers[0]}/cancel", 200)
+
+    _after_plan(monkeypatch, cancel)
+    numbers.append(await env.build())
+    assert (await env.ended(numbers[0]))["status"] == "canceled"
+    await env.call("GET", TAG_PATH, 404)  # no tag of a build that did not succeed
+    image = await env.call("GET", "/api/projects/demo/services/web/image", 200)
+    assert image == {"image": None}

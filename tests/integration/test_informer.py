@@ -171,7 +171,7 @@ async def test_work_keys_group_raw_keys_and_filter_others(etcd: Etcd) -> None:
 async def test_many_keys_are_listed_in_pages_at_one_revision(
     etcd: Etcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lastbackend.controllers.informer.PAGE", 7)
+    monkeypatch.setattr("lastbackend.store.etcd.PAGE", 7)
     for chunk in range(0, 50, 25):
         await etcd.txn([], [Op.put(f"{P}{n:03}", str(n)) for n in range(chunk, chunk + 25)])
     informer = Informer(etcd, P)

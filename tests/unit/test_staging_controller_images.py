@@ -49,7 +49,7 @@ def controller(
     etcd: Etcd, rt: FakeRuntime, tmp_path: Path, settings: Settings
 ) -> StagingController:
     blobs, secrets = BlobStore(tmp_path), Secrets(generate_key())
-    ctl = StagingController(etcd, rt, secrets, blobs, settings, descriptor.load())
+    ctl = StagingController(rt, secrets, blobs, settings, descriptor.load())
     ctl.resync_period = 3600  # the sweep runs at the start of the term only
     return ctl
 
