@@ -1,15 +1,23 @@
-"""The /lastbackend key tree: the only module that spells an etcd path.
+"""The /lastbackend key tree: the only module that spells or parses an etcd path.
 
 Every key an admin sees with ``etcdctl get --prefix /lastbackend`` is built here, so the layout
 documented in the README and in seed 001 has exactly one implementation. Callers pass ids and
 names that the model has already validated (UUIDs and DNS labels), so no segment can contain a
 ``/`` and escape its place in the tree.
 
+Watchers get raw keys back and need to know what they name: the ``*_of`` functions are the
+inverses of the builders, each returning the parts of a key of one shape (a small named tuple)
+or ``None`` for any other key, so no caller splits a path itself.
+
 Prefixes end with ``/`` on purpose: a range or delete over ``projects/<pid>/`` can never touch
 ``projects/<pid>2/``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+from lastbackend.model.common import is_uuid
 
 ROOT = "/lastbackend/"
 
@@ -31,6 +39,67 @@ def prefix_end(prefix: str) -> bytes:
         return b"\0"
     raw[-1] += 1
     return bytes(raw)
+
+
+def _segments(prefix: str, key: str) -> list[str] | None:
+    """The segments of ``key`` below ``prefix``; ``None`` if it is not below it or has an empty
+    segment (``//``, a trailing ``/``), which no key of the tree has."""
+    if not key.startswith(prefix):
+        return None
+    parts = key[len(prefix) :].split("/")
+    return None if "" in parts else parts
+
+
+def entry(index: str, name: str) -> str:
+    """The key of ``name`` in a collection or name index ``index`` (a prefix ending in ``/``)."""
+    return f"{index}{name}"
+
+
+def entry_of(index: str, key: str) -> str | None:
+    """The inverse of :func:`entry`: the name ``key`` holds directly under ``index``, or ``None``
+    for a key elsewhere or deeper (``helper/projects/<pid>/services/<name>`` is no project
+    name)."""
+    parts = _segments(index, key)
+    return parts[0] if parts is not None and len(parts) == 1 else None
+
+
+def leaf(key: str) -> str:
+    """The last segment of a key: a name in an index, an id in a collection."""
+    return key.rsplit("/", 1)[-1]
+
+
+# what a parsed key names ------------------------------------------------------------------------
+
+
+class ServiceRef(NamedTuple):
+    """A service, by its project's id and its own."""
+
+    project: str
+    service: str
+
+
+class ContainerRef(NamedTuple):
+    """``projects/<project>/services/<service>/containers/<container>``."""
+
+    project: str
+    service: str
+    container: str
+
+
+class OwnedRef(NamedTuple):
+    """``projects/<project>/services/<service>/<collection>/<guid>``: a package or a droplet."""
+
+    project: str
+    service: str
+    collection: str  # "packages" | "droplets"
+    guid: str
+
+
+class PodRef(NamedTuple):
+    """``pods/<node>/<pod>``: a pod spec assigned to a node."""
+
+    node: str
+    pod: str
 
 
 # projects ---------------------------------------------------------------------------------------
@@ -81,22 +150,26 @@ def build(pid: str, sid: str, number: int) -> str:
     return f"{builds(pid, sid)}{number}"
 
 
+_PACKAGES = "packages"
+_DROPLETS = "droplets"
+
+
 def packages(pid: str, sid: str) -> str:
-    return f"{service(pid, sid)}packages/"
+    return f"{service(pid, sid)}{_PACKAGES}/"
 
 
 def package(pid: str, sid: str, guid: str) -> str:
     """``services/<sid>/packages/<guid>``: a bits, docker or git package of the app."""
-    return f"{packages(pid, sid)}{guid}"
+    return entry(packages(pid, sid), guid)
 
 
 def droplets(pid: str, sid: str) -> str:
-    return f"{service(pid, sid)}droplets/"
+    return f"{service(pid, sid)}{_DROPLETS}/"
 
 
 def droplet(pid: str, sid: str, guid: str) -> str:
     """``services/<sid>/droplets/<guid>``: one staging of a package and its result."""
-    return f"{droplets(pid, sid)}{guid}"
+    return entry(droplets(pid, sid), guid)
 
 
 # images and vendors (seed 001) ------------------------------------------------------------------
@@ -141,7 +214,7 @@ HELPER_PROJECTS = f"{HELPER}projects/"
 
 def project_name(name: str) -> str:
     """``helper/projects/<name>`` -> project id."""
-    return f"{HELPER_PROJECTS}{name}"
+    return entry(HELPER_PROJECTS, name)
 
 
 def service_names(pid: str) -> str:
@@ -151,7 +224,7 @@ def service_names(pid: str) -> str:
 
 def service_name(pid: str, name: str) -> str:
     """``helper/projects/<pid>/services/<name>`` -> service id."""
-    return f"{service_names(pid)}{name}"
+    return entry(service_names(pid), name)
 
 
 def project_helpers(pid: str) -> str:
@@ -197,7 +270,19 @@ def image_name(name: str) -> str:
     it is percent-encoded into one segment: ``helper/images/registry.local:5000%2Facme%2Fweb``.
     The names the model accepts have no ``%`` of their own, so the encoding is one-to-one.
     """
-    return f"{HELPER_IMAGES}{name.replace('/', '%2F')}"
+    return entry(HELPER_IMAGES, name.replace("/", "%2F"))
+
+
+def owner_value(pid: str, sid: str) -> str:
+    """The value of a package's, droplet's or pod's helper key: ``<pid>:<sid>``."""
+    return f"{pid}:{sid}"
+
+
+def parse_owner(raw: bytes) -> ServiceRef | None:
+    """The inverse of :func:`owner_value`: ``b"<pid>:<sid>"`` -> the service; ``None`` if
+    malformed (a helper key is read from etcd, which anyone with access can write)."""
+    pid, sep, sid = raw.decode(errors="replace").partition(":")
+    return ServiceRef(pid, sid) if sep and is_uuid(pid) and is_uuid(sid) else None
 
 
 def owner_of_contained(key: str) -> str | None:
@@ -206,22 +291,16 @@ def owner_of_contained(key: str) -> str | None:
     ``.../services/<sid>/packages/<guid>`` -> ``helper/packages/<guid>``, and so for droplets:
     deleting a service or project deletes these with it.
     """
-    parts = key.split("/")
-    if len(parts) >= 3 and parts[-2] in ("packages", "droplets") and parts[-3] != "":
-        owner = package_owner if parts[-2] == "packages" else droplet_owner
-        if f"/services/{parts[-3]}/{parts[-2]}/" in key:
-            return owner(parts[-1])
-    return None
+    found = owned_of(key)
+    if found is None:
+        return None
+    owner = package_owner if found.collection == _PACKAGES else droplet_owner
+    return owner(found.guid)
 
 
 def is_project_name_key(key: str) -> bool:
     """True for ``helper/projects/<name>``, False for the ``<pid>/services/...`` beside it."""
-    return key.startswith(HELPER_PROJECTS) and "/" not in key[len(HELPER_PROJECTS) :]
-
-
-def leaf(key: str) -> str:
-    """The last segment of a key: a name in an index, an id in a collection."""
-    return key.rsplit("/", 1)[-1]
+    return entry_of(HELPER_PROJECTS, key) is not None
 
 
 # added by DESIGN.md section 4 ------------------------------------------------------------------
@@ -318,3 +397,51 @@ def repo_ids(key: str) -> tuple[str, ...] | None:
     if len(parts) != 7 and parts[-1] != "meta":
         return None
     return tuple(ids)
+
+
+# parsing the keys under projects/ and pods/ (the tuples they return are above) ----------------
+
+
+def service_of(key: str) -> ServiceRef | None:
+    """The service whose subtree holds ``key`` (``projects/<pid>/services/<sid>/...``), or
+    ``None`` for a key outside every service (a project's ``meta``)."""
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, _, *_]:
+            return ServiceRef(pid, sid)
+    return None
+
+
+def container_of(key: str) -> ContainerRef | None:
+    """The inverse of :func:`container`; ``None`` for any other key."""
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, "containers", container_id]:
+            return ContainerRef(pid, sid, container_id)
+    return None
+
+
+def owned_of(key: str) -> OwnedRef | None:
+    """The inverse of :func:`package` and :func:`droplet`; ``None`` for any other key."""
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, collection, guid] if collection in (_PACKAGES, _DROPLETS):
+            return OwnedRef(pid, sid, collection, guid)
+    return None
+
+
+def package_of(key: str) -> OwnedRef | None:
+    """The inverse of :func:`package`; ``None`` for any other key (a droplet's included)."""
+    found = owned_of(key)
+    return found if found is not None and found.collection == _PACKAGES else None
+
+
+def droplet_of(key: str) -> OwnedRef | None:
+    """The inverse of :func:`droplet`; ``None`` for any other key (a package's included)."""
+    found = owned_of(key)
+    return found if found is not None and found.collection == _DROPLETS else None
+
+
+def pod_spec_of(key: str) -> PodRef | None:
+    """The inverse of :func:`pod_spec`; ``None`` for any other key."""
+    match _segments(PODS, key):
+        case [node_name, pod_id]:
+            return PodRef(node_name, pod_id)
+    return None
