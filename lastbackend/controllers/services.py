@@ -50,15 +50,14 @@ UNSCHEDULABLE_RETRY = 5.0
 
 def service_key(raw: str) -> str | None:
     """``projects/<pid>/services/<sid>/...`` -> ``svc:<pid>/<sid>``; other keys are ignored."""
-    parts = raw[len(keys.PROJECTS) :].split("/")
-    if len(parts) >= 4 and parts[1] == "services":
-        return f"svc:{parts[0]}/{parts[2]}"
-    return None
+    found = keys.service_of(raw)
+    return f"svc:{found.project}/{found.service}" if found is not None else None
 
 
 def pod_key(raw: str) -> str | None:
-    node, _, pod_id = raw[len(keys.PODS) :].partition("/")
-    return f"pod:{node}/{pod_id}" if pod_id and "/" not in pod_id else None
+    """``pods/<node>/<pod id>`` -> ``pod:<node>/<pod id>``; other keys are ignored."""
+    found = keys.pod_spec_of(raw)
+    return f"pod:{found.node}/{found.pod}" if found is not None else None
 
 
 class ServicesController(Controller):
@@ -138,7 +137,7 @@ class ServicesController(Controller):
         running = {
             c.pod
             for raw, kv in objects.items()
-            if "/containers/" in raw
+            if keys.container_of(raw) is not None
             for c in [codec.loads(kv.value, Container)]
             if c.status == "running"
         }
