@@ -8,9 +8,9 @@ gc controller may not have run after a too-large cascade) reads as a missing app
 
 Starting, stopping and assigning a droplet are each one transaction that compares every part of
 the service as read and, when a droplet is involved, the droplet key unchanged: a droplet deleted
-or restaged meanwhile cannot be started half-way. Lost races are retried like
-:meth:`Objects.update <lastbackend.store.objects.Objects.update>` (GuaranteedUpdate), and a
-change that changes nothing is skipped.
+or restaged meanwhile cannot be started half-way. They are
+:meth:`Objects.update_async <lastbackend.store.objects.Objects.update_async>` (GuaranteedUpdate:
+lost races retried, a change that changes nothing skipped) on the services layout named "app".
 
 Running a droplet points the service's ``image`` key at the droplet's image, clears
 ``config.command`` (the image's own command runs) and publishes its ports with host port 0 (any
@@ -30,17 +30,8 @@ from lastbackend.model.apps import AppCreate, AppState, BuildpackLifecycle, Drop
 from lastbackend.model.common import HostPort, PortSpec, Replicas, Text, is_uuid, now
 from lastbackend.model.platform import Meta, ServiceConfig
 from lastbackend.store import keys, services
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
-from lastbackend.store.objects import (
-    Contention,
-    NameCache,
-    NotFound,
-    Objects,
-    Page,
-    Record,
-    require_version,
-    retries,
-)
+from lastbackend.store.etcd import KV, Cmp, Etcd
+from lastbackend.store.objects import Guarded, NameCache, NotFound, Objects, Page, Record
 
 DEFAULT_PORT = 8080
 """The port a buildpack app listens on when its environment sets no ``PORT``."""
@@ -94,7 +85,7 @@ def run_parts(record: Record, droplet: Droplet) -> dict[str, Any]:
     return {"image": droplet.image, "config": new}
 
 
-Change = Callable[[str, Record], Awaitable[tuple[Mapping[str, Any], list[Cmp]]]]
+Change = Callable[[str, Record], Awaitable[Guarded]]
 """(pid, record) -> (new values of some parts, extra guards for the txn); may raise."""
 
 
@@ -204,7 +195,7 @@ class Apps:
         return pid, await self.services(pid).create(spec.name, values)
 
     async def start(self, guid: str, *, if_match: int | None = None) -> tuple[str, Record]:
-        async def change(pid: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+        async def change(pid: str, record: Record) -> Guarded:
             state = app_state(record)
             if state.current_droplet is None:
                 raise Refused("app has no current droplet; stage a package and assign it first")
@@ -224,7 +215,7 @@ class Apps:
     async def stop(self, guid: str, *, if_match: int | None = None) -> tuple[str, Record]:
         """``STOPPED``: the services controller removes the pods; image and config are kept."""
 
-        async def change(_: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+        async def change(_: str, record: Record) -> Guarded:
             return {"app": attrs.evolve(app_state(record), desired_state="STOPPED")}, []
 
         return await self._update(guid, change, if_match)
@@ -235,7 +226,7 @@ class Apps:
         """Make ``droplet_guid`` the current droplet; a started app runs it at once (a rolling
         deploy: the services controller replaces the pods surge-first)."""
 
-        async def change(pid: str, record: Record) -> tuple[Mapping[str, Any], list[Cmp]]:
+        async def change(pid: str, record: Record) -> Guarded:
             found = await self.droplet(pid, record.id, droplet_guid)
             if found is None:
                 raise Refused(f"droplet {droplet_guid} is not a droplet of app {guid}", "data.guid")
@@ -250,48 +241,24 @@ class Apps:
         return await self._update(guid, change, if_match)
 
     async def _update(self, guid: str, change: Change, if_match: int | None) -> tuple[str, Record]:
-        """Read, change, write comparing every part (and ``change``'s guards); retry on a race."""
+        """:meth:`Objects.update_async` of the app's service: every part and ``change``'s guards
+        compared, a lost race retried, ``meta`` written with ``updated`` set; errors name it an
+        app."""
         pid = await self.owner(guid)
-        objects = self.services(pid)
-        part_keys = objects.layout.parts(guid)
-        async for _ in retries():
-            try:
-                current = await objects.get(guid)
-            except NotFound:
-                raise NotFound(f"app {guid!r} not found") from None
-            require_version("app", current.revision, if_match)
-            wanted, guards = await change(pid, current)
-            changed = {p: v for p, v in wanted.items() if current.values.get(p) != v}
-            if not changed:
-                return pid, current
-            changed["meta"] = attrs.evolve(current.values["meta"], updated=now())
-            encoded = {p: services.CODECS[p].encode(v) for p, v in changed.items()}
-            compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
-            ops = [Op.put(part_keys[p], raw) for p, raw in encoded.items()]
-            result = await self.etcd.txn([*compare, *guards], ops)
-            if result.succeeded:
-                return pid, _written(current, part_keys, changed, encoded, result.revision)
-        raise Contention(f"app {guid!r} is changing too fast; try again")
+
+        async def guarded(current: Record) -> Guarded:
+            return await change(pid, current)
+
+        layout = attrs.evolve(services.layout(pid), kind="app")
+        return pid, await Objects(self.etcd, layout, self.cache).update_async(
+            guid,
+            guarded,
+            if_match=if_match,
+            touch=True,  # the app view reads meta's version
+        )
 
 
 def _require_staged(droplet: Droplet, guid: str, field: str | None = None) -> None:
     if droplet.state != "STAGED":
         reason = f"droplet {guid} is {droplet.state}, not STAGED; only a staged droplet can run"
         raise Refused(reason, field)
-
-
-def _written(
-    current: Record,
-    part_keys: Mapping[str, str],
-    values: Mapping[str, Any],
-    encoded: Mapping[str, bytes],
-    revision: int,
-) -> Record:
-    """The record as a successful txn left it, without reading it back."""
-    new_values = {**current.values, **values}
-    kvs = dict(current.kvs)
-    for part, raw in encoded.items():
-        old = kvs.get(part)
-        created = old.create_revision if old else revision
-        kvs[part] = KV(part_keys[part], raw, created, revision, (old.version if old else 0) + 1)
-    return Record(current.id, new_values, kvs)

@@ -1,13 +1,15 @@
 """Named objects stored as a few keys plus a name index, each public call one etcd transaction.
 
-Projects and services share this shape (seed 001): an object is a fixed set of *parts* under its
-id (``meta``, ``config``, ...), a subtree that goes with it, and an index key
-``helper/.../<name> -> <id>`` that keeps names unique. The transactions follow DESIGN.md
-section 5 and Kubernetes' ``storage/etcd3``:
+Projects, services and images share this shape (seed 001): an object is a fixed set of *parts*
+under its id (``meta``, ``config``, ...), a subtree that goes with it, and an index key
+``helper/.../<name> -> <id>`` that keeps names unique. Packages and droplets are the degenerate
+case, one part and no name, so their updates are this module's too. The transactions follow
+DESIGN.md section 5 and Kubernetes' ``storage/etcd3``:
 
 - create compares the index key and the meta key absent (and the parent present), then puts all;
-- update reads, changes, and writes back comparing every part's ``mod_revision`` (retrying on
-  conflict, skipping a write that changes nothing); a rename moves the index key in the same txn;
+- update reads, changes, and writes back comparing every part's ``mod_revision`` and whatever
+  else the change rested on (retrying on conflict, skipping a write that changes nothing); a
+  rename moves the index key in the same txn;
 - delete compares the meta unchanged and removes the subtree prefixes *with their trailing
   slash* and the index key, so ``demo`` never touches ``demo2``.
 
@@ -22,17 +24,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from lastbackend import codec
 from lastbackend.model.common import is_uuid, new_id, now
+from lastbackend.store import keys
 from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
 
 Linker = Callable[[bytes, bytes], str | None]
 """(key, value) of a contained object -> the helper key elsewhere in the tree that points at it."""
+Guarded = tuple[Mapping[str, Any], Sequence[Cmp]]
+"""What a change decided: the new value of some parts, and more comparisons for the txn (keys the
+decision was read from, a controller's fence)."""
 
 MAX_ATTEMPTS = 16  # rounds of a lookup by name that keeps seeing renames
 RETRY_DEADLINE = 10.0  # seconds a write keeps retrying lost races before giving up
@@ -92,8 +98,8 @@ class Part:
 class Layout:
     """Where one kind of object lives in the tree."""
 
-    kind: str  # "project" | "service": used in messages
-    index: str  # prefix of the name -> id index
+    kind: str  # "project" | "service" | ...: used in messages
+    index: str | None  # prefix of the name -> id index; None: the objects have no names
     subtrees: Callable[[str], Sequence[str]]  # id -> prefixes deleted with the object
     parts: Callable[[str], Mapping[str, str]]  # id -> {part name: key}; "meta" first
     codecs: Mapping[str, Part]
@@ -108,7 +114,9 @@ class Layout:
     guarded by nothing new having been created under the prefix since it was read."""
 
     def index_key(self, name: str) -> str:
-        return f"{self.index}{name}"
+        if self.index is None:
+            raise ValueError(f"a {self.kind} has no name")
+        return keys.entry(self.index, name)
 
 
 @attrs.frozen
@@ -248,9 +256,11 @@ class Objects:
 
     async def list(self, *, page: int, per_page: int, descending: bool = False) -> Page:
         """One page in name order, every record read at the same revision as the index."""
-        revision, pairs = await self.etcd.pairs(self.layout.index)
-        skip = len(self.layout.index.encode())
-        entries = [value for key, value in pairs if b"/" not in key[skip:]]  # not sub-indexes
+        index = self.layout.index
+        if index is None:
+            raise ValueError(f"{self.layout.kind}s have no name index to list")
+        revision, pairs = await self.etcd.pairs(index)
+        entries = [v for k, v in pairs if keys.entry_of(index, k.decode())]  # not sub-indexes
         total = len(entries)
         if descending:
             entries.reverse()
@@ -305,41 +315,69 @@ class Objects:
         change: Callable[[Record], Mapping[str, Any]],
         *,
         if_match: int | None = None,
+        guard: Sequence[Cmp] = (),
     ) -> Record:
         """Read-modify-write with retries (Kubernetes' GuaranteedUpdate).
 
-        ``change`` gets the current record and returns the new value of every part (``None``
+        ``change`` gets the current record and returns the new value of some parts (``None``
         deletes a part); it may raise to refuse the change. It can run more than once.
+        ``guard``: more comparisons for every attempt (a controller's fence).
+        """
+
+        async def guarded(current: Record) -> Guarded:
+            return change(current), guard
+
+        return await self.update_async(ref, guarded, if_match=if_match)
+
+    async def update_async(
+        self,
+        ref: str,
+        change: Callable[[Record], Awaitable[Guarded]],
+        *,
+        if_match: int | None = None,
+        touch: bool = False,
+    ) -> Record:
+        """:meth:`update` for a change that reads more of the tree to decide (an app's start
+        reads its droplet): it returns the parts and the comparisons that keep what it read
+        unchanged until the write, so a decision on stale keys is retried, never written.
+
+        Whenever something changes, ``meta`` (the one given, or the current one) gets
+        ``updated`` set to now. ``touch``: write ``meta`` then even if that leaves its bytes as
+        they were (``updated`` is to the second), so its etcd version counts every update.
         """
         async for _ in retries():
             current = await self.get(ref)
             require_version(self.layout.kind, current.revision, if_match)
-            wanted = dict(change(current))
+            wanted_parts, guards = await change(current)
+            wanted = dict(wanted_parts)
             ops = self._diff(current, wanted)
             if not ops:
                 return current
-            if "meta" in wanted:  # something changed: the object was updated now
-                wanted["meta"] = attrs.evolve(wanted["meta"], updated=now())
-                ops = self._diff(current, wanted)
+            # something changed: the object was updated now
+            wanted["meta"] = attrs.evolve(wanted.get("meta", current.values["meta"]), updated=now())
+            force = ("meta",) if touch else ()
+            ops = self._diff(current, wanted, force)
             part_keys = self.layout.parts(current.id)
             compare = [Cmp.unchanged(current.kvs.get(p), k) for p, k in part_keys.items()]
-            new_name = str(wanted["meta"].name)
-            renamed = new_name != current.name
-            new_index = self.layout.index_key(new_name)
-            if renamed:
+            compare += guards
+            new_name = str(wanted["meta"].name) if self.layout.index is not None else None
+            new_index = None  # set: renamed, the index key moves in the same txn
+            if new_name is not None and new_name != current.name:
+                new_index = self.layout.index_key(new_name)
                 compare.append(Cmp.absent(new_index))
                 ops += [
                     Op.delete(self.layout.index_key(current.name)),
                     Op.put(new_index, current.id),
                 ]
-            result = await self.etcd.txn(compare, ops, [Op.get(new_index)])
+            reads = [Op.get(new_index)] if new_index is not None else []
+            result = await self.etcd.txn(compare, ops, reads)
             if result.succeeded:
-                if renamed:
+                if new_index is not None:
                     self.cache.drop(self.layout.index_key(current.name))
                     self.cache.put(new_index, current.id)
-                return self._written(current, wanted, result.revision)
-            taken = result.reads[0]
-            if renamed and taken and taken[0].value.decode() != current.id:
+                return self._written(current, wanted, result.revision, force)
+            taken = result.reads[0] if new_index is not None else None
+            if taken and taken[0].value.decode() != current.id:
                 raise Conflict(f"{self.layout.kind} name {new_name!r} is already taken")
         raise Contention(f"{self.layout.kind} {ref!r} is changing too fast; try again")
 
@@ -355,7 +393,10 @@ class Objects:
                     unlinks.append(Op.delete(link))
         return guards, unlinks
 
-    def _diff(self, current: Record, wanted: Mapping[str, Any]) -> list[Op]:
+    def _diff(
+        self, current: Record, wanted: Mapping[str, Any], force: Collection[str] = ()
+    ) -> list[Op]:
+        """The ops that write ``wanted``: parts that changed, and the ``force`` ones anyway."""
         part_keys = self.layout.parts(current.id)
         ops: list[Op] = []
         for part, value in wanted.items():
@@ -363,7 +404,7 @@ class Objects:
             if value is None:
                 if old is not None:
                     ops.append(Op.delete(part_keys[part]))
-            elif self._changed(part, old, value):
+            elif part in force or self._changed(part, old, value):
                 ops.append(Op.put(part_keys[part], self.layout.codecs[part].encode(value)))
         return ops
 
@@ -377,8 +418,15 @@ class Objects:
         part_codec = self.layout.codecs[part]
         return old.value != part_codec.encode(value) and part_codec.decode(old.value) != value
 
-    def _written(self, current: Record, wanted: Mapping[str, Any], revision: int) -> Record:
-        """The record as the successful txn left it, without reading it back."""
+    def _written(
+        self,
+        current: Record,
+        wanted: Mapping[str, Any],
+        revision: int,
+        force: Collection[str] = (),
+    ) -> Record:
+        """The record as the successful txn left it (:meth:`_diff`'s ops), without reading it
+        back."""
         values = dict(current.values)
         kvs = dict(current.kvs)
         for part, value in wanted.items():
@@ -388,7 +436,7 @@ class Objects:
                 kvs[part] = None
                 continue
             old = kvs.get(part)
-            if self._changed(part, old, value):
+            if part in force or self._changed(part, old, value):
                 raw = self.layout.codecs[part].encode(value)
                 created = old.create_revision if old else revision
                 kvs[part] = KV(key, raw, created, revision, (old.version if old else 0) + 1)
