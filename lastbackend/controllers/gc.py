@@ -52,7 +52,6 @@ from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
 from lastbackend.store import keys
 from lastbackend.store.builds import build_of
 from lastbackend.store.etcd import KV, Cmp, Op
-from lastbackend.store.owned import parse_owner
 from lastbackend.store.packages import upload_stale
 
 log = structlog.get_logger("lastbackend.controllers.gc")
@@ -104,7 +103,7 @@ class GarbageCollector(Controller):
         # that has seen every change up to that key's revision, or a pod created just before
         # its container was reported could look missing. The next sweep gets the rest.
         for raw, kv in projects.cache.items():
-            if "/containers/" not in raw or pods_informer.revision < kv.mod_revision:
+            if keys.container_of(raw) is None or pods_informer.revision < kv.mod_revision:
                 continue
             container = projects.decoded(kv, Container)
             if container.pod and container.pod not in pods:
@@ -140,7 +139,7 @@ class GarbageCollector(Controller):
             (keys.HELPER_DROPLETS, keys.droplet),
         ):
             for raw, kv in self.informer(prefix).cache.items():
-                owner = parse_owner(kv.value)
+                owner = keys.parse_owner(kv.value)
                 target = key_of(*owner, keys.leaf(raw)) if owner else None
                 gone = target is None or projects.get(target) is None
                 if gone and projects.revision >= kv.mod_revision:
@@ -150,7 +149,7 @@ class GarbageCollector(Controller):
     async def _fail_interrupted_uploads(self, projects: Informer) -> None:
         at = now()
         for raw, kv in list(projects.cache.items()):
-            if _contained(raw) != "packages":
+            if keys.package_of(raw) is None:
                 continue
             package: Package = projects.decoded(kv, Package)  # type: ignore[arg-type]
             if not upload_stale(package, at):
@@ -182,19 +181,11 @@ class GarbageCollector(Controller):
 
 def _blob_of(raw: str) -> tuple[str, str] | None:
     """The blob a key owns, as (kind, name): a package's bits, a droplet's log, a build's log."""
-    kind = _contained(raw)
-    if kind is not None:
-        return kind, keys.leaf(raw)
+    owned = keys.owned_of(raw)
+    if owned is not None:
+        return owned.collection, owned.guid
     build = build_of(raw)
     if build is not None:
         target, number = build
         return BUILD_LOGS, target.log_name(number)
-    return None
-
-
-def _contained(raw: str) -> str | None:
-    """``"packages"`` or ``"droplets"`` for ``.../services/<sid>/<that>/<guid>``, else None."""
-    parts = raw.split("/")
-    if len(parts) >= 4 and parts[-2] in ("packages", "droplets") and parts[-4] == "services":
-        return parts[-2]
     return None

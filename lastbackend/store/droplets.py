@@ -17,11 +17,11 @@ import attrs
 
 from lastbackend import codec
 from lastbackend.model.apps import Droplet, Lifecycle
-from lastbackend.model.common import new_id, now
+from lastbackend.model.common import new_id
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
-from lastbackend.store.objects import Contention, require_version, retries
-from lastbackend.store.owned import DROPLETS
+from lastbackend.store.objects import Contention, NameCache, require_version, retries
+from lastbackend.store.owned import CACHE_SIZE, DROPLETS
 from lastbackend.store.packages import StoredPackage
 
 
@@ -48,6 +48,7 @@ class Droplets:
 
     def __init__(self, etcd: Etcd) -> None:
         self.etcd = etcd
+        self._cache = NameCache(CACHE_SIZE)
 
     # reads --------------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Droplets:
                 Cmp.absent(owner),
                 *guard,
             ],
-            [Op.put(key, codec.dumps(droplet)), Op.put(owner, f"{pid}:{sid}")],
+            [Op.put(key, codec.dumps(droplet)), Op.put(owner, keys.owner_value(pid, sid))],
         )
         if not result.succeeded:
             return None
@@ -122,18 +123,14 @@ class Droplets:
         if_match: int | None = None,
         guard: Sequence[Cmp] = (),
     ) -> StoredDroplet:
-        """Read-modify-write with retries; ``updated`` is set. ``change`` may run more than
-        once and may raise to refuse; ``guard`` adds comparisons (a controller's fence)."""
-        async for _ in retries():
-            current = await self.get(guid)
-            require_version("droplet", current.revision, if_match)
-            wanted = change(current)
-            if wanted == current.droplet:
-                return current
-            written = await self.swap(current, attrs.evolve(wanted, updated=now()), guard=guard)
-            if written is not None:
-                return written
-        raise Contention(f"droplet {guid!r} is changing too fast; try again")
+        """Read-modify-write with retries (:meth:`Objects.update`); ``updated`` is set.
+
+        ``change`` gets the stored droplet and returns the new one; it may raise to refuse, and
+        it can run more than once. ``guard``: more comparisons (a controller's fence).
+        """
+        return await DROPLETS.update(
+            self.etcd, self._cache, guid, change, StoredDroplet, if_match=if_match, guard=guard
+        )
 
     async def swap(
         self, current: StoredDroplet, droplet: Droplet, *, guard: Sequence[Cmp] = ()

@@ -3,29 +3,39 @@
 Both live in the app's subtree (``services/<sid>/packages/<guid>``) with a helper key beside the
 tree (``helper/packages/<guid> -> <pid>:<sid>``), because ``/v3/packages/<guid>`` names no app.
 This module is the one reading of that shape: from a guid to its key, from an app to its
-objects, and every object at once, each list read at a single revision.
+objects, and every object at once, each list read at a single revision. Updates are
+:meth:`Objects.update <lastbackend.store.objects.Objects.update>` on a one-part layout (the
+object is its ``meta`` part, and it has no name), so packages and droplets retry, honour
+``If-Match`` and skip a no-op exactly as projects and services do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
+from lastbackend.model.apps import Droplet, Package
 from lastbackend.model.common import is_uuid
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, MAX_TXN_OPS, Etcd, Op
-from lastbackend.store.objects import NotFound
+from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
+from lastbackend.store.objects import Layout, NameCache, NotFound, Objects, Part, Record
+
+T = TypeVar("T")
+
+CACHE_SIZE = 1024
+"""Decoded objects a store keeps by (key, mod revision) for its updates' reads (immutable)."""
 
 
 class AppNotFound(NotFound):
     pass
 
 
-def parse_owner(raw: bytes) -> tuple[str, str] | None:
-    """``b"<pid>:<sid>"`` (a helper value) -> ``(pid, sid)``; None if malformed."""
-    pid, sep, sid = raw.decode(errors="replace").partition(":")
-    return (pid, sid) if sep and is_uuid(pid) and is_uuid(sid) else None
+def helper_of(key: bytes, _: bytes) -> str | None:
+    """A :data:`Linker <lastbackend.store.objects.Linker>` for the cascade of a service or
+    project delete: the helper key of a package or droplet key, None for any other key."""
+    return keys.owner_of_contained(key.decode())
 
 
 async def app_project(etcd: Etcd, app: str) -> str:
@@ -71,15 +81,17 @@ async def app_prefixes(
 class Owned:
     """Where one kind of app-owned object lives (see the module docstring)."""
 
-    kind: str  # "package" | "droplet": in messages and in the key (".../<kind>s/<guid>")
+    kind: str  # "package" | "droplet": in messages
+    cls: Any  # the model class (or union) its key holds
     helpers: str  # keys.HELPER_PACKAGES
     owner_key: Callable[[str], str]  # guid -> helper key
     key: Callable[[str, str, str], str]  # (pid, sid, guid) -> object key
     collection: Callable[[str, str], str]  # (pid, sid) -> the app's prefix of them
+    parse: Callable[[str], keys.OwnedRef | None]  # object key -> where it is; None: not one
 
     async def owner(self, etcd: Etcd, guid: str) -> tuple[str, str]:
         kv = await etcd.get(self.owner_key(guid)) if is_uuid(guid) else None
-        found = parse_owner(kv.value) if kv is not None else None
+        found = keys.parse_owner(kv.value) if kv is not None else None
         if found is None:
             raise NotFound(f"{self.kind} {guid!r} not found")
         return found
@@ -98,21 +110,70 @@ class Owned:
             prefixes, revision = await app_prefixes(etcd, apps, self.collection)
             return await ranges(etcd, prefixes, revision), revision
         revision, pairs = await etcd.pairs(self.helpers)
-        skip = len(self.helpers.encode())
         wanted = []
         for key, value in pairs:
-            owner = parse_owner(value)
-            if owner is not None:
-                wanted.append(self.key(*owner, key[skip:].decode()))
+            owner = keys.parse_owner(value)
+            guid = keys.entry_of(self.helpers, key.decode())
+            if owner is not None and guid is not None:
+                wanted.append(self.key(*owner, guid))
         return list((await etcd.read_many(wanted, revision=revision)).values()), revision
 
     def locate(self, key: str) -> tuple[str, str, str] | None:
         """``projects/<pid>/services/<sid>/<kind>s/<guid>`` -> ``(pid, sid, guid)``."""
-        parts = key.removeprefix(keys.PROJECTS).split("/")
-        if len(parts) != 5 or parts[1] != "services" or parts[3] != f"{self.kind}s":
-            return None
-        return parts[0], parts[2], parts[4]
+        found = self.parse(key)
+        return (found.project, found.service, found.guid) if found is not None else None
+
+    def objects(self, etcd: Etcd, cache: NameCache, pid: str, sid: str) -> Objects:
+        """The objects of this kind of one app, as nameless one-part :class:`Objects`."""
+        layout = Layout(
+            kind=self.kind,
+            index=None,
+            subtrees=lambda _: (),
+            parts=lambda guid: {"meta": self.key(pid, sid, guid)},
+            codecs={"meta": Part(self.cls)},
+        )
+        return Objects(etcd, layout, cache)
+
+    async def update(
+        self,
+        etcd: Etcd,
+        cache: NameCache,
+        guid: str,
+        change: Callable[[T], Any],
+        stored: Callable[[str, str, str, Any, int], T],
+        *,
+        if_match: int | None = None,
+        guard: Sequence[Cmp] = (),
+    ) -> T:
+        """:meth:`Objects.update` of one object. ``stored(guid, pid, sid, object, revision)``
+        is the caller's view of it (``StoredPackage``), which ``change`` gets, returning the new
+        model object; ``updated`` is set when that changes anything."""
+        pid, sid = await self.owner(etcd, guid)
+
+        def view(record: Record) -> T:
+            return stored(guid, pid, sid, record.values["meta"], record.revision)
+
+        record = await self.objects(etcd, cache, pid, sid).update(
+            guid, lambda current: {"meta": change(view(current))}, if_match=if_match, guard=guard
+        )
+        return view(record)
 
 
-PACKAGES = Owned("package", keys.HELPER_PACKAGES, keys.package_owner, keys.package, keys.packages)
-DROPLETS = Owned("droplet", keys.HELPER_DROPLETS, keys.droplet_owner, keys.droplet, keys.droplets)
+PACKAGES = Owned(
+    "package",
+    Package,
+    keys.HELPER_PACKAGES,
+    keys.package_owner,
+    keys.package,
+    keys.packages,
+    keys.package_of,
+)
+DROPLETS = Owned(
+    "droplet",
+    Droplet,
+    keys.HELPER_DROPLETS,
+    keys.droplet_owner,
+    keys.droplet,
+    keys.droplets,
+    keys.droplet_of,
+)

@@ -44,8 +44,8 @@ from lastbackend.model.common import new_id, now
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Etcd, Op
-from lastbackend.store.objects import Contention, require_version, retries
-from lastbackend.store.owned import PACKAGES, AppNotFound, app_project
+from lastbackend.store.objects import Contention, NameCache, require_version, retries
+from lastbackend.store.owned import CACHE_SIZE, PACKAGES, AppNotFound, app_project
 
 UPLOAD_STALE_AFTER = timedelta(minutes=5)
 UPLOAD_HEARTBEAT = 60.0
@@ -87,6 +87,7 @@ class Packages:
     def __init__(self, etcd: Etcd, secrets: Callable[[], Secrets]) -> None:
         self.etcd = etcd
         self._secrets = secrets
+        self._cache = NameCache(CACHE_SIZE)
 
     # reads --------------------------------------------------------------------------------------
 
@@ -136,7 +137,7 @@ class Packages:
                 Cmp.absent(key),
                 Cmp.absent(owner),
             ],
-            [Op.put(key, codec.dumps(package)), Op.put(owner, f"{pid}:{app}")],
+            [Op.put(key, codec.dumps(package)), Op.put(owner, keys.owner_value(pid, app))],
         )
         if not result.succeeded:
             raise AppNotFound(f"app {app!r} not found")
@@ -184,21 +185,14 @@ class Packages:
         if_match: int | None = None,
         guard: Sequence[Cmp] = (),
     ) -> StoredPackage:
-        """Read-modify-write with retries (Kubernetes' GuaranteedUpdate); ``updated`` is set.
+        """Read-modify-write with retries (:meth:`Objects.update`); ``updated`` is set.
 
         ``change`` gets the stored package and returns the new one; it may raise to refuse, and
         it can run more than once. ``guard``: more comparisons (a controller's fence).
         """
-        async for _ in retries():
-            current = await self.get(guid)
-            require_version("package", current.revision, if_match)
-            wanted = change(current)
-            if wanted == current.package:
-                return current
-            written = await self.swap(current, attrs.evolve(wanted, updated=now()), guard=guard)
-            if written is not None:
-                return written
-        raise Contention(f"package {guid!r} is changing too fast; try again")
+        return await PACKAGES.update(
+            self.etcd, self._cache, guid, change, StoredPackage, if_match=if_match, guard=guard
+        )
 
     async def swap(
         self, current: StoredPackage, package: Package, *, guard: Sequence[Cmp] = ()

@@ -16,6 +16,7 @@ from lastbackend.model.platform import Domains, Meta, ServiceConfig, ServiceSour
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import Layout, NameCache, Objects, Part
+from lastbackend.store.owned import helper_of
 
 CODECS: Mapping[str, Part] = {
     "meta": Part(Meta),
@@ -29,10 +30,6 @@ CODECS: Mapping[str, Part] = {
 PARTS = keys.SERVICE_PARTS + keys.APP_PARTS
 
 
-def _contained(key: bytes, _: bytes) -> str | None:
-    return keys.owner_of_contained(key.decode())
-
-
 def layout(pid: str) -> Layout:
     return Layout(
         kind="service",
@@ -43,8 +40,8 @@ def layout(pid: str) -> Layout:
         parent=keys.project_meta(pid),
         links=lambda sid: {keys.app_owner(sid): pid},
         cascade=lambda sid: (
-            (keys.packages(pid, sid), _contained),
-            (keys.droplets(pid, sid), _contained),
+            (keys.packages(pid, sid), helper_of),
+            (keys.droplets(pid, sid), helper_of),
         ),
     )
 
