@@ -166,7 +166,7 @@ class ServicesController(Controller):
             result = await self.txn(
                 [Cmp.present(keys.service_part(pid, sid, "meta"))],
                 [
-                    Op.put(keys.pod(pod.id), f"{pid}:{sid}"),
+                    Op.put(keys.pod(pod.id), keys.owner_value(pid, sid)),
                     Op.put(keys.pod_spec(node, pod.id), codec.dumps(pod)),
                 ],
             )

@@ -118,28 +118,13 @@ class Target:
 
 
 def build_of(key: str) -> tuple[Target, int] | None:
-    """The target and number of a build key, or ``None`` for any other key.
-
-    Checked by rebuilding the key with :mod:`~lastbackend.store.keys`, so this module spells no
-    path of its own: a key is a build key exactly when ``keys`` would have made it.
-    """
-    leaf = keys.leaf(key)
-    if not leaf.isdigit() or leaf != str(int(leaf)):
+    """The target and number of a build key, or ``None`` for any other key."""
+    ref = keys.build_of(key)
+    if ref is None:
         return None
-    number = int(leaf)
-    if key.startswith(keys.PROJECTS):
-        parts = key[len(keys.PROJECTS) :].split("/")
-        if len(parts) == 5:
-            target = Target("service", parts[2], parts[0])
-            if target.key(number) == key:
-                return target, number
-    elif key.startswith(keys.IMAGES):
-        parts = key[len(keys.IMAGES) :].split("/")
-        if len(parts) == 3:
-            target = Target("image", parts[0])
-            if target.key(number) == key:
-                return target, number
-    return None
+    if ref.image:
+        return Target("image", ref.image), ref.number
+    return Target("service", ref.service, ref.project), ref.number
 
 
 def work_key_of(key: str) -> str | None:

@@ -95,6 +95,15 @@ class OwnedRef(NamedTuple):
     guid: str
 
 
+class BuildRef(NamedTuple):
+    """A build: of a service (``project`` and ``service`` set) or of an image (``image`` set)."""
+
+    project: str
+    service: str
+    image: str
+    number: int
+
+
 class PodRef(NamedTuple):
     """``pods/<node>/<pod>``: a pod spec assigned to a node."""
 
@@ -437,6 +446,23 @@ def droplet_of(key: str) -> OwnedRef | None:
     """The inverse of :func:`droplet`; ``None`` for any other key (a package's included)."""
     found = owned_of(key)
     return found if found is not None and found.collection == _DROPLETS else None
+
+
+def build_of(key: str) -> BuildRef | None:
+    """The inverse of :func:`build` and :func:`image_build`; ``None`` for any other key,
+    including a number spelled otherwise than they spell it (``007``, ``²``)."""
+    ref: BuildRef | None = None
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, "builds", number] if _is_number(number):
+            ref = BuildRef(pid, sid, "", int(number))
+    match _segments(IMAGES, key):
+        case [iid, "builds", number] if _is_number(number):
+            ref = BuildRef("", "", iid, int(number))
+    return ref
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit() and text == str(int(text))
 
 
 def pod_spec_of(key: str) -> PodRef | None:

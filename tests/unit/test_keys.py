@@ -187,3 +187,17 @@ def test_project_name_keys_are_told_apart_from_their_prefixes() -> None:
     assert keys.is_project_name_key(keys.project_name("demo2"))
     assert not keys.is_project_name_key(keys.project_helpers("demo"))
     assert not keys.is_project_name_key(keys.project_meta("demo"))
+
+
+def test_build_keys_parse_to_their_target_and_number_only() -> None:
+    assert keys.build_of(keys.build(PID, SID, 12)) == keys.BuildRef(PID, SID, "", 12)
+    assert keys.build_of(keys.image_build(GUID, 3)) == keys.BuildRef("", "", GUID, 3)
+    for other in (
+        keys.builds(PID, SID) + "012",  # not how build() spells 12
+        keys.builds(PID, SID) + "\u00b2",  # a Unicode digit
+        keys.builds(PID, SID) + "1/x",
+        keys.image_builds(GUID) + "-1",
+        keys.container(PID, SID, "12"),
+        keys.image_part(GUID, "meta"),
+    ):
+        assert keys.build_of(other) is None, other
