@@ -1,4 +1,5 @@
-"""Entry points: ``lastbackend daemon | api | controller | node | tree | lifecycle | version``.
+"""Entry points: ``lastbackend daemon | api | controller | node | tree | lifecycle | stack |
+version``.
 
 Every subcommand that talks to etcd takes the same ``--etcd`` and TLS flags, read into the same
 :class:`~lastbackend.config.Settings`, so ``lastbackend tree`` finds whatever the daemon uses
@@ -37,7 +38,7 @@ from lastbackend.lifecycle.descriptor import Descriptor, DescriptorError
 from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.node.agent import NodeAgent
-from lastbackend.secrets import Secrets
+from lastbackend.secrets import Secrets, is_token
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd, EtcdNotFound
@@ -475,7 +476,7 @@ def stack_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _render(value: bytes) -> Any:
     text = value.decode(errors="replace")
-    if text.startswith("gAAAAA"):  # a Fernet token: ciphertext at rest
+    if is_token(text):  # ciphertext at rest
         return MASK
     try:
         return mask_secrets(json.loads(text))

@@ -19,8 +19,7 @@ from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
-from tests.support import free_port
+from tests.support import RawEtcd, free_port
 
 CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -56,11 +55,11 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEt
 
 
 @pytest.fixture
-async def etcd(etcd_server: EmbeddedEtcd) -> AsyncIterator[Etcd]:
+async def etcd(etcd_server: EmbeddedEtcd) -> AsyncIterator[RawEtcd]:
     """A client on the session server, with ``/lastbackend/`` emptied first."""
     if not etcd_server.running:
         etcd_server.start()
-    async with Etcd([etcd_server.endpoint]) as client:
+    async with RawEtcd([etcd_server.endpoint]) as client:
         await client.delete_prefix(keys.ROOT)
         yield client
 
@@ -74,7 +73,7 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
-async def make_client(etcd: Etcd, settings: Settings) -> AsyncIterator[ClientFactory]:
+async def make_client(etcd: RawEtcd, settings: Settings) -> AsyncIterator[ClientFactory]:
     """Start the API on the test etcd with the given settings overrides."""
     clients: list[TestClient[Any, Any]] = []
 
@@ -98,6 +97,6 @@ async def api(make_client: ClientFactory) -> TestClient[Any, Any]:
     return await make_client()
 
 
-async def dump(etcd: Etcd, prefix: str = keys.ROOT) -> dict[str, bytes]:
+async def dump(etcd: RawEtcd, prefix: str = keys.ROOT) -> dict[str, bytes]:
     """Every key under ``prefix`` with its raw value: what ``etcdctl get --prefix`` shows."""
     return {kv.key: kv.value for kv in (await etcd.range(prefix)).kvs}

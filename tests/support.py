@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from lastbackend.store.etcd import Etcd, Op, WatchEvent
+from lastbackend.store.keys import prefix_end
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
@@ -26,3 +29,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+class RawEtcd(Etcd):
+    """The etcd client with the raw calls tests arrange and break the tree with.
+
+    The product writes only in transactions (an API call is one; a leader's are fenced), so
+    these are not part of :class:`Etcd`: a bare put or a prefix delete written into product
+    code by habit would not be an API call's txn nor a fenced one.
+    """
+
+    async def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
+        """One key, unconditionally; the revision it was written at."""
+        return (await self.txn([], [Op.put(key, value, lease=lease)])).revision
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Every key starting with ``prefix`` (no trailing slash needed); the revision after."""
+        delete = Op("delete", prefix, range_end=prefix_end(prefix))
+        return (await self.txn([], [delete])).revision
+
+    async def compact(self, revision: int, *, physical: bool = True) -> None:
+        """Discard the history before ``revision``, to force :class:`Compacted` on a watch."""
+        await self._call(self._kv.compact(revision, physical=physical, timeout=self.timeout))
+
+    async def watch(
+        self, prefix: str, *, start_revision: int, prev_kv: bool = True
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """The non-empty batches of :meth:`Etcd.watch_batches`."""
+        async for batch in self.watch_batches(
+            prefix, start_revision=start_revision, prev_kv=prev_kv
+        ):
+            if batch.events:
+                yield batch.events

@@ -41,6 +41,7 @@ from lastbackend.api.state import STATE, State
 from lastbackend.api.streams import gone, not_drained
 from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
+from lastbackend.secrets import TOKEN_PREFIX
 from lastbackend.store import keys
 from lastbackend.store.etcd import Compacted, Etcd, StoreError, WatchEvent
 
@@ -56,7 +57,7 @@ PREFIX_MAX = 1024
 _PREFIX = re.compile(r"(?:[A-Za-z0-9._~:+@-]+/)*[A-Za-z0-9._~:+@-]*")
 """Segments of the characters keys are made of (ids, names, repo ids), ``/``-separated."""
 _EVENT_ID = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,9}))?")
-_FERNET = re.compile(r"gAAAAA[A-Za-z0-9_-]{80,}={0,2}")
+_FERNET = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_-]{80,}={0,2}")
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT_FRAME = b": heartbeat\n\n"
 

@@ -192,6 +192,13 @@ class ControllerMetrics:
             ["controller"],
             registry=registry,
         )
+        self.queue_delayed = Gauge(
+            "lastbackend_controller_queue_delayed",
+            "Keys waiting out a retry backoff or a requested delay: a growing number is a key "
+            "that keeps failing.",
+            ["controller"],
+            registry=registry,
+        )
         self.reconcile_duration = Histogram(
             "lastbackend_controller_reconcile_duration_seconds",
             "Time one reconcile took, failed ones included.",
@@ -252,6 +259,9 @@ class ControllerRunner:
         self._duration = self.metrics.reconcile_duration.labels(self.name)
         self.metrics.queue_depth.labels(self.name).set_function(
             lambda: len(self.queue) if self.queue is not None else 0
+        )
+        self.metrics.queue_delayed.labels(self.name).set_function(
+            lambda: self.queue.delayed if self.queue is not None else 0
         )
         self.metrics.leader.labels(self.name).set_function(lambda: int(self.election.is_leader))
 

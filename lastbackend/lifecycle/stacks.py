@@ -46,7 +46,6 @@ UID = 1000
 WORKSPACE = "/workspace"
 LAYERS = "/layers"
 PLATFORM = "/platform"
-CNB = "/cnb"
 PATH = "/bin:/usr/bin"
 
 FALLBACK_APPLETS = (

@@ -187,10 +187,6 @@ class Cmp:
         return cls(key, "mod", "==", kv.mod_revision) if kv else cls.absent(key)
 
     @classmethod
-    def not_modified_after(cls, key: str, revision: int) -> Cmp:
-        return cls(key, "mod", "<", revision + 1)
-
-    @classmethod
     def nothing_created_after(cls, prefix: str, revision: int) -> Cmp:
         """No key under ``prefix`` was created after ``revision`` (etcd >= 3.3 range compare)."""
         return cls(prefix, "create", "<", revision + 1, range_end=prefix_end(prefix))
@@ -392,14 +388,6 @@ class Etcd:
         resp = await self._call(self._kv.get(prefix, prefix_end(prefix), timeout=self.timeout))
         return int(resp.header.revision), [(kv.key, kv.value) for kv in resp.kvs]
 
-    async def put(self, key: str, value: bytes | str, *, lease: int = 0) -> int:
-        resp = await self._call(self._kv.put(key, value, lease=lease, timeout=self.timeout))
-        return int(resp.header.revision)
-
-    async def delete_prefix(self, prefix: str) -> int:
-        resp = await self._call(self._kv.delete(prefix, prefix_end(prefix), timeout=self.timeout))
-        return int(resp.deleted)
-
     async def txn(
         self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
@@ -493,32 +481,7 @@ class Etcd:
             call.cancel()
         raise StoreUnavailable("lease keep-alive stream closed without an answer")
 
-    # maintenance -------------------------------------------------------------------------------
-
-    async def compact(self, revision: int, *, physical: bool = True) -> None:
-        """Discard the history before ``revision`` (tests use it to force :class:`Compacted`)."""
-        await self._call(self._kv.compact(revision, physical=physical, timeout=self.timeout))
-
     # watches -----------------------------------------------------------------------------------
-
-    async def watch(
-        self,
-        prefix: str,
-        *,
-        start_revision: int,
-        prev_kv: bool = True,
-        progress_notify: bool = False,
-    ) -> AsyncIterator[list[WatchEvent]]:
-        """Batches of changes under ``prefix`` from ``start_revision`` on (non-empty lists).
-
-        The stream survives etcd restarts and raises :class:`Compacted` if it has to resume from
-        a revision etcd no longer has. Use :meth:`watch_batches` to see progress notifications.
-        """
-        async for batch in self.watch_batches(
-            prefix, start_revision=start_revision, prev_kv=prev_kv, progress_notify=progress_notify
-        ):
-            if batch.events:
-                yield batch.events
 
     async def watch_batches(
         self,

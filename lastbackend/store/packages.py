@@ -43,7 +43,7 @@ from lastbackend.model.apps import (
 from lastbackend.model.common import new_id, now
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, Cmp, Op, Store
 from lastbackend.store.objects import Contention, NameCache, require_version, retries
 from lastbackend.store.owned import CACHE_SIZE, PACKAGES, AppNotFound, app_project
 
@@ -84,7 +84,7 @@ class Packages:
     never creates a key file.
     """
 
-    def __init__(self, etcd: Etcd, secrets: Callable[[], Secrets]) -> None:
+    def __init__(self, etcd: Store, secrets: Callable[[], Secrets]) -> None:
         self.etcd = etcd
         self._secrets = secrets
         self._cache = NameCache(CACHE_SIZE)

@@ -71,13 +71,6 @@ class RegistryCredentials:
     password: str = attrs.field(repr=False)
     email: str = ""
 
-    def docker_auth(self) -> dict[str, str]:
-        """The Docker SDK's ``auth_config`` for ``images.pull``/``push``."""
-        auth = {"username": self.username, "password": self.password, "serveraddress": self.host}
-        if self.email:
-            auth["email"] = self.email
-        return auth
-
 
 def _valid_host(host: str) -> bool:
     try:

@@ -58,8 +58,8 @@ import aiohttp
 from yarl import URL
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Cmp, Etcd, Op
-from tests.support import free_port
+from lastbackend.store.etcd import Cmp, Op
+from tests.support import RawEtcd, free_port
 
 HOST = "127.0.0.1"
 PROJECTS = 1000
@@ -265,7 +265,7 @@ RAW_OPERATIONS = (RAW_GET, RAW_PUT, RAW_TXN)
 class RawOps:
     """The three raw operations, on keys under ``/bench/<tag>/`` (outside the API's tree)."""
 
-    def __init__(self, etcd: Etcd, tag: str) -> None:
+    def __init__(self, etcd: RawEtcd, tag: str) -> None:
         self.etcd = etcd
         self.tag = tag
         self.get_keys = [f"/bench/{tag}/get/{i:04d}" for i in range(RAW_KEYS)]
@@ -508,7 +508,7 @@ async def run(
     # One counter per operation, shared by its warm-ups and rows: txn keys and POST names never
     # repeat.
     counters = {name: itertools.count() for name in (*RAW_OPERATIONS, API_GET, API_LIST, API_POST)}
-    async with Etcd([etcd_endpoint]) as etcd:
+    async with RawEtcd([etcd_endpoint]) as etcd:
         raw = RawOps(etcd, tag)
         api = ApiOps(base, tag)
         await raw.setup()

@@ -90,9 +90,9 @@ from lastbackend.node.agent import LABEL_NODE, LABEL_SERVICE
 from lastbackend.store import keys
 from lastbackend.store import services as service_store
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import MAX_TXN_OPS, Etcd, Op
+from lastbackend.store.etcd import MAX_TXN_OPS, Op
 from lastbackend.store.objects import NameCache
-from tests.support import free_port
+from tests.support import RawEtcd, free_port
 
 # Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -809,7 +809,7 @@ async def seed(endpoint: str) -> tuple[str, str]:
     if batch:
         batches.append(batch)
     sem = asyncio.Semaphore(SEED_CONCURRENCY)
-    async with Etcd([endpoint]) as etcd:
+    async with RawEtcd([endpoint]) as etcd:
 
         async def write(ops: list[Op]) -> None:
             async with sem:

@@ -49,8 +49,7 @@ import aiohttp
 from bench_api import cpu_seconds, machine_busy, start_api, stop_process, wait_ready
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
-from tests.support import free_port
+from tests.support import RawEtcd, free_port
 
 HOST = "127.0.0.1"
 CHANGES = 500
@@ -129,7 +128,7 @@ async def open_stream(http: aiohttp.ClientSession, base: str) -> Listener:
     return Listener(resp)
 
 
-async def raw_watch(etcd: Etcd, prefix: str, start: int, arrived: dict[str, float]) -> None:
+async def raw_watch(etcd: RawEtcd, prefix: str, start: int, arrived: dict[str, float]) -> None:
     """The baseline: the store's own watch, in this process, on the API's etcd."""
     async for events in etcd.watch(prefix, start_revision=start):
         now = time.perf_counter()
@@ -139,7 +138,7 @@ async def raw_watch(etcd: Etcd, prefix: str, start: int, arrived: dict[str, floa
 
 async def run_row(
     http: aiohttp.ClientSession,
-    etcd: Etcd,
+    etcd: RawEtcd,
     base: str,
     pids: list[int | None],
     row: int,
@@ -230,7 +229,7 @@ async def run_row(
 
 async def run(endpoint: str, base: str, pids: list[int | None], changes: int) -> list[Row]:
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http, Etcd([endpoint]) as etcd:
+    async with aiohttp.ClientSession(connector=connector) as http, RawEtcd([endpoint]) as etcd:
         # the repo and branch exist first, so each measured PUT writes one key
         url = f"{base}/api/repos/{REPO}/branches/{BRANCH}/tags/warmup"
         for _ in range(20):

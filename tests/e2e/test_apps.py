@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
 from tests.e2e.conftest import Registry
 from tests.e2e.harness import Harness, Proc, eventually, push
 from tests.gitserver import GitServer, commit, make_repo
+from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -125,7 +125,7 @@ class V3:
 
 
 async def test_static_site_zip_is_detected_staged_started_and_served(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -162,7 +162,7 @@ async def test_static_site_zip_is_detected_staged_started_and_served(
 
 
 async def test_procfile_app_runs_its_web_process(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -198,7 +198,7 @@ async def test_procfile_app_runs_its_web_process(
 
 
 async def test_private_docker_image_staged_with_credentials_and_started(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, registry: Registry, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, registry: Registry, base_image: str
 ) -> None:
     h = harness
     served = f"{registry.host}/apps/served:1"
@@ -265,7 +265,7 @@ async def test_private_docker_image_staged_with_credentials_and_started(
 
 
 async def test_git_package_is_cloned_with_its_credentials_and_staged_with_the_commit(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, tmp_path: Path
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, tmp_path: Path
 ) -> None:
     h = harness
     root = tmp_path / "repos"

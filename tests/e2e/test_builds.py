@@ -24,10 +24,10 @@ import pytest
 
 from lastbackend.api.hooks import sign
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
 from tests.e2e.conftest import Registry
 from tests.e2e.harness import Harness, Proc, eventually
 from tests.gitserver import GitServer, commit, make_repo
+from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -232,7 +232,7 @@ async def daemon_with_site(
 
 async def test_build_then_push_webhook_roll_out_new_content(
     harness: BuildHarness,
-    etcd: Etcd,
+    etcd: RawEtcd,
     etcd_server: EmbeddedEtcd,
     git: GitServer,
     registry: Registry,
@@ -288,7 +288,7 @@ async def test_build_then_push_webhook_roll_out_new_content(
 
 async def test_bad_branch_and_failing_step_fail_with_their_reasons(
     harness: BuildHarness,
-    etcd: Etcd,
+    etcd: RawEtcd,
     etcd_server: EmbeddedEtcd,
     git: GitServer,
     registry: Registry,
@@ -323,7 +323,7 @@ async def test_bad_branch_and_failing_step_fail_with_their_reasons(
 
 async def test_builds_run_one_at_a_time_and_cancel_stops_docker_build(
     harness: BuildHarness,
-    etcd: Etcd,
+    etcd: RawEtcd,
     etcd_server: EmbeddedEtcd,
     git: GitServer,
     registry: Registry,
@@ -368,7 +368,7 @@ async def test_builds_run_one_at_a_time_and_cancel_stops_docker_build(
 
 async def test_kill_9_mid_build_ends_failed_never_stuck_building(
     harness: BuildHarness,
-    etcd: Etcd,
+    etcd: RawEtcd,
     etcd_server: EmbeddedEtcd,
     git: GitServer,
     registry: Registry,

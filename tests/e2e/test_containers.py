@@ -29,7 +29,6 @@ import docker.errors
 import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
 from tests.baseimage import INDEX_HTML
 from tests.conftest import new_etcd_server
 from tests.e2e.conftest import Registry, api_client
@@ -47,6 +46,7 @@ from tests.e2e.harness import (
     eventually,
     push,
 )
+from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -128,11 +128,11 @@ async def page(port: int) -> tuple[int, bytes]:
         return resp.status, await resp.read()
 
 
-async def keys_under(etcd: Etcd, prefix: str) -> list[str]:
+async def keys_under(etcd: RawEtcd, prefix: str) -> list[str]:
     return [kv.key for kv in (await etcd.range(prefix, keys_only=True)).kvs]
 
 
-async def orphans(h: Harness, etcd: Etcd) -> list[str]:
+async def orphans(h: Harness, etcd: RawEtcd) -> list[str]:
     """lb- containers of this node whose pod has no ``pods/<node>/<pod>`` key."""
     pods = set(await keys_under(etcd, f"{ROOT}pods/{h.node}/"))
     return [
@@ -151,7 +151,7 @@ def templates(containers: list[dict[str, Any]]) -> set[str]:
 
 
 async def test_three_replicas_answer_on_their_published_ports(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -185,7 +185,7 @@ async def test_three_replicas_answer_on_their_published_ports(
 
 
 async def test_scale_three_to_one_to_two_keeps_the_oldest(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -222,7 +222,7 @@ async def test_scale_three_to_one_to_two_keeps_the_oldest(
 
 
 async def test_docker_kill_is_replaced_within_seconds(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -306,7 +306,7 @@ class DockerSampler(threading.Thread):
 
 @pytest.mark.parametrize("change", ["image", "env"])
 async def test_config_change_rolls_without_dropping_below_replicas(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str, change: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str, change: str
 ) -> None:
     h = harness
     repository, _, _ = base_image.rpartition(":")
@@ -364,7 +364,7 @@ async def test_config_change_rolls_without_dropping_below_replicas(
 
 
 async def test_daemon_killed_mid_rollout_converges_without_orphans(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -413,7 +413,7 @@ async def test_daemon_killed_mid_rollout_converges_without_orphans(
 
 
 async def test_graceful_daemon_restart_adopts_running_containers(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     """A restart (an upgrade: SIGTERM, start again with the same name) keeps what runs."""
     h = harness
@@ -488,7 +488,7 @@ async def test_change_applied_after_etcd_restart(
 
 
 async def test_controller_failover_within_the_lease_ttl(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
     endpoint = etcd_server.endpoint
@@ -542,7 +542,7 @@ async def test_controller_failover_within_the_lease_ttl(
 
 async def test_private_image_pulled_with_a_registry_account(
     harness: Harness,
-    etcd: Etcd,
+    etcd: RawEtcd,
     etcd_server: EmbeddedEtcd,
     base_image: str,
     registry: Registry,
@@ -610,7 +610,7 @@ async def test_private_image_pulled_with_a_registry_account(
 
 @pytest.mark.parametrize("what", ["service", "project"])
 async def test_delete_leaves_nothing_in_docker_or_etcd(
-    harness: Harness, etcd: Etcd, etcd_server: EmbeddedEtcd, base_image: str, what: str
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str, what: str
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)

@@ -27,8 +27,7 @@ from lastbackend.controllers.services import ServicesController
 from lastbackend.node.agent import LABEL_NODE, NodeAgent
 from lastbackend.runtime.docker import DockerRuntime
 from lastbackend.secrets import Secrets, generate_key
-from lastbackend.store.etcd import Etcd
-from tests.support import free_port
+from tests.support import RawEtcd, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -47,7 +46,7 @@ class Setup:
 
 @pytest.fixture
 async def setup(
-    etcd: Etcd, settings: Settings, dockerd: str, base_image: str, docker_api: docker.APIClient
+    etcd: RawEtcd, settings: Settings, dockerd: str, base_image: str, docker_api: docker.APIClient
 ) -> AsyncIterator[Setup]:
     node = f"e2e-logs-{uuid.uuid4().hex[:8]}"
     port = free_port()

@@ -39,8 +39,7 @@ from lastbackend.controllers.build_tag_events import (
 )
 from lastbackend.controllers.runner import ControllerRunner, Manager
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
-from tests.support import eventually, free_port
+from tests.support import RawEtcd, eventually, free_port
 
 Client = TestClient[Any, Any]
 
@@ -246,7 +245,7 @@ async def leading(runner: ControllerRunner, *, listening: bool = True) -> Events
 
 
 @pytest.fixture
-async def events(etcd: Etcd) -> AsyncIterator[tuple[ControllerRunner, int]]:
+async def events(etcd: RawEtcd) -> AsyncIterator[tuple[ControllerRunner, int]]:
     port = free_port()
     runner = ControllerRunner(EventsController(("127.0.0.1", port)), etcd, lease_ttl=2)
     runner.start()
@@ -390,7 +389,7 @@ async def test_links_that_are_not_event_addresses_are_refused(
 
 
 async def test_a_value_written_by_hand_that_does_not_decode_is_skipped(
-    api: Client, etcd: Etcd, events: tuple[ControllerRunner, int]
+    api: Client, etcd: RawEtcd, events: tuple[ControllerRunner, int]
 ) -> None:
     _, port = events
     receiver = await Receiver.attach(port, R)
@@ -404,7 +403,7 @@ async def test_a_value_written_by_hand_that_does_not_decode_is_skipped(
 
 
 async def test_after_a_compaction_the_tree_is_relisted_and_the_difference_sent(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     await call(api, "PUT", B, {"job_url": "1"})
     tree = RepoTree()
@@ -434,7 +433,7 @@ async def test_after_a_compaction_the_tree_is_relisted_and_the_difference_sent(
 
 
 async def test_two_processes_send_one_message_per_change_and_hand_over(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     ports = {"a": free_port(), "b": free_port()}
     managers = {
@@ -486,7 +485,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_stopping_closes_the_listener_and_joins_the_reactor_thread(etcd: Etcd) -> None:
+async def test_stopping_closes_the_listener_and_joins_the_reactor_thread(etcd: RawEtcd) -> None:
     port = free_port()
     runner = ControllerRunner(EventsController(("127.0.0.1", port)), etcd, lease_ttl=2)
     runner.start()
@@ -502,7 +501,7 @@ async def test_stopping_closes_the_listener_and_joins_the_reactor_thread(etcd: E
 
 
 async def test_a_port_in_use_is_retried_and_does_not_stop_the_controller(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
@@ -534,7 +533,7 @@ async def test_a_port_in_use_is_retried_and_does_not_stop_the_controller(
 
 
 async def test_forwards_every_message_to_a_broker_that_comes_up_later_or_restarts(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     broker = Broker(free_port())
     runner = ControllerRunner(

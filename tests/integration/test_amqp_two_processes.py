@@ -38,8 +38,7 @@ from proton import Message, ProtonException, Timeout
 from proton.utils import BlockingConnection
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
-from tests.support import eventually, free_port
+from tests.support import RawEtcd, eventually, free_port
 
 pytestmark = pytest.mark.etcd
 
@@ -227,7 +226,9 @@ def expected_body(url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def cluster(etcd: Etcd, etcd_server: EmbeddedEtcd, tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(
+    etcd: RawEtcd, etcd_server: EmbeddedEtcd, tmp_path: Path
+) -> AsyncIterator[Cluster]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
     base.update(
         LB_SECRET_KEY=Fernet.generate_key().decode(),

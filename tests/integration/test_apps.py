@@ -27,8 +27,8 @@ from lastbackend.model.apps import (
 )
 from lastbackend.model.platform import ServiceConfig
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -54,7 +54,7 @@ async def create_app(api: Client, space: str, name: str, **fields: Any) -> dict[
 
 
 async def write_droplet(
-    etcd: Etcd,
+    etcd: RawEtcd,
     pid: str,
     sid: str,
     *,
@@ -86,18 +86,18 @@ async def assign(api: Client, app: str, droplet: str) -> Any:
     )
 
 
-async def part(etcd: Etcd, pid: str, sid: str, name: str) -> bytes | None:
+async def part(etcd: RawEtcd, pid: str, sid: str, name: str) -> bytes | None:
     kv = await etcd.get(keys.service_part(pid, sid, name))
     return kv.value if kv else None
 
 
-async def config_of(etcd: Etcd, pid: str, sid: str) -> ServiceConfig:
+async def config_of(etcd: RawEtcd, pid: str, sid: str) -> ServiceConfig:
     raw = await part(etcd, pid, sid, "config")
     assert raw is not None
     return codec.loads(raw, ServiceConfig)
 
 
-async def app_of(etcd: Etcd, pid: str, sid: str) -> AppState:
+async def app_of(etcd: RawEtcd, pid: str, sid: str) -> AppState:
     raw = await part(etcd, pid, sid, "app")
     assert raw is not None
     return codec.loads(raw, AppState)
@@ -111,7 +111,7 @@ def detail(body: dict[str, Any]) -> str:
 
 
 async def test_create_answers_the_documents_shape_and_stores_a_service(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     pid = await create_project(api, "demo")
     body = {
@@ -192,7 +192,7 @@ async def test_an_unknown_app_is_404(api: Client, guid: str) -> None:
         assert body["errors"][0]["title"] == "CF-ResourceNotFound"
 
 
-async def test_a_dangling_app_helper_is_404(api: Client, etcd: Etcd) -> None:
+async def test_a_dangling_app_helper_is_404(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     ghost = str(uuid.uuid4())
     await etcd.put(keys.app_owner(ghost), pid)
@@ -298,7 +298,7 @@ async def test_bad_list_parameters_are_400_naming_them(
 # patch ------------------------------------------------------------------------------------------
 
 
-async def test_patch_renames_replaces_env_and_lifecycle_data(api: Client, etcd: Etcd) -> None:
+async def test_patch_renames_replaces_env_and_lifecycle_data(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(
         api,
@@ -332,7 +332,7 @@ async def test_patch_renames_replaces_env_and_lifecycle_data(api: Client, etcd: 
     assert (await api.get("/api/projects/demo/services/site")).status == 200
 
 
-async def test_patch_cannot_change_the_lifecycle_type(api: Client, etcd: Etcd) -> None:
+async def test_patch_cannot_change_the_lifecycle_type(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     before = await etcd.status()
@@ -346,7 +346,7 @@ async def test_patch_cannot_change_the_lifecycle_type(api: Client, etcd: Etcd) -
     assert (await (await api.get(f"/v3/apps/{app['guid']}")).json())["name"] == "web"
 
 
-async def test_patch_to_a_taken_name_is_409(api: Client, etcd: Etcd) -> None:
+async def test_patch_to_a_taken_name_is_409(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     await create_app(api, pid, "web")
     app = await create_app(api, pid, "api")
@@ -360,7 +360,7 @@ async def test_patch_to_a_taken_name_is_409(api: Client, etcd: Etcd) -> None:
     assert await etcd.status() == before
 
 
-async def test_if_match_guards_patch_start_and_delete(api: Client, etcd: Etcd) -> None:
+async def test_if_match_guards_patch_start_and_delete(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     resp = await api.post(
         "/v3/apps", json={"name": "web", "relationships": {"space": {"guid": pid}}}
@@ -387,7 +387,7 @@ async def test_if_match_guards_patch_start_and_delete(api: Client, etcd: Etcd) -
 # delete -----------------------------------------------------------------------------------------
 
 
-async def test_delete_removes_the_service_and_its_droplets(api: Client, etcd: Etcd) -> None:
+async def test_delete_removes_the_service_and_its_droplets(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     keep = await create_app(api, pid, "web2")
@@ -432,7 +432,7 @@ CREATE_CASES: list[tuple[str, dict[str, Any], int, str]] = [
     [pytest.param(*case[1:], id=case[0]) for case in CREATE_CASES],
 )
 async def test_bad_create_names_the_field_and_writes_nothing(
-    api: Client, etcd: Etcd, change: dict[str, Any], status: int, reason: str
+    api: Client, etcd: RawEtcd, change: dict[str, Any], status: int, reason: str
 ) -> None:
     pid = await create_project(api, "demo")
     body: dict[str, Any] = {"name": "web", "relationships": {"space": {"guid": pid}}, **change}
@@ -443,7 +443,7 @@ async def test_bad_create_names_the_field_and_writes_nothing(
     assert await etcd.status() == before
 
 
-async def test_create_of_a_taken_name_is_409_and_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_create_of_a_taken_name_is_409_and_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     await create_app(api, pid, "web")
     before = await etcd.status()
@@ -474,7 +474,7 @@ PATCH_CASES: list[tuple[dict[str, Any] | bytes, int, str]] = [
 
 @pytest.mark.parametrize(("body", "status", "reason"), PATCH_CASES)
 async def test_bad_patch_names_the_field_and_writes_nothing(
-    api: Client, etcd: Etcd, body: Any, status: int, reason: str
+    api: Client, etcd: RawEtcd, body: Any, status: int, reason: str
 ) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
@@ -493,7 +493,9 @@ async def test_bad_patch_names_the_field_and_writes_nothing(
 # current droplet --------------------------------------------------------------------------------
 
 
-async def test_current_droplet_must_be_a_staged_droplet_of_the_app(api: Client, etcd: Etcd) -> None:
+async def test_current_droplet_must_be_a_staged_droplet_of_the_app(
+    api: Client, etcd: RawEtcd
+) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     other = await create_app(api, pid, "other")
@@ -551,7 +553,9 @@ async def test_current_droplet_must_be_a_staged_droplet_of_the_app(api: Client, 
 # start and stop ---------------------------------------------------------------------------------
 
 
-async def test_start_without_a_droplet_is_422_and_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_start_without_a_droplet_is_422_and_writes_nothing(
+    api: Client, etcd: RawEtcd
+) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     before = await etcd.status()
@@ -563,7 +567,7 @@ async def test_start_without_a_droplet_is_422_and_writes_nothing(api: Client, et
     assert await etcd.status() == before
 
 
-async def test_start_runs_a_buildpack_droplet_on_port_8080(api: Client, etcd: Etcd) -> None:
+async def test_start_runs_a_buildpack_droplet_on_port_8080(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web", environment_variables={"MODE": "x"})
     guid = app["guid"]
@@ -592,7 +596,9 @@ async def test_start_runs_a_buildpack_droplet_on_port_8080(api: Client, etcd: Et
     assert await etcd.status() == before
 
 
-async def test_start_publishes_port_from_env_and_restores_replicas(api: Client, etcd: Etcd) -> None:
+async def test_start_publishes_port_from_env_and_restores_replicas(
+    api: Client, etcd: RawEtcd
+) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web", environment_variables={"PORT": "9000"})
     guid = app["guid"]
@@ -609,7 +615,7 @@ async def test_start_publishes_port_from_env_and_restores_replicas(api: Client, 
     assert (await config_of(etcd, pid, bad["guid"])).ports == {"8080/TCP": 0}
 
 
-async def test_start_runs_a_docker_droplet_on_its_exposed_ports(api: Client, etcd: Etcd) -> None:
+async def test_start_runs_a_docker_droplet_on_its_exposed_ports(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "box", lifecycle={"type": "docker", "data": {}})
     guid = app["guid"]
@@ -623,7 +629,7 @@ async def test_start_runs_a_docker_droplet_on_its_exposed_ports(api: Client, etc
     assert await part(etcd, pid, guid, "image") == b"library/redis:7"
 
 
-async def test_stop_keeps_image_and_config(api: Client, etcd: Etcd) -> None:
+async def test_stop_keeps_image_and_config(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     guid = app["guid"]
@@ -639,7 +645,7 @@ async def test_stop_keeps_image_and_config(api: Client, etcd: Etcd) -> None:
     assert await part(etcd, pid, guid, "image") == RUN_IMAGE.encode()
 
 
-async def test_stopping_a_plain_service_writes_its_app_key(api: Client, etcd: Etcd) -> None:
+async def test_stopping_a_plain_service_writes_its_app_key(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     resp = await api.post(
         "/api/projects/demo/services", json={"name": "api", "config": {"image": "nginx"}}
@@ -650,7 +656,9 @@ async def test_stopping_a_plain_service_writes_its_app_key(api: Client, etcd: Et
     assert await app_of(etcd, pid, sid) == AppState("STOPPED", None)
 
 
-async def test_assigning_to_a_started_app_deploys_the_new_droplet(api: Client, etcd: Etcd) -> None:
+async def test_assigning_to_a_started_app_deploys_the_new_droplet(
+    api: Client, etcd: RawEtcd
+) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     guid = app["guid"]
@@ -662,7 +670,7 @@ async def test_assigning_to_a_started_app_deploys_the_new_droplet(api: Client, e
     assert await app_of(etcd, pid, guid) == AppState("STARTED", second)
 
 
-async def test_start_refuses_a_current_droplet_that_is_gone(api: Client, etcd: Etcd) -> None:
+async def test_start_refuses_a_current_droplet_that_is_gone(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     app = await create_app(api, pid, "web")
     guid = app["guid"]
@@ -680,7 +688,7 @@ async def test_start_refuses_a_current_droplet_that_is_gone(api: Client, etcd: E
 # concurrency ------------------------------------------------------------------------------------
 
 
-async def test_concurrent_starts_and_patches_all_land(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_starts_and_patches_all_land(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     apps = [await create_app(api, pid, f"web{i}") for i in range(6)]
     for app in apps:
@@ -715,7 +723,7 @@ async def test_concurrent_starts_and_patches_all_land(api: Client, etcd: Etcd) -
 
 
 async def test_a_droplet_restaged_during_assignment_is_never_assigned_unstaged(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     """The assignment txn compares the droplet key, so every version of the app key that names
     the flapping droplet was written while that droplet was STAGED (checked in etcd's history)."""

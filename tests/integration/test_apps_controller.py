@@ -23,9 +23,8 @@ from lastbackend.node.agent import NodeAgent
 from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.fakeruntime import FakeRuntime
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -35,7 +34,7 @@ NEXT = "registry.local/droplets/web:2"
 
 
 @pytest.fixture
-async def runtime(etcd: Etcd) -> AsyncIterator[FakeRuntime]:
+async def runtime(etcd: RawEtcd) -> AsyncIterator[FakeRuntime]:
     """One node agent on the fake runtime and the services controller, both leading."""
     fake = FakeRuntime(images=[IMAGE, NEXT], capacity=NodeCapacity(4096, 2, "n1", "fake"))
     runners = [
@@ -49,7 +48,7 @@ async def runtime(etcd: Etcd) -> AsyncIterator[FakeRuntime]:
         await runner.stop(grace=1)
 
 
-async def staged_droplet(etcd: Etcd, pid: str, sid: str, image: str) -> str:
+async def staged_droplet(etcd: RawEtcd, pid: str, sid: str, image: str) -> str:
     guid = str(uuid.uuid4())
     when = datetime(2026, 1, 1, tzinfo=UTC)
     droplet = Droplet(
@@ -60,7 +59,7 @@ async def staged_droplet(etcd: Etcd, pid: str, sid: str, image: str) -> str:
     return guid
 
 
-async def pods(etcd: Etcd) -> list[Pod]:
+async def pods(etcd: RawEtcd) -> list[Pod]:
     return [codec.loads(kv.value, Pod) for kv in (await etcd.range(keys.PODS)).kvs]
 
 
@@ -69,7 +68,7 @@ async def running(runtime: FakeRuntime) -> list[Any]:
 
 
 async def test_stop_removes_the_pods_and_start_brings_them_back(
-    runtime: FakeRuntime, api: Client, etcd: Etcd
+    runtime: FakeRuntime, api: Client, etcd: RawEtcd
 ) -> None:
     resp = await api.post("/api/projects", json={"name": "demo"})
     pid = (await resp.json())["id"]

@@ -16,8 +16,8 @@ import attrs
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 
 Client = TestClient[Any, Any]
 Json = Any
@@ -294,7 +294,7 @@ CASES = [*body_cases(), *field_cases(), *unencodable_cases()]
 
 @pytest.mark.parametrize("case", CASES)
 async def test_bad_input_is_refused_and_writes_nothing(
-    case: Case, make_client: ClientFactory, etcd: Etcd
+    case: Case, make_client: ClientFactory, etcd: RawEtcd
 ) -> None:
     overrides = {} if case.max_body_bytes is None else {"max_body_bytes": case.max_body_bytes}
     api = await make_client(**overrides)
@@ -314,7 +314,7 @@ async def test_bad_input_is_refused_and_writes_nothing(
     assert await etcd.status() == revision, "something was written (or rewritten)"
 
 
-async def test_the_matrix_setup_is_accepted(make_client: ClientFactory, etcd: Etcd) -> None:
+async def test_the_matrix_setup_is_accepted(make_client: ClientFactory, etcd: RawEtcd) -> None:
     """Every target's valid body succeeds, so each bad case fails for its own reason."""
     api = await make_client(max_body_bytes=2048)
     await _setup(api)

@@ -28,12 +28,11 @@ from lastbackend.model.platform import Build
 from lastbackend.runtime.base import RegistryAuth
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from lastbackend.store.repos import Repos
 from tests.conftest import ClientFactory, dump
 from tests.fakeruntime import FakeRuntime
 from tests.gitserver import GitServer, commit, make_repo
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -54,7 +53,7 @@ SOURCE = {"hub": "github", "owner": "acme", "repo": "site", "branch": "main"}
 class Env:
     """The API, the git server with ``acme/site``, a connected vendor and the controller."""
 
-    def __init__(self, etcd: Etcd, make_client: ClientFactory, tmp: Path) -> None:
+    def __init__(self, etcd: RawEtcd, make_client: ClientFactory, tmp: Path) -> None:
         self.etcd = etcd
         self.make_client = make_client
         self.tmp = tmp
@@ -156,7 +155,7 @@ class Env:
 
 
 @pytest.fixture
-async def env(etcd: Etcd, make_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Env]:
+async def env(etcd: RawEtcd, make_client: ClientFactory, tmp_path: Path) -> AsyncIterator[Env]:
     environment = Env(etcd, make_client, tmp_path)
     yield environment
     await environment.stop()
@@ -262,7 +261,7 @@ async def test_an_image_is_built_and_pushed_to_its_name(env: Env) -> None:
 # refusals -----------------------------------------------------------------------------------------
 
 
-async def test_bad_requests_write_nothing(env: Env, etcd: Etcd) -> None:
+async def test_bad_requests_write_nothing(env: Env, etcd: RawEtcd) -> None:
     await env.start()
     await env.service("nosource", source=None)
     await env.service()
@@ -391,7 +390,7 @@ async def test_the_global_limit_keeps_other_services_builds_queued(env: Env) -> 
 # cancel -------------------------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_and_a_running_build(env: Env, etcd: Etcd) -> None:
+async def test_cancel_a_queued_and_a_running_build(env: Env, etcd: RawEtcd) -> None:
     await env.start()
     gate = env.runtime.build_gate = asyncio.Event()
     await env.service()
@@ -421,7 +420,7 @@ async def test_cancel_a_queued_and_a_running_build(env: Env, etcd: Etcd) -> None
 
 
 async def test_deleting_the_service_mid_build_stops_it_and_writes_nothing_back(
-    env: Env, etcd: Etcd
+    env: Env, etcd: RawEtcd
 ) -> None:
     await env.start()
     gate = env.runtime.build_gate = asyncio.Event()
@@ -441,7 +440,7 @@ async def test_deleting_the_service_mid_build_stops_it_and_writes_nothing_back(
 
 
 async def test_a_build_left_running_by_a_dead_controller_fails_and_the_next_runs(
-    env: Env, etcd: Etcd
+    env: Env, etcd: RawEtcd
 ) -> None:
     await env.start()
     await env.stop_controller()

@@ -28,9 +28,10 @@ from lastbackend.store.builds import (
     highest,
     work_key_of,
 )
-from lastbackend.store.etcd import Cmp, Etcd, Op
+from lastbackend.store.etcd import Cmp, Op
 from lastbackend.store.objects import Conflict, NotFound
 from tests.conftest import dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -38,7 +39,7 @@ WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 SOURCE = ServiceSource("github.com", "acme", "site", "main")  # type: ignore[arg-type]
 
 
-async def service(etcd: Etcd, *, source: bool = True) -> Target:
+async def service(etcd: RawEtcd, *, source: bool = True) -> Target:
     pid, sid = str(uuid.uuid4()), str(uuid.uuid4())
     await etcd.put(keys.project_meta(pid), codec.dumps(Meta("demo", WHEN, WHEN)))  # type: ignore[arg-type]
     await etcd.put(keys.service_part(pid, sid, "meta"), codec.dumps(Meta("web", WHEN, WHEN)))  # type: ignore[arg-type]
@@ -47,7 +48,7 @@ async def service(etcd: Etcd, *, source: bool = True) -> Target:
     return Target("service", sid, pid)
 
 
-async def image(etcd: Etcd) -> Target:
+async def image(etcd: RawEtcd) -> Target:
     iid = str(uuid.uuid4())
     meta = {"name": "registry.local/acme/site", "created": "2026-01-01T00:00:00Z"}
     await etcd.put(keys.image_part(iid, "meta"), json.dumps(meta))
@@ -55,14 +56,14 @@ async def image(etcd: Etcd) -> Target:
     return Target("image", iid)
 
 
-async def put_build(etcd: Etcd, target: Target, number: int, status: str = "queued") -> None:
+async def put_build(etcd: RawEtcd, target: Target, number: int, status: str = "queued") -> None:
     await etcd.put(target.key(number), codec.dumps(Build(status, WHEN, WHEN)))
 
 
 # numbering -------------------------------------------------------------------------------------
 
 
-async def test_builds_are_numbered_from_one_at_the_documented_keys(etcd: Etcd) -> None:
+async def test_builds_are_numbered_from_one_at_the_documented_keys(etcd: RawEtcd) -> None:
     target = await service(etcd)
     builds = Builds(etcd)
     first = await builds.create(
@@ -82,7 +83,7 @@ async def test_builds_are_numbered_from_one_at_the_documented_keys(etcd: Etcd) -
     assert [b.number for b in listed] == [1, 2]
 
 
-async def test_numbers_compare_as_numbers_not_as_key_strings(etcd: Etcd) -> None:
+async def test_numbers_compare_as_numbers_not_as_key_strings(etcd: RawEtcd) -> None:
     """etcd lists ``builds/10`` before ``builds/9``: the next build must still be 11."""
     target = await service(etcd)
     for number in (1, 9, 10):
@@ -95,7 +96,7 @@ async def test_numbers_compare_as_numbers_not_as_key_strings(etcd: Etcd) -> None
     assert [b.number for b in listed] == [1, 9, 10, 11]
 
 
-async def test_twenty_concurrent_creates_get_distinct_consecutive_numbers(etcd: Etcd) -> None:
+async def test_twenty_concurrent_creates_get_distinct_consecutive_numbers(etcd: RawEtcd) -> None:
     target = await service(etcd)
     builds = Builds(etcd)
     numbers = await asyncio.gather(*(builds.create(target) for _ in range(20)))
@@ -104,7 +105,7 @@ async def test_twenty_concurrent_creates_get_distinct_consecutive_numbers(etcd: 
     assert len(found.kvs) == 20
 
 
-async def test_each_target_counts_on_its_own(etcd: Etcd) -> None:
+async def test_each_target_counts_on_its_own(etcd: RawEtcd) -> None:
     one, other, img = await service(etcd), await service(etcd), await image(etcd)
     builds = Builds(etcd)
     assert [await builds.create(one) for _ in range(3)] == [1, 2, 3]
@@ -113,7 +114,7 @@ async def test_each_target_counts_on_its_own(etcd: Etcd) -> None:
     assert await etcd.get(f"/lastbackend/images/{img.id}/builds/2") is not None
 
 
-async def test_unknown_target_or_no_source_writes_nothing(etcd: Etcd) -> None:
+async def test_unknown_target_or_no_source_writes_nothing(etcd: RawEtcd) -> None:
     builds = Builds(etcd)
     no_source = await service(etcd, source=False)
     before = await dump(etcd)
@@ -153,7 +154,7 @@ def test_statuses_only_move_forward() -> None:
         assert {"failed", "canceled"} <= NEXT[status]
 
 
-async def test_cancel_queued_and_running_builds_but_not_finished_ones(etcd: Etcd) -> None:
+async def test_cancel_queued_and_running_builds_but_not_finished_ones(etcd: RawEtcd) -> None:
     target = await service(etcd)
     builds = Builds(etcd)
     await put_build(etcd, target, 1, "queued")
@@ -176,7 +177,7 @@ async def test_cancel_queued_and_running_builds_but_not_finished_ones(etcd: Etcd
     assert await etcd.status() == revision
 
 
-async def test_a_cancel_wins_over_a_controller_write_read_before_it(etcd: Etcd) -> None:
+async def test_a_cancel_wins_over_a_controller_write_read_before_it(etcd: RawEtcd) -> None:
     """The controller writes each step comparing the build as it last wrote it; a cancel in
     between makes that write fail, so a canceled build is never moved on."""
     target = await service(etcd)

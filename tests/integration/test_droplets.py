@@ -23,7 +23,6 @@ from lastbackend.model.apps import (
 )
 from lastbackend.model.common import now
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
 from tests.integration.test_packages import (
     SITE,
@@ -36,6 +35,7 @@ from tests.integration.test_packages import (
     upload,
     zip_of,
 )
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -60,7 +60,7 @@ async def stage(api: Recorder, package: str, body: Any = None, expect: int = 201
     return await api.call("POST", f"/v3/packages/{package}/droplets", expect, **kwargs)
 
 
-async def set_droplet(etcd: Etcd, pid: str, app: str, guid: str, **changes: Any) -> None:
+async def set_droplet(etcd: RawEtcd, pid: str, app: str, guid: str, **changes: Any) -> None:
     """Change a droplet in etcd as the staging controller would."""
     key = keys.droplet(pid, app, guid)
     kv = await etcd.get(key)
@@ -72,7 +72,7 @@ async def set_droplet(etcd: Etcd, pid: str, app: str, guid: str, **changes: Any)
 # creating ----------------------------------------------------------------------------------------
 
 
-async def test_droplet_of_bits_defaults_to_buildpack(api: Recorder, etcd: Etcd) -> None:
+async def test_droplet_of_bits_defaults_to_buildpack(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
     resp = await api.request(
@@ -144,7 +144,7 @@ async def test_request_lifecycle_is_kept(api: Recorder) -> None:
 )
 async def test_package_and_lifecycle_pairs(
     api: Recorder,
-    etcd: Etcd,
+    etcd: RawEtcd,
     kind: str,
     fields: dict[str, Any],
     lifecycle: dict[str, Any] | None,
@@ -172,7 +172,7 @@ async def test_package_and_lifecycle_pairs(
     assert (await api.call("GET", "/v3/droplets"))["resources"] == []
 
 
-async def test_the_apps_lifecycle_is_used(api: Recorder, etcd: Etcd) -> None:
+async def test_the_apps_lifecycle_is_used(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     docker_lifecycle = DockerLifecycle()
     await etcd.put(keys.service_part(pid, app, "lifecycle"), codec.dumps(docker_lifecycle))
@@ -192,7 +192,7 @@ async def test_the_apps_lifecycle_is_used(api: Recorder, etcd: Etcd) -> None:
 
 
 @pytest.mark.parametrize("state", ["AWAITING_UPLOAD", "FAILED"])
-async def test_package_must_be_ready(api: Recorder, etcd: Etcd, state: str) -> None:
+async def test_package_must_be_ready(api: Recorder, etcd: RawEtcd, state: str) -> None:
     _, app = await make_app(api)
     package = (await create(api, app))["guid"]
     if state == "FAILED":
@@ -215,7 +215,9 @@ async def test_package_must_be_ready(api: Recorder, etcd: Etcd, state: str) -> N
         ([], "body"),
     ],
 )
-async def test_bad_bodies_write_nothing(api: Recorder, etcd: Etcd, body: Any, field: str) -> None:
+async def test_bad_bodies_write_nothing(
+    api: Recorder, etcd: RawEtcd, body: Any, field: str
+) -> None:
     _, app = await make_app(api)
     package = await ready_bits(api, app)
     before = await revision(etcd)
@@ -240,7 +242,7 @@ async def test_unknown_package_or_droplet(api: Recorder) -> None:
         assert resp.status == 404, (method, path)
 
 
-async def test_staged_droplet_view(api: Recorder, etcd: Etcd) -> None:
+async def test_staged_droplet_view(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
     guid = (await stage(api, package))["guid"]
@@ -264,7 +266,7 @@ async def test_staged_droplet_view(api: Recorder, etcd: Etcd) -> None:
 # lists -------------------------------------------------------------------------------------------
 
 
-async def test_lists_filter_and_page(api: Recorder, etcd: Etcd) -> None:
+async def test_lists_filter_and_page(api: Recorder, etcd: RawEtcd) -> None:
     pid, web = await make_app(api, name="web")
     _, worker = await make_app(api, name="worker")
     p1 = await ready_bits(api, web)
@@ -307,7 +309,7 @@ async def test_lists_filter_and_page(api: Recorder, etcd: Etcd) -> None:
 # deletes -----------------------------------------------------------------------------------------
 
 
-async def test_delete_removes_droplet_helper_and_log(api: Recorder, etcd: Etcd) -> None:
+async def test_delete_removes_droplet_helper_and_log(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
     guid = (await stage(api, package))["guid"]
@@ -327,7 +329,7 @@ async def test_delete_removes_droplet_helper_and_log(api: Recorder, etcd: Etcd) 
 
 
 async def test_deleting_the_app_removes_droplet_and_package_helpers(
-    api: Recorder, etcd: Etcd
+    api: Recorder, etcd: RawEtcd
 ) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
@@ -346,7 +348,7 @@ async def test_deleting_the_app_removes_droplet_and_package_helpers(
 # staging output ----------------------------------------------------------------------------------
 
 
-async def test_logs_read(api: Recorder, etcd: Etcd) -> None:
+async def test_logs_read(api: Recorder, etcd: RawEtcd) -> None:
     _, app = await make_app(api)
     package = await ready_bits(api, app)
     guid = (await stage(api, package))["guid"]
@@ -362,7 +364,7 @@ async def test_logs_read(api: Recorder, etcd: Etcd) -> None:
     assert resp.status == 400
 
 
-async def test_logs_follow_until_staged(api: Recorder, etcd: Etcd) -> None:
+async def test_logs_follow_until_staged(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
     guid = (await stage(api, package))["guid"]
@@ -382,7 +384,7 @@ async def test_logs_follow_until_staged(api: Recorder, etcd: Etcd) -> None:
     assert resp.content.at_eof()
 
 
-async def test_logs_follow_ends_when_deleted_or_failed(api: Recorder, etcd: Etcd) -> None:
+async def test_logs_follow_ends_when_deleted_or_failed(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     package = await ready_bits(api, app)
     doomed = (await stage(api, package))["guid"]

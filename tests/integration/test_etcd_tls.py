@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
-from tests.support import free_port
+from tests.support import RawEtcd, free_port
 
 pytestmark = pytest.mark.etcd
 
@@ -70,7 +70,7 @@ def _tls(d: Path, *, with_client_cert: bool = True) -> TLS:
 
 
 async def _wait_up(endpoint: str, d: Path) -> Etcd:
-    etcd = Etcd([endpoint], tls=_tls(d), timeout=2.0)
+    etcd = RawEtcd([endpoint], tls=_tls(d), timeout=2.0)
     await etcd.connect()
     for _ in range(100):
         try:
@@ -90,7 +90,7 @@ async def test_client_certificates_work_and_are_required(tls_etcd: tuple[str, Pa
     finally:
         await etcd.close()
 
-    anonymous = Etcd([endpoint], tls=_tls(d, with_client_cert=False), timeout=1.0)
+    anonymous = RawEtcd([endpoint], tls=_tls(d, with_client_cert=False), timeout=1.0)
     async with anonymous:
         with pytest.raises(StoreUnavailable):
             await anonymous.get("/lastbackend/helper/projects/tls")

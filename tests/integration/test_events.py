@@ -29,7 +29,7 @@ from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd, WatchEvent
 from tests.conftest import new_etcd_server
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -105,7 +105,7 @@ class Stream:
 @attrs.define
 class Api:
     url: str
-    etcd: Etcd
+    etcd: RawEtcd
     runner: web.AppRunner
     http: aiohttp.ClientSession
 
@@ -135,7 +135,7 @@ class Api:
 ApiFactory = Callable[..., Awaitable[Api]]
 
 
-async def serve(settings: Settings, etcd: Etcd) -> tuple[web.AppRunner, str]:
+async def serve(settings: Settings, etcd: RawEtcd) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(make_app(settings, etcd), access_log=None, shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -147,7 +147,7 @@ async def serve(settings: Settings, etcd: Etcd) -> tuple[web.AppRunner, str]:
 async def start_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
     made: list[Api] = []
 
-    async def start(etcd: Etcd, endpoint: str, **overrides: Any) -> Api:
+    async def start(etcd: RawEtcd, endpoint: str, **overrides: Any) -> Api:
         settings = Settings(etcd_endpoints=(endpoint,), data_dir=tmp_path, **overrides)
         runner, url = await serve(settings, etcd)
         token = (overrides.get("admin_tokens") or ("",))[0]
@@ -163,7 +163,7 @@ async def start_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
 
 
 @pytest.fixture
-async def api(start_api: ApiFactory, etcd: Etcd, settings: Settings) -> Api:
+async def api(start_api: ApiFactory, etcd: RawEtcd, settings: Settings) -> Api:
     return await start_api(etcd, settings.etcd_endpoints[0])
 
 
@@ -173,7 +173,7 @@ async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, Etcd]]:
     server = new_etcd_server(tmp_path)
     server.start()
     try:
-        async with Etcd([server.endpoint]) as client:
+        async with RawEtcd([server.endpoint]) as client:
             yield server, client
     finally:
         server.stop()
@@ -182,7 +182,7 @@ async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, Etcd]]:
 # helpers -----------------------------------------------------------------------------------------
 
 
-async def history(etcd: Etcd, first: int, last: int, prefix: str = ROOT) -> list[WatchEvent]:
+async def history(etcd: RawEtcd, first: int, last: int, prefix: str = ROOT) -> list[WatchEvent]:
     """What etcd itself says changed from ``first`` through ``last``, in order."""
     out: list[WatchEvent] = []
     if last < first:
@@ -232,7 +232,7 @@ async def make_project(api: Api, name: str) -> tuple[str, int]:
 # the stream's contents ---------------------------------------------------------------------------
 
 
-async def test_changes_arrive_typed_in_order_with_their_revisions(api: Api, etcd: Etcd) -> None:
+async def test_changes_arrive_typed_in_order_with_their_revisions(api: Api, etcd: RawEtcd) -> None:
     stream = await api.stream()
     hello = await stream.next()
     start = await etcd.status()
@@ -271,7 +271,7 @@ async def test_changes_arrive_typed_in_order_with_their_revisions(api: Api, etcd
     stream.close()
 
 
-async def test_secrets_never_reach_the_stream(api: Api, etcd: Etcd) -> None:
+async def test_secrets_never_reach_the_stream(api: Api, etcd: RawEtcd) -> None:
     stream = await api.stream()
     start = (await stream.next()).data["revision"]
     account = {"host": HOST, "username": "u", "password": PASSWORD, "email": "ops@example.com"}
@@ -310,7 +310,7 @@ async def test_secrets_never_reach_the_stream(api: Api, etcd: Etcd) -> None:
     stream.close()
 
 
-async def test_a_prefix_streams_only_its_subtree(api: Api, etcd: Etcd) -> None:
+async def test_a_prefix_streams_only_its_subtree(api: Api, etcd: RawEtcd) -> None:
     a, _ = await make_project(api, "alpha")
     b, _ = await make_project(api, "beta")
     stream_b = await api.stream(prefix=f"projects/{b}/")
@@ -379,7 +379,7 @@ def test_ciphertext_is_hidden_whatever_its_field_is_called() -> None:
     ],
 )
 async def test_bad_input_is_a_400_naming_it(
-    api: Api, etcd: Etcd, params: dict[str, str], headers: dict[str, str], field: str
+    api: Api, etcd: RawEtcd, params: dict[str, str], headers: dict[str, str], field: str
 ) -> None:
     before = await etcd.status()
     async with api.http.get(f"{api.url}/api/events", params=params, headers=headers) as resp:
@@ -405,7 +405,7 @@ async def test_openapi_describes_the_stream(api: Api) -> None:
 # resuming ----------------------------------------------------------------------------------------
 
 
-async def test_resume_after_a_drop_loses_and_repeats_nothing(api: Api, etcd: Etcd) -> None:
+async def test_resume_after_a_drop_loses_and_repeats_nothing(api: Api, etcd: RawEtcd) -> None:
     stream = await api.stream()
     start = (await stream.next()).data["revision"]
     await make_project(api, "demo")  # a two-key transaction
@@ -436,7 +436,7 @@ async def test_resume_after_a_drop_loses_and_repeats_nothing(api: Api, etcd: Etc
     third_stream.close()
 
 
-async def test_a_header_id_wins_over_since(api: Api, etcd: Etcd) -> None:
+async def test_a_header_id_wins_over_since(api: Api, etcd: RawEtcd) -> None:
     """EventSource reconnects to its first URL (with ``since``) and the last id in the header."""
     start = await etcd.status()
     await make_project(api, "one")
@@ -497,7 +497,7 @@ async def test_heartbeats_keep_an_idle_stream_alive(api: Api) -> None:
 
 
 async def test_read_tokens_may_stream_and_no_token_may_not(
-    start_api: ApiFactory, etcd: Etcd, settings: Settings
+    start_api: ApiFactory, etcd: RawEtcd, settings: Settings
 ) -> None:
     api = await start_api(
         etcd, settings.etcd_endpoints[0], admin_tokens=(ADMIN,), read_tokens=(READ,)
@@ -560,7 +560,7 @@ async def test_a_stream_survives_an_etcd_restart(
     server.stop()
     await asyncio.sleep(1.5)  # heartbeats go on while etcd is away
     server.start()
-    async with Etcd([server.endpoint]) as writer:  # written before the API's watch is back
+    async with RawEtcd([server.endpoint]) as writer:  # written before the API's watch is back
         await writer.put(f"{ROOT}registries-note", "1")
         await writer.delete_prefix(f"{ROOT}helper/projects/")
     server.kill()  # and a crash
@@ -582,7 +582,7 @@ async def test_a_stream_survives_an_etcd_restart(
     resumed.close()
 
 
-async def _reachable(etcd: Etcd) -> bool:
+async def _reachable(etcd: RawEtcd) -> bool:
     try:
         await etcd.status()
     except Exception:

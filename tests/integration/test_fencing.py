@@ -30,10 +30,11 @@ from lastbackend.secrets import Secrets, generate_key
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.builds import Target
-from lastbackend.store.etcd import Etcd, Op
+from lastbackend.store.etcd import Op
 from lastbackend.store.repos import Repos
 from tests.conftest import dump
 from tests.fakeruntime import FakeRuntime
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -41,7 +42,7 @@ PID = "0b3a2f2e-8f5e-4a4b-9a55-5d0b7f7a1c11"
 SID = "1c4b3e3f-9a6f-4b5c-8b66-6e1c8a8b2d22"
 
 
-async def pause_past_the_term(etcd: Etcd, elected: Elected) -> LeaderElection:
+async def pause_past_the_term(etcd: RawEtcd, elected: Elected) -> LeaderElection:
     """Make ``elected`` lead, then end its term behind its back; returns the successor."""
     old = LeaderElection(etcd, elected.name, identity="paused", ttl=2)
     await old.campaign()
@@ -54,7 +55,7 @@ async def pause_past_the_term(etcd: Etcd, elected: Elected) -> LeaderElection:
     return successor
 
 
-async def _seed_service(etcd: Etcd) -> None:
+async def _seed_service(etcd: RawEtcd) -> None:
     t = now()
     await etcd.txn(
         [],
@@ -70,7 +71,7 @@ def _state(cid: str, pod: str) -> ContainerState:
     return ContainerState(cid, f"lb-{pod}", "busybox", "running", labels, {}, now())
 
 
-async def test_the_fenced_handle_has_no_write_but_a_fenced_txn(etcd: Etcd) -> None:
+async def test_the_fenced_handle_has_no_write_but_a_fenced_txn(etcd: RawEtcd) -> None:
     election = LeaderElection(etcd, "probe", ttl=2)
     store = Fenced(election)
     for unfenced in ("put", "delete", "delete_prefix", "compact"):
@@ -80,7 +81,7 @@ async def test_the_fenced_handle_has_no_write_but_a_fenced_txn(etcd: Etcd) -> No
     assert await etcd.get(keys.ROOT + "probe") is None
 
 
-async def test_a_paused_node_agent_cannot_register_report_or_delete(etcd: Etcd) -> None:
+async def test_a_paused_node_agent_cannot_register_report_or_delete(etcd: RawEtcd) -> None:
     await _seed_service(etcd)
     runtime = FakeRuntime()
     agent = NodeAgent(runtime, Secrets(generate_key()), "n1")
@@ -111,7 +112,7 @@ async def test_a_paused_node_agent_cannot_register_report_or_delete(etcd: Etcd) 
 
 
 async def test_a_paused_builds_controller_writes_neither_success_nor_the_tag(
-    etcd: Etcd, tmp_path: Path, settings: Settings
+    etcd: RawEtcd, tmp_path: Path, settings: Settings
 ) -> None:
     await _seed_service(etcd)
     target = Target("service", SID, PID)
@@ -141,7 +142,7 @@ async def test_a_paused_builds_controller_writes_neither_success_nor_the_tag(
 
 
 async def test_a_paused_staging_controller_does_not_publish_its_descriptor(
-    etcd: Etcd, tmp_path: Path, settings: Settings
+    etcd: RawEtcd, tmp_path: Path, settings: Settings
 ) -> None:
     await etcd.txn([], [Op.delete(keys.LIFECYCLE_DESCRIPTOR)])
     controller = StagingController(
@@ -156,7 +157,7 @@ async def test_a_paused_staging_controller_does_not_publish_its_descriptor(
         await successor.resign()
 
 
-async def test_a_paused_controllers_repository_writes_are_fenced_too(etcd: Etcd) -> None:
+async def test_a_paused_controllers_repository_writes_are_fenced_too(etcd: RawEtcd) -> None:
     """Repositories given the leader's handle (the builds controller's ``Repos``) write fenced."""
     controller = BuildsController(
         FakeRuntime(), Secrets(generate_key()), BlobStore(Path("/nonexistent")), Settings()

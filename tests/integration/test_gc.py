@@ -24,9 +24,8 @@ from lastbackend.model.platform import Container, Meta
 from lastbackend.model.pods import Pod, PodSpec
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -47,13 +46,13 @@ def pod(pod_id: str, service: str) -> bytes:
 
 
 @pytest.fixture
-async def gc(etcd: Etcd) -> AsyncIterator[ControllerRunner]:
+async def gc(etcd: RawEtcd) -> AsyncIterator[ControllerRunner]:
     runner = ControllerRunner(GarbageCollector(), etcd, lease_ttl=2)
     yield runner
     await runner.stop(grace=1)
 
 
-async def test_sweeps_orphans_and_keeps_the_living(etcd: Etcd, gc: ControllerRunner) -> None:
+async def test_sweeps_orphans_and_keeps_the_living(etcd: RawEtcd, gc: ControllerRunner) -> None:
     t = now()
     await etcd.put(keys.service_part(PID, SID, "meta"), codec.dumps(Meta("web", t, t)))
     alive = {
@@ -97,7 +96,7 @@ def droplet(package_guid: str) -> bytes:
 
 
 async def test_sweeps_lost_app_helpers_and_fails_interrupted_uploads(
-    etcd: Etcd, gc: ControllerRunner
+    etcd: RawEtcd, gc: ControllerRunner
 ) -> None:
     t = now()
     living_pkg, living_drop, stale_pkg, busy_pkg = (new_id() for _ in range(4))
@@ -142,7 +141,7 @@ async def test_sweeps_lost_app_helpers_and_fails_interrupted_uploads(
 
 
 async def test_deleting_an_app_leaves_blobs_that_gc_removes(
-    etcd: Etcd, make_client: ClientFactory, tmp_path: Path
+    etcd: RawEtcd, make_client: ClientFactory, tmp_path: Path
 ) -> None:
     client = await make_client(data_dir=tmp_path)
     blobs = BlobStore(tmp_path / "blobs")
@@ -198,7 +197,7 @@ async def test_deleting_an_app_leaves_blobs_that_gc_removes(
 
 
 async def test_build_logs_of_deleted_services_and_images_are_removed(
-    etcd: Etcd, make_client: ClientFactory, tmp_path: Path
+    etcd: RawEtcd, make_client: ClientFactory, tmp_path: Path
 ) -> None:
     client = await make_client(data_dir=tmp_path)
     blobs = BlobStore(tmp_path / "blobs")

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend.api.hooks import sign
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 from tests.unit.test_hook_payloads import (
     SHA,
     bitbucket_change,
@@ -121,7 +121,7 @@ def github_headers(raw: bytes, secret: str = SECRET, event: str = "push") -> dic
     }
 
 
-async def builds_in(etcd: Etcd) -> dict[str, dict[str, Any]]:
+async def builds_in(etcd: RawEtcd) -> dict[str, dict[str, Any]]:
     return {
         key: json.loads(value) for key, value in (await dump(etcd)).items() if "/builds/" in key
     }
@@ -139,7 +139,7 @@ def image_build(world: World, name: str, n: int = 1) -> str:
 
 
 async def test_github_push_builds_the_matching_services_and_images_only(
-    world: World, etcd: Etcd
+    world: World, etcd: RawEtcd
 ) -> None:
     payload = github_site()
     status, body = await post_hook(
@@ -176,7 +176,9 @@ async def test_github_push_builds_the_matching_services_and_images_only(
     assert made[service_build(world, "demo", "web", 2)]["commit"] == "b" * 40
 
 
-async def test_github_push_to_another_branch_builds_that_branch(world: World, etcd: Etcd) -> None:
+async def test_github_push_to_another_branch_builds_that_branch(
+    world: World, etcd: RawEtcd
+) -> None:
     payload = github_site(ref="refs/heads/dev")
     status, _ = await post_hook(
         world.api, "github", payload, github_headers(json.dumps(payload).encode())
@@ -188,7 +190,7 @@ async def test_github_push_to_another_branch_builds_that_branch(world: World, et
     }
 
 
-async def test_a_push_nobody_builds_from_is_202_with_no_builds(world: World, etcd: Etcd) -> None:
+async def test_a_push_nobody_builds_from_is_202_with_no_builds(world: World, etcd: RawEtcd) -> None:
     payload = github_site(ref="refs/heads/nobody")
     revision = await etcd.status()
     status, body = await post_hook(
@@ -211,7 +213,7 @@ async def test_a_push_nobody_builds_from_is_202_with_no_builds(world: World, etc
     ids=["missing", "other-secret", "other-body", "zeros", "sha1-header-name", "gitlab-token"],
 )
 async def test_github_bad_signature_is_401_and_writes_nothing(
-    world: World, etcd: Etcd, headers: Any
+    world: World, etcd: RawEtcd, headers: Any
 ) -> None:
     payload = github_site()
     revision, before = await etcd.status(), await dump(etcd)
@@ -224,7 +226,7 @@ async def test_github_bad_signature_is_401_and_writes_nothing(
     assert await dump(etcd) == before
 
 
-async def test_ping_and_other_events_start_nothing(world: World, etcd: Etcd) -> None:
+async def test_ping_and_other_events_start_nothing(world: World, etcd: RawEtcd) -> None:
     revision = await etcd.status()
     ping = {"zen": "Keep it logically awesome.", "hook_id": 1}
     status, body = await post_hook(
@@ -241,7 +243,7 @@ async def test_ping_and_other_events_start_nothing(world: World, etcd: Etcd) -> 
     assert await etcd.status() == revision
 
 
-async def test_no_webhook_secret_refuses_every_hook(world: World, etcd: Etcd) -> None:
+async def test_no_webhook_secret_refuses_every_hook(world: World, etcd: RawEtcd) -> None:
     await world.call("PUT", "/api/vendors/github", {"token": TOKEN, "webhook_secret": ""})
     payload = github_site()
     revision = await etcd.status()
@@ -270,7 +272,7 @@ async def test_unknown_hook_vendor_is_404(world: World) -> None:
 
 
 async def test_hooks_need_no_bearer_token_but_everything_else_still_does(
-    make_client: ClientFactory, tmp_path: Path, etcd: Etcd
+    make_client: ClientFactory, tmp_path: Path, etcd: RawEtcd
 ) -> None:
     api = await make_client(data_dir=tmp_path, admin_tokens=("adm",), read_tokens=("ro",))
     world = await make_world(api, ADMIN)
@@ -294,7 +296,7 @@ async def test_hooks_need_no_bearer_token_but_everything_else_still_does(
 
 
 async def test_gitlab_push_with_its_token_builds_on_the_self_hosted_hub(
-    world: World, etcd: Etcd
+    world: World, etcd: RawEtcd
 ) -> None:
     headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
     status, body = await post_hook(world.api, "gitlab", gitlab_push(), headers)
@@ -319,7 +321,7 @@ async def test_gitlab_push_with_its_token_builds_on_the_self_hosted_hub(
     ids=["missing", "other-case", "prefix"],
 )
 async def test_gitlab_wrong_token_is_401_and_writes_nothing(
-    world: World, etcd: Etcd, headers: dict[str, str]
+    world: World, etcd: RawEtcd, headers: dict[str, str]
 ) -> None:
     revision = await etcd.status()
     status, body = await post_hook(world.api, "gitlab", gitlab_push(), headers)
@@ -331,7 +333,7 @@ async def test_gitlab_wrong_token_is_401_and_writes_nothing(
 # Bitbucket --------------------------------------------------------------------------------------
 
 
-async def test_bitbucket_push_builds_each_changed_branch(world: World, etcd: Etcd) -> None:
+async def test_bitbucket_push_builds_each_changed_branch(world: World, etcd: RawEtcd) -> None:
     payload = bitbucket_push(
         bitbucket_change("master", SHA),
         bitbucket_change("feature/x", "c" * 40),
@@ -351,7 +353,9 @@ async def test_bitbucket_push_builds_each_changed_branch(world: World, etcd: Etc
     assert made[image_build(world, "acme/bb-feature")]["commitMessage"] == "work on feature/x"
 
 
-async def test_bitbucket_bad_signature_is_401_and_writes_nothing(world: World, etcd: Etcd) -> None:
+async def test_bitbucket_bad_signature_is_401_and_writes_nothing(
+    world: World, etcd: RawEtcd
+) -> None:
     payload = bitbucket_push(bitbucket_change("master", SHA))
     raw = json.dumps(payload).encode()
     revision = await etcd.status()
@@ -366,7 +370,7 @@ async def test_bitbucket_bad_signature_is_401_and_writes_nothing(world: World, e
 
 
 async def test_a_signed_payload_without_a_repository_is_422_and_writes_nothing(
-    world: World, etcd: Etcd
+    world: World, etcd: RawEtcd
 ) -> None:
     payload = github_site()
     del payload["repository"]

@@ -15,8 +15,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from lastbackend.store.builds import Builds, Target
-from lastbackend.store.etcd import Etcd
 from tests.conftest import dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -47,7 +47,7 @@ def by_name(name: str) -> str:
     return f"{BASE}/{quote(name, safe='')}"
 
 
-async def test_create_writes_the_documented_keys(api: Client, etcd: Etcd) -> None:
+async def test_create_writes_the_documented_keys(api: Client, etcd: RawEtcd) -> None:
     resp = await api.post(BASE, json=IMAGE)
     assert resp.status == 201, await resp.text()
     body = await resp.json()
@@ -88,7 +88,7 @@ async def test_get_by_id_or_encoded_name_and_list_in_name_order(api: Client) -> 
     await expect_error(await api.get(by_name("acme/missing")), 404)
 
 
-async def test_names_are_unique(api: Client, etcd: Etcd) -> None:
+async def test_names_are_unique(api: Client, etcd: RawEtcd) -> None:
     await create(api)
     before, revision = await dump(etcd), await etcd.status()
     resp = await api.post(BASE, json={**IMAGE, "source": {**SOURCE, "repo": "other"}})
@@ -97,7 +97,7 @@ async def test_names_are_unique(api: Client, etcd: Etcd) -> None:
 
 
 async def test_patch_merges_the_source_and_a_new_name_moves_the_index(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     image = await create(api)
     resp = await api.patch(
@@ -116,7 +116,7 @@ async def test_patch_merges_the_source_and_a_new_name_moves_the_index(
     assert (await api.get(by_name("registry.local:5000/acme/site"))).status == 200
 
 
-async def test_put_replaces_and_an_unchanged_put_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_put_replaces_and_an_unchanged_put_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     image = await create(api)
     replaced = {"name": "acme/web", "source": {**SOURCE, "owner": "acme"}}
     resp = await api.put(f"{BASE}/{image['id']}", json=replaced)
@@ -129,7 +129,7 @@ async def test_put_replaces_and_an_unchanged_put_writes_nothing(api: Client, etc
     assert await etcd.status() == revision
 
 
-async def test_builds_show_on_the_image_and_go_with_it(api: Client, etcd: Etcd) -> None:
+async def test_builds_show_on_the_image_and_go_with_it(api: Client, etcd: RawEtcd) -> None:
     image = await create(api)
     keep = await create(api, name="acme/keep")
     builds = Builds(etcd)
@@ -187,7 +187,7 @@ async def test_if_match(api: Client) -> None:
     ],
 )
 async def test_bad_input_names_the_field_and_writes_nothing(
-    api: Client, etcd: Etcd, method: str, fields: dict[str, Any], says: str
+    api: Client, etcd: RawEtcd, method: str, fields: dict[str, Any], says: str
 ) -> None:
     image = await create(api, name="acme/existing")
     before, revision = await dump(etcd), await etcd.status()

@@ -15,6 +15,7 @@ from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import KV, Cmp, Compacted, Etcd, Op
 from tests.conftest import new_etcd_server
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -65,7 +66,7 @@ async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, Etcd]]:
     server = new_etcd_server(tmp_path)
     server.start()
     try:
-        async with Etcd([server.endpoint]) as client:
+        async with RawEtcd([server.endpoint]) as client:
             yield server, client
     finally:
         server.stop()
@@ -81,7 +82,7 @@ async def started(
     return task, recorder
 
 
-async def test_list_then_watch_delivers_puts_and_deletes_in_order(etcd: Etcd) -> None:
+async def test_list_then_watch_delivers_puts_and_deletes_in_order(etcd: RawEtcd) -> None:
     await etcd.put(P + "a", "a1")
     listed_at = await etcd.put(P + "b", "b1")
     await etcd.put(f"{keys.ROOT}informer-testX", "outside the prefix")
@@ -113,7 +114,7 @@ async def test_list_then_watch_delivers_puts_and_deletes_in_order(etcd: Etcd) ->
     assert informer.revision == last
 
 
-async def test_handlers_see_the_cache_already_changed_and_may_be_async(etcd: Etcd) -> None:
+async def test_handlers_see_the_cache_already_changed_and_may_be_async(etcd: RawEtcd) -> None:
     informer = Informer(etcd, P)
     seen_in_cache: list[bytes | None] = []
 
@@ -138,7 +139,7 @@ async def test_handlers_see_the_cache_already_changed_and_may_be_async(etcd: Etc
     assert seen_in_cache == [b"1", None]
 
 
-async def test_work_keys_group_raw_keys_and_filter_others(etcd: Etcd) -> None:
+async def test_work_keys_group_raw_keys_and_filter_others(etcd: RawEtcd) -> None:
     def to_key(key: str) -> str | None:
         # <P><obj>/<part> -> <obj>; ignore anything but meta and config
         obj, _, part = key[len(P) :].partition("/")
@@ -169,7 +170,7 @@ async def test_work_keys_group_raw_keys_and_filter_others(etcd: Etcd) -> None:
 
 
 async def test_many_keys_are_listed_in_pages_at_one_revision(
-    etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+    etcd: RawEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("lastbackend.store.etcd.PAGE", 7)
     for chunk in range(0, 50, 25):
@@ -197,13 +198,13 @@ async def test_resume_across_an_etcd_restart_loses_and_repeats_nothing(
         server.start()
         # Written at once, before the informer's stream is back: it must catch up from where
         # it was, not from "now".
-        async with Etcd([server.endpoint]) as writer:
+        async with RawEtcd([server.endpoint]) as writer:
             await writer.put(P + "c", "1")
             await writer.delete_prefix(P + "a")
 
         server.kill()  # and a crash, with nothing written meanwhile
         server.start()
-        async with Etcd([server.endpoint]) as writer:
+        async with RawEtcd([server.endpoint]) as writer:
             last = await writer.put(P + "b", "2")
         await rec.wait_for(5)
         await eventually(lambda: informer.revision == last)
@@ -257,7 +258,7 @@ async def test_compaction_relists_and_emits_the_difference_with_deletes(
     assert sorted(informer.cache) == [P + "a", P + "c", P + "d"]
 
 
-async def test_a_batch_cut_short_by_cancellation_is_not_replayed(etcd: Etcd) -> None:
+async def test_a_batch_cut_short_by_cancellation_is_not_replayed(etcd: RawEtcd) -> None:
     informer = Informer(etcd, P)
     gate = asyncio.Event()
     entered = asyncio.Event()
@@ -314,7 +315,7 @@ async def test_store_watch_raises_compacted_with_the_compact_revision(
         )
 
 
-async def test_store_watch_of_one_key_ignores_its_neighbours(etcd: Etcd) -> None:
+async def test_store_watch_of_one_key_ignores_its_neighbours(etcd: RawEtcd) -> None:
     start = await etcd.put(P + "k2", "neighbour") + 1
     got: list[str] = []
 
@@ -333,7 +334,7 @@ async def test_store_watch_of_one_key_ignores_its_neighbours(etcd: Etcd) -> None
     assert got == [P + "k"]
 
 
-async def test_created_at_compare_names_one_incarnation_of_a_key(etcd: Etcd) -> None:
+async def test_created_at_compare_names_one_incarnation_of_a_key(etcd: RawEtcd) -> None:
     await etcd.put(P + "k", "1")
     kv = await etcd.get(P + "k")
     assert kv is not None

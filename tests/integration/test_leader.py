@@ -28,6 +28,7 @@ from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd, Op
 from tests.conftest import REPO, new_etcd_server
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -53,9 +54,9 @@ async def stop(*tasks: asyncio.Task[None]) -> None:
 
 
 @pytest.fixture
-async def clients(etcd_server: EmbeddedEtcd, etcd: Etcd) -> AsyncIterator[list[Etcd]]:
+async def clients(etcd_server: EmbeddedEtcd, etcd: RawEtcd) -> AsyncIterator[list[Etcd]]:
     """Three more clients on the session server: one per simulated process."""
-    made = [Etcd([etcd_server.endpoint]) for _ in range(3)]
+    made = [RawEtcd([etcd_server.endpoint]) for _ in range(3)]
     for client in made:
         await client.connect()
     yield made
@@ -79,7 +80,7 @@ class Term:
             raise
 
 
-async def test_of_three_candidates_exactly_one_leads(etcd: Etcd, clients: list[Etcd]) -> None:
+async def test_of_three_candidates_exactly_one_leads(etcd: RawEtcd, clients: list[Etcd]) -> None:
     elections = [LeaderElection(c, "one", identity=f"c{n}", ttl=TTL) for n, c in enumerate(clients)]
     terms = [Term() for _ in elections]
     tasks = [asyncio.create_task(e.run(t)) for e, t in zip(elections, terms, strict=True)]
@@ -122,7 +123,7 @@ async def test_when_the_leader_resigns_another_leads_at_once(clients: list[Etcd]
         await stop(b_task)
 
 
-async def test_a_paused_ex_leaders_fenced_write_fails(etcd: Etcd, clients: list[Etcd]) -> None:
+async def test_a_paused_ex_leaders_fenced_write_fails(etcd: RawEtcd, clients: list[Etcd]) -> None:
     a = LeaderElection(clients[0], "fence", identity="a", ttl=TTL)
     b = LeaderElection(clients[1], "fence", identity="b", ttl=TTL)
     await a.campaign()
@@ -153,7 +154,7 @@ async def test_a_paused_ex_leaders_fenced_write_fails(etcd: Etcd, clients: list[
         await a.resign()
 
 
-async def test_fenced_txn_reports_the_callers_own_compare_failures(etcd: Etcd) -> None:
+async def test_fenced_txn_reports_the_callers_own_compare_failures(etcd: RawEtcd) -> None:
     a = LeaderElection(etcd, "compares", identity="a", ttl=TTL)
     with pytest.raises(NotLeader):
         a.fence()
@@ -176,7 +177,7 @@ async def test_fenced_txn_reports_the_callers_own_compare_failures(etcd: Etcd) -
 
 
 async def test_deleting_the_election_key_ends_the_term_and_cancels_the_work(
-    etcd: Etcd, clients: list[Etcd]
+    etcd: RawEtcd, clients: list[Etcd]
 ) -> None:
     a = LeaderElection(clients[0], "deleted", identity="a", ttl=TTL)
     work = Term()
@@ -199,7 +200,7 @@ async def test_losing_etcd_ends_the_term_before_the_lease_could_expire(tmp_path:
     server = new_etcd_server(tmp_path)
     server.start()
     try:
-        async with Etcd([server.endpoint], timeout=1.0) as client:
+        async with RawEtcd([server.endpoint], timeout=1.0) as client:
             a = LeaderElection(client, "outage", identity="a", ttl=TTL)
             work = Term()
             task = asyncio.create_task(a.run(work))
@@ -240,7 +241,7 @@ CANDIDATE = textwrap.dedent(
 
 
 async def test_another_process_takes_over_within_the_ttl_when_the_leader_is_killed(
-    etcd_server: EmbeddedEtcd, etcd: Etcd
+    etcd_server: EmbeddedEtcd, etcd: RawEtcd
 ) -> None:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -316,7 +317,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return value or 0.0
 
 
-async def test_a_controller_reconciles_what_is_written_and_retries_failures(etcd: Etcd) -> None:
+async def test_a_controller_reconciles_what_is_written_and_retries_failures(etcd: RawEtcd) -> None:
     await etcd.put(P + "one/meta", "1")
     await etcd.put(P + "one/config", "1")
     registry = CollectorRegistry()
@@ -332,6 +333,8 @@ async def test_a_controller_reconciles_what_is_written_and_retries_failures(etcd
 
         await etcd.put(P + "two/meta", "1")
         await etcd.put(P + "bad/meta", "1")
+        delayed = "lastbackend_controller_queue_delayed"
+        await eventually(lambda: sample(registry, delayed) == 1, what="the backoff in the metrics")
         await eventually(lambda: "two" in controller.reconciled, what="new key reconciled")
         await eventually(lambda: "bad" in controller.reconciled, what="failing key succeeds")
 
@@ -347,6 +350,7 @@ async def test_a_controller_reconciles_what_is_written_and_retries_failures(etcd
         assert sample(registry, "lastbackend_controller_reconcile_errors_total") == 3
         assert sample(registry, "lastbackend_controller_reconcile_duration_seconds_count") >= 6
         assert sample(registry, "lastbackend_controller_queue_depth") == 0
+        assert sample(registry, delayed) == 0
         assert not controller.overlap
         status = await etcd.get(f"{keys.ROOT}leader-status/one")
         assert status is not None
@@ -360,7 +364,7 @@ async def test_a_controller_reconciles_what_is_written_and_retries_failures(etcd
 
 
 async def test_two_managers_one_leader_and_the_other_takes_over_on_stop(
-    etcd: Etcd, clients: list[Etcd]
+    etcd: RawEtcd, clients: list[Etcd]
 ) -> None:
     first, second = Recording(), Recording()
     quick = QueueSettings(base_delay=0.001, max_delay=0.1)
@@ -391,7 +395,7 @@ class Resyncing(Recording):
         return 0.05 if key == "poll" else None
 
 
-async def test_resync_and_requeue_after_reconcile_without_events(etcd: Etcd) -> None:
+async def test_resync_and_requeue_after_reconcile_without_events(etcd: RawEtcd) -> None:
     await etcd.put(P + "quiet/meta", "1")
     await etcd.put(P + "poll/meta", "1")
     controller = Resyncing()
@@ -407,7 +411,7 @@ async def test_resync_and_requeue_after_reconcile_without_events(etcd: Etcd) -> 
         await runner.stop()
 
 
-async def test_a_lease_is_kept_alive_and_its_loss_is_reported(etcd: Etcd) -> None:
+async def test_a_lease_is_kept_alive_and_its_loss_is_reported(etcd: RawEtcd) -> None:
     lease = await etcd.grant(TTL)
     async with lease:
         await etcd.put(P + "on-lease", "1", lease=lease.id)
@@ -430,7 +434,7 @@ async def test_a_controller_keeps_working_across_an_etcd_restart(tmp_path: Path)
     server = new_etcd_server(tmp_path)
     server.start()
     try:
-        async with Etcd([server.endpoint], timeout=2.0) as client:
+        async with RawEtcd([server.endpoint], timeout=2.0) as client:
             controller = Recording()
             runner = ControllerRunner(controller, client, lease_ttl=5)
             runner.start()
@@ -470,7 +474,7 @@ class WithHooks(Recording):
         await asyncio.Event().wait()
 
 
-async def test_started_and_background_hooks_run_in_each_term(etcd: Etcd) -> None:
+async def test_started_and_background_hooks_run_in_each_term(etcd: RawEtcd) -> None:
     await etcd.put(P + "listed/meta", "1")
     controller = WithHooks()
     runner = ControllerRunner(controller, etcd, lease_ttl=TTL)

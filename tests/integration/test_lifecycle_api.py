@@ -13,13 +13,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.lifecycle import descriptor as lc
-from lastbackend.store.etcd import Etcd
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
 
 @pytest.fixture
-async def lifecycle_api(etcd: Etcd, settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+async def lifecycle_api(etcd: RawEtcd, settings: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     view = lc.view(lc.load())
     client = TestClient(TestServer(make_app(settings, etcd, lifecycle=lambda: view)))
     await client.start_server()
@@ -49,7 +49,7 @@ async def test_get_lifecycle_returns_the_descriptor_lists_and_labels(lifecycle_a
     }
 
 
-async def test_get_lifecycle_needs_a_token_like_any_read(etcd: Etcd, settings: Settings) -> None:
+async def test_get_lifecycle_needs_a_token_like_any_read(etcd: RawEtcd, settings: Settings) -> None:
     import attrs
 
     secured = attrs.evolve(settings, admin_tokens=("adm",), read_tokens=("look",))
@@ -78,7 +78,7 @@ async def test_the_route_is_documented(api) -> None:
 
 
 async def test_buildpacks_lists_detection_order_and_refused_ones(
-    etcd: Etcd, settings: Settings, tmp_path: Path
+    etcd: RawEtcd, settings: Settings, tmp_path: Path
 ) -> None:
     from lastbackend.lifecycle import buildpacks
 
@@ -107,7 +107,7 @@ async def test_buildpacks_lists_detection_order_and_refused_ones(
     assert [p for p in body["problems"] if "broken" in json.dumps(p)]
 
 
-async def test_buildpacks_is_503_without_a_catalog(etcd: Etcd, settings: Settings) -> None:
+async def test_buildpacks_is_503_without_a_catalog(etcd: RawEtcd, settings: Settings) -> None:
     client = TestClient(TestServer(make_app(settings, etcd)))
     await client.start_server()
     try:

@@ -30,9 +30,8 @@ from lastbackend.node.agent import LABEL_NODE, NodeAgent
 from lastbackend.runtime.base import ContainerSpec, NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.fakeruntime import FakeRuntime
-from tests.support import eventually, free_port
+from tests.support import RawEtcd, eventually, free_port
 
 pytestmark = pytest.mark.etcd
 
@@ -63,7 +62,7 @@ class CountingSource:
 
 @attrs.define
 class Harness:
-    etcd: Etcd
+    etcd: RawEtcd
     runtime: FakeRuntime
     source: CountingSource
     api: str
@@ -114,7 +113,7 @@ async def serve(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str
 
 
 @pytest.fixture
-async def harness(etcd: Etcd, settings: Settings) -> AsyncIterator[Harness]:
+async def harness(etcd: RawEtcd, settings: Settings) -> AsyncIterator[Harness]:
     """The API, and a node with its agent; tokens on, so the API's upstream requests need one."""
     settings = attrs.evolve(settings, admin_tokens=(ADMIN,), read_tokens=(READ,))
     runtime = FakeRuntime(images=[IMAGE], capacity=NodeCapacity(4096, 2, NODE, "fake"))

@@ -34,8 +34,8 @@ from lastbackend.model.apps import BitsPackage, Package
 from lastbackend.model.common import now
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -159,11 +159,11 @@ def details(body: dict[str, Any]) -> str:
     return "; ".join(e["detail"] for e in body["errors"])
 
 
-async def revision(etcd: Etcd) -> int:
+async def revision(etcd: RawEtcd) -> int:
     return await etcd.status()
 
 
-async def stored_package(etcd: Etcd, pid: str, app: str, guid: str) -> Package:
+async def stored_package(etcd: RawEtcd, pid: str, app: str, guid: str) -> Package:
     kv = await etcd.get(keys.package(pid, app, guid))
     assert kv is not None
     return codec.loads(kv.value, Package)  # type: ignore[arg-type, no-any-return]
@@ -175,7 +175,7 @@ SITE = {"index.html": b"<h1>hello</h1>", "css/site.css": b"h1 { color: red }"}
 # creating and showing each type ----------------------------------------------------------------
 
 
-async def test_bits_package_awaits_upload(api: Recorder, etcd: Etcd) -> None:
+async def test_bits_package_awaits_upload(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     resp = await api.request("POST", "/v3/packages", json={"type": "bits", **rel(app)})
     assert resp.status == 201, await resp.text()
@@ -206,7 +206,9 @@ async def test_bits_package_awaits_upload(api: Recorder, etcd: Etcd) -> None:
     assert await api.call("GET", f"/v3/packages/{guid}") == body
 
 
-async def test_docker_package_is_ready_and_its_password_secret(api: Recorder, etcd: Etcd) -> None:
+async def test_docker_package_is_ready_and_its_password_secret(
+    api: Recorder, etcd: RawEtcd
+) -> None:
     pid, app = await make_app(api)
     body = await create(api, app, "docker", image="cloudfoundry/runtime-ci:latest",
                         credentials=DOCKER_CREDS)  # fmt: skip
@@ -242,7 +244,7 @@ async def test_docker_package_is_ready_and_its_password_secret(api: Recorder, et
     assert clear.user == "deploy"
 
 
-async def test_git_package_with_a_ref_and_secrets(api: Recorder, etcd: Etcd) -> None:
+async def test_git_package_with_a_ref_and_secrets(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     body = await create(api, app, "git", url="http://git.awesome.com:master", credentials=GIT_CREDS)
     assert set(body) == {
@@ -281,7 +283,7 @@ async def test_packages_without_credentials_show_null(api: Recorder) -> None:
     assert partial["credentials"] == {"user": "u", "password": "", "api_key": "***"}
 
 
-async def test_create_under_the_app(api: Recorder, etcd: Etcd) -> None:
+async def test_create_under_the_app(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     body = await api.call("POST", f"/v3/apps/{app}/packages", 201, json={"type": "bits"})
     assert (await etcd.get(keys.package(pid, app, body["guid"]))) is not None
@@ -323,7 +325,7 @@ UNKNOWN_APP = "3f2c8a54-1b7e-4d2a-9c6f-0e5b7a1d2c3e"
     ids=lambda v: v if isinstance(v, str) else None,
 )
 async def test_bad_create_writes_nothing(
-    api: Recorder, etcd: Etcd, payload: dict[str, Any], field: str, reason: str
+    api: Recorder, etcd: RawEtcd, payload: dict[str, Any], field: str, reason: str
 ) -> None:
     _, app = await make_app(api)
     if "relationships" not in payload and payload.get("type") in ("docker", "git"):
@@ -342,7 +344,7 @@ async def test_bad_create_writes_nothing(
 # uploads -----------------------------------------------------------------------------------------
 
 
-async def test_upload_zip_makes_it_ready(api: Recorder, etcd: Etcd) -> None:
+async def test_upload_zip_makes_it_ready(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     guid = (await create(api, app))["guid"]
     archive = zip_of(SITE)
@@ -421,7 +423,7 @@ BAD_UPLOADS = {
 
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 async def test_bad_upload_fails_the_package(
-    make_client: ClientFactory, tmp_path: Path, etcd: Etcd, case: str
+    make_client: ClientFactory, tmp_path: Path, etcd: RawEtcd, case: str
 ) -> None:
     api = Recorder(await make_client(data_dir=tmp_path, max_upload_bytes=8 << 20))
     _, app = await make_app(api)
@@ -446,7 +448,7 @@ async def test_bad_upload_fails_the_package(
     assert retried["hash"]["value"] == hashlib.sha1(good).hexdigest()
 
 
-async def test_too_large_upload(make_client: ClientFactory, tmp_path: Path, etcd: Etcd) -> None:
+async def test_too_large_upload(make_client: ClientFactory, tmp_path: Path, etcd: RawEtcd) -> None:
     api = Recorder(await make_client(data_dir=tmp_path, max_upload_bytes=4096))
     _, app = await make_app(api)
     guid = (await create(api, app))["guid"]
@@ -460,7 +462,7 @@ async def test_too_large_upload(make_client: ClientFactory, tmp_path: Path, etcd
     assert not api.blobs.exists("packages", guid)
 
 
-async def test_upload_refused_for_docker_and_git(api: Recorder, etcd: Etcd) -> None:
+async def test_upload_refused_for_docker_and_git(api: Recorder, etcd: RawEtcd) -> None:
     _, app = await make_app(api)
     for kind, fields in (("docker", {"image": "busybox"}), ("git", {"url": "https://h/r.git"})):
         guid = (await create(api, app, kind, **fields))["guid"]
@@ -473,7 +475,7 @@ async def test_upload_refused_for_docker_and_git(api: Recorder, etcd: Etcd) -> N
         assert await revision(etcd) == before
 
 
-async def test_upload_refused_when_ready(api: Recorder, etcd: Etcd) -> None:
+async def test_upload_refused_when_ready(api: Recorder, etcd: RawEtcd) -> None:
     _, app = await make_app(api)
     guid = (await create(api, app))["guid"]
     first = await upload(api, guid, zip_of(SITE))
@@ -485,7 +487,7 @@ async def test_upload_refused_when_ready(api: Recorder, etcd: Etcd) -> None:
     assert await api.call("GET", f"/v3/packages/{guid}") == first
 
 
-async def test_upload_without_bits_writes_nothing(api: Recorder, etcd: Etcd) -> None:
+async def test_upload_without_bits_writes_nothing(api: Recorder, etcd: RawEtcd) -> None:
     _, app = await make_app(api)
     guid = (await create(api, app))["guid"]
     before = await revision(etcd)
@@ -502,7 +504,9 @@ async def test_upload_without_bits_writes_nothing(api: Recorder, etcd: Etcd) -> 
     assert (await api.call("GET", f"/v3/packages/{guid}"))["state"] == "AWAITING_UPLOAD"
 
 
-async def test_processing_upload_is_taken_over_only_when_stale(api: Recorder, etcd: Etcd) -> None:
+async def test_processing_upload_is_taken_over_only_when_stale(
+    api: Recorder, etcd: RawEtcd
+) -> None:
     pid, app = await make_app(api)
     guid = (await create(api, app))["guid"]
     key = keys.package(pid, app, guid)
@@ -590,7 +594,7 @@ async def test_lists_filter_and_page(api: Recorder) -> None:
 
 
 async def test_delete_removes_the_package_its_helper_and_its_bits(
-    api: Recorder, etcd: Etcd
+    api: Recorder, etcd: RawEtcd
 ) -> None:
     pid, app = await make_app(api)
     guid = (await create(api, app))["guid"]
@@ -606,7 +610,7 @@ async def test_delete_removes_the_package_its_helper_and_its_bits(
     assert (await api.request("DELETE", f"/v3/packages/{guid}")).status == 404
 
 
-async def test_delete_with_a_stale_if_match(api: Recorder, etcd: Etcd) -> None:
+async def test_delete_with_a_stale_if_match(api: Recorder, etcd: RawEtcd) -> None:
     _, app = await make_app(api)
     guid = (await create(api, app))["guid"]
     resp = await api.request("GET", f"/v3/packages/{guid}")
@@ -617,7 +621,7 @@ async def test_delete_with_a_stale_if_match(api: Recorder, etcd: Etcd) -> None:
     assert (await api.request("GET", f"/v3/packages/{guid}")).status == 200
 
 
-async def test_deleting_the_app_removes_package_helpers(api: Recorder, etcd: Etcd) -> None:
+async def test_deleting_the_app_removes_package_helpers(api: Recorder, etcd: RawEtcd) -> None:
     pid, app = await make_app(api)
     _, other = await make_app(api, name="other")
     mine = [(await create(api, app))["guid"] for _ in range(3)]
@@ -633,7 +637,7 @@ async def test_deleting_the_app_removes_package_helpers(api: Recorder, etcd: Etc
 
 
 async def test_a_slow_upload_keeps_its_claim_fresh(
-    api: Recorder, etcd: Etcd, monkeypatch: pytest.MonkeyPatch
+    api: Recorder, etcd: RawEtcd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While an archive is normalized the package's ``updated`` is refreshed (so neither gc nor
     another upload takes a live upload for a dead one), and the outcome still lands."""

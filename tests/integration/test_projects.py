@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
 from lastbackend.model.platform import Meta
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -72,7 +72,7 @@ async def expect_error(resp: ClientResponse, status: int) -> str:
     return "; ".join(e["detail"] for e in errors)
 
 
-async def snapshot(etcd: Etcd, prefix: str = ROOT) -> Snapshot:
+async def snapshot(etcd: RawEtcd, prefix: str = ROOT) -> Snapshot:
     """Every key with its value and mod revision: equal snapshots mean nothing was written."""
     return {kv.key: (kv.value, kv.mod_revision) for kv in (await etcd.range(prefix)).kvs}
 
@@ -92,7 +92,7 @@ def query_of(link: dict[str, str] | None) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(link["href"]).query).items()}
 
 
-async def backdate(etcd: Etcd, pid: str) -> None:
+async def backdate(etcd: RawEtcd, pid: str) -> None:
     """Rewrite the project's meta as if it had been created and last changed long ago."""
     key = f"{PROJECTS}{pid}/meta"
     kv = await etcd.get(key)
@@ -108,7 +108,7 @@ def is_compact_json(raw: bytes) -> bool:
 # create and read --------------------------------------------------------------------------------
 
 
-async def test_create_returns_location_and_etag_of_the_meta_key(api: Client, etcd: Etcd) -> None:
+async def test_create_returns_location_and_etag_of_the_meta_key(api: Client, etcd: RawEtcd) -> None:
     resp = await api.post("/api/projects", json={"name": "demo", "description": "a demo"})
     assert resp.status == 201, await resp.text()
     body = await resp.json()
@@ -150,7 +150,7 @@ async def test_get_missing_project_is_404(api: Client, ref: str) -> None:
     assert ref in detail
 
 
-async def test_duplicate_name_is_409_and_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_duplicate_name_is_409_and_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     await create_project(api, "demo")
     before = await snapshot(etcd)
     detail = await expect_error(await api.post("/api/projects", json={"name": "demo"}), 409)
@@ -158,7 +158,7 @@ async def test_duplicate_name_is_409_and_writes_nothing(api: Client, etcd: Etcd)
     assert await snapshot(etcd) == before
 
 
-async def test_concurrent_creates_of_one_name_make_one_project(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_creates_of_one_name_make_one_project(api: Client, etcd: RawEtcd) -> None:
     responses = await asyncio.gather(
         *(api.post("/api/projects", json={"name": "demo", "description": str(i)}) for i in range(8))
     )
@@ -181,14 +181,14 @@ async def test_concurrent_creates_of_one_name_make_one_project(api: Client, etcd
     ],
 )
 async def test_bad_create_is_422_and_writes_nothing(
-    api: Client, etcd: Etcd, payload: dict[str, Any]
+    api: Client, etcd: RawEtcd, payload: dict[str, Any]
 ) -> None:
     await expect_error(await api.post("/api/projects", json=payload), 422)
     assert await dump(etcd) == {}
 
 
 async def test_a_second_api_process_sees_renames_and_deletes(
-    make_client: ClientFactory, etcd: Etcd
+    make_client: ClientFactory, etcd: RawEtcd
 ) -> None:
     """Each API process keeps its own name cache; another process's writes must not fool it."""
     a = await make_client()
@@ -284,7 +284,7 @@ async def test_list_rejects_bad_paging(api: Client, query: str, parameter: str) 
 # update -----------------------------------------------------------------------------------------
 
 
-async def test_patch_description_keeps_name_and_created(api: Client, etcd: Etcd) -> None:
+async def test_patch_description_keeps_name_and_created(api: Client, etcd: RawEtcd) -> None:
     pid = (await create_project(api, "demo", "old"))["id"]
     await backdate(etcd, pid)
 
@@ -304,7 +304,7 @@ async def test_patch_description_keeps_name_and_created(api: Client, etcd: Etcd)
     assert (await (await api.get("/api/projects/demo")).json())["description"] == "new"
 
 
-async def test_patch_rename_moves_the_helper_key(api: Client, etcd: Etcd) -> None:
+async def test_patch_rename_moves_the_helper_key(api: Client, etcd: RawEtcd) -> None:
     pid = (await create_project(api, "demo", "kept"))["id"]
     await create_service(api, "demo", "web")
     assert (await api.get("/api/projects/demo")).status == 200  # warm any name cache
@@ -333,7 +333,7 @@ async def test_patch_rename_moves_the_helper_key(api: Client, etcd: Etcd) -> Non
     assert (await (await api.get("/api/projects/demo")).json())["id"] == other["id"]
 
 
-async def test_put_replaces_every_field(api: Client, etcd: Etcd) -> None:
+async def test_put_replaces_every_field(api: Client, etcd: RawEtcd) -> None:
     created = await create_project(api, "demo", "described")
 
     resp = await api.put("/api/projects/demo", json={"name": "demo", "description": "other"})
@@ -353,7 +353,7 @@ async def test_put_replaces_every_field(api: Client, etcd: Etcd) -> None:
     assert await snapshot(etcd) == before
 
 
-async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     pid = (await create_project(api, "demo", "same"))["id"]
     await backdate(etcd, pid)
     first = await api.get(f"/api/projects/{pid}")
@@ -372,7 +372,7 @@ async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: Etcd
     assert await snapshot(etcd) == before
 
 
-async def test_patch_refuses_unknown_or_mistyped_fields(api: Client, etcd: Etcd) -> None:
+async def test_patch_refuses_unknown_or_mistyped_fields(api: Client, etcd: RawEtcd) -> None:
     await create_project(api, "demo")
     before = await snapshot(etcd)
     for change in ({"created": "2020-01-01T00:00:00Z"}, {"description": 5}, {"name": None}):
@@ -382,7 +382,7 @@ async def test_patch_refuses_unknown_or_mistyped_fields(api: Client, etcd: Etcd)
 
 
 async def test_if_match_with_a_stale_etag_is_412_and_writes_nothing(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     created = await api.post("/api/projects", json={"name": "demo"})
     stale = etag(created)
@@ -401,7 +401,7 @@ async def test_if_match_with_a_stale_etag_is_412_and_writes_nothing(
     assert (await (await api.get("/api/projects/demo")).json())["description"] == "moved on"
 
 
-async def test_if_match_with_the_current_etag_succeeds(api: Client, etcd: Etcd) -> None:
+async def test_if_match_with_the_current_etag_succeeds(api: Client, etcd: RawEtcd) -> None:
     pid = (await create_project(api, "demo"))["id"]
     current = etag(await api.get(f"/api/projects/{pid}"))
 
@@ -421,7 +421,7 @@ async def test_if_match_with_the_current_etag_succeeds(api: Client, etcd: Etcd) 
 
 
 @pytest.mark.parametrize("by", ["id", "name"])
-async def test_delete_by_id_and_by_name(api: Client, etcd: Etcd, by: str) -> None:
+async def test_delete_by_id_and_by_name(api: Client, etcd: RawEtcd, by: str) -> None:
     pid = (await create_project(api, "demo"))["id"]
     await create_service(api, "demo", "web", config={"image": "library/nginx:1.27"})
     ref = pid if by == "id" else "demo"
@@ -446,7 +446,7 @@ def keys_of(raw: Snapshot, name: str, pid: str) -> Snapshot:
     }
 
 
-async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: Etcd) -> None:
+async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: RawEtcd) -> None:
     demo = (await create_project(api, "demo"))["id"]
     demo2 = (await create_project(api, "demo2"))["id"]
     for pid in (demo, demo2):
@@ -467,7 +467,9 @@ async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: Etcd) -> 
     assert sorted(s["name"] for s in listed["resources"]) == ["db", "web"]
 
 
-async def test_rename_to_a_taken_name_is_409_and_changes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_rename_to_a_taken_name_is_409_and_changes_nothing(
+    api: Client, etcd: RawEtcd
+) -> None:
     demo = (await create_project(api, "demo"))["id"]
     prod = (await create_project(api, "prod"))["id"]
     before = await snapshot(etcd)
@@ -481,7 +483,7 @@ async def test_rename_to_a_taken_name_is_409_and_changes_nothing(api: Client, et
     assert (await (await api.get("/api/projects/prod")).json())["id"] == prod
 
 
-async def test_concurrent_renames_to_one_name_let_one_win(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_renames_to_one_name_let_one_win(api: Client, etcd: RawEtcd) -> None:
     ids = [(await create_project(api, f"p{i}"))["id"] for i in range(6)]
     responses = await asyncio.gather(
         *(api.patch(f"/api/projects/{pid}", json={"name": "prod"}) for pid in ids)
@@ -502,7 +504,7 @@ async def test_concurrent_renames_to_one_name_let_one_win(api: Client, etcd: Etc
         assert names[meta["name"]] == pid
 
 
-async def test_rename_to_a_uuid_is_422_and_changes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_rename_to_a_uuid_is_422_and_changes_nothing(api: Client, etcd: RawEtcd) -> None:
     other = (await create_project(api, "other"))["id"]
     await create_project(api, "demo")
     before = await snapshot(etcd)
@@ -516,7 +518,7 @@ async def test_rename_to_a_uuid_is_422_and_changes_nothing(api: Client, etcd: Et
 # the raw key tree -------------------------------------------------------------------------------
 
 
-async def test_key_layout_is_exactly_the_documented_tree(api: Client, etcd: Etcd) -> None:
+async def test_key_layout_is_exactly_the_documented_tree(api: Client, etcd: RawEtcd) -> None:
     pid = (await create_project(api, "demo", "the demo"))["id"]
     config = {
         "image": "library/nginx:1.27",

@@ -20,9 +20,9 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
 from tests.integration.test_store_machine import tree_problems
+from tests.support import RawEtcd
 
 Client = TestClient[Any, Any]
 API_PROCESSES = 5
@@ -68,7 +68,7 @@ def assert_error(status: int, body: Any, expected: int) -> None:
             assert text
 
 
-async def assert_consistent(etcd: Etcd) -> dict[str, bytes]:
+async def assert_consistent(etcd: RawEtcd) -> dict[str, bytes]:
     tree = await dump(etcd)
     assert tree_problems(tree) == []
     return tree
@@ -87,7 +87,9 @@ def statuses(results: list[tuple[int, Any]]) -> Counter[int]:
 # creates ----------------------------------------------------------------------------------------
 
 
-async def test_50_concurrent_project_creates_with_one_name(apis: list[Client], etcd: Etcd) -> None:
+async def test_50_concurrent_project_creates_with_one_name(
+    apis: list[Client], etcd: RawEtcd
+) -> None:
     results = await race(apis, "POST", [("/api/projects", {"name": "demo"})] * 50)
 
     assert statuses(results) == {201: 1, 409: 49}
@@ -103,7 +105,9 @@ async def test_50_concurrent_project_creates_with_one_name(apis: list[Client], e
     }
 
 
-async def test_50_concurrent_service_creates_with_one_name(apis: list[Client], etcd: Etcd) -> None:
+async def test_50_concurrent_service_creates_with_one_name(
+    apis: list[Client], etcd: RawEtcd
+) -> None:
     pid = await create_project(apis[0], "demo")
     body = {"name": "web", "config": {"image": "nginx:1.27"}}
     results = await race(apis, "POST", [("/api/projects/demo/services", body)] * 50)
@@ -130,7 +134,7 @@ async def test_50_concurrent_service_creates_with_one_name(apis: list[Client], e
 
 @pytest.mark.parametrize("writers", [20, 50])
 async def test_concurrent_description_patches_all_succeed(
-    apis: list[Client], etcd: Etcd, writers: int
+    apis: list[Client], etcd: RawEtcd, writers: int
 ) -> None:
     """The server's read-modify-write retry turns every lost race into a retry, not an error.
 
@@ -155,7 +159,7 @@ async def test_concurrent_description_patches_all_succeed(
 
 
 async def test_20_concurrent_renames_to_one_name_from_20_projects(
-    apis: list[Client], etcd: Etcd
+    apis: list[Client], etcd: RawEtcd
 ) -> None:
     pids = [await create_project(apis[0], f"p{i}") for i in range(20)]
     results = await race(apis, "PATCH", [(f"/api/projects/{pid}", {"name": "new"}) for pid in pids])
@@ -174,7 +178,7 @@ async def test_20_concurrent_renames_to_one_name_from_20_projects(
 
 
 async def test_20_concurrent_renames_of_two_projects_to_one_name(
-    apis: list[Client], etcd: Etcd
+    apis: list[Client], etcd: RawEtcd
 ) -> None:
     """Ten renames of each of two projects: one project gets the name; its other nine renames
     find nothing left to change (200), the other project's ten are refused (409)."""
@@ -205,7 +209,7 @@ async def test_20_concurrent_renames_of_two_projects_to_one_name(
 
 
 async def test_service_creates_racing_project_delete_leave_no_orphans(
-    apis: list[Client], etcd: Etcd
+    apis: list[Client], etcd: RawEtcd
 ) -> None:
     """A service created while its project is deleted either goes with the project or is
     refused; nothing of it may survive the project."""

@@ -20,11 +20,11 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend.api.state import STATE
 from lastbackend.cli import _render
-from lastbackend.model.registries import registry_host
+from lastbackend.model.registries import RegistryAuth, registry_host
 from lastbackend.secrets import SecretError, Secrets, generate_key
-from lastbackend.store.etcd import Etcd
-from lastbackend.store.registries import credentials_for
+from lastbackend.store.registries import credentials_for, registry_auth
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -112,7 +112,7 @@ def stored(raw: bytes) -> dict[str, Any]:
 
 
 async def test_create_stores_the_document_object_with_a_fernet_token(
-    api: Recorder, etcd: Etcd
+    api: Recorder, etcd: RawEtcd
 ) -> None:
     resp = await api.post(BASE, json=ACCOUNT)
     assert resp.status == 201, await resp.text()
@@ -140,7 +140,7 @@ async def test_create_stores_the_document_object_with_a_fernet_token(
 
 
 async def test_the_key_file_decrypts_what_etcd_holds(
-    api: Recorder, etcd: Etcd, tmp_path: Path
+    api: Recorder, etcd: RawEtcd, tmp_path: Path
 ) -> None:
     await create(api)
     key_file = tmp_path / "secret.key"
@@ -199,7 +199,7 @@ async def test_unknown_and_invalid_hosts_are_404(api: Recorder) -> None:
     await expect_error(await api.patch(f"{BASE}/nowhere.example", json={}), 404)
 
 
-async def test_duplicate_host_is_409_and_changes_nothing(api: Recorder, etcd: Etcd) -> None:
+async def test_duplicate_host_is_409_and_changes_nothing(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     before = await dump(etcd)
     resp = await api.post(BASE, json={**ACCOUNT, "username": "someone-else"})
@@ -211,7 +211,7 @@ async def test_duplicate_host_is_409_and_changes_nothing(api: Recorder, etcd: Et
 # update -----------------------------------------------------------------------------------------
 
 
-async def test_put_replaces_every_field_and_reencrypts(api: Recorder, etcd: Etcd) -> None:
+async def test_put_replaces_every_field_and_reencrypts(api: Recorder, etcd: RawEtcd) -> None:
     created = await create(api)
     new = {"host": HOST, "username": "ci", "password": NEW_PASSWORD}
     resp = await api.put(f"{BASE}/{HOST}", json=new)
@@ -228,7 +228,7 @@ async def test_put_replaces_every_field_and_reencrypts(api: Recorder, etcd: Etcd
     assert creds.password == NEW_PASSWORD
 
 
-async def test_put_needs_the_password(api: Recorder, etcd: Etcd) -> None:
+async def test_put_needs_the_password(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     before = await dump(etcd)
     resp = await api.put(f"{BASE}/{HOST}", json={"host": HOST, "username": "ci"})
@@ -238,7 +238,7 @@ async def test_put_needs_the_password(api: Recorder, etcd: Etcd) -> None:
     assert await dump(etcd) == before
 
 
-async def test_patch_without_password_keeps_it(api: Recorder, etcd: Etcd) -> None:
+async def test_patch_without_password_keeps_it(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     token = stored((await dump(etcd))[KEY])["password"]
     resp = await api.patch(f"{BASE}/{HOST}", json={"username": "ci", "email": ""})
@@ -255,7 +255,7 @@ async def test_patch_without_password_keeps_it(api: Recorder, etcd: Etcd) -> Non
     assert creds.password == PASSWORD
 
 
-async def test_patch_with_a_password_changes_it(api: Recorder, etcd: Etcd) -> None:
+async def test_patch_with_a_password_changes_it(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     resp = await api.patch(f"{BASE}/{HOST}", json={"password": NEW_PASSWORD})
     assert resp.status == 200, await resp.text()
@@ -265,7 +265,7 @@ async def test_patch_with_a_password_changes_it(api: Recorder, etcd: Etcd) -> No
     assert NEW_PASSWORD.encode() not in (await dump(etcd))[KEY]
 
 
-async def test_a_write_that_changes_nothing_is_skipped(api: Recorder, etcd: Etcd) -> None:
+async def test_a_write_that_changes_nothing_is_skipped(api: Recorder, etcd: RawEtcd) -> None:
     created = await api.post(BASE, json=ACCOUNT)
     before = await etcd.get(KEY)
     for method, payload in (("PATCH", {}), ("PATCH", {"password": PASSWORD}), ("PUT", ACCOUNT)):
@@ -275,7 +275,7 @@ async def test_a_write_that_changes_nothing_is_skipped(api: Recorder, etcd: Etcd
     assert await etcd.get(KEY) == before
 
 
-async def test_a_new_host_moves_the_account(api: Recorder, etcd: Etcd) -> None:
+async def test_a_new_host_moves_the_account(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     await create(api, host="taken.example")
     resp = await api.patch(f"{BASE}/{HOST}", json={"host": "taken.example"})
@@ -291,7 +291,7 @@ async def test_a_new_host_moves_the_account(api: Recorder, etcd: Etcd) -> None:
     assert creds.password == PASSWORD
 
 
-async def test_delete(api: Recorder, etcd: Etcd) -> None:
+async def test_delete(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     await create(api, host="registry.local:50001")
     resp = await api.delete(f"{BASE}/{HOST}")
@@ -309,7 +309,7 @@ async def test_delete(api: Recorder, etcd: Etcd) -> None:
     [("PUT", ACCOUNT), ("PATCH", {"username": "ci"}), ("DELETE", None)],
 )
 async def test_stale_if_match_is_412_and_changes_nothing(
-    api: Recorder, etcd: Etcd, method: str, payload: Any
+    api: Recorder, etcd: RawEtcd, method: str, payload: Any
 ) -> None:
     first = await api.post(BASE, json=ACCOUNT)
     stale = etag(first)
@@ -347,7 +347,7 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("payload", "message"), BAD_BODIES)
 async def test_bad_create_is_422_naming_the_field(
-    api: Recorder, etcd: Etcd, payload: Any, message: str
+    api: Recorder, etcd: RawEtcd, payload: Any, message: str
 ) -> None:
     revision = await etcd.status()
     detail = await expect_error(await api.post(BASE, json=payload), 422)
@@ -367,7 +367,7 @@ async def test_bad_create_is_422_naming_the_field(
     ],
 )
 async def test_bad_patch_is_422_naming_the_field(
-    api: Recorder, etcd: Etcd, payload: Any, message: str
+    api: Recorder, etcd: RawEtcd, payload: Any, message: str
 ) -> None:
     await create(api)
     revision = await etcd.status()
@@ -380,7 +380,7 @@ async def test_bad_patch_is_422_naming_the_field(
 
 
 async def test_the_password_reaches_no_log_line(
-    api: Recorder, etcd: Etcd, caplog: pytest.LogCaptureFixture
+    api: Recorder, etcd: RawEtcd, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with structlog.testing.capture_logs() as events:
@@ -398,7 +398,7 @@ async def test_the_password_reaches_no_log_line(
         assert secret not in logged
 
 
-async def test_no_etcd_value_holds_the_password(api: Recorder, etcd: Etcd) -> None:
+async def test_no_etcd_value_holds_the_password(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     await create(api, host="other.example", password=NEW_PASSWORD)
     for key, raw in (await dump(etcd)).items():
@@ -407,23 +407,20 @@ async def test_no_etcd_value_holds_the_password(api: Recorder, etcd: Etcd) -> No
         assert stored(raw)["password"].startswith("gAAAAA")
 
 
-async def test_credentials_repr_hides_the_password(api: Recorder, etcd: Etcd) -> None:
+async def test_credentials_repr_hides_the_password(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     creds = await credentials_for(etcd, api.secrets, HOST)
     assert creds is not None
     assert PASSWORD not in repr(creds)
-    assert creds.docker_auth() == {
-        "username": "deploy",
-        "password": PASSWORD,
-        "serveraddress": HOST,
-        "email": "ops@example.com",
-    }
+    auth = await registry_auth(etcd, api.secrets, HOST)
+    assert auth == RegistryAuth("deploy", PASSWORD, HOST)
+    assert PASSWORD not in repr(auth)
 
 
 # credentials_for --------------------------------------------------------------------------------
 
 
-async def test_credentials_for_reads_hosts_case_insensitively(api: Recorder, etcd: Etcd) -> None:
+async def test_credentials_for_reads_hosts_case_insensitively(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     creds = await credentials_for(etcd, api.secrets, "Registry.LOCAL:5000")
     assert creds is not None
@@ -432,7 +429,7 @@ async def test_credentials_for_reads_hosts_case_insensitively(api: Recorder, etc
     assert await credentials_for(etcd, api.secrets, "not a host") is None
 
 
-async def test_docker_hub_names_are_aliases(api: Recorder, etcd: Etcd) -> None:
+async def test_docker_hub_names_are_aliases(api: Recorder, etcd: RawEtcd) -> None:
     await create(api, host="index.docker.io", username="hubuser")
     creds = await credentials_for(etcd, api.secrets, registry_host("library/nginx:1.27"))
     assert creds is not None
@@ -440,14 +437,16 @@ async def test_docker_hub_names_are_aliases(api: Recorder, etcd: Etcd) -> None:
     assert creds.host == "index.docker.io"
 
 
-async def test_credentials_under_another_key_are_a_clear_error(api: Recorder, etcd: Etcd) -> None:
+async def test_credentials_under_another_key_are_a_clear_error(
+    api: Recorder, etcd: RawEtcd
+) -> None:
     await create(api)
     with pytest.raises(SecretError, match="encrypted with another key"):
         await credentials_for(etcd, Secrets(generate_key()), HOST)
 
 
 async def test_configured_key_encrypts_and_no_key_file_is_made(
-    make_client: ClientFactory, etcd: Etcd, tmp_path: Path
+    make_client: ClientFactory, etcd: RawEtcd, tmp_path: Path
 ) -> None:
     key = generate_key()
     client = await make_client(data_dir=tmp_path, secret_key=key)
@@ -477,7 +476,7 @@ def test_registry_host_of_an_image(image: str, host: str) -> None:
 
 
 async def test_read_token_reads_but_cannot_write(
-    make_client: ClientFactory, etcd: Etcd, tmp_path: Path
+    make_client: ClientFactory, etcd: RawEtcd, tmp_path: Path
 ) -> None:
     client = await make_client(admin_tokens=("a",), read_tokens=("r",), data_dir=tmp_path)
     admin = {"Authorization": "Bearer a"}

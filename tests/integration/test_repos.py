@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -132,7 +132,7 @@ async def test_the_documents_sequence_at_every_level(api: Client) -> None:
     assert (await ok(api, "GET", "/api/data"))["repos"] == {}
 
 
-async def test_each_object_is_its_own_key(api: Client, etcd: Etcd) -> None:
+async def test_each_object_is_its_own_key(api: Client, etcd: RawEtcd) -> None:
     body = {
         "source_url": "git@github.com:apache/qpid-jms.git",
         "branches": {
@@ -160,7 +160,7 @@ async def test_each_object_is_its_own_key(api: Client, etcd: Etcd) -> None:
     assert list((await ok(api, "GET", REPO))["branches"]) == ["1.x", "main"]
 
 
-async def test_put_creates_missing_parents_with_empty_fields(api: Client, etcd: Etcd) -> None:
+async def test_put_creates_missing_parents_with_empty_fields(api: Client, etcd: RawEtcd) -> None:
     artifact = f"{TAG}/artifacts/amq-broker.zip"
     assert await ok(api, "PUT", artifact, FILE) == FILE
     assert await ok(api, "GET", REPO) == {
@@ -194,7 +194,9 @@ async def test_put_creates_missing_parents_with_empty_fields(api: Client, etcd: 
 # --- replacement ---------------------------------------------------------------------------------
 
 
-async def test_put_replaces_children_not_in_the_body_are_deleted(api: Client, etcd: Etcd) -> None:
+async def test_put_replaces_children_not_in_the_body_are_deleted(
+    api: Client, etcd: RawEtcd
+) -> None:
     await ok(api, "PUT", TAG, TAG_BODY)
     smaller = {**TAG_FIELDS, "artifacts": {"amq-broker.zip": FILE}}
     assert await ok(api, "PUT", TAG, smaller) == smaller
@@ -216,7 +218,7 @@ async def test_put_replaces_children_not_in_the_body_are_deleted(api: Client, et
     }
 
 
-async def test_a_put_that_changes_nothing_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_a_put_that_changes_nothing_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     first = await api.put(TAG, json=TAG_BODY)
     assert first.status == 200
     revision = await etcd.status()
@@ -309,7 +311,7 @@ MISSING = [
 
 @pytest.mark.parametrize(("kind", "field"), MISSING)
 async def test_an_artifact_missing_a_field_is_refused(
-    api: Client, etcd: Etcd, kind: str, field: str
+    api: Client, etcd: RawEtcd, kind: str, field: str
 ) -> None:
     await ok(api, "PUT", TAG, TAG_BODY)
     before, revision = await dump(etcd), await etcd.status()
@@ -349,7 +351,7 @@ async def test_an_artifact_missing_a_field_is_refused(
     ],
 )
 async def test_a_bad_artifact_is_refused(
-    api: Client, etcd: Etcd, body: Any, field: str, reason: str
+    api: Client, etcd: RawEtcd, body: Any, field: str, reason: str
 ) -> None:
     revision = await etcd.status()
     cases = [
@@ -379,7 +381,7 @@ async def test_a_bad_artifact_is_refused(
     ],
 )
 async def test_a_bad_id_in_the_path_is_a_400_naming_it(
-    api: Client, etcd: Etcd, path: str, segment: str
+    api: Client, etcd: RawEtcd, path: str, segment: str
 ) -> None:
     revision = await etcd.status()
     for method in ("PUT", "GET", "DELETE"):
@@ -390,7 +392,7 @@ async def test_a_bad_id_in_the_path_is_a_400_naming_it(
     assert await etcd.status() == revision
 
 
-async def test_bad_ids_in_a_body_are_refused_and_good_ones_kept(api: Client, etcd: Etcd) -> None:
+async def test_bad_ids_in_a_body_are_refused_and_good_ones_kept(api: Client, etcd: RawEtcd) -> None:
     revision = await etcd.status()
     for bad in ("..", "a/b", "", "x" * 129, "sp ace"):
         status, data = await call(api, "PUT", REPO, {"branches": {bad: {}}})
@@ -404,7 +406,7 @@ async def test_bad_ids_in_a_body_are_refused_and_good_ones_kept(api: Client, etc
         assert await ok(api, "GET", f"{REPO}/branches/{b}") == {"job_url": "", "tags": {}}
 
 
-async def test_a_body_too_big_for_one_transaction_is_a_413(api: Client, etcd: Etcd) -> None:
+async def test_a_body_too_big_for_one_transaction_is_a_413(api: Client, etcd: RawEtcd) -> None:
     revision = await etcd.status()
     many = {f"a{i}": FILE for i in range(130)}
     status, data = await call(api, "PUT", TAG, {"artifacts": many})
@@ -421,7 +423,7 @@ async def test_a_body_too_big_for_one_transaction_is_a_413(api: Client, etcd: Et
 # --- dry run -------------------------------------------------------------------------------------
 
 
-async def test_dry_run_validates_and_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_dry_run_validates_and_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     revision = await etcd.status()
     for flag in ("1", "true"):
         resp = await api.put(f"{TAG}?dry-run={flag}", json=TAG_BODY)
@@ -448,7 +450,9 @@ async def test_dry_run_validates_and_writes_nothing(api: Client, etcd: Etcd) -> 
 # --- tokens --------------------------------------------------------------------------------------
 
 
-async def test_a_read_token_reads_but_cannot_write(make_client: ClientFactory, etcd: Etcd) -> None:
+async def test_a_read_token_reads_but_cannot_write(
+    make_client: ClientFactory, etcd: RawEtcd
+) -> None:
     api = await make_client(admin_tokens=("adm",), read_tokens=("ro",))
     admin = {"Authorization": "Bearer adm"}
     read = {"Authorization": "Bearer ro"}
@@ -471,7 +475,7 @@ async def test_a_read_token_reads_but_cannot_write(make_client: ClientFactory, e
 # --- concurrency ---------------------------------------------------------------------------------
 
 
-async def test_concurrent_puts_under_one_new_branch_all_land(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_puts_under_one_new_branch_all_land(api: Client, etcd: RawEtcd) -> None:
     tags = [f"build-{i}" for i in range(12)]
     bodies = {t: {**TAG_BODY, "build_id": t} for t in tags}
     results = await asyncio.gather(

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient
 from lastbackend import codec
 from lastbackend.model.platform import Build, Container, Meta, ServiceConfig
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.conftest import dump
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -93,7 +93,7 @@ async def expect_error(resp: ClientResponse, status: int) -> str:
     return "; ".join(e["detail"] for e in errors)
 
 
-async def snapshot(etcd: Etcd, prefix: str = ROOT) -> Snapshot:
+async def snapshot(etcd: RawEtcd, prefix: str = ROOT) -> Snapshot:
     """Every key with its value and mod revision: equal snapshots mean nothing was written."""
     return {kv.key: (kv.value, kv.mod_revision) for kv in (await etcd.range(prefix)).kvs}
 
@@ -102,7 +102,7 @@ def part_key(pid: str, sid: str, part: str) -> str:
     return f"{PROJECTS}{pid}/services/{sid}/{part}"
 
 
-async def stored(etcd: Etcd, pid: str, sid: str, part: str) -> Any:
+async def stored(etcd: RawEtcd, pid: str, sid: str, part: str) -> Any:
     """A service part as an admin reads it: JSON decoded, the image key as bare text."""
     kv = await etcd.get(part_key(pid, sid, part))
     if kv is None:
@@ -114,7 +114,7 @@ def default_config(**fields: Any) -> dict[str, Any]:
     return {**codec.unstructure(ServiceConfig()), **fields}
 
 
-async def backdate(etcd: Etcd, pid: str, sid: str) -> None:
+async def backdate(etcd: RawEtcd, pid: str, sid: str) -> None:
     """Rewrite the service's meta as if it had been created and last changed long ago."""
     kv = await etcd.get(part_key(pid, sid, "meta"))
     assert kv is not None
@@ -122,13 +122,13 @@ async def backdate(etcd: Etcd, pid: str, sid: str) -> None:
     await etcd.put(kv.key, codec.dumps(Meta(meta.name, LONG_AGO, LONG_AGO, meta.description)))
 
 
-async def put_container(etcd: Etcd, pid: str, sid: str, cid: str, status: str) -> Container:
+async def put_container(etcd: RawEtcd, pid: str, sid: str, cid: str, status: str) -> Container:
     container = Container(cid, status, WHEN, WHEN, {"80/TCP": 44536})
     await etcd.put(keys.container(pid, sid, cid), codec.dumps(container))
     return container
 
 
-async def put_build(etcd: Etcd, pid: str, sid: str, number: int, commit: str) -> Build:
+async def put_build(etcd: RawEtcd, pid: str, sid: str, number: int, commit: str) -> Build:
     build = Build("passed", WHEN, WHEN, commit, f"Merge pull request #{number}", "unloop", "built")
     await etcd.put(keys.build(pid, sid, number), codec.dumps(build))
     return build
@@ -138,7 +138,7 @@ async def put_build(etcd: Etcd, pid: str, sid: str, number: int, commit: str) ->
 
 
 @pytest.mark.parametrize("by", ["name", "id"])
-async def test_create_in_a_project_by_name_or_id(api: Client, etcd: Etcd, by: str) -> None:
+async def test_create_in_a_project_by_name_or_id(api: Client, etcd: RawEtcd, by: str) -> None:
     pid = await create_project(api, "demo")
     ref = "demo" if by == "name" else pid
 
@@ -166,7 +166,7 @@ async def test_create_in_a_project_by_name_or_id(api: Client, etcd: Etcd, by: st
 
 
 @pytest.mark.parametrize("project", ["nope", "3f1c2b1e-0000-4000-8000-000000000000"])
-async def test_create_in_a_missing_project_is_404(api: Client, etcd: Etcd, project: str) -> None:
+async def test_create_in_a_missing_project_is_404(api: Client, etcd: RawEtcd, project: str) -> None:
     await create_project(api, "demo")
     before = await snapshot(etcd)
     detail = await expect_error(await api.post(url(project), json={"name": "web"}), 404)
@@ -175,7 +175,7 @@ async def test_create_in_a_missing_project_is_404(api: Client, etcd: Etcd, proje
     assert await snapshot(etcd) == before
 
 
-async def test_same_name_in_two_projects_is_fine(api: Client, etcd: Etcd) -> None:
+async def test_same_name_in_two_projects_is_fine(api: Client, etcd: RawEtcd) -> None:
     demo = await create_project(api, "demo")
     prod = await create_project(api, "prod")
     a = await create_service(api, "demo", "web", config={"replicas": 1})
@@ -193,7 +193,7 @@ async def test_same_name_in_two_projects_is_fine(api: Client, etcd: Etcd) -> Non
 
 
 async def test_duplicate_name_in_one_project_is_409_and_writes_nothing(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     await create_project(api, "demo")
     await create_service(api, "demo", "web")
@@ -217,7 +217,7 @@ async def test_duplicate_name_in_one_project_is_409_and_writes_nothing(
     ],
 )
 async def test_bad_create_is_422_and_writes_nothing(
-    api: Client, etcd: Etcd, payload: dict[str, Any]
+    api: Client, etcd: RawEtcd, payload: dict[str, Any]
 ) -> None:
     await create_project(api, "demo")
     before = await snapshot(etcd)
@@ -276,7 +276,7 @@ async def test_list_a_projects_services(api: Client) -> None:
 # update -----------------------------------------------------------------------------------------
 
 
-async def test_patch_rename_moves_the_helper_key(api: Client, etcd: Etcd) -> None:
+async def test_patch_rename_moves_the_helper_key(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web", config=CONFIG))["id"]
     await create_service(api, "demo", "db")
@@ -301,7 +301,7 @@ async def test_patch_rename_moves_the_helper_key(api: Client, etcd: Etcd) -> Non
     assert await snapshot(etcd) == before
 
 
-async def test_patch_config_merges_field_by_field(api: Client, etcd: Etcd) -> None:
+async def test_patch_config_merges_field_by_field(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (
         await create_service(api, "demo", "web", config=CONFIG, domains={"a.example.com": True})
@@ -332,7 +332,7 @@ async def test_patch_config_merges_field_by_field(api: Client, etcd: Etcd) -> No
     assert await snapshot(etcd) == before
 
 
-async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: Etcd) -> None:
+async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: RawEtcd) -> None:
     await create_project(api, "demo")
     created = await api.post(url("demo"), json={"name": "web", "config": CONFIG})
     before = await snapshot(etcd)
@@ -348,7 +348,7 @@ async def test_patch_that_changes_nothing_writes_nothing(api: Client, etcd: Etcd
     assert await snapshot(etcd) == before
 
 
-async def test_the_same_mappings_in_another_order_write_nothing(api: Client, etcd: Etcd) -> None:
+async def test_the_same_mappings_in_another_order_write_nothing(api: Client, etcd: RawEtcd) -> None:
     """Hosts, env and ports are JSON objects: their key order is not a change (DESIGN.md 5)."""
     await create_project(api, "demo")
     domains = {"a.example.com": True, "b.example.com": False}
@@ -369,7 +369,7 @@ async def test_the_same_mappings_in_another_order_write_nothing(api: Client, etc
     assert await snapshot(etcd) == before
 
 
-async def test_concurrent_patches_all_land(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_patches_all_land(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web", config=CONFIG))["id"]
     changes: list[tuple[str, dict[str, Any]]] = [
@@ -404,7 +404,7 @@ async def test_concurrent_patches_all_land(api: Client, etcd: Etcd) -> None:
     assert await stored(etcd, pid, sid, "config") == wanted
 
 
-async def test_concurrent_creates_of_one_name_make_one_service(api: Client, etcd: Etcd) -> None:
+async def test_concurrent_creates_of_one_name_make_one_service(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     responses = await asyncio.gather(
         *(api.post(url("demo"), json={"name": "web", "config": {"replicas": i}}) for i in range(8))
@@ -417,7 +417,7 @@ async def test_concurrent_creates_of_one_name_make_one_service(api: Client, etcd
     assert metas == [part_key(pid, winner["id"], "meta")]
 
 
-async def test_if_match_guards_the_service_and_its_parts(api: Client, etcd: Etcd) -> None:
+async def test_if_match_guards_the_service_and_its_parts(api: Client, etcd: RawEtcd) -> None:
     await create_project(api, "demo")
     stale = etag(await api.post(url("demo"), json={"name": "web", "config": CONFIG}))
     current = etag(await api.patch(url("demo", "web"), json={"description": "changed"}))
@@ -445,7 +445,7 @@ async def test_if_match_guards_the_service_and_its_parts(api: Client, etcd: Etcd
 # sub-resources ----------------------------------------------------------------------------------
 
 
-async def test_config_subresource(api: Client, etcd: Etcd) -> None:
+async def test_config_subresource(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web", config=CONFIG))["id"]
     assert await get_json(api, url("demo", "web", "config")) == default_config(**CONFIG)
@@ -469,7 +469,7 @@ async def test_config_subresource(api: Client, etcd: Etcd) -> None:
     assert await snapshot(etcd) == before
 
 
-async def test_source_subresource(api: Client, etcd: Etcd) -> None:
+async def test_source_subresource(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web"))["id"]
     assert await get_json(api, url("demo", "web", "source")) is None
@@ -496,7 +496,7 @@ async def test_source_subresource(api: Client, etcd: Etcd) -> None:
     )
 
 
-async def test_domains_subresource(api: Client, etcd: Etcd) -> None:
+async def test_domains_subresource(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web", domains={"web.example.com": True}))["id"]
     assert await get_json(api, url("demo", "web", "domains")) == {"web.example.com": True}
@@ -514,7 +514,7 @@ async def test_domains_subresource(api: Client, etcd: Etcd) -> None:
     assert await snapshot(etcd) == before
 
 
-async def test_image_follows_config_image(api: Client, etcd: Etcd) -> None:
+async def test_image_follows_config_image(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web", config={"image": "library/app:1"}))["id"]
     assert await get_json(api, url("demo", "web", "image")) == {"image": "library/app:1"}
@@ -530,7 +530,7 @@ async def test_image_follows_config_image(api: Client, etcd: Etcd) -> None:
     assert (await dump(etcd))[part_key(pid, sid, "image")] == b"library/app:3"
 
 
-async def test_a_service_without_an_image_has_no_image_key(api: Client, etcd: Etcd) -> None:
+async def test_a_service_without_an_image_has_no_image_key(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web"))["id"]
     assert part_key(pid, sid, "image") not in await dump(etcd)
@@ -542,7 +542,7 @@ async def test_a_service_without_an_image_has_no_image_key(api: Client, etcd: Et
     assert (await dump(etcd))[part_key(pid, sid, "image")] == b"library/app:1"
 
 
-async def test_an_explicit_image_wins(api: Client, etcd: Etcd) -> None:
+async def test_an_explicit_image_wins(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     created = await create_service(
         api, "demo", "web", config={"image": "library/app:1"}, image="registry.local/app:built"
@@ -578,7 +578,7 @@ async def test_an_explicit_image_wins(api: Client, etcd: Etcd) -> None:
 # containers and builds --------------------------------------------------------------------------
 
 
-async def test_containers_are_readable(api: Client, etcd: Etcd) -> None:
+async def test_containers_are_readable(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web"))["id"]
     assert (await get_json(api, url("demo", "web", "containers")))["resources"] == []
@@ -603,7 +603,7 @@ async def test_containers_are_readable(api: Client, etcd: Etcd) -> None:
     assert (await by_ids.json())["status"] == "running"
 
 
-async def test_builds_are_listed_in_number_order(api: Client, etcd: Etcd) -> None:
+async def test_builds_are_listed_in_number_order(api: Client, etcd: RawEtcd) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web"))["id"]
     builds = {n: await put_build(etcd, pid, sid, n, f"{n:040x}") for n in (10, 2, 1)}
@@ -633,7 +633,7 @@ async def test_builds_are_listed_in_number_order(api: Client, etcd: Etcd) -> Non
 @pytest.mark.parametrize(
     "sub", ["containers/x", "builds/x", "builds/3", "builds/-1", "containers/" + "f" * 64]
 )
-async def test_a_missing_container_or_build_is_404(api: Client, etcd: Etcd, sub: str) -> None:
+async def test_a_missing_container_or_build_is_404(api: Client, etcd: RawEtcd, sub: str) -> None:
     pid = await create_project(api, "demo")
     sid = (await create_service(api, "demo", "web"))["id"]
     await put_container(etcd, pid, sid, "a" * 64, "running")
@@ -649,7 +649,7 @@ async def test_a_missing_container_or_build_is_404(api: Client, etcd: Etcd, sub:
 
 @pytest.mark.parametrize("by", ["name", "id"])
 async def test_delete_removes_the_subtree_and_not_a_sibling(
-    api: Client, etcd: Etcd, by: str
+    api: Client, etcd: RawEtcd, by: str
 ) -> None:
     pid = await create_project(api, "demo")
     web = (await create_service(api, "demo", "web", config=CONFIG, source=SOURCE))["id"]
@@ -684,7 +684,7 @@ async def test_delete_removes_the_subtree_and_not_a_sibling(
 
 
 async def test_deleting_the_project_removes_its_services_and_helpers(
-    api: Client, etcd: Etcd
+    api: Client, etcd: RawEtcd
 ) -> None:
     pid = await create_project(api, "demo")
     other = await create_project(api, "other")

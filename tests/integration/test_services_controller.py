@@ -25,9 +25,8 @@ from lastbackend.node.agent import LABEL_POD, NodeAgent
 from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd
 from tests.fakeruntime import FakeRuntime
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -35,7 +34,7 @@ IMAGE = "registry.local/team/web:1"
 
 
 class Cluster:
-    def __init__(self, etcd: Etcd) -> None:
+    def __init__(self, etcd: RawEtcd) -> None:
         self.etcd = etcd
         self.runners: list[ControllerRunner] = []
         self.runtimes: dict[str, FakeRuntime] = {}
@@ -74,7 +73,7 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(etcd: Etcd) -> AsyncIterator[Cluster]:
+async def cluster(etcd: RawEtcd) -> AsyncIterator[Cluster]:
     c = Cluster(etcd)
     yield c
     await c.stop()
@@ -211,7 +210,7 @@ async def test_memory_decides_the_node(cluster: Cluster, api: Any) -> None:
 
 
 async def test_a_reconcile_ahead_of_the_pods_cache_waits_instead_of_doubling(
-    etcd: Etcd, api: Any
+    etcd: RawEtcd, api: Any
 ) -> None:
     """Freeze the pods informer after the first pod is written: the next reconcile of the
     service sees a cache without that pod, and must wait for it rather than make another."""

@@ -36,8 +36,8 @@ from lastbackend.model.common import new_id
 from lastbackend.model.platform import Meta, ServiceConfig
 from lastbackend.store import keys, projects, services
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import Conflict, NameCache, NotFound, Objects, Record
+from tests.support import RawEtcd
 
 T = TypeVar("T")
 
@@ -174,7 +174,7 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self, endpoint: str) -> None:
         super().__init__()
         self.runner = asyncio.Runner()
-        self.etcd = Etcd([endpoint])
+        self.etcd = RawEtcd([endpoint])
         self.run(self.etcd.connect())
         self.run(self.etcd.delete_prefix(keys.ROOT))
         self.caches = (NameCache(), NameCache())

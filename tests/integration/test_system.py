@@ -21,6 +21,7 @@ from lastbackend.config import Settings
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd
 from tests.conftest import dump, new_etcd_server
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -67,7 +68,7 @@ def private_server(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
 @pytest.fixture
 async def private(private_server: EmbeddedEtcd) -> AsyncIterator[tuple[TestClient[Any, Any], Etcd]]:
     settings = Settings(etcd_endpoints=(private_server.endpoint,), etcd_timeout=1.0)
-    async with Etcd([private_server.endpoint], timeout=1.0) as etcd:
+    async with RawEtcd([private_server.endpoint], timeout=1.0) as etcd:
         client = TestClient(TestServer(make_app(settings, etcd)))
         await client.start_server()
         try:

@@ -22,9 +22,9 @@ from lastbackend.model.platform import ServiceSource
 from lastbackend.secrets import Secrets, is_token
 from lastbackend.sources.git import GitError, clone
 from lastbackend.sources.vendors import resolve
-from lastbackend.store.etcd import Etcd
 from tests.conftest import ClientFactory, dump
 from tests.gitserver import GitServer, make_repo
+from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
 
@@ -90,7 +90,7 @@ async def expect_error(resp: ClientResponse, status: int) -> str:
 
 
 async def test_connect_shows_the_document_object_with_secrets_masked(
-    api: Recorder, etcd: Etcd
+    api: Recorder, etcd: RawEtcd
 ) -> None:
     body = await connect(api, "github", **GITHUB)
     assert list(body)[:10] == [
@@ -151,7 +151,7 @@ async def test_default_hosts_and_a_self_hosted_one(api: Recorder) -> None:
     assert body["host"] == "git.example.com:8443"
 
 
-async def test_put_again_changes_nothing_and_writes_nothing(api: Recorder, etcd: Etcd) -> None:
+async def test_put_again_changes_nothing_and_writes_nothing(api: Recorder, etcd: RawEtcd) -> None:
     first = await connect(api, "github", **GITHUB)
     revision = await etcd.status()
     again = await connect(api, "github", 200, **GITHUB)
@@ -160,7 +160,7 @@ async def test_put_again_changes_nothing_and_writes_nothing(api: Recorder, etcd:
 
 
 async def test_put_without_secrets_keeps_them_and_a_new_token_replaces(
-    api: Recorder, etcd: Etcd
+    api: Recorder, etcd: RawEtcd
 ) -> None:
     await connect(api, "github", **GITHUB)
     before = json.loads((await dump(etcd))[f"{KEY}github"])
@@ -177,7 +177,7 @@ async def test_put_without_secrets_keeps_them_and_a_new_token_replaces(
     assert stored["webhook_secret"] == ""
 
 
-async def test_disconnect(api: Recorder, etcd: Etcd) -> None:
+async def test_disconnect(api: Recorder, etcd: RawEtcd) -> None:
     await connect(api, "github", **GITHUB)
     resp = await api.request("DELETE", f"{BASE}/github")
     assert resp.status == 204
@@ -220,7 +220,7 @@ async def test_if_match(api: Recorder) -> None:
     ],
 )
 async def test_bad_input_is_refused_and_nothing_is_written(
-    api: Recorder, etcd: Etcd, vendor: str, fields: dict[str, Any], status: int, says: str
+    api: Recorder, etcd: RawEtcd, vendor: str, fields: dict[str, Any], status: int, says: str
 ) -> None:
     await connect(api, "slack", token=TOKEN)
     before, revision = await dump(etcd), await etcd.status()
@@ -261,7 +261,7 @@ async def serve(root: Path, user: str, password: str) -> GitServer:
     ],
 )
 async def test_resolve_clones_with_the_vendor_token(
-    api: Recorder, etcd: Etcd, repos: Path, tmp_path: Path, vendor: str, user: str, hub: str
+    api: Recorder, etcd: RawEtcd, repos: Path, tmp_path: Path, vendor: str, user: str, hub: str
 ) -> None:
     sha = make_repo(repos, "acme/site", {"index.html": "hi\n"}, branch="main")
     server = await serve(repos, user, TOKEN)
@@ -280,7 +280,7 @@ async def test_resolve_clones_with_the_vendor_token(
 
 
 async def test_resolve_with_a_wrong_token_fails_to_clone(
-    api: Recorder, etcd: Etcd, repos: Path, tmp_path: Path
+    api: Recorder, etcd: RawEtcd, repos: Path, tmp_path: Path
 ) -> None:
     make_repo(repos, "acme/site", {"index.html": "hi\n"}, branch="main")
     server = await serve(repos, "oauth2", TOKEN)
@@ -297,7 +297,9 @@ async def test_resolve_with_a_wrong_token_fails_to_clone(
         await server.stop()
 
 
-async def test_resolve_without_a_vendor_is_a_public_https_clone(api: Recorder, etcd: Etcd) -> None:
+async def test_resolve_without_a_vendor_is_a_public_https_clone(
+    api: Recorder, etcd: RawEtcd
+) -> None:
     await connect(api, "gitlab", token=TOKEN, host="git.example.com")
     remote = await resolve(etcd, api.secrets, ServiceSource("github.com", "acme", "site", "dev"))
     assert (remote.url, remote.auth, remote.vendor) == (

@@ -21,9 +21,9 @@ from lastbackend.runtime.base import ContainerSpec, ImageConfig
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
-from lastbackend.store.etcd import Etcd, Op
+from lastbackend.store.etcd import Op
 from tests.fakeruntime import FakeRuntime
-from tests.support import eventually
+from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -46,7 +46,7 @@ def rt() -> FakeRuntime:
 
 @pytest.fixture
 def controller(
-    etcd: Etcd, rt: FakeRuntime, tmp_path: Path, settings: Settings
+    etcd: RawEtcd, rt: FakeRuntime, tmp_path: Path, settings: Settings
 ) -> StagingController:
     blobs, secrets = BlobStore(tmp_path), Secrets(generate_key())
     ctl = StagingController(rt, secrets, blobs, settings, descriptor.load())
@@ -55,7 +55,7 @@ def controller(
 
 
 @pytest.fixture
-async def runner(etcd: Etcd, controller: StagingController) -> AsyncIterator[ControllerRunner]:
+async def runner(etcd: RawEtcd, controller: StagingController) -> AsyncIterator[ControllerRunner]:
     runner = ControllerRunner(controller, etcd, lease_ttl=2)
     yield runner
     await runner.stop(grace=1)
@@ -75,7 +75,7 @@ async def present(rt: FakeRuntime, ref: str) -> bool:
 
 
 async def test_deleting_a_droplet_removes_its_image_only(
-    etcd: Etcd, rt: FakeRuntime, controller: StagingController, runner: ControllerRunner
+    etcd: RawEtcd, rt: FakeRuntime, controller: StagingController, runner: ControllerRunner
 ) -> None:
     live, gone = droplet(rt, LIVE), droplet(rt, GONE)
     rt.add_image("busybox:stable")  # not a droplet: never ours to remove
@@ -99,7 +99,7 @@ async def _absent(rt: FakeRuntime, ref: str) -> bool:
 
 
 async def test_an_image_in_use_is_kept_and_swept_once_free(
-    etcd: Etcd, rt: FakeRuntime, controller: StagingController, runner: ControllerRunner
+    etcd: RawEtcd, rt: FakeRuntime, controller: StagingController, runner: ControllerRunner
 ) -> None:
     used, orphan, live = droplet(rt, USED), droplet(rt, GONE), droplet(rt, LIVE)
     await rt.run(ContainerSpec(name="lb-app-web", image=used))
