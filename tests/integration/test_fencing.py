@@ -16,13 +16,17 @@ import pytest
 from lastbackend import codec
 from lastbackend.config import Settings
 from lastbackend.controllers.builds import BuildsController, _Job
+from lastbackend.controllers.gc import GarbageCollector
+from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.leader import Fenced, LeaderElection, NotLeader
-from lastbackend.controllers.runner import Elected
+from lastbackend.controllers.queue import WorkQueue
+from lastbackend.controllers.runner import Controller, Elected
+from lastbackend.controllers.services import ServicesController
 from lastbackend.controllers.staging import StagingController
 from lastbackend.lifecycle import descriptor
 from lastbackend.model.common import now
-from lastbackend.model.platform import Build, Container, Meta, ServiceSource
-from lastbackend.model.pods import Pod, PodSpec
+from lastbackend.model.platform import Build, Container, Meta, ServiceConfig, ServiceSource
+from lastbackend.model.pods import Node, Pod, PodSpec
 from lastbackend.model.repos import Repo
 from lastbackend.node.agent import LABEL_NODE, LABEL_POD, LABEL_PROJECT, LABEL_SERVICE, NodeAgent
 from lastbackend.runtime.base import ContainerState
@@ -138,6 +142,74 @@ async def test_a_paused_builds_controller_writes_neither_success_nor_the_tag(
         assert stored is not None
         assert codec.loads(stored.value, Build).status == "pushing"
     finally:
+        await successor.resign()
+
+
+async def _with_synced_informers(controller: Controller, etcd: RawEtcd) -> list[asyncio.Task[None]]:
+    """Give ``controller`` the caches a runner would, without a runner (so no guard cancels
+    its work when the term ends: it stays "paused" mid-term, as a process would)."""
+    informers = {w.prefix: Informer(etcd, w.prefix, to_key=w.to_key) for w in controller.watches()}
+    tasks = [asyncio.create_task(i.run()) for i in informers.values()]
+    for informer in informers.values():
+        await informer.synced.wait()
+    controller.informers, controller.queue = informers, WorkQueue()
+    return tasks
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_paused_services_controller_schedules_no_pod(etcd: RawEtcd) -> None:
+    await _seed_service(etcd)
+    t = now()
+    config = ServiceConfig(image="busybox", replicas=2, memory=32)
+    await etcd.txn(
+        [],
+        [
+            Op.put(keys.service_part(PID, SID, "config"), codec.dumps(config)),
+            Op.put(keys.service_part(PID, SID, "image"), "busybox"),
+            Op.put(keys.node("n1"), codec.dumps(Node("n1", "n1", 4096, 2, "fake", t))),
+        ],
+    )
+    controller = ServicesController()
+    tasks = await _with_synced_informers(controller, etcd)
+    successor = await pause_past_the_term(etcd, controller)
+    try:
+        with pytest.raises(NotLeader):
+            await controller.reconcile(f"svc:{PID}/{SID}")
+        assert (await etcd.range(keys.PODS)).kvs == []
+        assert (await etcd.range(keys.HELPER_PODS)).kvs == []
+    finally:
+        await _stop(tasks)
+        await successor.resign()
+
+
+async def test_a_paused_garbage_collector_deletes_nothing(etcd: RawEtcd) -> None:
+    t = now()
+    orphan = keys.container(PID, SID, "c-orphan")
+    lonely = keys.pod("lonely-pod")
+    await etcd.txn(
+        [],
+        [
+            Op.put(orphan, codec.dumps(Container("c-orphan", "running", t, t, {}, "gone-pod"))),
+            Op.put(lonely, keys.owner_value(PID, SID)),
+        ],
+    )
+    controller = GarbageCollector()
+    tasks = await _with_synced_informers(controller, etcd)
+    successor = await pause_past_the_term(etcd, controller)
+    try:
+        before = await dump(etcd)
+        with pytest.raises(NotLeader):
+            await controller.reconcile("sweep")
+        assert await dump(etcd) == before
+        assert orphan in before
+        assert lonely in before
+    finally:
+        await _stop(tasks)
         await successor.resign()
 
 
