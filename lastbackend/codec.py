@@ -26,7 +26,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from lastbackend.model import apps, common, platform, registries, repos
+from lastbackend.model import apps, common, hosts, platform, registries, repos
 from lastbackend.model import images as image_model
 from lastbackend.model import vendors as vendor_model
 
@@ -34,6 +34,7 @@ T = TypeVar("T")
 
 CHECKS = {
     **common.CHECKS,
+    **hosts.CHECKS,
     **registries.CHECKS,
     **apps.CHECKS,
     **repos.CHECKS,
@@ -115,6 +116,18 @@ def _json_type(value: Any) -> str:
 def _checked(kind: type, check: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
     base = _strict(kind)
     return lambda value, _: check(base(value, None))
+
+
+def _domains_hook(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """Each entry checked as ``RouteHost -> bool`` (errors name ``domains['<host>']``), then the
+    rules across entries (``model.hosts.check_domains``)."""
+    entries = dict[hosts.RouteHost, bool]
+
+    def hook(value: Any, _: Any) -> Any:
+        converter.structure(value, entries)
+        return hosts.check_domains(value)
+
+    return hook
 
 
 def _dict_hook(converter: cattrs.Converter) -> Callable[[Any, Any], Any]:
@@ -211,6 +224,7 @@ def _make_converter() -> cattrs.Converter:
     for newtype, (kind, check) in CHECKS.items():
         c.register_structure_hook(newtype, _checked(kind, check))
     c.register_structure_hook(datetime, lambda v, _: parse_time(_strict(str)(v, None)))
+    c.register_structure_hook(hosts.Domains, _domains_hook(c))
     c.register_unstructure_hook(datetime, format_time)
     c.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _dict_hook(c))
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))

@@ -20,6 +20,9 @@ from typing import Any
 import attrs
 
 DEFAULT_LISTEN = "127.0.0.1:2967"
+_DOMAIN = re.compile(
+    r"(?=.{1,200}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)+"
+)
 
 
 class ConfigError(ValueError):
@@ -96,6 +99,19 @@ class Settings:
     nowhere."""
     events_forward: str = ""
     """An AMQP 1.0 broker (``amqp://[user:password@]host[:port]``) that also gets every event."""
+    # [router]
+    router_http: str = "127.0.0.1:8080"
+    """Where the router's Caddy serves plain HTTP."""
+    router_https: str = "127.0.0.1:8443"
+    """Where the router's Caddy serves HTTPS."""
+    router_domain: str = "lb.localhost"
+    """Services are served at ``<service>.<project>.<domain>``; ``*.localhost`` resolves to
+    loopback with no DNS set-up."""
+    router_acme_email: str = ""
+    """Set: certificates from an ACME CA (Let's Encrypt) for public hosts, with this account
+    email. Empty: every host gets one from the routers' internal CA."""
+    router_caddy: str = "caddy"
+    """The Caddy binary (a path, or a name looked up in PATH)."""
 
     @property
     def blob_dir(self) -> Path:
@@ -138,6 +154,14 @@ class Settings:
         if self.events_amqp_listen in ("", "off"):
             return None
         return split_host_port(self.events_amqp_listen, "events.amqp_listen")
+
+    @property
+    def router_http_address(self) -> tuple[str, int]:
+        return split_host_port(self.router_http, "router.http")
+
+    @property
+    def router_https_address(self) -> tuple[str, int]:
+        return split_host_port(self.router_https, "router.https")
 
     @property
     def auth_enabled(self) -> bool:
@@ -200,6 +224,21 @@ class Settings:
             raise ConfigError(
                 "events.forward (LB_EVENTS_FORWARD) must be an amqp:// or amqps:// URL with a "
                 f"host, like amqp://broker.example.com:5672: {self.events_forward!r}"
+            )
+        if self.router_http_address[1] == self.router_https_address[1] and (
+            self.router_http_address[0] == self.router_https_address[0]
+        ):
+            raise ConfigError("router.http and router.https must be different addresses")
+        if not _DOMAIN.fullmatch(self.router_domain) or self.router_domain[-1].isdigit():
+            raise ConfigError(
+                "router.domain (LB_DOMAIN, --domain) must be a lowercase host name like "
+                f"lb.example.com, got {self.router_domain!r}"
+            )
+        if self.router_acme_email and not re.fullmatch(
+            r"[^@\s]+@[^@\s]+\.[^@\s]+", self.router_acme_email
+        ):
+            raise ConfigError(
+                f"router.acme_email is not an email address: {self.router_acme_email!r}"
             )
         if self.secret_key and not is_fernet_key(self.secret_key):
             raise ConfigError(
@@ -291,6 +330,13 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "dockerfile": "build_dockerfile",
     },
     "events": {"amqp_listen": "events_amqp_listen", "forward": "events_forward"},
+    "router": {
+        "http": "router_http",
+        "https": "router_https",
+        "domain": "router_domain",
+        "acme_email": "router_acme_email",
+        "caddy": "router_caddy",
+    },
 }
 
 ENV_KEYS: Mapping[str, str] = {
@@ -320,6 +366,11 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_BUILDS_DOCKERFILE": "build_dockerfile",
     "LB_EVENTS_AMQP_LISTEN": "events_amqp_listen",
     "LB_EVENTS_FORWARD": "events_forward",
+    "LB_ROUTER_HTTP": "router_http",
+    "LB_ROUTER_HTTPS": "router_https",
+    "LB_DOMAIN": "router_domain",
+    "LB_ROUTER_ACME_EMAIL": "router_acme_email",
+    "LB_ROUTER_CADDY": "router_caddy",
 }
 
 

@@ -25,7 +25,7 @@ import attrs
 from aiohttp import web
 
 from lastbackend import codec
-from lastbackend.api import droplets
+from lastbackend.api import droplets, services
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import (
     decode,
@@ -42,6 +42,7 @@ from lastbackend.model.apps import AppCreate, AppUpdate, CurrentDropletBody
 from lastbackend.model.common import check_id, check_name
 from lastbackend.model.platform import Meta
 from lastbackend.store import apps as store
+from lastbackend.store import keys
 from lastbackend.store.apps import Apps, Refused
 from lastbackend.store.objects import Conflict, Contention, NotFound, Record
 
@@ -60,7 +61,7 @@ def _time(value: datetime) -> str:
     return codec.format_time(value)
 
 
-def view(pid: str, record: Record) -> dict[str, Any]:
+def view(pid: str, record: Record, urls: list[str]) -> dict[str, Any]:
     meta: Meta = record.values["meta"]
     meta_kv = record.kvs["meta"]
     updated = meta.updated != meta.created or (meta_kv is not None and meta_kv.version > 1)
@@ -72,6 +73,7 @@ def view(pid: str, record: Record) -> dict[str, Any]:
         "lifecycle": codec.unstructure(store.lifecycle(record)),
         "environment_variables": dict(store.config(record).env),
         "relationships": {"space": {"guid": pid}},
+        "urls": urls,
         "created_at": _time(meta.created),
         "updated_at": _time(meta.updated) if updated else None,
         "links": {
@@ -94,8 +96,27 @@ def _refused(exc: Refused) -> ApiError:
     return ApiError(422, str(exc))
 
 
-def _app_response(pid: str, record: Record, status: int = 200) -> web.Response:
-    return json_response(view(pid, record), status=status, revision=record.revision)
+async def _urls(request: web.Request, apps: list[tuple[str, Record]]) -> list[list[str]]:
+    """Each app's ``urls``, from its project's name (read once per project, in one round trip)."""
+    state = request.app[STATE]
+    pids = sorted({pid for pid, _ in apps})
+    found = await state.etcd.read_many([keys.project_meta(pid) for pid in pids])
+    names = {
+        pid: codec.loads(kv.value, Meta).name
+        for pid in pids
+        if (kv := found.get(keys.project_meta(pid))) is not None
+    }
+    return [
+        services.urls(state.settings, names[pid], record) if pid in names else []
+        for pid, record in apps
+    ]
+
+
+async def _app_response(
+    request: web.Request, pid: str, record: Record, status: int = 200
+) -> web.Response:
+    [urls] = await _urls(request, [(pid, record)])
+    return json_response(view(pid, record, urls), status=status, revision=record.revision)
 
 
 # the app itself ---------------------------------------------------------------------------------
@@ -118,7 +139,7 @@ async def create(request: web.Request) -> web.Response:
         raise ApiError(
             409, f"name: an app named {spec.name!r} already exists in space {space}"
         ) from None
-    response = _app_response(pid, record, 201)
+    response = await _app_response(request, pid, record, 201)
     response.headers["Location"] = href(record.id)
     return response
 
@@ -159,7 +180,10 @@ async def index(request: web.Request) -> web.Response:
         names=names,
         spaces=spaces,
     )
-    resources = [view(pid, r) for pid, r in zip(pids, page.records, strict=True)]
+    apps = list(zip(pids, page.records, strict=True))
+    resources = [
+        view(pid, r, urls) for (pid, r), urls in zip(apps, await _urls(request, apps), strict=True)
+    ]
     return json_response(
         page_body(request, pg, page.total, resources),
         headers={"X-Etcd-Revision": str(page.revision)},
@@ -170,7 +194,7 @@ async def index(request: web.Request) -> web.Response:
 @doc("Get an app", response="App")
 async def show(request: web.Request) -> web.Response:
     pid, record = await _apps(request).get(request.match_info["guid"])
-    return _app_response(pid, record)
+    return await _app_response(request, pid, record)
 
 
 def _no_nulls(changes: dict[str, Any]) -> None:
@@ -224,7 +248,7 @@ async def patch(request: web.Request) -> web.Response:
         raise ApiError(
             409, f"name: an app named {update.name!r} already exists in space {pid}"
         ) from None
-    return _app_response(pid, record)
+    return await _app_response(request, pid, record)
 
 
 @routes.delete(ONE)
@@ -307,11 +331,11 @@ async def start(request: web.Request) -> web.Response:
         )
     except Refused as exc:
         raise _refused(exc) from None
-    return _app_response(pid, record)
+    return await _app_response(request, pid, record)
 
 
 @routes.post(ONE + "/actions/stop")
 @doc("Stop an app: no containers; its image and config are kept", response="App")
 async def stop(request: web.Request) -> web.Response:
     pid, record = await _apps(request).stop(request.match_info["guid"], if_match=if_match(request))
-    return _app_response(pid, record)
+    return await _app_response(request, pid, record)

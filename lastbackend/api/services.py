@@ -9,6 +9,7 @@ and droplets write it directly later, and an explicit ``image`` in a request win
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,8 @@ from lastbackend.api.http import (
     read_object,
 )
 from lastbackend.api.state import STATE
+from lastbackend.config import Settings
+from lastbackend.model import hosts
 from lastbackend.model.common import now
 from lastbackend.model.platform import (
     Container,
@@ -45,7 +48,33 @@ BASE = "/api/projects/{project}/services"
 ONE = BASE + "/{service}"
 
 
-def view(pid: str, record: Record) -> dict[str, Any]:
+def urls(settings: Settings, project: str, record: Record) -> list[str]:
+    """Every URL the routers serve the service at (see ``model.hosts.urls``)."""
+    config: ServiceConfig = record.values.get("config", ServiceConfig())
+    return hosts.urls(
+        record.name,
+        project,
+        config.ports,
+        record.values.get("domains", {}),
+        domain=settings.router_domain,
+        http=settings.router_http_address[1],
+        https=settings.router_https_address[1],
+    )
+
+
+def check_domains(settings: Settings, domains: Mapping[str, bool]) -> None:
+    """Hosts under the platform domain are the services' own names: nobody claims one."""
+    for host in domains:
+        if hosts.under(host, settings.router_domain):
+            raise ApiError(
+                422,
+                f"domains: {host!r} is under the platform domain {settings.router_domain!r}, "
+                "whose hosts are <service>.<project> names the router gives every service",
+            )
+
+
+def view(project: Record, record: Record, settings: Settings) -> dict[str, Any]:
+    pid = project.id
     values = record.values
     href = f"/api/projects/{pid}/services/{record.id}"
     return {
@@ -55,6 +84,7 @@ def view(pid: str, record: Record) -> dict[str, Any]:
         "config": codec.unstructure(values.get("config", ServiceConfig())),
         "source": codec.unstructure(values.get("source")),
         "domains": values.get("domains", {}),
+        "urls": urls(settings, project.name, record),
         "image": values.get("image"),
         "links": {
             "self": {"href": href},
@@ -101,28 +131,31 @@ def _merge(record: Record, changes: dict[str, Any]) -> ServiceCreate:
     return decode(merged, ServiceCreate)
 
 
-async def _services(request: web.Request) -> tuple[str, Objects]:
+async def _services(request: web.Request) -> tuple[Record, Objects]:
     state = request.app[STATE]
     project = await state.projects.get(request.match_info["project"])
-    return project.id, state.services(project.id)
+    return project, state.services(project.id)
 
 
 async def resolve(request: web.Request) -> tuple[str, Record]:
     """The project id and the service that ``{project}`` and ``{service}`` name (id or name)."""
-    pid, services = await _services(request)
-    return pid, await services.get(request.match_info["service"])
+    project, services = await _services(request)
+    return project.id, await services.get(request.match_info["service"])
 
 
 async def _update(
     request: web.Request, change: Any, *, image_given: bool = False
-) -> tuple[str, Record]:
-    pid, services = await _services(request)
-    record = await services.update(
-        request.match_info["service"],
-        lambda cur: _parts(cur, change(cur), image_given=image_given),
-        if_match=if_match(request),
-    )
-    return pid, record
+) -> tuple[Record, Record]:
+    project, services = await _services(request)
+    settings = request.app[STATE].settings
+
+    def parts(current: Record) -> dict[str, Any]:
+        wanted = _parts(current, change(current), image_given=image_given)
+        check_domains(settings, wanted["domains"])
+        return wanted
+
+    record = await services.update(request.match_info["service"], parts, if_match=if_match(request))
+    return project, record
 
 
 # the service itself -----------------------------------------------------------------------------
@@ -132,7 +165,10 @@ async def _update(
 @doc("Create a service in a project", body=ServiceCreate, response="Service", status=201)
 async def create(request: web.Request) -> web.Response:
     spec = await body(request, ServiceCreate)
-    pid, services = await _services(request)
+    settings = request.app[STATE].settings
+    check_domains(settings, spec.domains)
+    project, services = await _services(request)
+    pid = project.id
     t = now()
     record = await services.create(
         spec.name,
@@ -145,7 +181,7 @@ async def create(request: web.Request) -> web.Response:
         },
     )
     return json_response(
-        view(pid, record),
+        view(project, record, settings),
         status=201,
         revision=record.revision,
         headers={"Location": f"/api/projects/{pid}/services/{record.id}"},
@@ -156,10 +192,11 @@ async def create(request: web.Request) -> web.Response:
 @doc("List a project's services in name order", response="Service", paginated=True)
 async def index(request: web.Request) -> web.Response:
     pg = paging(request)
-    pid, services = await _services(request)
+    project, services = await _services(request)
+    settings = request.app[STATE].settings
     page = await services.list(page=pg.page, per_page=pg.per_page, descending=pg.descending)
     return json_response(
-        page_body(request, pg, page.total, [view(pid, r) for r in page.records]),
+        page_body(request, pg, page.total, [view(project, r, settings) for r in page.records]),
         headers={"X-Etcd-Revision": str(page.revision)},
     )
 
@@ -167,8 +204,10 @@ async def index(request: web.Request) -> web.Response:
 @routes.get(ONE)
 @doc("Get a service by id or name", response="Service")
 async def show(request: web.Request) -> web.Response:
-    pid, record = await resolve(request)
-    return json_response(view(pid, record), revision=record.revision)
+    project, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    settings = request.app[STATE].settings
+    return json_response(view(project, record, settings), revision=record.revision)
 
 
 @routes.patch(ONE)
@@ -179,10 +218,11 @@ async def show(request: web.Request) -> web.Response:
 )
 async def patch(request: web.Request) -> web.Response:
     changes = await read_object(request)
-    pid, record = await _update(
+    project, record = await _update(
         request, lambda cur: _merge(cur, changes), image_given="image" in changes
     )
-    return json_response(view(pid, record), revision=record.revision)
+    settings = request.app[STATE].settings
+    return json_response(view(project, record, settings), revision=record.revision)
 
 
 @routes.delete(ONE)

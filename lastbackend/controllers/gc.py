@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from collections.abc import Sequence
 
@@ -87,6 +88,7 @@ class GarbageCollector(Controller):
             Watch(keys.HELPER_APPS, to_key=_sweep),
             Watch(keys.HELPER_PACKAGES, to_key=_sweep),
             Watch(keys.HELPER_DROPLETS, to_key=_sweep),
+            Watch(keys.HELPER_DOMAINS, to_key=_sweep),
             Watch(keys.IMAGES, to_key=_sweep),
         ]
 
@@ -128,7 +130,8 @@ class GarbageCollector(Controller):
         return None
 
     def _lost_helpers(self, projects: Informer) -> list[tuple[KV, str]]:
-        """Helper keys of apps, packages and droplets whose object is not in the tree."""
+        """Helper keys of apps, packages and droplets whose object is not in the tree, and host
+        claims no service's ``domains`` lists (a project delete too large for one txn)."""
         garbage: list[tuple[KV, str]] = []
         for raw, kv in self.informer(keys.HELPER_APPS).cache.items():
             meta = keys.service_part(kv.value.decode(), keys.leaf(raw), "meta")
@@ -144,6 +147,12 @@ class GarbageCollector(Controller):
                 gone = target is None or projects.get(target) is None
                 if gone and projects.revision >= kv.mod_revision:
                     garbage.append((kv, "its object is gone"))
+        for raw, kv in self.informer(keys.HELPER_DOMAINS).cache.items():
+            owner = keys.parse_owner(kv.value)
+            domains = projects.get(keys.service_part(*owner, "domains")) if owner else None
+            held = domains is not None and keys.domain_of(raw) in json.loads(domains.value)
+            if not held and projects.revision >= kv.mod_revision:
+                garbage.append((kv, "no service lists the host"))
         return garbage
 
     async def _fail_interrupted_uploads(self, projects: Informer) -> None:

@@ -12,6 +12,7 @@ from datetime import datetime
 
 import attrs
 
+from lastbackend.model import hosts
 from lastbackend.model.common import (
     ContainerPath,
     EnvName,
@@ -67,8 +68,7 @@ class ServiceSource:
     branch: GitRef = GitRef("master")
 
 
-Domains = dict[Hostname, bool]
-"""``services/<sid>/domains``: host name -> whether it is active."""
+Domains = hosts.Domains
 
 
 @attrs.frozen

@@ -343,6 +343,33 @@ def pod_spec(node_name: str, pod_id: str) -> str:
     return f"{node_pods(node_name)}{pod_id}"
 
 
+# routing (issue 11): hosts held by services, users' certificates, the router's CA -----------
+
+HELPER_DOMAINS = f"{ROOT}helper/domains/"
+
+
+def domain(host: str) -> str:
+    """``helper/domains/<host> -> <pid>:<sid>``: the one service that holds a host (one of its
+    ``domains``, routed or not), written in the same txn as the service's ``domains``."""
+    return f"{HELPER_DOMAINS}{host}"
+
+
+def domain_of(key: str) -> str | None:
+    """The inverse of :func:`domain`; ``None`` for any other key."""
+    return entry_of(HELPER_DOMAINS, key)
+
+
+CERTIFICATES = f"{ROOT}certificates/"
+
+
+def certificate(host: str) -> str:
+    """``certificates/<host>``: a user's certificate chain and (encrypted) key for a host."""
+    return f"{CERTIFICATES}{host}"
+
+
+ROUTER_CA = f"{ROOT}router/ca"
+"""The routers' shared internal CA: root certificate and (encrypted) key, made once."""
+
 LIFECYCLE_DESCRIPTOR = f"{ROOT}lifecycle/descriptor"
 """The lifecycle descriptor in use (document 002), written by the daemon that loaded it."""
 
@@ -409,6 +436,14 @@ def repo_ids(key: str) -> tuple[str, ...] | None:
 
 
 # parsing the keys under projects/ and pods/ (the tuples they return are above) ----------------
+
+
+def project_meta_of(key: str) -> str | None:
+    """The project id of a ``projects/<pid>/meta`` key; ``None`` for any other key."""
+    match _segments(PROJECTS, key):
+        case [pid, "meta"]:
+            return pid
+    return None
 
 
 def service_of(key: str) -> ServiceRef | None:

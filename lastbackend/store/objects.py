@@ -24,7 +24,15 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import attrs
@@ -32,10 +40,15 @@ import attrs
 from lastbackend import codec
 from lastbackend.model.common import is_uuid, new_id, now
 from lastbackend.store import keys
-from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op
+from lastbackend.store.etcd import KV, MAX_TXN_OPS, Cmp, Etcd, Op, Store
 
-Linker = Callable[[bytes, bytes], str | None]
-"""(key, value) of a contained object -> the helper key elsewhere in the tree that points at it."""
+Linker = Callable[[bytes, bytes], Iterable[str]]
+"""(key, value) of a contained object -> the helper keys elsewhere in the tree that point at it."""
+Claims = Callable[[str, Mapping[str, Any]], Mapping[str, str]]
+"""(id, the object's values) -> {key: value} of helper keys its values hold, which no other
+object may hold at once (a service's ``domains`` -> ``helper/domains/<host>``)."""
+Holder = Callable[[Store, str, bytes], Awaitable[str]]
+"""(etcd, a claimed key, its value) -> who holds it, in words, for a 409."""
 Guarded = tuple[Mapping[str, Any], Sequence[Cmp]]
 """What a change decided: the new value of some parts, and more comparisons for the txn (keys the
 decision was read from, a controller's fence)."""
@@ -68,6 +81,10 @@ class Conflict(Exception):
 
 class Contention(Conflict):
     """Other writers kept changing the object until the retry deadline ran out."""
+
+
+class Claimed(Conflict):
+    """A value the object would hold (a host) is held by another object."""
 
 
 class PreconditionFailed(Exception):
@@ -112,6 +129,11 @@ class Layout:
     each key under ``prefix`` that ``linker(key, value)`` maps to a helper key (a service's
     ``helper/apps/<sid>``, a package's ``helper/packages/<guid>``) has it deleted in the same txn,
     guarded by nothing new having been created under the prefix since it was read."""
+    claims: Claims = lambda _, __: {}
+    """Helper keys held by what the object's values say; made, moved and deleted with them in
+    the same txn, each compared absent when taken, so of racing writers exactly one gets it."""
+    holder: Holder | None = None
+    """Names the holder of a claimed key in the 409 (the raw value when not given)."""
 
     def index_key(self, name: str) -> str:
         if self.index is None:
@@ -291,13 +313,19 @@ class Objects:
         for key, value in self.layout.links(oid).items():
             compare.append(Cmp.absent(key))
             ops.append(Op.put(key, value))
+        claims = self.layout.claims(oid, values)
+        for key, value in claims.items():
+            compare.append(Cmp.absent(key))
+            ops.append(Op.put(key, value))
         encoded = {}
         for part, value in values.items():
             if value is not None:
                 encoded[part] = self.layout.codecs[part].encode(value)
                 ops.append(Op.put(part_keys[part], encoded[part]))
-        result = await self.etcd.txn(compare, ops, [Op.get(index_key)])
+        reads = [Op.get(index_key), *(Op.get(key) for key in claims)]
+        result = await self.etcd.txn(compare, ops, reads)
         if not result.succeeded:
+            await self._raise_claimed(claims, result.reads[1:])
             if self.layout.parent and not result.reads[0]:
                 raise NotFound(f"the parent of {self.layout.kind} {name!r} was deleted")
             raise Conflict(f"{self.layout.kind} name {name!r} is already taken")
@@ -369,17 +397,46 @@ class Objects:
                     Op.delete(self.layout.index_key(current.name)),
                     Op.put(new_index, current.id),
                 ]
+            taking = self._move_claims(current, wanted, compare, ops)
             reads = [Op.get(new_index)] if new_index is not None else []
-            result = await self.etcd.txn(compare, ops, reads)
+            result = await self.etcd.txn(compare, ops, [*reads, *map(Op.get, taking)])
             if result.succeeded:
                 if new_index is not None:
                     self.cache.drop(self.layout.index_key(current.name))
                     self.cache.put(new_index, current.id)
                 return self._written(current, wanted, result.revision, force)
+            await self._raise_claimed(taking, result.reads[len(reads) :])
             taken = result.reads[0] if new_index is not None else None
             if taken and taken[0].value.decode() != current.id:
                 raise Conflict(f"{self.layout.kind} name {new_name!r} is already taken")
         raise Contention(f"{self.layout.kind} {ref!r} is changing too fast; try again")
+
+    def _move_claims(
+        self, current: Record, wanted: Mapping[str, Any], compare: list[Cmp], ops: list[Op]
+    ) -> dict[str, str]:
+        """Add to an update's txn what its new values take and let go; what it takes."""
+        after = {p: v for p, v in {**current.values, **wanted}.items() if v is not None}
+        held = self.layout.claims(current.id, current.values)
+        wants = self.layout.claims(current.id, after)
+        taking = {key: value for key, value in wants.items() if held.get(key) != value}
+        for key, value in taking.items():
+            compare.append(Cmp.absent(key) if key not in held else Cmp.value_is(key, held[key]))
+            ops.append(Op.put(key, value))
+        ops += [Op.delete(key) for key in held if key not in wants]
+        return taking
+
+    async def _raise_claimed(self, claims: Mapping[str, str], reads: Sequence[list[KV]]) -> None:
+        """After a failed txn: :class:`Claimed` if another object holds one of ``claims``
+        (read back in ``reads``, in order); a key we hold ourselves is no conflict."""
+        for (key, ours), found in zip(claims.items(), reads, strict=True):
+            if found and found[0].value != ours.encode():
+                value = found[0].value
+                holder = (
+                    await self.layout.holder(self.etcd, key, value)
+                    if self.layout.holder is not None
+                    else value.decode(errors="replace")
+                )
+                raise Claimed(f"{keys.leaf(key)!r} is held by {holder}")
 
     async def _cascade(self, oid: str) -> tuple[list[Cmp], list[Op]]:
         guards: list[Cmp] = []
@@ -388,9 +445,7 @@ class Objects:
             revision, pairs = await self.etcd.pairs(prefix)
             guards.append(Cmp.nothing_created_after(prefix, revision))
             for key, value in pairs:
-                link = linker(key, value)
-                if link is not None:
-                    unlinks.append(Op.delete(link))
+                unlinks += [Op.delete(link) for link in linker(key, value)]
         return guards, unlinks
 
     def _diff(
@@ -455,6 +510,7 @@ class Objects:
             index_key = self.layout.index_key(current.name)
             ops = [Op.delete_prefix(p) for p in self.layout.subtrees(current.id)]
             ops += [Op.delete(key) for key in self.layout.links(current.id)]
+            ops += [Op.delete(key) for key in self.layout.claims(current.id, current.values)]
             ops.append(Op.delete(index_key))
             guards, unlinks = await self._cascade(current.id)
             if len(ops) + len(unlinks) <= MAX_TXN_OPS:

@@ -32,10 +32,11 @@ class AppNotFound(NotFound):
     pass
 
 
-def helper_of(key: bytes, _: bytes) -> str | None:
+def helper_of(key: bytes, _: bytes) -> tuple[str, ...]:
     """A :data:`Linker <lastbackend.store.objects.Linker>` for the cascade of a service or
-    project delete: the helper key of a package or droplet key, None for any other key."""
-    return keys.owner_of_contained(key.decode())
+    project delete: the helper key of a package or droplet key, none for any other key."""
+    helper = keys.owner_of_contained(key.decode())
+    return (helper,) if helper is not None else ()
 
 
 async def app_project(etcd: Etcd, app: str) -> str:

@@ -10,11 +10,11 @@ from lastbackend.model.platform import Meta
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import Layout, NameCache, Objects, Part
-from lastbackend.store.owned import helper_of
+from lastbackend.store.services import contained_helpers
 
 
-def _app_owner(_: bytes, sid: bytes) -> str:
-    return keys.app_owner(sid.decode())
+def _app_owner(_: bytes, sid: bytes) -> tuple[str]:
+    return (keys.app_owner(sid.decode()),)
 
 
 LAYOUT = Layout(
@@ -25,7 +25,7 @@ LAYOUT = Layout(
     codecs={"meta": Part(Meta)},
     cascade=lambda pid: (
         (keys.service_names(pid), _app_owner),
-        (keys.services(pid), helper_of),
+        (keys.services(pid), contained_helpers),
     ),
 )
 

@@ -216,10 +216,17 @@ def field_cases() -> Iterator[Any]:
         for name, value, path, reason in sources:
             yield case(t, place(value), prefix + path, reason, name)
 
+    many = {f"h{n}.example.com": True for n in range(101)}
     domains: list[tuple[str, Json, str, str]] = [
-        ("domain-upper", {"Foo": True}, "['Foo']", "host name"),
-        ("domain-slash", {"a.com/x": True}, "['a.com/x']", "host name"),
+        ("domain-slash", {"a.com/x": True}, "['a.com/x']", "label 'com/x'"),
         ("domain-string", {"a.example.com": "yes"}, "['a.example.com']", "must be a boolean"),
+        ("domain-tld-wildcard", {"*.com": True}, "['*.com']", "two labels after '*.'"),
+        ("domain-deep-wildcard", {"a.*.example.com": True}, "['a.*.example.com']", "wildcard"),
+        ("domain-ip", {"10.0.0.1": True}, "['10.0.0.1']", "IP address"),
+        ("domain-idna", {"xn--a.example.com": True}, "['xn--a.example.com']", "internationalized"),
+        ("domain-twice", {"Web.example.com": True, "web.example.com": False}, "", "same host"),
+        ("domain-many", many, "", "at most 100 hosts"),
+        ("domain-platform", {"x.lb.localhost": True}, "", "under the platform domain"),
     ]
     for t, place, prefix in DOMAINS_PLACES:
         for name, value, path, reason in domains:

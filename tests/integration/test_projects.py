@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
 from lastbackend.model.platform import Meta
+from lastbackend.store import keys
 from tests.conftest import ClientFactory, dump
 from tests.support import RawEtcd
 
@@ -438,21 +439,26 @@ async def test_delete_by_id_and_by_name(api: Client, etcd: RawEtcd, by: str) -> 
 
 
 def keys_of(raw: Snapshot, name: str, pid: str) -> Snapshot:
-    """The project's keys: its name, its subtree, and ``helper/apps/<sid> -> <pid>``."""
+    """The project's keys: its name, its subtree, ``helper/apps/<sid> -> <pid>`` and the hosts
+    its services hold (``helper/domains/<host> -> <pid>:<sid>``)."""
     return {
         k: v
         for k, v in raw.items()
-        if k == f"{HELPER}{name}" or f"/{pid}/" in k or v[0] == pid.encode()
+        if k == f"{HELPER}{name}"
+        or f"/{pid}/" in k
+        or v[0] == pid.encode()
+        or v[0].startswith(f"{pid}:".encode())
     }
 
 
 async def test_deleting_demo_leaves_demo2_untouched(api: Client, etcd: RawEtcd) -> None:
     demo = (await create_project(api, "demo"))["id"]
     demo2 = (await create_project(api, "demo2"))["id"]
-    for pid in (demo, demo2):
+    for name, pid in (("demo", demo), ("demo2", demo2)):
         await create_service(api, pid, "web", config={"image": "library/nginx:1.27"})
-        await create_service(api, pid, "db", domains={"db.example.com": True})
+        await create_service(api, pid, "db", domains={f"db.{name}.example.com": True})
     before = keys_of(await snapshot(etcd), "demo2", demo2)
+    assert f"{keys.HELPER_DOMAINS}db.demo2.example.com" in before
     assert f"{HELPER}demo2" in before
     assert f"{HELPER}{demo2}/services/web" in before
     assert len([k for k in before if k.startswith("/lastbackend/helper/apps/")]) == 2
@@ -547,8 +553,12 @@ async def test_key_layout_is_exactly_the_documented_tree(api: Client, etcd: RawE
         f"{service}/domains",
         f"{service}/image",
         f"/lastbackend/helper/apps/{sid}",
+        "/lastbackend/helper/domains/web.example.com",
+        "/lastbackend/helper/domains/old.example.com",
     }
-    # helper keys hold the bare id
+    # helper keys hold the bare id; a held host (routed or not) its <pid>:<sid>
+    for host in domains:
+        assert raw[f"/lastbackend/helper/domains/{host}"] == f"{pid}:{sid}".encode()
     assert raw[f"{HELPER}demo"] == pid.encode()
     assert raw[f"/lastbackend/helper/apps/{sid}"] == pid.encode()
     assert raw[f"{HELPER}{pid}/services/web"] == sid.encode()
