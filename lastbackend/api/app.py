@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from lastbackend.api import apps, middlewares, projects, registries, repos, services, system
 from lastbackend.api import builds as builds_family
+from lastbackend.api import certificates as certificates_family
 from lastbackend.api import container_logs as logs_family
 from lastbackend.api import droplets as droplets_family
 from lastbackend.api import event_stream as events_family
@@ -81,6 +82,7 @@ def make_app(
             images_family,
             hooks_family,
             builds_family,
+            certificates_family,
         ):
             app.router.add_routes(family.routes)
     return app

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from lastbackend.api.http import Doc
 from lastbackend.codec import CHECKS
-from lastbackend.model import apps, platform, registries
+from lastbackend.model import apps, certificates, platform, registries
 from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
 from lastbackend.model import vendors as vendor_model
@@ -113,6 +113,7 @@ def schemas() -> dict[str, Any]:
         **_package_schemas(),
         **_event_schemas(),
         **_vendor_image_schemas(),
+        **_certificate_schemas(),
         "Error": {
             "type": "object",
             "properties": {
@@ -354,8 +355,27 @@ def _vendor_image_schemas() -> dict[str, Any]:
 UNSIGNED = frozenset({("post", "/api/hooks/{vendor}")})
 """Operations authenticated by a webhook signature instead of the bearer token."""
 
-_MEDIA_TYPES = {"Event": "text/event-stream"}
+_MEDIA_TYPES = {"Event": "text/event-stream", "RouterCAPem": "application/x-pem-file"}
 """Responses that are not JSON, by schema name."""
+
+
+def _certificate_schemas() -> dict[str, Any]:
+    """Certificates per host (the key shown as ***) and the routers' CA root as PEM text."""
+    cert = schema_of(certificates.Certificate)
+    cert["properties"]["private_key"] = {
+        "type": "string",
+        "enum": ["***"],
+        "description": "never returned: stored encrypted, shown as ***",
+    }
+    cert["properties"]["subjects"] = {"type": "array", "items": {"type": "string"}}
+    body = schema_of(certificates.CertificateBody)
+    body["properties"]["certificate"]["description"] = "PEM chain, leaf first"
+    body["properties"]["private_key"]["description"] = "PEM, not passphrase-protected"
+    return {
+        "Certificate": _with(cert, links=_LINKS),
+        "CertificateBody": body,
+        "RouterCAPem": {"type": "string", "description": "a PEM CERTIFICATE block"},
+    }
 
 
 def _registry_account() -> dict[str, Any]:
