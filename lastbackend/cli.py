@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -38,6 +39,7 @@ from lastbackend.lifecycle.descriptor import Descriptor, DescriptorError
 from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.node.agent import NodeAgent
+from lastbackend.router.daemon import Router, describe, route_table
 from lastbackend.secrets import Secrets, is_token
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
@@ -76,12 +78,27 @@ def _server(parser: argparse.ArgumentParser) -> None:
 
 
 ROLES = {
-    "daemon": frozenset({"api", "controller", "node"}),
+    "daemon": frozenset({"api", "controller", "node", "router"}),
     "api": frozenset({"api"}),
     "controller": frozenset({"controller"}),
     "node": frozenset({"node"}),
+    "router": frozenset({"router"}),
 }
 """What each serving subcommand runs."""
+
+
+def _routing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--router-http", dest="router_http", help="router HTTP address (LB_ROUTER_HTTP)"
+    )
+    parser.add_argument(
+        "--router-https", dest="router_https", help="router HTTPS address (LB_ROUTER_HTTPS)"
+    )
+    parser.add_argument(
+        "--domain",
+        dest="router_domain",
+        help="platform domain: <service>.<project>.<domain> (LB_DOMAIN; default lb.localhost)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -93,14 +110,27 @@ def parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="the REST API only, against --etcd")
     controller = sub.add_parser("controller", help="the controllers only (one leader acts)")
     node = sub.add_parser("node", help="the node agent of this Docker host only")
+    router = sub.add_parser(
+        "router", help="route every service's hosts through a Caddy this process supervises"
+    )
+    routes = sub.add_parser("routes", help="print the route table: host -> upstreams")
     tree = sub.add_parser(
         "tree", help="print the /lastbackend key tree, values decoded, secrets masked"
     )
     sub.add_parser("version", help="print the version")
-    for p in (daemon, api, controller, node, tree):
+    for p in (daemon, api, controller, node, router, routes, tree):
         _common(p)
-    for p in (daemon, api, controller, node):
+    for p in (daemon, api, controller, node, router):
         _server(p)
+    for p in (daemon, api, router, routes):
+        _routing(p)
+    daemon.add_argument(
+        "--no-router", dest="no_router", action="store_true", help="run no router in this process"
+    )
+    router.add_argument(
+        "--caddy", dest="router_caddy", help="the Caddy binary (LB_ROUTER_CADDY; default: caddy)"
+    )
+    routes.add_argument("--json", action="store_true", help="the route table as JSON")
     for p in (daemon, node):
         p.add_argument(
             "--name", dest="node_name", help="node name (LB_NODE_NAME; default: host name)"
@@ -197,6 +227,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "node_name",
             "node_advertise",
             "lifecycle_descriptor",
+            "router_http",
+            "router_https",
+            "router_domain",
+            "router_caddy",
         )
     }
     return config.load(file=args.config, flags=flags)
@@ -309,11 +343,17 @@ async def _run_roles(
     controllers = _controllers(settings, roles, descriptor)
     manager = Manager(etcd, controllers, registry=registry) if controllers else None
     agent = next((c for c in controllers if isinstance(c, NodeAgent)), None)
+    router = (
+        Router(etcd, Secrets.from_settings(settings), settings, registry=registry)
+        if ("router" in roles)
+        else None
+    )
     app = make_app(
         settings,
         etcd,
         registry=registry,
         controllers=manager.status if manager is not None else None,
+        router=router.status if router is not None else None,
         families="api" in roles,
         logs=agent.open_logs if agent is not None else None,  # serves /node/containers/{id}/logs
         lifecycle=_view(descriptor) if descriptor is not None else None,
@@ -332,6 +372,7 @@ async def _run_roles(
     )
     if manager is not None:
         manager.start()
+    routing = asyncio.create_task(router.run(), name="router") if router is not None else None
     # What is alive now lives for the whole run: keep it out of every collection, and
     # collect less often (the request path allocates many short-lived objects).
     gc.freeze()
@@ -339,6 +380,10 @@ async def _run_roles(
     try:
         await _until_signalled(runner, app[INFLIGHT], settings.shutdown_timeout)
     finally:
+        if routing is not None:
+            routing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await routing
         if manager is not None:
             await manager.stop()
             for controller in controllers:
@@ -498,6 +543,20 @@ async def tree(settings: Settings, prefix: str, as_json: bool) -> int:
     return 0
 
 
+async def routes(settings: Settings, as_json: bool) -> int:
+    """``lastbackend routes``: what every router serves now, host by host."""
+    async with connect(settings) as etcd:
+        table = describe(await route_table(etcd, settings.router_domain))
+    if as_json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for route in table:
+        upstreams = ", ".join(route["upstreams"]) or "(no running instance: 503)"
+        print(f"{route['host']}  ->  {upstreams}    # {route['service']} of {route['project']}")
+    print(f"# {len(table)} hosts; any other host: 404", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "version":
@@ -525,10 +584,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "tree":
             return asyncio.run(tree(settings, args.prefix, args.json))
+        if args.command == "routes":
+            return asyncio.run(routes(settings, args.json))
+        roles = ROLES[args.command]
+        if getattr(args, "no_router", False):
+            roles = roles - {"router"}
         return asyncio.run(
             serve(
                 settings,
-                roles=ROLES[args.command],
+                roles=roles,
                 embedded=args.command == "daemon",
                 descriptor=descriptor,
             )

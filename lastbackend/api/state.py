@@ -43,6 +43,8 @@ class State:
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""
+    router: Callable[[], Mapping[str, object]] | None = None
+    """The in-process router's status for ``/readyz`` (a callable, as for controllers)."""
     logs: LogSource | None = None
     """Set where a node agent runs: ``/node/containers/{id}/logs`` answers 503 without it."""
     lifecycle: Callable[[], Mapping[str, object]] | None = None

@@ -21,14 +21,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 @routes.get("/readyz")
-@doc("Readiness: etcd answers and in-process controllers have synced (503 otherwise)")
+@doc(
+    "Readiness: etcd answers, in-process controllers have synced, the router serves (503 otherwise)"
+)
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    router = state.router() if state.router is not None else None
     try:
         revision = await state.etcd.status()
     except StoreUnavailable as exc:
-        return json_response({"status": "unavailable", "etcd": str(exc)}, status=503)
-    body: dict[str, object] = {"status": "ok", "etcd": {"revision": revision}}
+        body: dict[str, object] = {"status": "unavailable", "etcd": str(exc)}
+        if router is not None:
+            body["router"] = router  # it keeps serving the last config it loaded: say so
+        return json_response(body, status=503)
+    body = {"status": "ok", "etcd": {"revision": revision}}
+    if router is not None:
+        body["router"] = router
+        if not router.get("ready"):
+            body["status"] = "starting"
+            return json_response(body, status=503)
     if state.controllers is not None:
         controllers = state.controllers()
         body["controllers"] = controllers

@@ -39,9 +39,7 @@ def check_route_host(value: str) -> str:
     if not name:
         raise ValueError("is not a host name like 'app.example.com'")
     if "*" in name:
-        raise ValueError(
-            "a wildcard is '*.' followed by a host name, and covers one label"
-        )
+        raise ValueError("a wildcard is '*.' followed by a host name, and covers one label")
     try:
         ipaddress.ip_address(name.strip("[]"))
     except ValueError:
@@ -52,9 +50,7 @@ def check_route_host(value: str) -> str:
     labels = ascii_name.split(".")
     for label in labels:
         if not _LABEL.fullmatch(label):
-            raise ValueError(
-                f"label {label!r} is not 1-63 of a-z, 0-9 and '-' (not at either end)"
-            )
+            raise ValueError(f"label {label!r} is not 1-63 of a-z, 0-9 and '-' (not at either end)")
     if len(ascii_name) > 253:
         raise ValueError("is longer than 253 characters")
     if labels[-1].isdigit():

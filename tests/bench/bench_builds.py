@@ -152,7 +152,7 @@ def start_daemon(
         "LB_SECRET_KEY": Fernet.generate_key().decode(),
         "LB_EVENTS_AMQP_LISTEN": "off",
     }
-    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node]
+    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node, "--no-router"]
     args += ["--data-dir", str(work / "daemon-data"), "--log-level", "info"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(

@@ -578,7 +578,7 @@ class Cluster:
 def start_daemon(work: Path, etcd: str, node: str) -> tuple[subprocess.Popen[bytes], str, Path]:
     listen = f"{HOST}:{free_port()}"
     log = work / "daemon.log"
-    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node]
+    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node, "--no-router"]
     args += ["--data-dir", str(work / "daemon-data"), "--log-level", "info"]
     proc = spawn(args, log)
     deadline = time.monotonic() + 60

@@ -150,7 +150,7 @@ def start_daemon(
     log, data = work / "daemon.log", work / "daemon-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "CNB_"))}
     env["LB_EVENTS_AMQP_LISTEN"] = "off"  # not measured; and 5673 may be another daemon's
-    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node]
+    args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node, "--no-router"]
     args += ["--data-dir", str(data), "--log-level", "info"]
     with open(log, "ab") as out:
         proc = subprocess.Popen(

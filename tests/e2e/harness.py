@@ -160,13 +160,20 @@ class Harness:
         env.update(LB_SECRET_KEY=self.secret_key, LB_DOCKER_HOST=self.dockerd, LB_LOG_LEVEL="info")
         return env
 
-    def start(self, command: str, etcd: str) -> Proc:
-        """``lastbackend <command>`` on ``etcd``; ``daemon`` and ``node`` get this node's name."""
+    def start(self, command: str, etcd: str, *extra: str) -> Proc:
+        """``lastbackend <command>`` on ``etcd``; ``daemon`` and ``node`` get this node's name.
+
+        A ``daemon`` runs no router unless ``extra`` gives it router addresses: the tests that
+        route start their routers themselves, on ports of their own.
+        """
         port = free_port()
         argv = [command, "--etcd", etcd, "--listen", f"127.0.0.1:{port}"]
         argv += ["--data-dir", str(self.tmp / "data")]
         if command in ("daemon", "node"):
             argv += ["--name", self.node]
+        if command == "daemon" and "--router-http" not in extra:
+            argv.append("--no-router")
+        argv += extra
         log = self.tmp / f"{len(self.procs) + 1:02d}-{command}.log"
         proc = Proc(log, argv, port, self.env())
         self.procs.append(proc)

@@ -192,12 +192,22 @@ def daemons(tmp_path: Path) -> Iterator[Any]:
         daemon.cleanup()
 
 
+def http_get(url: str, *, host: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
 # --- embedded etcd ------------------------------------------------------------------------------
 
 
 def test_embedded_etcd_lifecycle(tmp_path, daemons):
     data = tmp_path / "data"
     client_port, peer_port, api_port = free_port(), free_port(), free_port()
+    http_port, https_port = free_port(), free_port()
     cfg = tmp_path / "lastbackend.toml"
     cfg.write_text(
         "[etcd]\n"
@@ -205,6 +215,9 @@ def test_embedded_etcd_lifecycle(tmp_path, daemons):
         f'embedded_peer = "127.0.0.1:{peer_port}"\n'
         "[api]\n"
         "shutdown_timeout = 5.0\n"
+        "[router]\n"
+        f'http = "127.0.0.1:{http_port}"\n'
+        f'https = "127.0.0.1:{https_port}"\n'
     )
     args = [
         "daemon",
@@ -222,6 +235,11 @@ def test_embedded_etcd_lifecycle(tmp_path, daemons):
     etcds = children(first.proc.pid, "etcd")
     assert len(etcds) == 1, f"one etcd child expected, got {etcds}:\n{first.output()}"
     first.etcd_pids += etcds
+    caddies = children(first.proc.pid, "caddy")
+    assert len(caddies) == 1, f"the daemon runs its router's Caddy:\n{first.output()}"
+    first.etcd_pids += caddies
+    status, unknown = http_get(f"http://127.0.0.1:{http_port}/", host="nobody.example.com")
+    assert (status, unknown) == (404, "no app is served at nobody.example.com\n")
     assert (data / "etcd").is_dir()
     assert (data / "etcd" / "member").is_dir(), "etcd keeps its data under <data-dir>/etcd"
     assert not port_refuses(client_port), "the embedded etcd listens on the configured port"
@@ -232,6 +250,7 @@ def test_embedded_etcd_lifecycle(tmp_path, daemons):
     first.proc.send_signal(signal.SIGTERM)
     assert first.wait_exit(15) == 0, first.output()
     wait_until(lambda: not alive(etcds[0]), 5, "the embedded etcd stops with the daemon")
+    wait_until(lambda: not alive(caddies[0]), 5, "the router's Caddy stops with the daemon")
     assert port_refuses(client_port)
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -243,6 +262,8 @@ def test_embedded_etcd_lifecycle(tmp_path, daemons):
     etcds = children(second.proc.pid, "etcd")
     assert len(etcds) == 1, etcds
     second.etcd_pids += etcds
+    caddies = children(second.proc.pid, "caddy")
+    second.etcd_pids += caddies
     status, found = second.request("GET", "/api/projects/kept")
     assert status == 200, found
     assert found["id"] == project["id"]
@@ -251,6 +272,7 @@ def test_embedded_etcd_lifecycle(tmp_path, daemons):
     second.proc.kill()
     second.proc.wait(5)
     wait_until(lambda: not alive(etcds[0]), 10, "the embedded etcd dies with a killed daemon")
+    wait_until(lambda: not alive(caddies[0]), 10, "and so does the router's Caddy: no orphan")
     wait_until(lambda: port_refuses(client_port), 5, "the etcd client port is released")
 
 
@@ -320,6 +342,7 @@ async def test_sigterm_drains_in_flight_requests(tmp_path, etcd, etcd_server, da
         f"127.0.0.1:{port}",
         "--data-dir",
         str(tmp_path / "data"),
+        "--no-router",
     ]
     daemon = daemons(args, port)
     await asyncio.to_thread(daemon.wait_ready)

@@ -1,0 +1,6 @@
+"""The router: every service reachable at its hosts through a Caddy each router supervises.
+
+:mod:`.table` computes the route table from the key tree (pure), :mod:`.caddy` turns it into
+Caddy's JSON config and runs Caddy, :mod:`.daemon` ties them to informers (``lastbackend
+router``). It imports from ``controllers`` (the informer) and below, never from ``node`` or ``api``.
+"""
