@@ -182,7 +182,7 @@ CHECKS: dict[Any, tuple[type, Callable[[Any], Any]]] = {
 
 
 SECRET_FIELDS = frozenset(
-    {"password", "token", "api_key", "secret", "refresh_token", "webhook_secret"}
+    {"password", "token", "api_key", "secret", "refresh_token", "webhook_secret", "private_key"}
 )
 """Field names whose values are never shown: responses and ``lastbackend tree`` print ``***``."""
 MASK = "***"
