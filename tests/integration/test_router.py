@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -424,6 +425,7 @@ async def test_https_with_the_internal_ca_and_a_users_own_certificate(
     user_ca = pki.root.public_bytes(serialization.Encoding.PEM).decode()
     own = await asyncio.to_thread(handshake, https, "shop.example.com", user_ca)
     assert own.serial_number == issued.cert.serial_number  # the user's, not one Caddy made
+    assert own.subject == issued.cert.subject
     with pytest.raises(ssl.SSLError):  # and not trusted through the internal root
         await asyncio.to_thread(handshake, https, "shop.example.com", ca)
 
@@ -562,3 +564,31 @@ async def test_without_etcd_the_router_keeps_serving_and_readyz_says_so(
                 await api.close()
     finally:
         server.stop()
+
+
+async def test_lastbackend_routes_prints_what_the_routers_serve(
+    world: World, upstreams: list[Upstream]
+) -> None:
+    await world.node()
+    sid = await world.service("web", {"www.example.com": True})
+    await world.run(sid, upstreams[0])
+    await world.service("idle")
+    lb = str(Path(sys.executable).with_name("lastbackend"))
+    etcd = world.settings.etcd_endpoints[0]
+    proc = await asyncio.create_subprocess_exec(
+        lb, "routes", "--json", "--etcd", etcd, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    dial = f"127.0.0.1:{upstreams[0].port}"
+    assert json.loads(out) == [
+        {"host": "idle.demo.lb.localhost", "project": "demo", "service": "idle", "upstreams": []},
+        {"host": "web.demo.lb.localhost", "project": "demo", "service": "web", "upstreams": [dial]},
+        {"host": "www.example.com", "project": "demo", "service": "web", "upstreams": [dial]},
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        lb, "routes", "--etcd", etcd, stdout=asyncio.subprocess.PIPE
+    )
+    text = (await proc.communicate())[0].decode()
+    assert f"www.example.com  ->  {dial}    # web of demo" in text
+    assert "idle.demo.lb.localhost  ->  (no running instance: 503)" in text
