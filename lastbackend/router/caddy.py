@@ -18,8 +18,9 @@ router that restarted, or a Caddy that was restarted, gets exactly what every ot
   :data:`FAIL_DURATION`. SSE and bodies of unknown length are flushed as they come by Caddy's
   own rule, websockets pass through as upgrades. (``flush_interval: -1`` is not set: measured
   with Debian's Caddy 2.6.2, it turns config loads under traffic into 502s and an occasional
-  panic, "context: internal error: missing cancel error".) ``X-Forwarded-For``/``-Proto``/``-Host`` are Caddy's own; ``X-Request-Id``
-  is set to a fresh UUID. A routed host with no running container answers 503 saying so.
+  panic, "context: internal error: missing cancel error".) ``X-Forwarded-For``/``-Proto``/
+  ``-Host`` are Caddy's own; ``X-Request-Id`` is set to a fresh UUID. A routed host with no
+  running container answers 503 saying so.
 - Every other host answers 404: no app is served there (never some other app).
 - TLS: users' certificates are loaded as given (``tls.certificates.load_pem``) and every other
   routed host's is managed: from the routers' shared internal CA (``pki``, its root and key from
