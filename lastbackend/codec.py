@@ -26,7 +26,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from lastbackend.model import apps, common, hosts, platform, registries, repos
+from lastbackend.model import apps, common, health, hosts, platform, registries, repos
 from lastbackend.model import images as image_model
 from lastbackend.model import vendors as vendor_model
 
@@ -35,6 +35,7 @@ T = TypeVar("T")
 CHECKS = {
     **common.CHECKS,
     **hosts.CHECKS,
+    **health.CHECKS,
     **registries.CHECKS,
     **apps.CHECKS,
     **repos.CHECKS,
@@ -230,6 +231,12 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
     c.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal_hook)
     c.register_structure_hook_func(*_tagged(c))
+    c.register_unstructure_hook(  # seed 001's config object, unchanged until a check is set
+        platform.ServiceConfig,
+        make_dict_unstructure_fn(
+            platform.ServiceConfig, c, health_check=override(omit_if_default=True)
+        ),
+    )
     c.register_unstructure_hook(
         apps.BuildpackStagingResponse,
         make_dict_unstructure_fn(

@@ -35,6 +35,7 @@ from typing import Literal
 
 import attrs
 
+from lastbackend.model.health import HealthCheck
 from lastbackend.model.registries import registry_host
 from lastbackend.runtime.base import (
     BuildError,
@@ -172,6 +173,10 @@ class FakeProcess:
         return self._box.spec.name
 
     @property
+    def id(self) -> str:
+        return self._box.state.id
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment: the image's, then the spec's."""
         image = self._box.image.config.env if self._box.image is not None else {}
@@ -210,6 +215,11 @@ Program = Callable[[FakeProcess], "int | None"]
 class FakeRuntime:
     """Containers, images and volumes in dictionaries; see the module docstring."""
 
+    async def probe(self, check: HealthCheck, address: str, port: int) -> bool:
+        """A node agent's health check against a fake container: nothing listens anywhere, so
+        a test says which containers fail (:attr:`unhealthy`, by address = container id)."""
+        return address not in self.unhealthy
+
     def __init__(self, *, images: Iterable[str] = (), capacity: NodeCapacity | None = None) -> None:
         self.capacity = capacity or NodeCapacity(
             memory_mb=4096, cpus=2, hostname="fake-node", docker_version="fake"
@@ -225,6 +235,8 @@ class FakeRuntime:
         self.build_gate: asyncio.Event | None = None
         """When set to an event, every build waits for it after its last step (a long build)."""
         self.closed = False
+        self.unhealthy: set[str] = set()
+        """Container ids whose health checks fail (:meth:`probe`); every other one passes."""
         self._programs: list[Program] = []
         self._image_ids: dict[str, str] = {}
         """Reference (tag or ``repo@digest`` pin) -> image id, for images with a history here."""
@@ -607,6 +619,7 @@ class FakeRuntime:
             labels=labels,
             ports={},
             created=self._now(),
+            address=digest,  # no network: the id stands in for the address probes are given
         )
         files = dict(image.files) if image is not None else _root()
         box = self._containers[digest] = _Container(spec, state, files, image)

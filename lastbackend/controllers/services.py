@@ -134,12 +134,12 @@ class ServicesController(Controller):
             and self.informer(keys.PROJECTS).decoded(app_kv, AppState).desired_state == "STOPPED"
         )
 
-        running = {
+        running = {  # serving: running and passing its health check (None: an older agent)
             c.pod
             for raw, kv in objects.items()
             if keys.container_of(raw) is not None
             for c in [codec.loads(kv.value, Container)]
-            if c.status == "running"
+            if c.status == "running" and c.ready is not False
         }
         ordered = self._pods_with_order()
         all_pods = [pod for pod, _ in ordered]

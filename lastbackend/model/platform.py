@@ -28,6 +28,7 @@ from lastbackend.model.common import (
     Text,
     VolumeName,
 )
+from lastbackend.model.health import HealthCheck
 
 
 @attrs.frozen
@@ -56,6 +57,8 @@ class ServiceConfig:
     ports: dict[PortSpec, HostPort] = attrs.Factory(dict)
     env: dict[EnvName, str] = attrs.Factory(dict)
     volumes: dict[VolumeName, ContainerPath] = attrs.Factory(dict)
+    health_check: HealthCheck | None = None
+    """When a container counts as ready (``model.health``); ``None``: the default for its ports."""
 
 
 @attrs.frozen
@@ -86,6 +89,16 @@ class Container:
     ports: dict[str, int] = attrs.Factory(dict)
     pod: str = ""
     node: str = ""
+    ready: bool | None = None
+    """Whether its health check passes: the routers send traffic to ready containers only.
+    ``None`` in objects written before health checks (treated as ready while running)."""
+    restarts: int = 0
+    """Times the pod's container was started again after it stopped (crash-loop backoff)."""
+    exit_code: int | None = None
+    reason: str = ""
+    """Why it is not ready or not running: ``CrashLoopBackOff``, ``HealthCheckFailed``,
+    ``OOMKilled``, ``Error``, ``Completed``, ``Starting``; empty while ready."""
+    started: datetime | None = None
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import attrs
 
+from lastbackend.model.health import HealthCheck, default_check
 from lastbackend.model.platform import ServiceConfig
 
 
@@ -27,6 +28,7 @@ class PodSpec:
     env: dict[str, str] = attrs.Factory(dict)
     ports: dict[str, int] = attrs.Factory(dict)
     volumes: dict[str, str] = attrs.Factory(dict)
+    health_check: HealthCheck | None = None
 
     @classmethod
     def of(cls, config: ServiceConfig, image: str) -> PodSpec:
@@ -37,12 +39,21 @@ class PodSpec:
             env=dict(config.env),
             ports=dict(config.ports),
             volumes=dict(config.volumes),
+            health_check=config.health_check,
         )
+
+    @property
+    def check(self) -> HealthCheck:
+        """The health check in force: the configured one, or the default for the ports."""
+        return self.health_check or default_check(self.ports)
 
     @property
     def template(self) -> str:
         """A stable 12-hex-digit hash of the spec: equal specs, equal templates."""
-        raw = json.dumps(attrs.asdict(self), sort_keys=True, separators=(",", ":"))
+        spec = attrs.asdict(self)
+        if spec["health_check"] is None:  # specs from before health checks keep their hash:
+            del spec["health_check"]  # an upgrade must not roll every service
+        raw = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any
 
@@ -37,9 +38,13 @@ import structlog
 from lastbackend import codec
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.common import now
+from lastbackend.model.health import STARTUP_INTERVAL
+from lastbackend.model.hosts import web_port
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node, Pod
 from lastbackend.model.registries import registry_host
+from lastbackend.node import health
+from lastbackend.node.health import Probe
 from lastbackend.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
@@ -92,6 +97,7 @@ class NodeAgent(Controller):
         *,
         address: str = "",
         node_ttl: int = NODE_TTL,
+        probe: Probe = health.probe,
     ) -> None:
         super().__init__()
         self.runtime = runtime
@@ -101,13 +107,16 @@ class NodeAgent(Controller):
         self.address = address
         """This agent's HTTP base URL, published in ``nodes/<name>`` for log requests."""
         self.name = f"node-{node}"
+        self.probe = probe
         self._reported: dict[str, bytes] = {}  # container id -> last value written
+        self._readiness: dict[str, health.Readiness] = {}  # running container id -> checks
+        self._restarts: dict[str, health.Restarts] = {}  # pod id -> crash-loop backoff
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.node_pods(self.node), to_key=keys.leaf)]
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        return [self._register(), self._follow_events()]
+        return [self._register(), self._follow_events(), self._check_health()]
 
     async def started(self) -> None:
         """Adopt or remove whatever this node already runs: queue every labelled container's pod."""
@@ -214,16 +223,35 @@ class NodeAgent(Controller):
                 await self._remove(state)
             for state in states:
                 await self._remove_volumes_if_gone(state.labels)
+            self._restarts.pop(key, None)
             return None
+        now = time.monotonic()
+        restarts = self._restarts.setdefault(pod.id, health.Restarts())
         running = [s for s in states if s.running]
-        for state in states:
-            if not state.running:  # died: replace it (the name is needed again)
-                await self._remove(state)
+        stopped = [s for s in states if not s.running]
+        for state in stopped:
+            checks = self._readiness.pop(state.id, None)
+            ran = now - checks.started if checks is not None else 0.0
+            restarts.stopped(state.id, ran, now, _reason(state))
+        if not running:
+            wait = restarts.wait(now)
+            if wait > 0 and stopped:  # crash-loop backoff: say so, and look again then
+                newest = max(stopped, key=lambda s: s.created)
+                await self._report(pod, newest, reason=CRASH_LOOP)
+                return wait
+        for state in stopped:  # the name is needed again, and a stopped one serves nobody
+            await self._remove(state)
         if not running:
             await self._pull(pod.spec.image)
             running = [await self.runtime.run(self._spec(pod))]
-            log.info("container started", pod=pod.id, container=running[0].id[:12])
+            log.info(
+                "container started",
+                pod=pod.id,
+                container=running[0].id[:12],
+                restarts=restarts.count,
+            )
         for state in running:
+            self._readiness.setdefault(state.id, health.Readiness(pod.spec.check, now))
             await self._report(pod, state)
         return None
 
@@ -249,9 +277,13 @@ class NodeAgent(Controller):
         auth = await registry_auth(self.store, self.secrets, registry_host(image))
         await self.runtime.ensure_image(image, auth)
 
-    async def _report(self, pod: Pod, state: ContainerState) -> None:
+    async def _report(self, pod: Pod, state: ContainerState, *, reason: str = "") -> None:
         """Write the container object, unless unchanged or the service is gone."""
         t = now()
+        checks = self._readiness.get(state.id)
+        ready = state.running and checks is not None and checks.ready
+        if not reason and not ready:
+            reason = _reason(state) if not state.running else "Starting"
         container = Container(
             id=state.id,
             status=state.status,
@@ -260,6 +292,11 @@ class NodeAgent(Controller):
             ports=dict(state.ports),
             pod=pod.id,
             node=self.node,
+            ready=ready,
+            restarts=self._restarts[pod.id].count if pod.id in self._restarts else 0,
+            exit_code=state.exit_code,
+            reason=reason,
+            started=state.started_at,
         )
         fingerprint = codec.dumps(attrs_without_updated(container))
         if self._reported.get(state.id) == fingerprint:
@@ -268,6 +305,40 @@ class NodeAgent(Controller):
         meta = keys.service_part(pod.project, pod.service, "meta")
         await self.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
         self._reported[state.id] = fingerprint
+
+    # health checks -----------------------------------------------------------------------------
+
+    async def _check_health(self) -> None:
+        """Run every container's due health check; a change of readiness is written at once.
+
+        One pass every :data:`~lastbackend.model.health.STARTUP_INTERVAL` seconds, checks of
+        several containers at once: a slow app delays only its own check.
+        """
+        while True:
+            await asyncio.sleep(STARTUP_INTERVAL)
+            now = time.monotonic()
+            due = [(cid, r) for cid, r in self._readiness.items() if r.due(now)]
+            if due:
+                await asyncio.gather(*(self._check_one(cid, r, now) for cid, r in due))
+
+    async def _check_one(self, cid: str, checks: health.Readiness, now: float) -> None:
+        state = await self.runtime.inspect(cid)
+        if state is None or not state.running:
+            self._readiness.pop(cid, None)
+            return
+        pod_id = state.labels.get(LABEL_POD, "")
+        port = _container_port(self._pod(pod_id)) if pod_id else 0
+        passed = await self.probe(checks.check, state.address, port)
+        changed, expired = checks.record(passed, time.monotonic())
+        if expired:
+            log.warning("health check failed too long; restarting", pod=pod_id, container=cid[:12])
+            self._readiness.pop(cid, None)
+            restarts = self._restarts.setdefault(pod_id, health.Restarts())
+            restarts.stopped(cid, time.monotonic() - checks.started, time.monotonic(), HEALTH)
+            with contextlib.suppress(ContainerRuntimeError):
+                await self.runtime.stop(cid)
+        if (changed or expired) and self.queue is not None and pod_id:
+            self.queue.add(pod_id)
 
     async def _remove_volumes_if_gone(self, labels: Mapping[str, str]) -> None:
         """A deleted service's named volumes go with its last container on this node.
@@ -295,6 +366,27 @@ class NodeAgent(Controller):
         if project and service:
             await self.txn([], [Op.delete(keys.container(project, service, state.id))])
         log.info("container removed", pod=state.labels.get(LABEL_POD), container=state.id[:12])
+
+
+CRASH_LOOP = "CrashLoopBackOff"
+HEALTH = "HealthCheckFailed"
+
+
+def _reason(state: ContainerState) -> str:
+    """Why a container is not running, in Kubernetes' words."""
+    if state.running:
+        return ""
+    if state.oom_killed:
+        return "OOMKilled"
+    if state.exit_code == 0:
+        return "Completed"
+    return "Error" if state.exit_code is not None else ""
+
+
+def _container_port(pod: Pod | None) -> int:
+    """The pod's web port inside the container (what the routers reach through the host port)."""
+    port = web_port(pod.spec.ports) if pod is not None else None
+    return int(port.split("/", 1)[0]) if port else 0
 
 
 def attrs_without_updated(container: Container) -> dict[str, Any]:

@@ -10,7 +10,7 @@ routers serve, and the API answers a service's ``urls`` from the same rules.
   (``*.example.com``) is matched after every exact host, so the most specific match wins.
 - **Port.** The lowest-numbered TCP port of the service's ``config.ports`` is its web port (the
   one a buildpack app's ``$PORT`` names; ``model.hosts.web_port``); other ports are not routed.
-- **Upstreams.** Every container object of the service whose status is ``running`` and that
+- **Upstreams.** Every container object of the service that is ``running`` and ``ready`` and
   reports a host port for the web port, dialled at its node's address (the host of
   ``nodes/<name>.address``) and that port. A container on a node whose key is gone is left out:
   its host is taken for dead.
@@ -132,7 +132,8 @@ def _upstreams(
     for container in containers:
         node = str(container.get("node") or "")
         host_port = (container.get("ports") or {}).get(port)
-        if container.get("status") != "running" or node not in addresses:
+        ready = container.get("ready") is not False  # None: written before health checks
+        if container.get("status") != "running" or not ready or node not in addresses:
             continue
         if isinstance(host_port, int) and not isinstance(host_port, bool) and host_port > 0:
             yield Upstream(addresses[node], host_port, str(container.get("id") or ""), node)

@@ -118,6 +118,10 @@ class ContainerState:
     created: datetime
     started_at: datetime | None = None
     exit_code: int | None = None
+    address: str = ""
+    """The container's own IP on its network: where health checks reach the app itself (a
+    published host port may answer through Docker's proxy while the app is not listening)."""
+    oom_killed: bool = False
 
     @property
     def running(self) -> bool:

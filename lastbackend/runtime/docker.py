@@ -118,7 +118,19 @@ def _state(raw: Mapping[str, Any]) -> ContainerState:
         created=created,
         started_at=_parse_time(state.get("StartedAt")),
         exit_code=int(state["ExitCode"]) if status in ("exited", "dead") else None,
+        address=_address(raw.get("NetworkSettings") or {}),
+        oom_killed=bool(state.get("OOMKilled")),
     )
+
+
+def _address(network: Mapping[str, Any]) -> str:
+    """The container's IP: the default bridge's, else the first network's that has one."""
+    if network.get("IPAddress"):
+        return str(network["IPAddress"])
+    for settings in (network.get("Networks") or {}).values():
+        if (settings or {}).get("IPAddress"):
+            return str(settings["IPAddress"])
+    return ""
 
 
 def _event(raw: Mapping[str, Any]) -> RuntimeEvent | None:

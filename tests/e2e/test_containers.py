@@ -98,8 +98,8 @@ class App:
 
 
 async def converged(h: Harness, app: App, service: str, sid: str, replicas: int) -> list[str]:
-    """Wait for exactly ``replicas`` containers of the service, all running, in Docker and in
-    the containers API alike; their ids."""
+    """Wait for exactly ``replicas`` containers of the service, all running in Docker and
+    running and ready in the containers API; their ids."""
 
     async def probe() -> list[str] | None:
         mine = h.containers(f"{LABEL_SERVICE}={sid}")
@@ -107,7 +107,8 @@ async def converged(h: Harness, app: App, service: str, sid: str, replicas: int)
         if len(mine) != replicas or len(running) != replicas:
             return None
         reported = await app.reported(service)
-        if sorted(c["id"] for c in reported if c["status"] == "running") != running:
+        serving = [c["id"] for c in reported if c["status"] == "running" and c["ready"]]
+        if sorted(serving) != running:  # running, and passing its health check
             return None
         if len(reported) != replicas:
             return None

@@ -38,7 +38,9 @@ async def runtime(etcd: RawEtcd) -> AsyncIterator[FakeRuntime]:
     """One node agent on the fake runtime and the services controller, both leading."""
     fake = FakeRuntime(images=[IMAGE, NEXT], capacity=NodeCapacity(4096, 2, "n1", "fake"))
     runners = [
-        ControllerRunner(NodeAgent(fake, Secrets(generate_key()), "n1"), etcd, lease_ttl=2),
+        ControllerRunner(
+            NodeAgent(fake, Secrets(generate_key()), "n1", probe=fake.probe), etcd, lease_ttl=2
+        ),
         ControllerRunner(ServicesController(), etcd, lease_ttl=2),
     ]
     for runner in runners:

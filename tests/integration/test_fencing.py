@@ -88,7 +88,7 @@ async def test_the_fenced_handle_has_no_write_but_a_fenced_txn(etcd: RawEtcd) ->
 async def test_a_paused_node_agent_cannot_register_report_or_delete(etcd: RawEtcd) -> None:
     await _seed_service(etcd)
     runtime = FakeRuntime()
-    agent = NodeAgent(runtime, Secrets(generate_key()), "n1")
+    agent = NodeAgent(runtime, Secrets(generate_key()), "n1", probe=runtime.probe)
     reported = keys.container(PID, SID, "c-reported")
     t = now()
     await etcd.txn(

@@ -119,7 +119,7 @@ async def harness(etcd: RawEtcd, settings: Settings) -> AsyncIterator[Harness]:
     runtime = FakeRuntime(images=[IMAGE], capacity=NodeCapacity(4096, 2, NODE, "fake"))
     port = free_port()
     address = f"http://127.0.0.1:{port}"
-    agent = NodeAgent(runtime, Secrets(generate_key()), NODE, address=address)
+    agent = NodeAgent(runtime, Secrets(generate_key()), NODE, address=address, probe=runtime.probe)
     source = CountingSource(agent)
     node_runner, node_url = await serve(make_app(settings, etcd, families=False, logs=source), port)
     api_runner, api_url = await serve(make_app(settings, etcd))

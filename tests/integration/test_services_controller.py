@@ -54,7 +54,7 @@ class Cluster:
             capacity=NodeCapacity(memory, 2, name, "fake"),
         )
         self.runtimes[name] = runtime
-        agent = NodeAgent(runtime, self.secrets, name, node_ttl=ttl)
+        agent = NodeAgent(runtime, self.secrets, name, node_ttl=ttl, probe=runtime.probe)
         return self.start(agent), runtime
 
     async def stop(self) -> None:

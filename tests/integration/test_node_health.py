@@ -1,0 +1,96 @@
+"""Health checks and crash-loop backoff in the node agent: real etcd, the fake engine.
+
+The agent and the services controller run as in production; the fake engine's programs decide
+what a container does, and its ``unhealthy`` set which containers fail their checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+
+from lastbackend.controllers.services import ServicesController
+from lastbackend.router.daemon import route_table
+from tests.fakeruntime import FakeProcess
+from tests.integration.test_services_controller import Cluster, cluster, make_service
+from tests.support import RawEtcd, eventually
+
+pytestmark = pytest.mark.etcd
+__all__ = ["cluster"]  # the fixture, shared with test_services_controller
+
+
+async def containers(api: Any) -> list[dict[str, Any]]:
+    resp = await api.get("/api/projects/demo/services/web/containers")
+    return list((await resp.json())["resources"])
+
+
+async def test_a_crash_loop_backs_off_and_says_so(cluster: Cluster, api: Any) -> None:
+    _, runtime = cluster.node("n1")
+    starts: list[float] = []
+
+    def crash(process: FakeProcess) -> int:
+        starts.append(time.monotonic())
+        return 1
+
+    runtime.on_start(crash)
+    cluster.start(ServicesController())
+    await make_service(api, 1, ports={"8080/TCP": 0})
+
+    async def backing_off() -> dict[str, Any] | None:
+        found = await containers(api)
+        return found[0] if found and found[0]["reason"] == "CrashLoopBackOff" else None
+
+    first = await eventually(backing_off, 10)
+    assert first["ready"] is False
+    assert first["exit_code"] == 1
+    assert first["status"] == "exited"
+    began = starts[0]
+    await eventually(lambda: _at_least(starts, 4), 15)  # at 0, 1, 3 and 7 s
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.9
+    assert gaps[1] >= 1.9
+    assert gaps[2] >= 3.9, gaps
+    assert len([s for s in starts if s - began < 7.5]) <= 4
+    last = await eventually(backing_off, 10)
+    assert last["restarts"] >= 3
+
+
+async def _at_least(items: list[float], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_only_containers_that_pass_their_check_are_routed(
+    cluster: Cluster, api: Any, etcd: RawEtcd
+) -> None:
+    _, runtime = cluster.node("n1")
+
+    def unhealthy(process: FakeProcess) -> None:  # keeps running, fails its checks
+        runtime.unhealthy.add(process.id)
+
+    runtime.on_start(unhealthy)
+    cluster.start(ServicesController())
+    check = {"type": "http", "data": {"endpoint": "/healthz", "timeout": 30}}
+    await make_service(api, 1, ports={"8080/TCP": 0}, health_check=check)
+
+    async def starting() -> dict[str, Any] | None:
+        found = await containers(api)
+        return found[0] if found and found[0]["status"] == "running" else None
+
+    container = await eventually(starting, 10)
+    assert container["ready"] is False
+    assert container["reason"] == "Starting"
+    [route] = await route_table(etcd, "lb.localhost")
+    assert route.upstreams == ()  # the router answers 503 rather than send it traffic
+
+    runtime.unhealthy.clear()
+
+    async def ready() -> bool:
+        found = await containers(api)
+        return bool(found) and found[0]["ready"] is True and found[0]["reason"] == ""
+
+    await eventually(ready, 10)
+    [route] = await route_table(etcd, "lb.localhost")
+    assert [u.container for u in route.upstreams] == [container["id"]]
