@@ -84,6 +84,7 @@ class GarbageCollector(Controller):
         return [
             Watch(keys.PROJECTS, to_key=_sweep),
             Watch(keys.PODS, to_key=_sweep),
+            Watch(keys.NODES, to_key=_sweep),
             Watch(keys.HELPER_PODS, to_key=_sweep),
             Watch(keys.HELPER_APPS, to_key=_sweep),
             Watch(keys.HELPER_PACKAGES, to_key=_sweep),
@@ -100,6 +101,7 @@ class GarbageCollector(Controller):
             for kv in pods_informer.cache.values()
             for pod in [pods_informer.decoded(kv, Pod)]
         }
+        nodes = {keys.leaf(raw) for raw in self.informer(keys.NODES).cache}
         garbage: list[tuple[KV, str]] = []
         # Each informer is its own watch and may lag another: judge a key only against a cache
         # that has seen every change up to that key's revision, or a pod created just before
@@ -108,8 +110,9 @@ class GarbageCollector(Controller):
             if keys.container_of(raw) is None or pods_informer.revision < kv.mod_revision:
                 continue
             container = projects.decoded(kv, Container)
-            if container.pod and container.pod not in pods:
-                garbage.append((kv, f"pod {container.pod} is gone"))
+            # a live node's agent drains and removes its own (routers first stop sending)
+            if container.pod and container.pod not in pods and container.node not in nodes:
+                garbage.append((kv, f"pod {container.pod} is gone with its node"))
         for raw, kv in self.informer(keys.HELPER_PODS).cache.items():
             if keys.leaf(raw) not in pods and pods_informer.revision >= kv.mod_revision:
                 garbage.append((kv, "no pod spec"))

@@ -55,9 +55,18 @@ def _oldest_first(pods: Iterable[Observed]) -> list[Observed]:
 
 
 def plan(
-    replicas: int, template: str | None, pods: Sequence[Observed], live_nodes: set[str]
+    replicas: int,
+    template: str | None,
+    pods: Sequence[Observed],
+    live_nodes: set[str],
+    terminating: int = 0,
 ) -> Plan:
-    """The next step towards ``replicas`` pods of ``template`` (``None``: no image, no pods)."""
+    """The next step towards ``replicas`` pods of ``template`` (``None``: no image, no pods).
+
+    ``terminating``: containers of deleted pods still draining (the node agent takes them out
+    of the routers' upstreams before it stops them); they hold a surge slot until they are
+    gone, so a rollout never runs more than ``replicas + 1`` containers.
+    """
     lost = [o for o in pods if o.pod.node not in live_nodes]
     alive = [o for o in pods if o.pod.node in live_nodes]
     if template is None or replicas == 0:
@@ -81,8 +90,9 @@ def plan(
     delete += [o.pod for o in retire]
     remaining_old = len(old_serving) - len(retire)
 
-    limit = replicas + SURGE if remaining_old else replicas
-    create = max(0, min(replicas - len(new), limit - len(new) - remaining_old))
+    draining = terminating + len(retire)  # a retired pod's container drains before it goes
+    limit = replicas + SURGE if remaining_old or draining else replicas
+    create = max(0, min(replicas - len(new), limit - len(new) - remaining_old - draining))
     return Plan(create=create, delete=tuple(delete))
 
 

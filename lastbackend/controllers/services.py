@@ -35,7 +35,7 @@ from lastbackend.controllers.plan import Observed, choose_nodes, plan
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.apps import AppState
 from lastbackend.model.common import new_id, now
-from lastbackend.model.platform import Container, ServiceConfig
+from lastbackend.model.platform import TERMINATING, Container, ServiceConfig
 from lastbackend.model.pods import Node, Pod, PodSpec
 from lastbackend.store import keys
 from lastbackend.store.etcd import Cmp, Op
@@ -134,22 +134,33 @@ class ServicesController(Controller):
             and self.informer(keys.PROJECTS).decoded(app_kv, AppState).desired_state == "STOPPED"
         )
 
-        running = {  # serving: running and passing its health check (None: an older agent)
-            c.pod
+        containers = [
+            codec.loads(kv.value, Container)
             for raw, kv in objects.items()
             if keys.container_of(raw) is not None
-            for c in [codec.loads(kv.value, Container)]
-            if c.status == "running" and c.ready is not False
+        ]
+        running = {  # serving: running and passing its health check (None: an older agent)
+            c.pod for c in containers if c.status == "running" and c.ready is not False
         }
         ordered = self._pods_with_order()
         all_pods = [pod for pod, _ in ordered]
         mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
         nodes = self._nodes()
+        # Containers the node agent is draining or stopping (their pod deleted, the cache of
+        # pods perhaps not there yet): they hold a surge slot, and their pods are not judged.
+        live_pods = {p.id for p, _ in mine}
+        draining = {
+            c.pod
+            for c in containers
+            if c.status == "running" and (c.pod not in live_pods or c.reason == TERMINATING)
+        }
+        mine = [(p, order) for p, order in mine if p.id not in draining]
         step = plan(
             config.replicas if meta and not stopped else 0,
             spec.template if spec else None,
             [Observed(p, p.id in running, order) for p, order in mine],
             {n.name for n in nodes},
+            len(draining),
         )
         for pod in step.delete:
             result = await self.txn(

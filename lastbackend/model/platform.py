@@ -74,6 +74,10 @@ class ServiceSource:
 Domains = hosts.Domains
 
 
+TERMINATING = "Terminating"
+"""A container's ``reason`` while the node agent drains and stops it (its pod was deleted)."""
+
+
 @attrs.frozen
 class Container:
     """``services/<sid>/containers/<id>``, written by the node agent.

@@ -40,7 +40,7 @@ from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.common import now
 from lastbackend.model.health import STARTUP_INTERVAL
 from lastbackend.model.hosts import web_port
-from lastbackend.model.platform import Container
+from lastbackend.model.platform import TERMINATING, Container
 from lastbackend.model.pods import Node, Pod
 from lastbackend.model.registries import registry_host
 from lastbackend.node import health
@@ -359,10 +359,34 @@ class NodeAgent(Controller):
                 log.info("volume removed", volume=name, service=service)
 
     async def _remove(self, state: ContainerState) -> None:
-        """Stop and remove a container, and its object in etcd."""
+        """Stop and remove a container, and its object in etcd.
+
+        A running one is drained first: its object says ``ready: false`` (the routers take it
+        out of their upstreams), then after :data:`DRAIN` seconds it gets SIGTERM and
+        :data:`STOP_TIMEOUT` seconds to finish what it serves before SIGKILL.
+        """
+        project, service = state.labels.get(LABEL_PROJECT), state.labels.get(LABEL_SERVICE)
+        self._readiness.pop(state.id, None)
+        if state.running and project and service:
+            draining = Container(
+                id=state.id,
+                status=state.status,
+                created=state.created,
+                updated=now(),
+                ports=dict(state.ports),
+                pod=state.labels.get(LABEL_POD, ""),
+                node=self.node,
+                ready=False,
+                reason=TERMINATING,
+                started=state.started_at,
+            )
+            key = keys.container(project, service, state.id)
+            await self.txn([Cmp.present(key)], [Op.put(key, codec.dumps(draining))])
+            await asyncio.sleep(DRAIN)
+            with contextlib.suppress(ContainerRuntimeError):
+                await self.runtime.stop(state.id, STOP_TIMEOUT)
         await self.runtime.remove(state.id)
         self._reported.pop(state.id, None)
-        project, service = state.labels.get(LABEL_PROJECT), state.labels.get(LABEL_SERVICE)
         if project and service:
             await self.txn([], [Op.delete(keys.container(project, service, state.id))])
         log.info("container removed", pod=state.labels.get(LABEL_POD), container=state.id[:12])
@@ -370,6 +394,11 @@ class NodeAgent(Controller):
 
 CRASH_LOOP = "CrashLoopBackOff"
 HEALTH = "HealthCheckFailed"
+DRAIN = 1.0
+"""Seconds between a container leaving the routers' upstreams and its SIGTERM: a router loads a
+change within a tenth of that (``router.daemon.DEBOUNCE`` and the load itself)."""
+STOP_TIMEOUT = 10.0
+"""Seconds from SIGTERM to SIGKILL, as Docker's and Kubernetes' defaults."""
 
 
 def _reason(state: ContainerState) -> str:

@@ -37,7 +37,9 @@ from tests.support import free_port
 if TYPE_CHECKING:
     from tests.e2e.conftest import Registry
 
-SERVE = "httpd -f -p 8080 -h /www"
+SERVE = "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"
+"""busybox httpd under a shell that ends on SIGTERM, as an app should (httpd alone, as PID 1,
+ignores it and would take the node agent's whole stop timeout to go)."""
 LABEL_NODE = "io.lastbackend.node"
 LABEL_POD = "io.lastbackend.pod"
 LABEL_SERVICE = "io.lastbackend.service"

@@ -24,7 +24,7 @@ from tests.support import RawEtcd, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
-SERVE_ID = "hostname > /www/id; exec httpd -f -p 8080 -h /www"
+SERVE_ID = "hostname > /www/id; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"
 """busybox httpd serving the base image's page at / and the container's hostname at /id."""
 
 
@@ -150,3 +150,56 @@ async def test_a_container_killed_under_load_loses_no_request(
     assert victim[:12] in served_by, "the killed container served before it died"
     survivors = [c["Id"] for c in h.containers(f"{LABEL_SERVICE}={sid}") if c["Id"] != victim]
     assert any(s[:12] in served_by for s in survivors)
+
+
+async def test_a_rolling_deploy_through_the_router_drops_no_request(
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
+) -> None:
+    h = harness
+    daemon, port = routed_daemon(h, etcd_server.endpoint)
+    await h.ready(daemon)
+    app = App(h, daemon, "shop")
+    await app.create_project()
+    sid = await app.create_service("web", base_image, replicas=3, command=SERVE_ID)
+    host = "web.shop.lb.localhost"
+    before = await converged(h, app, "web", sid, 3)
+    await eventually(lambda: answering(port, host, before), 20, "all answer", explain=h.explain)
+
+    results: list[tuple[int, str]] = []
+    stop = asyncio.Event()
+
+    async def steady() -> None:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while not stop.is_set() and len(results) < 5000:
+                try:
+                    async with http.get(
+                        f"http://127.0.0.1:{port}/id", headers={"Host": host}
+                    ) as resp:
+                        results.append((resp.status, (await resp.text()).strip()))
+                except aiohttp.ClientError as exc:
+                    results.append((0, str(exc)))
+                await asyncio.sleep(0.01)
+
+    load = asyncio.create_task(steady())
+    try:
+        await app.patch_config("web", {"env": {"VERSION": "2"}})
+
+        async def rolled() -> list[str] | None:
+            mine = h.containers(f"{LABEL_SERVICE}={sid}")
+            ids = [c["Id"] for c in mine if c["State"] == "running"]
+            if len(mine) == 3 and len(ids) == 3 and not set(ids) & set(before):
+                return ids
+            return None
+
+        after = await eventually(rolled, 90, "the rollout to finish", explain=h.explain)
+        await eventually(lambda: answering(port, host, after), 20, "new ones answer")
+    finally:
+        stop.set()
+        await load
+    failed = [r for r in results if r[0] != 200]
+    assert len(results) > 100, "the stream was steady"
+    assert failed == [], f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    served_by = {body for _, body in results}
+    assert {c[:12] for c in before} <= served_by
+    assert {c[:12] for c in after} & served_by
