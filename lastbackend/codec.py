@@ -35,6 +35,7 @@ T = TypeVar("T")
 CHECKS = {
     **common.CHECKS,
     **hosts.CHECKS,
+    **platform.CHECKS,
     **health.CHECKS,
     **registries.CHECKS,
     **apps.CHECKS,
@@ -234,7 +235,11 @@ def _make_converter() -> cattrs.Converter:
     c.register_unstructure_hook(  # seed 001's config object, unchanged until a check is set
         platform.ServiceConfig,
         make_dict_unstructure_fn(
-            platform.ServiceConfig, c, health_check=override(omit_if_default=True)
+            platform.ServiceConfig,
+            c,
+            health_check=override(omit_if_default=True),
+            min_ready=override(omit_if_default=True),
+            progress_deadline=override(omit_if_default=True),
         ),
     )
     c.register_unstructure_hook(

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from lastbackend.api.http import Doc
 from lastbackend.codec import CHECKS
-from lastbackend.model import apps, certificates, platform, registries
+from lastbackend.model import apps, certificates, platform, pods, registries
 from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
 from lastbackend.model import vendors as vendor_model
@@ -92,9 +92,14 @@ def schemas() -> dict[str, Any]:
             config=_ref("ServiceConfig"),
             source={**_ref("ServiceSource"), "nullable": True},
             domains=_ref("Domains"),
+            urls={"type": "array", "items": {"type": "string"}},
             image={"type": "string", "nullable": True},
+            status=_ref("ServiceStatus"),
             links=_LINKS,
         ),
+        "ServiceStatus": schema_of(pods.ServiceStatus),
+        "Revision": schema_of(pods.Revision),
+        "RollbackBody": schema_of(platform.RollbackBody),
         "ServiceCreate": schema_of(platform.ServiceCreate),
         "ServicePatch": _optional(schema_of(platform.ServiceCreate)),
         "ServiceConfig": schema_of(platform.ServiceConfig),

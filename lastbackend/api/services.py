@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from aiohttp import web
 
 from lastbackend import codec
@@ -35,10 +36,12 @@ from lastbackend.model.platform import (
     Domains,
     ImageBody,
     Meta,
+    RollbackBody,
     ServiceConfig,
     ServiceCreate,
     ServiceSource,
 )
+from lastbackend.model.pods import Revision, ServiceStatus
 from lastbackend.store import keys
 from lastbackend.store.objects import Objects, Record
 
@@ -86,6 +89,7 @@ def view(project: Record, record: Record, settings: Settings) -> dict[str, Any]:
         "domains": values.get("domains", {}),
         "urls": urls(settings, project.name, record),
         "image": values.get("image"),
+        "status": codec.unstructure(values.get("status", ServiceStatus())),
         "links": {
             "self": {"href": href},
             "project": {"href": f"/api/projects/{pid}"},
@@ -313,6 +317,72 @@ async def put_image(request: web.Request) -> web.Response:
     image = (await body(request, ImageBody)).image
     _, record = await _update(request, lambda cur: _merge(cur, {"image": image}), image_given=True)
     return json_response({"image": record.values.get("image")}, revision=record.revision)
+
+
+# revisions and rollback ---------------------------------------------------------------------------
+
+
+@routes.get(ONE + "/revisions")
+@doc("List the pod templates the service was deployed with, newest first", response="Revision")
+async def revisions(request: web.Request) -> web.Response:
+    pg = paging(request, ("revision",))
+    kvs, revision = await _children(request, keys.revisions)
+    items = sorted(
+        (codec.loads(kv.value, Revision) for kv in kvs),
+        key=lambda r: r.revision,
+        reverse=not pg.descending,  # newest first unless order_by=-revision asks otherwise
+    )
+    chosen = [
+        codec.unstructure(r) for r in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    ]
+    return json_response(
+        page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
+    )
+
+
+@routes.post(ONE + "/rollback")
+@doc(
+    "Roll the service back to a deployed revision (default: the one before the current one), "
+    "with the same readiness-gated rollout as any change",
+    body="RollbackBody",
+    response="Service",
+)
+async def rollback(request: web.Request) -> web.Response:
+    raw = await read_object(request) if request.can_read_body else {}
+    wanted = decode(raw, RollbackBody).revision
+    project, services = await _services(request)
+    record = await services.get(request.match_info["service"])
+    found = await request.app[STATE].etcd.range(keys.revisions(project.id, record.id))
+    kvs = found.kvs
+    stored = {r.revision: r for r in (codec.loads(kv.value, Revision) for kv in kvs)}
+    if wanted is None:
+        current = record.values.get("status", ServiceStatus()).rollout
+        older = sorted(n for n in stored if current is None or n < current.revision)
+        if not older:
+            raise ApiError(422, "revision: there is no earlier revision to roll back to")
+        wanted = older[-1]
+    target = stored.get(wanted)
+    if target is None:
+        known = ", ".join(map(str, sorted(stored))) or "none"
+        raise ApiError(422, f"revision: no revision {wanted} (kept: {known})")
+    spec = target.spec
+
+    def back(current: Record) -> dict[str, Any]:
+        config: ServiceConfig = current.values.get("config", ServiceConfig())
+        restored = attrs.evolve(
+            config,
+            command=spec.command,
+            memory=spec.memory,
+            env=dict(spec.env),
+            ports=dict(spec.ports),
+            volumes=dict(spec.volumes),
+            health_check=spec.health_check,
+        )
+        return {"config": restored, "image": spec.image}
+
+    record = await services.update(record.id, back, if_match=if_match(request))
+    settings = request.app[STATE].settings
+    return json_response(view(project, record, settings), revision=record.revision)
 
 
 # containers: written by node agents, read here --------------------------------------------------

@@ -26,19 +26,26 @@ service (it was down when the service went) are found through their ``pod:`` key
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import structlog
 
 from lastbackend import codec
 from lastbackend.controllers.plan import Observed, choose_nodes, plan
+from lastbackend.controllers.rollout import counts, state
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.apps import AppState
 from lastbackend.model.common import new_id, now
-from lastbackend.model.platform import TERMINATING, Container, ServiceConfig
-from lastbackend.model.pods import Node, Pod, PodSpec
+from lastbackend.model.platform import (
+    MIN_READY,
+    PROGRESS_DEADLINE,
+    TERMINATING,
+    Container,
+    ServiceConfig,
+)
+from lastbackend.model.pods import REVISIONS, Node, Pod, PodSpec, Revision, Rollout, ServiceStatus
 from lastbackend.store import keys
-from lastbackend.store.etcd import Cmp, Op
+from lastbackend.store.etcd import KV, Cmp, Op
 
 log = structlog.get_logger("lastbackend.controllers.services")
 
@@ -139,9 +146,13 @@ class ServicesController(Controller):
             for raw, kv in objects.items()
             if keys.container_of(raw) is not None
         ]
-        running = {  # serving: running and passing its health check (None: an older agent)
-            c.pod for c in containers if c.status == "running" and c.ready is not False
-        }
+        at = now()
+        current = await self._revision(pid, sid, spec, objects) if meta and spec else None
+        min_ready = float(config.min_ready if config.min_ready is not None else MIN_READY)
+        deadline = float(
+            config.progress_deadline if config.progress_deadline is not None else PROGRESS_DEADLINE
+        )
+        by_pod = {c.pod: c for c in sorted(containers, key=lambda c: c.created)}
         ordered = self._pods_with_order()
         all_pods = [pod for pod, _ in ordered]
         mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
@@ -155,6 +166,23 @@ class ServicesController(Controller):
             if c.status == "running" and (c.pod not in live_pods or c.reason == TERMINATING)
         }
         mine = [(p, order) for p, order in mine if p.id not in draining]
+        running: set[str] = set()  # pods that serve, for the plan
+        waits: list[float] = []
+        for p, _ in mine:
+            container = by_pod.get(p.id)
+            new = spec is not None and p.template == spec.template
+            wait = counts(container, new=new, min_ready=min_ready, at=at) if container else 0.0
+            if wait is None:
+                running.add(p.id)
+            elif wait > 0:
+                waits.append(wait)
+        previous = self._status(objects, pid, sid)
+        failed = (
+            current is not None
+            and previous is not None
+            and previous.revision == current.revision
+            and previous.state == "failed"
+        )
         step = plan(
             config.replicas if meta and not stopped else 0,
             spec.template if spec else None,
@@ -168,8 +196,27 @@ class ServicesController(Controller):
             )
             self._expected[key] = result.revision
             log.info("pod deleted", service=sid, pod=pod.id, node=pod.node)
-        if not step.create or spec is None:
-            return None
+        again: list[float] = waits
+        if current is not None and spec is not None:
+            left = [p for p, _ in mine if p not in step.delete]
+            rollout = state(
+                revision=current.revision,
+                started=current.created,
+                desired=config.replicas if not stopped else 0,
+                serving_new=sum(1 for p in left if p.template == spec.template and p.id in running),
+                old_left=sum(1 for p in left if p.template != spec.template),
+                new_containers=[
+                    by_pod[p.id] for p in left if p.template == spec.template and p.id in by_pod
+                ],
+                deadline=deadline,
+                at=at,
+                previous=previous,
+            )
+            await self._write_status(pid, sid, rollout, previous)
+            if rollout.state == "progressing":  # look again when the deadline passes
+                again.append(max(deadline - (at - rollout.started).total_seconds(), 0.5))
+        if not step.create or spec is None or failed:
+            return min(again) if again else None
         remaining = [p for p in all_pods if p not in step.delete]
         targets = choose_nodes(nodes, remaining, spec.memory, step.create)
         for node in targets:
@@ -191,4 +238,54 @@ class ServicesController(Controller):
                 memory=spec.memory,
             )  # fmt: skip
             return UNSCHEDULABLE_RETRY
-        return None
+        return min(again) if again else None
+
+    async def _revision(
+        self, pid: str, sid: str, spec: PodSpec, objects: Mapping[str, KV]
+    ) -> Revision:
+        """The revision of ``spec``: the latest one when the template is the same, else a new
+        one numbered after it (the oldest beyond :data:`REVISIONS` pruned in the same txn)."""
+        stored = sorted(
+            (found[1], kv) for raw, kv in objects.items() if (found := keys.revision_of(raw))
+        )
+        if stored:
+            latest = codec.loads(stored[-1][1].value, Revision)
+            if latest.template == spec.template:
+                return latest
+        number = stored[-1][0] + 1 if stored else 1
+        revision = Revision(number, spec.template, spec, now())
+        key = keys.revision(pid, sid, number)
+        prune = [Op.delete(kv.key) for n, kv in stored if n <= number - REVISIONS]
+        await self.txn(
+            [Cmp.present(keys.service_part(pid, sid, "meta")), Cmp.absent(key)],
+            [Op.put(key, codec.dumps(revision)), *prune],
+        )
+        log.info("revision", service=sid, revision=number, template=spec.template)
+        return revision
+
+    def _status(self, objects: Mapping[str, KV], pid: str, sid: str) -> Rollout | None:
+        kv = objects.get(keys.service_part(pid, sid, "status"))
+        if kv is None:
+            return None
+        try:
+            return codec.loads(kv.value, ServiceStatus).rollout
+        except codec.Invalid:
+            return None
+
+    async def _write_status(
+        self, pid: str, sid: str, rollout: Rollout, previous: Rollout | None
+    ) -> None:
+        if rollout == previous:
+            return
+        if previous is None or (rollout.state, rollout.revision) != (
+            previous.state,
+            previous.revision,
+        ):
+            log.info(
+                "rollout", service=sid, revision=rollout.revision, state=rollout.state,
+                reason=rollout.reason or None,
+            )  # fmt: skip
+        await self.txn(
+            [Cmp.present(keys.service_part(pid, sid, "meta"))],
+            [Op.put(keys.service_part(pid, sid, "status"), codec.dumps(ServiceStatus(rollout)))],
+        )

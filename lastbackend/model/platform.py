@@ -9,6 +9,7 @@ forged and a typo is an error rather than a silently ignored field.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, NewType
 
 import attrs
 
@@ -59,6 +60,12 @@ class ServiceConfig:
     volumes: dict[VolumeName, ContainerPath] = attrs.Factory(dict)
     health_check: HealthCheck | None = None
     """When a container counts as ready (``model.health``); ``None``: the default for its ports."""
+    min_ready: MinReady | None = None
+    """Seconds a new container must have been ready before a rollout counts it and retires an
+    old one; ``None``: :data:`MIN_READY`."""
+    progress_deadline: ProgressDeadline | None = None
+    """Seconds a rollout may go without completing before it is marked failed (the old pods
+    keep serving); ``None``: :data:`PROGRESS_DEADLINE`."""
 
 
 @attrs.frozen
@@ -73,6 +80,11 @@ class ServiceSource:
 
 Domains = hosts.Domains
 
+
+MinReady = NewType("MinReady", int)
+ProgressDeadline = NewType("ProgressDeadline", int)
+MIN_READY = 3
+PROGRESS_DEADLINE = 300
 
 TERMINATING = "Terminating"
 """A container's ``reason`` while the node agent drains and stops it (its pod was deleted)."""
@@ -103,6 +115,8 @@ class Container:
     """Why it is not ready or not running: ``CrashLoopBackOff``, ``HealthCheckFailed``,
     ``OOMKilled``, ``Error``, ``Completed``, ``Starting``; empty while ready."""
     started: datetime | None = None
+    ready_since: datetime | None = None
+    """When it last became ready: a rollout counts a new container after ``min_ready`` seconds."""
 
 
 @attrs.frozen
@@ -116,6 +130,13 @@ class Build:
     commit_message: str = ""
     committer: str = ""
     message: str = ""
+
+
+@attrs.frozen
+class RollbackBody:
+    """``POST .../rollback``: the revision to go back to; none: the one before the current."""
+
+    revision: int | None = None
 
 
 @attrs.frozen
@@ -139,3 +160,19 @@ class ImageBody:
     """The body of ``PUT .../image``; the key itself holds the bare string."""
 
     image: ImageRef
+
+
+def _within(low: int, high: int, what: str) -> Any:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{what} must be between {low} and {high} seconds, got {value}")
+        return value
+
+    return check
+
+
+CHECKS: dict[Any, tuple[type, Any]] = {
+    MinReady: (int, _within(0, 3600, "min_ready")),
+    ProgressDeadline: (int, _within(5, 86400, "progress_deadline")),
+}
+"""The shape of ``model.common.CHECKS``, registered with the converter."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from typing import Literal
 
 import attrs
 
@@ -84,3 +85,38 @@ class Node:
     """The agent's HTTP base URL (``http://10.0.0.5:2967``): API processes fetch the logs of this
     node's containers there, so logs are read where they are, on any number of hosts. Empty from
     an agent that predates it: its containers' logs are unavailable until it re-registers."""
+
+
+@attrs.frozen
+class Revision:
+    """``services/<sid>/revisions/<n>``: a pod template the service was deployed with.
+
+    Written by the services controller whenever the template changes (the last
+    :data:`REVISIONS` kept), so ``POST .../rollback`` can bring one back."""
+
+    revision: int
+    template: str
+    spec: PodSpec
+    created: datetime
+
+
+REVISIONS = 10
+
+
+@attrs.frozen
+class Rollout:
+    """Where the service's current revision stands (see ``controllers/rollout.py``)."""
+
+    state: Literal["progressing", "complete", "failed"]
+    revision: int
+    ready: int
+    desired: int
+    started: datetime
+    reason: str = ""
+
+
+@attrs.frozen
+class ServiceStatus:
+    """``services/<sid>/status``: the services controller's report, shown with the service."""
+
+    rollout: Rollout | None = None

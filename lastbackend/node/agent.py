@@ -297,6 +297,7 @@ class NodeAgent(Controller):
             exit_code=state.exit_code,
             reason=reason,
             started=state.started_at,
+            ready_since=checks.ready_since if ready and checks is not None else None,
         )
         fingerprint = codec.dumps(attrs_without_updated(container))
         if self._reported.get(state.id) == fingerprint:

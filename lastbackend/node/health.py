@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import aiohttp
 import attrs
@@ -72,6 +73,8 @@ class Readiness:
     passed_once: bool = False
     failing_since: float | None = None
     last: float | None = None
+    ready_since: datetime | None = None
+    """Wall-clock time it last became ready: rollouts count it once it has been ready a while."""
 
     def due(self, now: float) -> bool:
         if self.last is None:
@@ -84,6 +87,8 @@ class Readiness:
         self.last = now
         was = self.ready
         self.ready = passed
+        if passed and not was:
+            self.ready_since = datetime.now(UTC)
         if passed:
             self.passed_once = True
             self.failing_since = None

@@ -25,6 +25,9 @@ SERVICE_PARTS = ("meta", "config", "source", "domains", "image")
 """The single-value keys of a service, in the order the API composes them."""
 APP_PARTS = ("lifecycle", "app")
 """The single-value keys the ``/v3`` family adds to a service (DESIGN.md section 4)."""
+STATUS_PARTS = ("status",)
+"""The services controller's report on a service (its rollout): read with it, never written by
+the API."""
 
 
 def prefix_end(prefix: str) -> bytes:
@@ -138,9 +141,26 @@ def service(pid: str, sid: str) -> str:
 
 
 def service_part(pid: str, sid: str, part: str) -> str:
-    if part not in SERVICE_PARTS and part not in APP_PARTS:
+    if part not in SERVICE_PARTS and part not in APP_PARTS and part not in STATUS_PARTS:
         raise ValueError(f"unknown service part {part!r}")
     return f"{service(pid, sid)}{part}"
+
+
+def revisions(pid: str, sid: str) -> str:
+    """The service's deployed pod templates, ``revisions/<n>`` (with its trailing slash)."""
+    return f"{service(pid, sid)}revisions/"
+
+
+def revision(pid: str, sid: str, number: int) -> str:
+    return f"{revisions(pid, sid)}{number}"
+
+
+def revision_of(key: str) -> tuple[ServiceRef, int] | None:
+    """The inverse of :func:`revision`; ``None`` for any other key."""
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, "revisions", number] if _is_number(number):
+            return ServiceRef(pid, sid), int(number)
+    return None
 
 
 def containers(pid: str, sid: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 from lastbackend import codec
 from lastbackend.model.apps import AppState, Lifecycle
 from lastbackend.model.platform import Domains, Meta, ServiceConfig, ServiceSource
+from lastbackend.model.pods import ServiceStatus
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd, Store
 from lastbackend.store.objects import Layout, NameCache, Objects, Part
@@ -32,8 +33,9 @@ CODECS: Mapping[str, Part] = {
     "image": Part(str, bare=True),
     "lifecycle": Part(Lifecycle),
     "app": Part(AppState),
+    "status": Part(ServiceStatus),
 }
-PARTS = keys.SERVICE_PARTS + keys.APP_PARTS
+PARTS = keys.SERVICE_PARTS + keys.APP_PARTS + keys.STATUS_PARTS
 
 
 def _claims(pid: str, sid: str, values: Mapping[str, Any]) -> dict[str, str]:

@@ -107,7 +107,7 @@ async def test_a_service_is_served_at_its_name_and_follows_scaling(
     await eventually(gone, 20, "a deleted service is no longer routed", explain=h.explain)
 
 
-async def test_a_container_killed_under_load_loses_no_request(
+async def test_a_container_killed_under_load_loses_no_request_but_the_one_in_it(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
@@ -145,7 +145,11 @@ async def test_a_container_killed_under_load_loses_no_request(
     await load
     failed: list[Any] = [r for r in results if r[0] != 200]
     assert len(results) > 100, "the stream was steady"
-    assert failed == [], f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    # One client, one request at a time: at most one can be inside the victim when SIGKILL
+    # lands, and Caddy (2.6) retries a request on another upstream only when the dial fails,
+    # never once the upstream has taken it. Every other request must succeed.
+    assert len(failed) <= 1, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    assert all(status == 502 for status, _ in failed), failed
     served_by = {body for _, body in results}
     assert victim[:12] in served_by, "the killed container served before it died"
     survivors = [c["Id"] for c in h.containers(f"{LABEL_SERVICE}={sid}") if c["Id"] != victim]
