@@ -263,14 +263,15 @@ def caddy_pid(daemon: int) -> int | None:
 
 
 def through(port: int, host: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET / at the router with ``Host: host`` on a fresh connection: what a new client sees."""
+    """GET / at the router with ``Host: host`` on a fresh connection: what a new client sees.
+    No answer at all is status 0, with the error as the body."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request("GET", "/", headers={"Host": host})
         resp = conn.getresponse()
         return resp.status, resp.read()
-    except (http.client.HTTPException, OSError):
-        return 0, b""
+    except (http.client.HTTPException, OSError) as exc:
+        return 0, f"no answer: {type(exc).__name__} {exc}".encode()
     finally:
         conn.close()
 
