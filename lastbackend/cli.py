@@ -280,7 +280,10 @@ def _controllers(
     a fenced handle from their runner)."""
     controllers: list[Elected] = []
     if "controller" in roles:
-        controllers += [ServicesController(), GarbageCollector(BlobStore(settings.blob_dir))]
+        controllers += [
+            ServicesController(eviction_timeout=settings.node_eviction_timeout),
+            GarbageCollector(BlobStore(settings.blob_dir)),
+        ]
         if descriptor is not None:
             controllers.append(_staging(settings, descriptor))
         controllers.append(_builds(settings))

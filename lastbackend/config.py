@@ -64,6 +64,8 @@ class Settings:
     """The Docker engine to drive (like DOCKER_HOST). Empty: the local socket."""
     node_advertise: str = ""
     """The URL API processes reach this node's agent at (for logs). Empty: ``http://<listen>``."""
+    node_eviction_timeout: float = 300.0
+    """Seconds the services controller leaves a lost node's pods in place before it moves them."""
     # [secrets]
     secret_key: str = attrs.field(default="", repr=False)
     """A Fernet key (never printed). Empty: the key in ``secret_key_file``."""
@@ -190,6 +192,8 @@ class Settings:
                 "node.advertise (LB_NODE_ADVERTISE) must be an http:// or https:// URL with a "
                 f"host, like http://10.0.0.5:2967: {self.node_advertise!r}"
             )
+        if self.node_eviction_timeout < 0:
+            raise ConfigError("node.eviction_timeout must be 0 or more seconds")
         if self.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
         if self.log_format not in {"json", "console"}:
@@ -313,7 +317,12 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
     "daemon": {"data_dir": "data_dir"},
     "log": {"level": "log_level", "format": "log_format"},
-    "node": {"name": "node_name", "docker": "docker_host", "advertise": "node_advertise"},
+    "node": {
+        "name": "node_name",
+        "docker": "docker_host",
+        "advertise": "node_advertise",
+        "eviction_timeout": "node_eviction_timeout",
+    },
     "secrets": {"key": "secret_key", "key_file": "secret_key_file"},
     "lifecycle": {"descriptor": "lifecycle_descriptor", "platform_api": "platform_api"},
     "staging": {
@@ -352,6 +361,7 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_NODE_NAME": "node_name",
     "LB_DOCKER_HOST": "docker_host",
     "LB_NODE_ADVERTISE": "node_advertise",
+    "LB_NODE_EVICTION_TIMEOUT": "node_eviction_timeout",
     "LB_SECRET_KEY": "secret_key",
     "LB_SECRET_KEY_FILE": "secret_key_file",
     "LB_LIFECYCLE_DESCRIPTOR": "lifecycle_descriptor",

@@ -26,6 +26,7 @@ service (it was down when the service went) are found through their ``pod:`` key
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -51,6 +52,8 @@ log = structlog.get_logger("lastbackend.controllers.services")
 
 EXPECTATION_RETRY = 0.02
 """Seconds before a service waiting for the pods cache to catch up is looked at again."""
+EVICTION_TIMEOUT = 300.0
+"""Seconds a lost node keeps its pods (Kubernetes' default): ``node.eviction_timeout``."""
 UNSCHEDULABLE_RETRY = 5.0
 """Seconds before pods that fit on no node are tried again (a node join also triggers it)."""
 
@@ -72,12 +75,35 @@ class ServicesController(Controller):
     workers = 4
     resync_period = 60.0
 
-    def __init__(self) -> None:
+    def __init__(self, *, eviction_timeout: float = EVICTION_TIMEOUT) -> None:
         super().__init__()
+        self.eviction_timeout = eviction_timeout
         self._expected: dict[str, int] = {}  # service work key -> revision the cache must reach
+        self._lost: dict[str, float] = {}  # node -> when its key was first seen gone (monotonic)
 
     async def started(self) -> None:
         self._expected.clear()  # a new term starts from a fresh list
+        self._lost.clear()  # and gives lost nodes their whole grace again
+
+    def _with_grace(self, pods: Sequence[Pod], nodes: Sequence[Node]) -> tuple[set[str], float]:
+        """The nodes whose pods stay where they are: those with a key, and those whose key went
+        less than ``eviction_timeout`` seconds ago (an agent back in time keeps its containers
+        untouched); and the seconds until the next of those runs out (0: none)."""
+        alive = {n.name for n in nodes}
+        for name in alive:
+            self._lost.pop(name, None)
+        clock = time.monotonic()
+        kept: set[str] = set(alive)
+        soonest = 0.0
+        for pod in pods:
+            if pod.node in alive:
+                continue
+            since = self._lost.setdefault(pod.node, clock)
+            left = self.eviction_timeout - (clock - since)
+            if left > 0:
+                kept.add(pod.node)
+                soonest = left if not soonest else min(soonest, left)
+        return kept, soonest
 
     def watches(self) -> Sequence[Watch]:
         return [
@@ -183,11 +209,14 @@ class ServicesController(Controller):
             and previous.revision == current.revision
             and previous.state == "failed"
         )
+        kept, grace = self._with_grace([p for p, _ in mine], nodes)
+        if grace:
+            waits.append(grace)
         step = plan(
             config.replicas if meta and not stopped else 0,
             spec.template if spec else None,
             [Observed(p, p.id in running, order) for p, order in mine],
-            {n.name for n in nodes},
+            kept,
             len(draining),
         )
         for pod in step.delete:

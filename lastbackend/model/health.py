@@ -11,9 +11,9 @@ published port (Docker's proxy answers a TCP connect there whether the app liste
 
 A new container is checked every :data:`STARTUP_INTERVAL` seconds until it first passes, then
 every ``interval``. One that has not passed ``timeout`` seconds after it started is stopped as
-``HealthCheckFailed`` and started again (with the crash-loop backoff); a ready one that fails a
-check is taken out of the routers' upstreams at once, and stopped the same way if it keeps
-failing for ``timeout`` seconds. Without a health check a service gets ``port`` when it
+``HealthCheckFailed`` and started again (with the crash-loop backoff); a ready one that fails
+three checks in a row is taken out of the routers' upstreams, and stopped the same way if it
+keeps failing for ``timeout`` seconds. Without a health check a service gets ``port`` when it
 publishes a port (the routers would dial it), else ``process``.
 """
 

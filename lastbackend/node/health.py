@@ -25,6 +25,7 @@ import attrs
 
 from lastbackend.model.health import STARTUP_INTERVAL, HealthCheck
 
+FAILURE_THRESHOLD = 3
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 300.0
 BACKOFF_RESET = 600.0
@@ -72,6 +73,8 @@ class Readiness:
     ready: bool = False
     passed_once: bool = False
     failing_since: float | None = None
+    failures: int = 0
+    """Checks failed in a row."""
     last: float | None = None
     ready_since: datetime | None = None
     """Wall-clock time it last became ready: rollouts count it once it has been ready a while."""
@@ -83,20 +86,29 @@ class Readiness:
         return now - self.last >= interval
 
     def record(self, passed: bool, now: float) -> tuple[bool, bool]:
-        """Take a check's result: (readiness changed, failed for longer than the timeout)."""
+        """Take a check's result: (readiness changed, failed for longer than the timeout).
+
+        A ready container stays ready until :data:`FAILURE_THRESHOLD` checks in a row fail
+        (Kubernetes' default): one check that timed out behind a busy moment must not take the
+        only container out of the routers.
+        """
         self.last = now
         was = self.ready
-        self.ready = passed
-        if passed and not was:
-            self.ready_since = datetime.now(UTC)
         if passed:
+            self.ready = True
+            self.failures = 0
+            if not was:
+                self.ready_since = datetime.now(UTC)
             self.passed_once = True
             self.failing_since = None
-            return was != passed, False
+            return not was, False
+        self.failures += 1
+        if not self.passed_once or self.failures >= FAILURE_THRESHOLD:
+            self.ready = False
         if self.failing_since is None:
             self.failing_since = self.started if not self.passed_once else now
         expired = now - self.failing_since >= float(self.check.data.timeout)
-        return was != passed, expired
+        return was != self.ready, expired
 
 
 @attrs.define

@@ -159,7 +159,8 @@ def config(
     return {
         "admin": admin(paths),
         "storage": {"module": "file_system", "root": str(paths.storage)},
-        "logging": {"logs": {"default": {"level": "WARN"}}},
+        # ERROR: Caddy warns once per certificate per load that internal ones have no OCSP
+        "logging": {"logs": {"default": {"level": "ERROR"}}},
         "apps": {
             "pki": {
                 "certificate_authorities": {

@@ -172,7 +172,7 @@ async def test_image_change_rolls_without_dropping_below_replicas(
 
 async def test_pods_of_a_lost_node_move_to_a_live_one(cluster: Cluster, api: Any) -> None:
     runner1, _ = cluster.node("n1", memory=4096, ttl=2)
-    cluster.start(ServicesController())
+    cluster.start(ServicesController(eviction_timeout=1))
     await make_service(api, 2)
     await eventually(lambda: _count(cluster, 2))
     cluster.node("n2", memory=4096)
@@ -183,6 +183,36 @@ async def test_pods_of_a_lost_node_move_to_a_live_one(cluster: Cluster, api: Any
         return len(pods) == 2 and {p.node for p in pods} == {"n2"}
 
     await eventually(moved, within=20)
+
+
+async def test_a_node_back_within_the_eviction_timeout_keeps_its_containers(
+    cluster: Cluster, api: Any
+) -> None:
+    runner1, runtime = cluster.node("n1", memory=4096, ttl=2)
+    cluster.start(ServicesController(eviction_timeout=60))
+    await make_service(api, 2)
+    await eventually(lambda: _count(cluster, 2))
+    pods = {p.id for p in await cluster.pods()}
+    containers = {s.id for s in await runtime.list({}) if s.running}
+    cluster.node("n2", memory=4096)
+    await runner1.stop(grace=0)  # the agent goes; its node key expires with its lease (2 s)
+
+    async def key_gone() -> bool:
+        return await cluster.etcd.get(keys.node("n1")) is None
+
+    await eventually(key_gone, within=10)
+    await asyncio.sleep(1.0)  # the controller has seen the node go
+    assert {p.id for p in await cluster.pods()} == pods, "the pods wait for their node"
+    agent = NodeAgent(runtime, cluster.secrets, "n1", node_ttl=2, probe=runtime.probe)
+    cluster.start(agent)  # back, on the same engine
+
+    async def back() -> bool:
+        return await cluster.etcd.get(keys.node("n1")) is not None
+
+    await eventually(back, within=10)
+    await asyncio.sleep(1.0)
+    assert {p.id for p in await cluster.pods()} == pods
+    assert {s.id for s in await runtime.list({}) if s.running} == containers, "untouched"
 
 
 async def test_deleting_the_service_removes_pods_and_containers(cluster: Cluster, api: Any) -> None:

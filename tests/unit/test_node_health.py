@@ -30,13 +30,17 @@ def test_never_ready_within_the_timeout_means_restart() -> None:
     assert r.record(False, 110.0) == (False, True)  # 10 s after it started
 
 
-def test_a_ready_container_that_fails_leaves_the_upstreams_at_once_and_restarts_later() -> None:
+def test_a_ready_container_leaves_the_upstreams_after_three_failures_and_restarts_later() -> None:
     r = Readiness(check(timeout=10), started=0.0)
     r.record(True, 1.0)
-    assert r.record(False, 50.0) == (True, False)  # not ready any more: routers stop sending
-    assert r.record(False, 55.0) == (False, False)
+    assert r.record(False, 50.0) == (False, False)  # one slow check: still ready
+    assert r.record(False, 52.0) == (False, False)
+    assert r.ready
+    assert r.record(False, 54.0) == (True, False)  # the third: routers stop sending
+    assert not r.ready
     assert r.record(True, 56.0) == (True, False)  # back
-    r.record(False, 70.0)
+    for at in (70.0, 72.0, 74.0):
+        r.record(False, at)
     assert r.record(False, 80.0) == (False, True)  # failing 10 s since it first failed
 
 
