@@ -64,6 +64,20 @@ async def answering(port: int, host: str, ids: list[str]) -> bool:
     return seen == wanted
 
 
+async def steady(port: int, host: str, results: list[tuple[int, str]], stop: asyncio.Event) -> None:
+    """One client, one request at a time, ~100 a second through the router, until ``stop``:
+    each answer's status and body (the container's hostname), or 0 and the error."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while not stop.is_set() and len(results) < 5000:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/id", headers={"Host": host}) as r:
+                    results.append((r.status, (await r.text()).strip()))
+            except aiohttp.ClientError as exc:
+                results.append((0, str(exc)))
+            await asyncio.sleep(0.01)
+
+
 async def test_a_service_is_served_at_its_name_and_follows_scaling(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
@@ -122,21 +136,7 @@ async def test_a_container_killed_under_load_loses_no_request_but_the_one_in_it(
 
     results: list[tuple[int, str]] = []
     stop = asyncio.Event()
-
-    async def steady() -> None:
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while not stop.is_set() and len(results) < 2000:
-                try:
-                    async with http.get(
-                        f"http://127.0.0.1:{port}/id", headers={"Host": host}
-                    ) as resp:
-                        results.append((resp.status, (await resp.text()).strip()))
-                except aiohttp.ClientError as exc:
-                    results.append((0, str(exc)))
-                await asyncio.sleep(0.01)
-
-    load = asyncio.create_task(steady())
+    load = asyncio.create_task(steady(port, host, results, stop))
     await asyncio.sleep(1.0)
     victim = ids[0]
     h.docker.kill(victim)  # SIGKILL: no goodbye, connections just fail
@@ -171,21 +171,7 @@ async def test_a_rolling_deploy_through_the_router_drops_no_request(
 
     results: list[tuple[int, str]] = []
     stop = asyncio.Event()
-
-    async def steady() -> None:
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            while not stop.is_set() and len(results) < 5000:
-                try:
-                    async with http.get(
-                        f"http://127.0.0.1:{port}/id", headers={"Host": host}
-                    ) as resp:
-                        results.append((resp.status, (await resp.text()).strip()))
-                except aiohttp.ClientError as exc:
-                    results.append((0, str(exc)))
-                await asyncio.sleep(0.01)
-
-    load = asyncio.create_task(steady())
+    load = asyncio.create_task(steady(port, host, results, stop))
     try:
         await app.patch_config("web", {"env": {"VERSION": "2"}})
 
