@@ -240,6 +240,7 @@ def _make_converter() -> cattrs.Converter:
             health_check=override(omit_if_default=True),
             min_ready=override(omit_if_default=True),
             progress_deadline=override(omit_if_default=True),
+            stop_timeout=override(omit_if_default=True),
         ),
     )
     c.register_unstructure_hook(

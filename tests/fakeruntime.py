@@ -235,6 +235,8 @@ class FakeRuntime:
         self.build_gate: asyncio.Event | None = None
         """When set to an event, every build waits for it after its last step (a long build)."""
         self.closed = False
+        self.stops: list[tuple[str, float]] = []
+        """Every stop asked for: (id or name, seconds from SIGTERM to SIGKILL)."""
         self.unhealthy: set[str] = set()
         """Container ids whose health checks fail (:meth:`probe`); every other one passes."""
         self._programs: list[Program] = []
@@ -558,6 +560,7 @@ class FakeRuntime:
         return None if box is None else box.state
 
     async def stop(self, id_or_name: str, timeout_s: float = 10) -> None:
+        self.stops.append((id_or_name, timeout_s))
         box = self._box(id_or_name)
         if box is None or not box.state.running:
             return

@@ -72,6 +72,7 @@ def view(pid: str, record: Record, urls: list[str]) -> dict[str, Any]:
         "desired_state": store.app_state(record).desired_state,
         "lifecycle": codec.unstructure(store.lifecycle(record)),
         "environment_variables": dict(store.config(record).env),
+        "health_check": codec.unstructure(store.config(record).health_check),
         "relationships": {"space": {"guid": pid}},
         "urls": urls,
         "created_at": _time(meta.created),
@@ -217,9 +218,13 @@ def _patched(record: Record, update: AppUpdate) -> dict[str, Any]:
                 422, f"lifecycle.type: cannot change from {old} to {update.lifecycle.type}"
             )
         wanted["lifecycle"] = update.lifecycle
+    config = store.config(record)
     if update.environment_variables is not None:
-        env = dict(update.environment_variables)
-        wanted["config"] = attrs.evolve(store.config(record), env=env)
+        config = attrs.evolve(config, env=dict(update.environment_variables))
+    if update.health_check is not None:
+        config = attrs.evolve(config, health_check=update.health_check)
+    if config != store.config(record):
+        wanted["config"] = config
     return wanted
 
 

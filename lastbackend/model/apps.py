@@ -28,6 +28,7 @@ from typing import Any, Literal, NewType
 import attrs
 
 from lastbackend.model.common import MASK, EnvName, Id, ImageRef, Name
+from lastbackend.model.health import HealthCheck
 
 BuildpackName = NewType("BuildpackName", str)
 """A buildpack's id as ``buildpack.toml`` names it (``static``, ``io.lastbackend.procfile``)."""
@@ -180,6 +181,8 @@ class AppUpdate:
     name: Name | None = None
     lifecycle: Lifecycle | None = None
     environment_variables: dict[EnvName, str] | None = None
+    health_check: HealthCheck | None = None
+    """Cloud Foundry's process health check, kept in the service's config (``model.health``)."""
 
 
 @attrs.frozen

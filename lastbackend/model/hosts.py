@@ -17,6 +17,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NewType
+from urllib.parse import urlsplit
 
 import idna
 
@@ -110,6 +111,16 @@ def urls(
         out.append(f"http://{host}{'' if http == 80 else f':{http}'}/")
         out.append(f"https://{host}{'' if https == 443 else f':{https}'}/")
     return out
+
+
+def dial_host(address: str) -> str:
+    """Where a node's published ports are reached, from its advertised URL: the URL's host, or
+    loopback when it names none or a wildcard (one host: API, agent and router together)."""
+    try:
+        host = urlsplit(address).hostname or ""
+    except ValueError:
+        host = ""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 def check_domains(value: Mapping[str, bool]) -> dict[str, bool]:

@@ -63,6 +63,8 @@ class ServiceConfig:
     min_ready: MinReady | None = None
     """Seconds a new container must have been ready before a rollout counts it and retires an
     old one; ``None``: :data:`MIN_READY`."""
+    stop_timeout: StopTimeout | None = None
+    """Seconds from SIGTERM to SIGKILL when a container is stopped; ``None``: 10."""
     progress_deadline: ProgressDeadline | None = None
     """Seconds a rollout may go without completing before it is marked failed (the old pods
     keep serving); ``None``: :data:`PROGRESS_DEADLINE`."""
@@ -83,6 +85,8 @@ Domains = hosts.Domains
 
 MinReady = NewType("MinReady", int)
 ProgressDeadline = NewType("ProgressDeadline", int)
+StopTimeout = NewType("StopTimeout", int)
+STOP_TIMEOUT = 10
 MIN_READY = 3
 PROGRESS_DEADLINE = 300
 
@@ -117,6 +121,9 @@ class Container:
     started: datetime | None = None
     ready_since: datetime | None = None
     """When it last became ready: a rollout counts a new container after ``min_ready`` seconds."""
+    host: str = ""
+    """Where its published ports are reached (its node's address): routers keep dialling it
+    while its node is lost but within ``node.eviction_timeout``."""
 
 
 @attrs.frozen
@@ -174,5 +181,6 @@ def _within(low: int, high: int, what: str) -> Any:
 CHECKS: dict[Any, tuple[type, Any]] = {
     MinReady: (int, _within(0, 3600, "min_ready")),
     ProgressDeadline: (int, _within(5, 86400, "progress_deadline")),
+    StopTimeout: (int, _within(0, 3600, "stop_timeout")),
 }
 """The shape of ``model.common.CHECKS``, registered with the converter."""

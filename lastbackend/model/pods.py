@@ -30,6 +30,7 @@ class PodSpec:
     ports: dict[str, int] = attrs.Factory(dict)
     volumes: dict[str, str] = attrs.Factory(dict)
     health_check: HealthCheck | None = None
+    stop_timeout: int | None = None
 
     @classmethod
     def of(cls, config: ServiceConfig, image: str) -> PodSpec:
@@ -41,6 +42,7 @@ class PodSpec:
             ports=dict(config.ports),
             volumes=dict(config.volumes),
             health_check=config.health_check,
+            stop_timeout=config.stop_timeout,
         )
 
     @property
@@ -52,8 +54,9 @@ class PodSpec:
     def template(self) -> str:
         """A stable 12-hex-digit hash of the spec: equal specs, equal templates."""
         spec = attrs.asdict(self)
-        if spec["health_check"] is None:  # specs from before health checks keep their hash:
-            del spec["health_check"]  # an upgrade must not roll every service
+        for added in ("health_check", "stop_timeout"):  # specs from before these fields keep
+            if spec[added] is None:  # their hash: an upgrade must not roll every service
+                del spec[added]
         raw = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha1(raw.encode()).hexdigest()[:12]
 

@@ -39,8 +39,8 @@ from lastbackend import codec
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.common import now
 from lastbackend.model.health import STARTUP_INTERVAL
-from lastbackend.model.hosts import web_port
-from lastbackend.model.platform import TERMINATING, Container
+from lastbackend.model.hosts import dial_host, web_port
+from lastbackend.model.platform import STOP_TIMEOUT, TERMINATING, Container
 from lastbackend.model.pods import Node, Pod
 from lastbackend.model.registries import registry_host
 from lastbackend.node import health
@@ -64,6 +64,7 @@ LABEL_POD = f"{LABEL}.pod"
 LABEL_PROJECT = f"{LABEL}.project"
 LABEL_SERVICE = f"{LABEL}.service"
 LABEL_TEMPLATE = f"{LABEL}.template"
+LABEL_STOP_TIMEOUT = f"{LABEL}.stop-timeout"
 
 NODE_TTL = 30
 """Seconds a node key outlives its agent: how long a dead host's pods wait to be rescheduled.
@@ -270,6 +271,9 @@ class NodeAgent(Controller):
                 LABEL_PROJECT: pod.project,
                 LABEL_SERVICE: pod.service,
                 LABEL_TEMPLATE: pod.template,
+                LABEL_STOP_TIMEOUT: str(
+                    pod.spec.stop_timeout if pod.spec.stop_timeout is not None else STOP_TIMEOUT
+                ),
             },
         )
 
@@ -298,6 +302,7 @@ class NodeAgent(Controller):
             reason=reason,
             started=state.started_at,
             ready_since=checks.ready_since if ready and checks is not None else None,
+            host=dial_host(self.address),
         )
         fingerprint = codec.dumps(attrs_without_updated(container))
         if self._reported.get(state.id) == fingerprint:
@@ -385,7 +390,7 @@ class NodeAgent(Controller):
             await self.txn([Cmp.present(key)], [Op.put(key, codec.dumps(draining))])
             await asyncio.sleep(DRAIN)
             with contextlib.suppress(ContainerRuntimeError):
-                await self.runtime.stop(state.id, STOP_TIMEOUT)
+                await self.runtime.stop(state.id, _stop_timeout(state))
         await self.runtime.remove(state.id)
         self._reported.pop(state.id, None)
         if project and service:
@@ -398,8 +403,14 @@ HEALTH = "HealthCheckFailed"
 DRAIN = 1.0
 """Seconds between a container leaving the routers' upstreams and its SIGTERM: a router loads a
 change within a tenth of that (``router.daemon.DEBOUNCE`` and the load itself)."""
-STOP_TIMEOUT = 10.0
-"""Seconds from SIGTERM to SIGKILL, as Docker's and Kubernetes' defaults."""
+
+
+def _stop_timeout(state: ContainerState) -> float:
+    """The container's own (its pod's ``stop_timeout``, in a label: the pod may be gone)."""
+    try:
+        return float(state.labels.get(LABEL_STOP_TIMEOUT, STOP_TIMEOUT))
+    except ValueError:
+        return float(STOP_TIMEOUT)
 
 
 def _reason(state: ContainerState) -> str:

@@ -12,8 +12,9 @@ routers serve, and the API answers a service's ``urls`` from the same rules.
   one a buildpack app's ``$PORT`` names; ``model.hosts.web_port``); other ports are not routed.
 - **Upstreams.** Every container object of the service that is ``running`` and ``ready`` and
   reports a host port for the web port, dialled at its node's address (the host of
-  ``nodes/<name>.address``) and that port. A container on a node whose key is gone is left out:
-  its host is taken for dead.
+  ``nodes/<name>.address``, else the ``host`` its container object carries) and that port. A
+  node whose key is gone keeps its containers routed while their objects last: its pods wait
+  out ``node.eviction_timeout``, and gc removes the objects once the pods moved.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
-from lastbackend.model.hosts import WILDCARD, default_host, web_port
+from lastbackend.model.hosts import WILDCARD, default_host, dial_host, web_port
 from lastbackend.store import keys
 
 LOOPBACK = "127.0.0.1"
@@ -76,10 +76,9 @@ def node_address(raw: bytes) -> str:
     """Where a node's published ports are reached: its advertised address's host."""
     try:
         address = str(json.loads(raw).get("address") or "")
-        host = urlsplit(address).hostname or ""
     except (ValueError, AttributeError):
-        host = ""
-    return LOOPBACK if host in ("", "0.0.0.0", "::") else host
+        address = ""
+    return dial_host(address)
 
 
 def build(projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str) -> list[Route]:
@@ -133,10 +132,14 @@ def _upstreams(
         node = str(container.get("node") or "")
         host_port = (container.get("ports") or {}).get(port)
         ready = container.get("ready") is not False  # None: written before health checks
-        if container.get("status") != "running" or not ready or node not in addresses:
+        # a node whose key went (its lease expired) keeps serving from its containers until
+        # they are gone: its pods wait out node.eviction_timeout, and its address is known
+        # from the container objects
+        address = addresses.get(node) or str(container.get("host") or "")
+        if container.get("status") != "running" or not ready or not address:
             continue
         if isinstance(host_port, int) and not isinstance(host_port, bool) and host_port > 0:
-            yield Upstream(addresses[node], host_port, str(container.get("id") or ""), node)
+            yield Upstream(address, host_port, str(container.get("id") or ""), node)
 
 
 def _json(raw: bytes) -> Any:

@@ -193,3 +193,27 @@ async def test_a_rolling_deploy_through_the_router_drops_no_request(
     served_by = {body for _, body in results}
     assert {c[:12] for c in before} <= served_by
     assert {c[:12] for c in after} & served_by
+
+
+async def test_an_http_check_that_fails_keeps_the_container_out_and_restarts_it(
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
+) -> None:
+    h = harness
+    daemon, port = routed_daemon(h, etcd_server.endpoint)
+    await h.ready(daemon)
+    app = App(h, daemon, "shop")
+    await app.create_project()
+    check = {"type": "http", "data": {"endpoint": "/healthz", "timeout": 3}}
+    await app.create_service("web", base_image, command=SERVE_ID, health_check=check)
+    host = "web.shop.lb.localhost"
+
+    async def restarted() -> dict[str, Any] | None:
+        found = await app.reported("web")
+        return found[0] if found and found[0]["restarts"] >= 1 else None
+
+    # the port is open and / answers, but /healthz is a 404: never ready, so never routed
+    container = await eventually(restarted, 30, "a restart for the failed check", explain=h.explain)
+    assert container["ready"] is False
+    assert container["reason"] in ("HealthCheckFailed", "CrashLoopBackOff", "Starting")
+    status, body = await through(port, host)
+    assert (status, body) == (503, b"web of project shop has no running instance\n")

@@ -328,6 +328,20 @@ async def test_patch_renames_replaces_env_and_lifecycle_data(api: Client, etcd: 
     assert tree[keys.service_name(pid, "site")] == guid.encode()
     assert keys.service_name(pid, "web") not in tree
     assert (await config_of(etcd, pid, guid)).env == {"C": "3"}
+    assert patched["health_check"] is None
+
+    check = {"type": "http", "data": {"endpoint": "/up", "timeout": 30}}
+    resp = await api.patch(f"/v3/apps/{guid}", json={"health_check": check})
+    assert resp.status == 200, await resp.text()
+    shown = (await resp.json())["health_check"]
+    assert shown["type"] == "http"
+    assert shown["data"]["endpoint"] == "/up"
+    stored = (await config_of(etcd, pid, guid)).health_check
+    assert stored is not None
+    assert (stored.type, stored.data.timeout) == ("http", 30)
+    resp = await api.patch(f"/v3/apps/{guid}", json={"health_check": {"type": "tcp"}})
+    assert resp.status == 422
+    assert "health_check.type" in await resp.text()
     assert (await api.get("/api/projects/demo/services/web")).status == 404
     assert (await api.get("/api/projects/demo/services/site")).status == 200
 

@@ -94,3 +94,32 @@ async def test_only_containers_that_pass_their_check_are_routed(
     await eventually(ready, 10)
     [route] = await route_table(etcd, "lb.localhost")
     assert [u.container for u in route.upstreams] == [container["id"]]
+
+
+async def test_a_retired_container_is_drained_then_stopped_with_its_stop_timeout(
+    cluster: Cluster, api: Any
+) -> None:
+    _, runtime = cluster.node("n1")
+    cluster.start(ServicesController())
+    await make_service(api, 1, ports={"8080/TCP": 0}, stop_timeout=7)
+    [container] = await eventually(lambda: _ready_containers(api), 10)
+    resp = await api.patch("/api/projects/demo/services/web/config", json={"replicas": 0})
+    assert resp.status == 200, await resp.text()
+
+    async def terminating() -> bool:
+        found = await containers(api)
+        return bool(found) and found[0]["reason"] == "Terminating" and not found[0]["ready"]
+
+    await eventually(terminating, 5)  # first out of the routers' upstreams...
+    assert runtime.stops == []
+    await eventually(lambda: _stopped(runtime), 5)  # ...then SIGTERM, with 7 s to go
+    assert runtime.stops == [(container["id"], 7.0)]
+
+
+async def _ready_containers(api: Any) -> list[dict[str, Any]] | None:
+    found = [c for c in await containers(api) if c["ready"]]
+    return found or None
+
+
+async def _stopped(runtime: Any) -> bool:
+    return bool(runtime.stops)

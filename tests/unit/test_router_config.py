@@ -41,6 +41,24 @@ def tree(**extra: bytes) -> dict[str, bytes]:
         keys.container(PID, SID, "c4"): json.dumps(
             {"id": "c4", "status": "running", "node": "gone", "ports": {"8080/TCP": 32004}}
         ).encode(),
+        keys.container(PID, SID, "c5"): json.dumps(
+            {
+                "id": "c5",
+                "status": "running",
+                "node": "lost",
+                "host": "10.0.0.9",
+                "ports": {"8080/TCP": 32005},
+            }
+        ).encode(),
+        keys.container(PID, SID, "c6"): json.dumps(
+            {
+                "id": "c6",
+                "status": "running",
+                "ready": False,
+                "node": "n1",
+                "ports": {"8080/TCP": 32006},
+            }
+        ).encode(),
     }
     raw.update(extra)
     return raw
@@ -56,9 +74,10 @@ def test_hosts_upstreams_and_order() -> None:
     routes = table.build(tree(), NODES, DOMAIN)
     assert [r.host for r in routes] == ["web.demo.lb.localhost", "www.example.com", "*.example.com"]
     upstreams = {u.dial for u in routes[0].upstreams}
-    # the web port is the lowest TCP port; exited and dead-node containers are left out; a node
-    # with no address is dialled on loopback
-    assert upstreams == {"10.0.0.1:32001", "127.0.0.1:32002"}
+    # the web port is the lowest TCP port; exited, not ready and unknown-node containers are
+    # left out; a node with no address is dialled on loopback; a lost node (key gone, within
+    # its eviction grace) is dialled at the host its container objects carry
+    assert upstreams == {"10.0.0.1:32001", "127.0.0.1:32002", "10.0.0.9:32005"}
     assert all(r.upstreams == routes[0].upstreams for r in routes)
 
 
