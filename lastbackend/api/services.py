@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import attrs
 from aiohttp import web
 
 from lastbackend import codec
@@ -369,16 +368,7 @@ async def rollback(request: web.Request) -> web.Response:
 
     def back(current: Record) -> dict[str, Any]:
         config: ServiceConfig = current.values.get("config", ServiceConfig())
-        restored = attrs.evolve(
-            config,
-            command=spec.command,
-            memory=spec.memory,
-            env=dict(spec.env),
-            ports=dict(spec.ports),
-            volumes=dict(spec.volumes),
-            health_check=spec.health_check,
-        )
-        return {"config": restored, "image": spec.image}
+        return {"config": spec.onto(config), "image": spec.image}
 
     record = await services.update(record.id, back, if_match=if_match(request))
     settings = request.app[STATE].settings

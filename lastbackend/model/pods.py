@@ -15,6 +15,7 @@ from typing import Literal
 
 import attrs
 
+from lastbackend.model.common import MemoryMB, Text
 from lastbackend.model.health import HealthCheck, default_check
 from lastbackend.model.platform import ServiceConfig
 
@@ -43,6 +44,19 @@ class PodSpec:
             volumes=dict(config.volumes),
             health_check=config.health_check,
             stop_timeout=config.stop_timeout,
+        )
+
+    def onto(self, config: ServiceConfig) -> ServiceConfig:
+        """``config`` with this spec's template fields: the inverse of :meth:`of` (a rollback)."""
+        return attrs.evolve(
+            config,
+            command=Text(self.command),
+            memory=MemoryMB(self.memory),
+            env=dict(self.env),
+            ports=dict(self.ports),
+            volumes=dict(self.volumes),
+            health_check=self.health_check,
+            stop_timeout=self.stop_timeout,
         )
 
     @property
