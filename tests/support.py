@@ -61,3 +61,16 @@ class RawEtcd(Etcd):
         ):
             if batch.events:
                 yield batch.events
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free at this moment: held open together while they are picked,
+    so two calls of :func:`free_port` in a row cannot hand out the same one."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

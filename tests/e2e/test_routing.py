@@ -20,7 +20,7 @@ from lastbackend.store.embedded import EmbeddedEtcd
 from tests.baseimage import INDEX_HTML
 from tests.e2e.harness import LABEL_SERVICE, Harness, Proc, eventually
 from tests.e2e.test_containers import App, converged
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, free_ports
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -31,14 +31,9 @@ SERVE_ID = "hostname > /www/id; trap 'exit 0' TERM; httpd -f -p 8080 -h /www & w
 def routed_daemon(h: Harness, etcd: str) -> tuple[Proc, int]:
     if shutil.which("caddy") is None:
         pytest.skip("caddy is not installed (Debian: caddy)")
-    http = free_port()
+    http, https = free_ports(2)
     proc = h.start(
-        "daemon",
-        etcd,
-        "--router-http",
-        f"127.0.0.1:{http}",
-        "--router-https",
-        f"127.0.0.1:{free_port()}",
+        "daemon", etcd, "--router-http", f"127.0.0.1:{http}", "--router-https", f"127.0.0.1:{https}"
     )
     return proc, http
 

@@ -26,7 +26,7 @@ import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import dump
-from tests.support import free_port
+from tests.support import free_port, free_ports
 
 pytestmark = pytest.mark.etcd
 
@@ -206,8 +206,7 @@ def http_get(url: str, *, host: str) -> tuple[int, str]:
 
 def test_embedded_etcd_lifecycle(tmp_path, daemons):
     data = tmp_path / "data"
-    client_port, peer_port, api_port = free_port(), free_port(), free_port()
-    http_port, https_port = free_port(), free_port()
+    client_port, peer_port, api_port, http_port, https_port = free_ports(5)
     cfg = tmp_path / "lastbackend.toml"
     cfg.write_text(
         "[etcd]\n"

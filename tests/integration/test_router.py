@@ -37,7 +37,7 @@ from lastbackend.router.daemon import Router
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from tests.conftest import ClientFactory, new_etcd_server
-from tests.support import RawEtcd, eventually, free_port
+from tests.support import RawEtcd, eventually, free_port, free_ports
 from tests.unit.test_certificates_model import Pki
 
 pytestmark = pytest.mark.etcd
@@ -123,10 +123,11 @@ class World:
     async def router(self, *, port_offset: int = 0, **overrides: Any) -> Router:
         settings = self.settings
         if port_offset or overrides:
+            http, https = free_ports(2)
             settings = attrs.evolve(
                 settings,
-                router_http=f"127.0.0.1:{free_port()}",
-                router_https=f"127.0.0.1:{free_port()}",
+                router_http=f"127.0.0.1:{http}",
+                router_https=f"127.0.0.1:{https}",
                 **overrides,
             )
         router = Router(
@@ -178,11 +179,9 @@ async def world(
 ) -> AsyncIterator[World]:
     caddy_installed()
     key = generate_key()
+    http, https = free_ports(2)
     routed = attrs.evolve(
-        settings,
-        secret_key=key,
-        router_http=f"127.0.0.1:{free_port()}",
-        router_https=f"127.0.0.1:{free_port()}",
+        settings, secret_key=key, router_http=f"127.0.0.1:{http}", router_https=f"127.0.0.1:{https}"
     )
     api = await make_client(
         secret_key=key, router_http=routed.router_http, router_https=routed.router_https
@@ -522,11 +521,12 @@ async def test_without_etcd_the_router_keeps_serving_and_readyz_says_so(
     server = new_etcd_server(tmp_path)
     server.start()
     key = generate_key()
+    http, https = free_ports(2)
     settings = Settings(
         etcd_endpoints=(server.endpoint,),
         secret_key=key,
-        router_http=f"127.0.0.1:{free_port()}",
-        router_https=f"127.0.0.1:{free_port()}",
+        router_http=f"127.0.0.1:{http}",
+        router_https=f"127.0.0.1:{https}",
     )
     try:
         async with RawEtcd([server.endpoint], timeout=1.0) as etcd:
