@@ -341,8 +341,8 @@ class NodeAgent(Controller):
             self._readiness.pop(cid, None)
             restarts = self._restarts.setdefault(pod_id, health.Restarts())
             restarts.stopped(cid, time.monotonic() - checks.started, time.monotonic(), HEALTH)
-            with contextlib.suppress(ContainerRuntimeError):
-                await self.runtime.stop(cid)
+            with contextlib.suppress(ContainerRuntimeError):  # it serves nobody: a short stop,
+                await self.runtime.stop(cid, HEALTH_STOP)  # so the other checks are not held up
         if (changed or expired) and self.queue is not None and pod_id:
             self.queue.add(pod_id)
 
@@ -400,6 +400,8 @@ class NodeAgent(Controller):
 
 CRASH_LOOP = "CrashLoopBackOff"
 HEALTH = "HealthCheckFailed"
+HEALTH_STOP = 1.0
+"""Seconds from SIGTERM to SIGKILL for a container stopped for failing its check."""
 DRAIN = 1.0
 """Seconds between a container leaving the routers' upstreams and its SIGTERM: a router loads a
 change within a tenth of that (``router.daemon.DEBOUNCE`` and the load itself)."""
