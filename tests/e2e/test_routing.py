@@ -73,6 +73,24 @@ async def steady(port: int, host: str, results: list[tuple[int, str]], stop: asy
             await asyncio.sleep(0.01)
 
 
+HOST = "web.shop.lb.localhost"
+
+
+async def serving(
+    h: Harness, etcd: str, image: str, replicas: int
+) -> tuple[App, str, int, list[str]]:
+    """A routed daemon serving ``web`` of ``shop`` with ``replicas`` containers, every one
+    answering through the router: the app, the service id, the router's port, container ids."""
+    daemon, port = routed_daemon(h, etcd)
+    await h.ready(daemon)
+    app = App(h, daemon, "shop")
+    await app.create_project()
+    sid = await app.create_service("web", image, replicas=replicas, command=SERVE_ID)
+    ids = await converged(h, app, "web", sid, replicas)
+    await eventually(lambda: answering(port, HOST, ids), 20, "all answer", explain=h.explain)
+    return app, sid, port, ids
+
+
 async def test_a_service_is_served_at_its_name_and_follows_scaling(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
@@ -120,14 +138,8 @@ async def test_a_container_killed_under_load_loses_no_request_but_the_one_in_it(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
-    daemon, port = routed_daemon(h, etcd_server.endpoint)
-    await h.ready(daemon)
-    app = App(h, daemon, "shop")
-    await app.create_project()
-    sid = await app.create_service("web", base_image, replicas=2, command=SERVE_ID)
-    host = "web.shop.lb.localhost"
-    ids = await converged(h, app, "web", sid, 2)
-    await eventually(lambda: answering(port, host, ids), 20, "both answer", explain=h.explain)
+    _, sid, port, ids = await serving(h, etcd_server.endpoint, base_image, 2)
+    host = HOST
 
     results: list[tuple[int, str]] = []
     stop = asyncio.Event()
@@ -155,14 +167,8 @@ async def test_a_rolling_deploy_through_the_router_drops_no_request(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, base_image: str
 ) -> None:
     h = harness
-    daemon, port = routed_daemon(h, etcd_server.endpoint)
-    await h.ready(daemon)
-    app = App(h, daemon, "shop")
-    await app.create_project()
-    sid = await app.create_service("web", base_image, replicas=3, command=SERVE_ID)
-    host = "web.shop.lb.localhost"
-    before = await converged(h, app, "web", sid, 3)
-    await eventually(lambda: answering(port, host, before), 20, "all answer", explain=h.explain)
+    app, sid, port, before = await serving(h, etcd_server.endpoint, base_image, 3)
+    host = HOST
 
     results: list[tuple[int, str]] = []
     stop = asyncio.Event()
