@@ -31,6 +31,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -283,27 +284,12 @@ class NodeAgent(Controller):
 
     async def _report(self, pod: Pod, state: ContainerState, *, reason: str = "") -> None:
         """Write the container object, unless unchanged or the service is gone."""
-        t = now()
         checks = self._readiness.get(state.id)
         ready = state.running and checks is not None and checks.ready
         if not reason and not ready:
             reason = _reason(state) if not state.running else "Starting"
-        container = Container(
-            id=state.id,
-            status=state.status,
-            created=state.created,
-            updated=t,
-            ports=dict(state.ports),
-            pod=pod.id,
-            node=self.node,
-            ready=ready,
-            restarts=self._restarts[pod.id].count if pod.id in self._restarts else 0,
-            exit_code=state.exit_code,
-            reason=reason,
-            started=state.started_at,
-            ready_since=checks.ready_since if ready and checks is not None else None,
-            host=dial_host(self.address),
-        )
+        since = checks.ready_since if ready and checks is not None else None
+        container = self._container(state, pod.id, ready=ready, reason=reason, ready_since=since)
         fingerprint = codec.dumps(attrs_without_updated(container))
         if self._reported.get(state.id) == fingerprint:
             return
@@ -311,6 +297,34 @@ class NodeAgent(Controller):
         meta = keys.service_part(pod.project, pod.service, "meta")
         await self.txn([Cmp.present(meta)], [Op.put(key, codec.dumps(container))])
         self._reported[state.id] = fingerprint
+
+    def _container(
+        self,
+        state: ContainerState,
+        pod_id: str,
+        *,
+        ready: bool,
+        reason: str,
+        ready_since: datetime | None = None,
+    ) -> Container:
+        """The container object of ``state`` as this agent reports it."""
+        restarts = self._restarts.get(pod_id)
+        return Container(
+            id=state.id,
+            status=state.status,
+            created=state.created,
+            updated=now(),
+            ports=dict(state.ports),
+            pod=pod_id,
+            node=self.node,
+            ready=ready,
+            restarts=restarts.count if restarts is not None else 0,
+            exit_code=state.exit_code,
+            reason=reason,
+            started=state.started_at,
+            ready_since=ready_since,
+            host=dial_host(self.address),
+        )
 
     # health checks -----------------------------------------------------------------------------
 
@@ -374,18 +388,8 @@ class NodeAgent(Controller):
         project, service = state.labels.get(LABEL_PROJECT), state.labels.get(LABEL_SERVICE)
         self._readiness.pop(state.id, None)
         if state.running and project and service:
-            draining = Container(
-                id=state.id,
-                status=state.status,
-                created=state.created,
-                updated=now(),
-                ports=dict(state.ports),
-                pod=state.labels.get(LABEL_POD, ""),
-                node=self.node,
-                ready=False,
-                reason=TERMINATING,
-                started=state.started_at,
-            )
+            pod_id = state.labels.get(LABEL_POD, "")
+            draining = self._container(state, pod_id, ready=False, reason=TERMINATING)
             key = keys.container(project, service, state.id)
             await self.txn([Cmp.present(key)], [Op.put(key, codec.dumps(draining))])
             await asyncio.sleep(DRAIN)
