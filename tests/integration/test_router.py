@@ -163,6 +163,15 @@ class World:
         await self.etcd.put(keys.container(self.pid, sid, cid), codec.dumps(container))
         return cid
 
+    async def serving(self, upstream: Upstream) -> tuple[str, Router]:
+        """``web`` of ``demo`` on ``upstream``, answering through a new router."""
+        await self.node()
+        sid = await self.service("web")
+        await self.run(sid, upstream)
+        router = await self.router()
+        await eventually(lambda: serves(self.http, "web.demo.lb.localhost", upstream.name))
+        return sid, router
+
     async def stop_container(self, sid: str, cid: str) -> None:
         await self.etcd.delete_prefix(keys.container(self.pid, sid, cid))
 
@@ -285,12 +294,8 @@ async def _status(port: int, host: str, status: int) -> bool:
 async def test_config_loads_under_steady_traffic_drop_no_request(
     world: World, upstreams: list[Upstream]
 ) -> None:
-    await world.node()
-    sid = await world.service("web")
-    await world.run(sid, upstreams[0])
-    router = await world.router()
+    sid, router = await world.serving(upstreams[0])
     host = "web.demo.lb.localhost"
-    await eventually(lambda: serves(world.http, host, "u0"))
     loads = router._loads.labels("loaded")._value.get()
     results: list[int | str] = []
     done = asyncio.Event()
@@ -343,12 +348,8 @@ async def test_a_dead_upstream_is_retried_on_another(
 async def test_headers_sse_and_websockets_pass_through(
     world: World, upstreams: list[Upstream]
 ) -> None:
-    await world.node()
-    sid = await world.service("web")
-    await world.run(sid, upstreams[0])
-    await world.router()
+    await world.serving(upstreams[0])
     host = "web.demo.lb.localhost"
-    await eventually(lambda: serves(world.http, host, "u0"))
 
     _, text = await get(world.http, host, "/headers")
     headers = json.loads(text)
@@ -447,12 +448,8 @@ async def test_https_with_the_internal_ca_and_a_users_own_certificate(
 async def test_a_killed_caddy_is_restarted_and_serves_again(
     world: World, upstreams: list[Upstream]
 ) -> None:
-    await world.node()
-    sid = await world.service("web")
-    await world.run(sid, upstreams[0])
-    router = await world.router()
+    _, router = await world.serving(upstreams[0])
     host = "web.demo.lb.localhost"
-    await eventually(lambda: serves(world.http, host, "u0"))
     assert router.caddy.proc is not None
     os.kill(router.caddy.proc.pid, signal.SIGKILL)
     await eventually(lambda: _restarted(router), 20)
@@ -484,11 +481,7 @@ async def test_two_routers_serve_the_same_routes(world: World, upstreams: list[U
 async def test_a_config_caddy_refuses_leaves_the_last_one_serving(
     world: World, upstreams: list[Upstream]
 ) -> None:
-    await world.node()
-    sid = await world.service("web")
-    await world.run(sid, upstreams[0])
-    router = await world.router()
-    await eventually(lambda: serves(world.http, "web.demo.lb.localhost", "u0"))
+    _, router = await world.serving(upstreams[0])
     pki = Pki("Broken")
     issued = pki.leaf("bad.example.com")
     resp = await world.api.put("/api/certificates/bad.example.com", json=issued.body())
