@@ -684,7 +684,12 @@ class FakeRuntime:
             ports[spec_port.upper()] = host
             taken.add(host)
         box.state = attrs.evolve(
-            box.state, status="running", ports=ports, started_at=self._now(), exit_code=None
+            box.state,
+            status="running",
+            ports=ports,
+            started_at=self._now(),
+            finished_at=None,
+            exit_code=None,
         )
         self._emit(box, "start")
         box.touch()
@@ -696,7 +701,9 @@ class FakeRuntime:
                 return
 
     def _exit(self, box: _Container, exit_code: int) -> None:
-        box.state = attrs.evolve(box.state, status="exited", ports={}, exit_code=exit_code)
+        box.state = attrs.evolve(
+            box.state, status="exited", ports={}, exit_code=exit_code, finished_at=self._now()
+        )
         self._emit(box, "die", exit_code)
         box.touch()
 

@@ -48,10 +48,19 @@ def reason(new_containers: Iterable[Container]) -> str:
     if crashed:
         worst = max(crashed, key=lambda c: c.restarts)
         code = worst.exit_code if worst.exit_code is not None else "?"
-        return f"new containers exit with code {code} ({worst.restarts} restarts)"
+        ran = _ran(worst)
+        after = f" after {ran} s" if ran is not None else ""
+        return f"new containers exit with code {code}{after} ({worst.restarts} restarts)"
     if any(c.ready is False for c in found):
         return "new containers are running but not ready (their health check does not pass)"
     return "waiting for new containers to be ready for min_ready seconds"
+
+
+def _ran(container: Container) -> int | None:
+    """Seconds its last run lasted (the times are to the second, so within one)."""
+    if container.started is None or container.finished is None:
+        return None
+    return max(0, round((container.finished - container.started).total_seconds()))
 
 
 def state(

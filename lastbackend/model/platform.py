@@ -119,6 +119,8 @@ class Container:
     """Why it is not ready or not running: ``CrashLoopBackOff``, ``HealthCheckFailed``,
     ``OOMKilled``, ``Error``, ``Completed``, ``Starting``; empty while ready."""
     started: datetime | None = None
+    finished: datetime | None = None
+    """When it last stopped, while it is stopped: with ``started``, how long it ran."""
     ready_since: datetime | None = None
     """When it last became ready: a rollout counts a new container after ``min_ready`` seconds."""
     host: str = ""

@@ -322,6 +322,7 @@ class NodeAgent(Controller):
             exit_code=state.exit_code,
             reason=reason,
             started=state.started_at,
+            finished=state.finished_at,
             ready_since=ready_since,
             host=dial_host(self.address),
         )

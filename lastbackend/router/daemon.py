@@ -6,7 +6,9 @@ so any number of them serve the same routes (DNS or a load balancer spreads clie
 - **Watching.** Informers (the controllers' own, list + watch, resumed across etcd restarts) over
   ``projects/`` (kept to project and service parts and containers), ``nodes/`` and
   ``certificates/``. Every change marks the table dirty; the next load happens
-  :data:`DEBOUNCE` seconds later, so a rollout's burst of container reports is one load.
+  :data:`DEBOUNCE` seconds later, so a rollout's burst of container reports is one load. The
+  table also changes by the clock alone, when a container finishes its warm-up
+  (``table.warms_at``): the loop wakes then too.
 - **Loading.** The whole config is built from the caches (:func:`~.table.build`,
   :func:`~.caddy.config`) and pushed in one ``POST /load``; a config equal to the one loaded is
   not sent again. A refused config leaves Caddy serving the previous one; the reason is logged,
@@ -22,7 +24,9 @@ so any number of them serve the same routes (DNS or a load balancer spreads clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +196,12 @@ class Router:
     async def _apply_loop(self) -> None:
         self._dirty.set()  # the first table, as soon as the caches are synced
         while True:
-            await self._dirty.wait()
+            projects = {k: kv.value for k, kv in self.informers[keys.PROJECTS].cache.items()}
+            at = datetime.now(UTC)  # to the microsecond: warm-ups end mid-second
+            warm = table.warms_at(projects, at)
+            wait = None if warm is None else (warm - at).total_seconds()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), wait)
             await asyncio.sleep(DEBOUNCE)
             self._dirty.clear()
             await self.caddy.started.wait()
@@ -214,7 +223,7 @@ class Router:
                 self._certificates_dirty = False
         projects = {k: kv.value for k, kv in self.informers[keys.PROJECTS].cache.items()}
         nodes = {k: kv.value for k, kv in self.informers[keys.NODES].cache.items()}
-        self.routes = table.build(projects, nodes, self.settings.router_domain)
+        self.routes = table.build(projects, nodes, self.settings.router_domain, datetime.now(UTC))
         return caddy.config(
             self.routes,
             http=self.settings.router_http,
@@ -250,7 +259,10 @@ async def route_table(etcd: Etcd, domain: str) -> list[table.Route]:
     _, projects = await list_prefix(etcd, keys.PROJECTS, keep=lambda k: routed_key(k) is not None)
     _, nodes = await list_prefix(etcd, keys.NODES)
     return table.build(
-        {kv.key: kv.value for kv in projects}, {kv.key: kv.value for kv in nodes}, domain
+        {kv.key: kv.value for kv in projects},
+        {kv.key: kv.value for kv in nodes},
+        domain,
+        datetime.now(UTC),
     )
 
 

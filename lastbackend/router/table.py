@@ -15,17 +15,28 @@ routers serve, and the API answers a service's ``urls`` from the same rules.
   ``nodes/<name>.address``, else the ``host`` its container object carries) and that port. A
   node whose key is gone keeps its containers routed while their objects last: its pods wait
   out ``node.eviction_timeout``, and gc removes the objects once the pods moved.
+- **Warm-up.** While some of a service's containers have been ready for ``min_ready`` seconds
+  (config, default 3), only those are routed: a container that passes its check and then dies
+  within ``min_ready`` (a bad deploy that serves for a second) never gets a request while
+  there are proven ones to send it to, the same rule by which the services controller counts a
+  new pod before retiring an old one. With no proven container (a first deploy, a service
+  scaled up from nothing) every ready one is routed at once. The time is the caller's ``now``
+  against the node's ``ready_since``, so nodes' and routers' clocks are assumed in step (NTP);
+  :func:`warms_at` says when the table next changes by the clock alone.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
+from lastbackend.codec import parse_time
 from lastbackend.model.hosts import WILDCARD, default_host, dial_host, web_port
+from lastbackend.model.platform import MIN_READY
 from lastbackend.store import keys
 
 LOOPBACK = "127.0.0.1"
@@ -81,13 +92,42 @@ def node_address(raw: bytes) -> str:
     return dial_host(address)
 
 
-def build(projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str) -> list[Route]:
-    """Every route, exact hosts first (by host), then wildcards (by host).
+def build(
+    projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str, at: datetime
+) -> list[Route]:
+    """Every route at time ``at``, exact hosts first (by host), then wildcards (by host).
 
     ``projects`` and ``nodes`` map raw keys to values, as an informer's caches or a range read
     hold them; keys of other shapes are ignored, values that do not decode leave their service
     (or container) out rather than the whole table.
     """
+    addresses = {keys.leaf(key): node_address(raw) for key, raw in nodes.items()}
+    routes: list[Route] = []
+    for service, project, name, port in _services(projects):
+        upstreams = tuple(sorted(_upstreams(service, port, addresses, at)))
+        domains = service.get("domains") if isinstance(service.get("domains"), dict) else {}
+        hosts = [default_host(name, project, domain)]
+        hosts += [h for h, on in sorted(domains.items()) if on is True]
+        routes += [
+            Route(h, project, name, service["pid"], service["sid"], upstreams) for h in hosts
+        ]
+    return sorted(routes, key=lambda r: (r.wildcard, r.host))
+
+
+def warms_at(projects: Mapping[str, bytes], at: datetime) -> datetime | None:
+    """The first moment after ``at`` when a ready container finishes its warm-up, if any."""
+    times = [
+        warm
+        for service, _, _, _ in _services(projects)
+        for container in service["containers"]
+        if (warm := _warm_at(container, _min_ready(service))) is not None and warm > at
+    ]
+    return min(times, default=None)
+
+
+def _services(projects: Mapping[str, bytes]) -> Iterable[tuple[dict[str, Any], str, str, str]]:
+    """Each routable service's parts (``meta``, ``config``, ``domains``, ``containers``), with
+    its project's name, its name and its web port."""
     project_names: dict[str, str] = {}
     services: dict[tuple[str, str], dict[str, Any]] = {}
     for key, raw in projects.items():
@@ -97,7 +137,9 @@ def build(projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str
             if pid is not None and _field(raw, "name"):
                 project_names[pid] = _field(raw, "name")
             continue
-        entry = services.setdefault((ref.project, ref.service), {"containers": []})
+        entry = services.setdefault(
+            (ref.project, ref.service), {"containers": [], "pid": ref.project, "sid": ref.service}
+        )
         container = keys.container_of(key)
         if container is not None:
             decoded = _json(raw)
@@ -105,9 +147,7 @@ def build(projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str
                 entry["containers"].append(decoded)
         elif key == keys.service_part(ref.project, ref.service, keys.leaf(key)):
             entry[keys.leaf(key)] = _json(raw)
-    addresses = {keys.leaf(key): node_address(raw) for key, raw in nodes.items()}
-    routes: list[Route] = []
-    for (pid, sid), parts in services.items():
+    for (pid, _), parts in services.items():
         project, meta = project_names.get(pid), parts.get("meta")
         config = parts.get("config")
         if not project or not isinstance(meta, dict) or not isinstance(config, dict):
@@ -115,31 +155,48 @@ def build(projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str
         name = str(meta.get("name") or "")
         ports = config.get("ports")
         port = web_port(ports) if isinstance(ports, dict) else None
-        if not name or port is None:
-            continue
-        upstreams = tuple(sorted(_upstreams(parts["containers"], port, addresses)))
-        domains = parts.get("domains") if isinstance(parts.get("domains"), dict) else {}
-        hosts = [default_host(name, project, domain)]
-        hosts += [h for h, on in sorted(domains.items()) if on is True]
-        routes += [Route(h, project, name, pid, sid, upstreams) for h in hosts]
-    return sorted(routes, key=lambda r: (r.wildcard, r.host))
+        if name and port is not None:
+            yield parts, project, name, port
 
 
 def _upstreams(
-    containers: Iterable[Mapping[str, Any]], port: str, addresses: Mapping[str, str]
+    service: Mapping[str, Any], port: str, addresses: Mapping[str, str], at: datetime
 ) -> Iterable[Upstream]:
-    for container in containers:
+    ready: list[tuple[Upstream, bool]] = []
+    for container in service["containers"]:
         node = str(container.get("node") or "")
         host_port = (container.get("ports") or {}).get(port)
-        ready = container.get("ready") is not False  # None: written before health checks
         # a node whose key went (its lease expired) keeps serving from its containers until
         # they are gone: its pods wait out node.eviction_timeout, and its address is known
         # from the container objects
         address = addresses.get(node) or str(container.get("host") or "")
-        if container.get("status") != "running" or not ready or not address:
+        if container.get("status") != "running" or container.get("ready") is False:
+            continue  # ready None: written before health checks, routed as it always was
+        if not address or not isinstance(host_port, int) or isinstance(host_port, bool):
             continue
-        if isinstance(host_port, int) and not isinstance(host_port, bool) and host_port > 0:
-            yield Upstream(address, host_port, str(container.get("id") or ""), node)
+        if host_port > 0:
+            warm = _warm_at(container, _min_ready(service))
+            upstream = Upstream(address, host_port, str(container.get("id") or ""), node)
+            ready.append((upstream, warm is None or warm <= at))
+    proven = [upstream for upstream, warm in ready if warm]
+    return proven or [upstream for upstream, _ in ready]
+
+
+def _min_ready(service: Mapping[str, Any]) -> float:
+    value = service["config"].get("min_ready")
+    return float(value) if isinstance(value, int | float) and value >= 0 else float(MIN_READY)
+
+
+def _warm_at(container: Mapping[str, Any], min_ready: float) -> datetime | None:
+    """When a ready container has been ready ``min_ready`` seconds (``None``: no such time known,
+    so it counts as proven, as containers reported before health checks do)."""
+    since = container.get("ready_since")
+    if container.get("ready") is not True or not isinstance(since, str):
+        return None
+    try:
+        return parse_time(since) + timedelta(seconds=min_ready)
+    except ValueError:
+        return None
 
 
 def _json(raw: bytes) -> Any:

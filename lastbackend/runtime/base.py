@@ -117,6 +117,8 @@ class ContainerState:
     ports: dict[str, int]
     created: datetime
     started_at: datetime | None = None
+    finished_at: datetime | None = None
+    """When it last stopped (``None`` while it runs, or if it never did)."""
     exit_code: int | None = None
     address: str = ""
     """The container's own IP on its network: where health checks reach the app itself (a

@@ -117,6 +117,7 @@ def _state(raw: Mapping[str, Any]) -> ContainerState:
         ports=_bound_ports((raw.get("NetworkSettings") or {}).get("Ports")),
         created=created,
         started_at=_parse_time(state.get("StartedAt")),
+        finished_at=_parse_time(state.get("FinishedAt")) if status in ("exited", "dead") else None,
         exit_code=int(state["ExitCode"]) if status in ("exited", "dead") else None,
         address=_address(raw.get("NetworkSettings") or {}),
         oom_killed=bool(state.get("OOMKilled")),

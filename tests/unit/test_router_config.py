@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from lastbackend.store import keys
 
 PID, SID, OTHER = "p-1", "s-1", "s-2"
 DOMAIN = "lb.localhost"
+AT = datetime(2026, 12, 2, 10, 0, 0, 500000, tzinfo=UTC)
 
 
 def meta(name: str) -> bytes:
@@ -71,7 +73,7 @@ NODES = {
 
 
 def test_hosts_upstreams_and_order() -> None:
-    routes = table.build(tree(), NODES, DOMAIN)
+    routes = table.build(tree(), NODES, DOMAIN, AT)
     assert [r.host for r in routes] == ["web.demo.lb.localhost", "www.example.com", "*.example.com"]
     upstreams = {u.dial for u in routes[0].upstreams}
     # the web port is the lowest TCP port; exited, not ready and unknown-node containers are
@@ -81,13 +83,62 @@ def test_hosts_upstreams_and_order() -> None:
     assert all(r.upstreams == routes[0].upstreams for r in routes)
 
 
+def ready(cid: str, since: datetime, port: int) -> bytes:
+    return json.dumps(
+        {
+            "id": cid,
+            "status": "running",
+            "ready": True,
+            "ready_since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "node": "n1",
+            "ports": {"8080/TCP": port},
+        }
+    ).encode()
+
+
+def warm_tree(*containers: tuple[str, float], min_ready: int | None = None) -> dict[str, bytes]:
+    """``web`` with only the given ready containers, each ready for that many seconds at AT."""
+    raw = {k: v for k, v in tree().items() if keys.container_of(k) is None}
+    config: dict[str, Any] = {"ports": {"8080/TCP": 0}}
+    if min_ready is not None:
+        config["min_ready"] = min_ready
+    raw[keys.service_part(PID, SID, "config")] = json.dumps(config).encode()
+    for n, (cid, age) in enumerate(containers):
+        raw[keys.container(PID, SID, cid)] = ready(cid, AT - timedelta(seconds=age), 33000 + n)
+    return raw
+
+
+def dials(raw: dict[str, bytes], at: datetime = AT) -> set[str]:
+    return {u.container for u in table.build(raw, NODES, DOMAIN, at)[0].upstreams}
+
+
+def test_containers_still_warming_up_get_no_traffic_while_proven_ones_serve() -> None:
+    # a rolling deploy: two old containers ready for minutes, a new one ready for a second.
+    # The new one could be a bad deploy that passes its check and dies: it waits out min_ready.
+    raw = warm_tree(("old1", 600), ("old2", 600), ("new", 1))
+    assert dials(raw) == {"old1", "old2"}
+    # the table changes by the clock alone at the end of the new container's warm-up
+    # (ready_since is to the second: 10:00:00 - 1 s + 3 s)
+    assert table.warms_at(raw, AT) == datetime(2026, 12, 2, 10, 0, 2, tzinfo=UTC)
+    assert dials(raw, datetime(2026, 12, 2, 10, 0, 2, tzinfo=UTC)) == {"old1", "old2", "new"}
+    # the service's own min_ready decides
+    assert dials(warm_tree(("old", 600), ("new", 1), min_ready=0)) == {"old", "new"}
+    assert dials(warm_tree(("old", 600), ("new", 30), min_ready=60)) == {"old"}
+
+
+def test_with_no_proven_container_every_ready_one_serves_at_once() -> None:
+    # a first deploy (or a scale up from nothing) has nothing to protect: no warm-up wait
+    assert dials(warm_tree(("a", 0), ("b", 1))) == {"a", "b"}
+    assert table.warms_at(warm_tree(("a", 600)), AT) is None
+
+
 def test_what_is_not_routed() -> None:
     no_port = tree(**{keys.service_part(PID, SID, "config"): b'{"ports": {"53/UDP": 0}}'})
-    assert table.build(no_port, NODES, DOMAIN) == []
+    assert table.build(no_port, NODES, DOMAIN, AT) == []
     broken = tree(**{keys.service_part(PID, SID, "config"): b"not json"})
-    assert table.build(broken, NODES, DOMAIN) == []
+    assert table.build(broken, NODES, DOMAIN, AT) == []
     orphan = {k: v for k, v in tree().items() if k != keys.project_meta(PID)}
-    assert table.build(orphan, NODES, DOMAIN) == []
+    assert table.build(orphan, NODES, DOMAIN, AT) == []
 
 
 def test_urls_leave_wildcards_and_held_hosts_out_and_drop_default_ports() -> None:
@@ -110,7 +161,7 @@ def test_urls_leave_wildcards_and_held_hosts_out_and_drop_default_ports() -> Non
 
 
 def config(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
-    routes = table.build(tree(), NODES, DOMAIN)
+    routes = table.build(tree(), NODES, DOMAIN, AT)
     return caddy.config(
         routes,
         http="127.0.0.1:8080",
