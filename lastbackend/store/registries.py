@@ -16,6 +16,10 @@ Every public call is one etcd transaction, in the shapes of ``store/objects.py``
 An account's version (its ETag) is its key's ``mod_revision``. A write that changes nothing is
 skipped; to tell, a password sent again is compared with the stored one by decrypting it,
 because encrypting the same password twice gives two different tokens.
+
+The password is sent to the account's host at every pull and push, so moving an account to
+another host needs the password again in the same request: whoever can write the account but
+does not know its password must not be able to send it to a registry of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 import attrs
 
 from lastbackend import codec
+from lastbackend.codec import FieldError, Invalid
 from lastbackend.model.common import now
 from lastbackend.model.registries import (
     DOCKER_HUB_ALIASES,
@@ -152,6 +157,16 @@ class Registries:
         raise Contention(f"registry account {host!r} is changing too fast; try again")
 
     def _apply(self, old: RegistryAccount, spec: RegistryCreate | RegistryPatch) -> RegistryAccount:
+        if spec.host != old.host and spec.password is None:
+            raise Invalid(
+                [
+                    FieldError(
+                        "password",
+                        f"is required again to move the account from {old.host} to {spec.host}: "
+                        "the stored password is sent there",
+                    )
+                ]
+            )
         token = old.password
         if spec.password is not None and not self._holds(token, spec.password):
             token = self.secrets.encrypt(spec.password)

@@ -7,6 +7,10 @@ it compared unchanged (``mod_revision``, so ``If-Match`` guards it), retrying a 
 write that changes nothing is skipped; to tell, a secret sent again is compared with the stored
 one by decrypting it, because encrypting a value twice gives two different tokens.
 
+The stored token is sent wherever ``scheme://host`` says (clones, API calls), so a PUT that moves
+either needs the token again: whoever can write the vendor but does not know its token must not
+be able to point it at a host of their own and collect it with the next build.
+
 :func:`subscribers` answers "which services and images build from which repository" for push
 webhooks without reading the whole tree: the service index ``helper/apps/<sid> -> <pid>`` and
 the image index ``helper/images/<name> -> <iid>`` name every object, and one batched read of
@@ -97,9 +101,20 @@ class Vendors:
         raise Contention(f"vendor {name!r} is changing too fast; try again")
 
     def _apply(self, name: str, old: Vendor | None, spec: VendorConnect) -> Vendor:
+        host = spec.host or DEFAULT_HOSTS[name]
         if spec.token is not None:
             token = self._reuse(old.token if old else "", spec.token)
         elif old is not None:
+            if (old.scheme, old.host) != (spec.scheme, host):
+                raise Invalid(
+                    [
+                        FieldError(
+                            "token",
+                            f"is required again to move the vendor from {old.scheme}://{old.host}"
+                            f" to {spec.scheme}://{host}: the stored token is sent there",
+                        )
+                    ]
+                )
             token = old.token
         else:
             raise Invalid([FieldError("token", "is required to connect a vendor")])
@@ -109,7 +124,7 @@ class Vendors:
         t = now()
         return Vendor(
             vendor=name,  # type: ignore[arg-type]  # checked against VENDORS above
-            host=spec.host or DEFAULT_HOSTS[name],  # type: ignore[arg-type]
+            host=host,  # type: ignore[arg-type]
             username=spec.username,
             email=spec.email,
             service_id=spec.service_id,

@@ -278,9 +278,10 @@ async def test_a_write_that_changes_nothing_is_skipped(api: Recorder, etcd: RawE
 async def test_a_new_host_moves_the_account(api: Recorder, etcd: RawEtcd) -> None:
     await create(api)
     await create(api, host="taken.example")
-    resp = await api.patch(f"{BASE}/{HOST}", json={"host": "taken.example"})
+    moved = {"host": "taken.example", "password": PASSWORD}
+    resp = await api.patch(f"{BASE}/{HOST}", json=moved)
     assert "taken.example" in await expect_error(resp, 409)
-    resp = await api.patch(f"{BASE}/{HOST}", json={"host": "moved.example:443"})
+    resp = await api.patch(f"{BASE}/{HOST}", json={**moved, "host": "moved.example:443"})
     assert resp.status == 200, await resp.text()
     assert sorted(await dump(etcd)) == [
         "/lastbackend/registries/moved.example:443",
