@@ -1,13 +1,20 @@
-"""Liveness, readiness, Prometheus metrics and the OpenAPI document."""
+"""Liveness, readiness, Prometheus metrics and the OpenAPI document.
+
+``/readyz`` needs no token (probes send none), so with auth on it tells an unauthenticated caller
+only its ``status``: leader identities (host names and pids), node and router details and etcd's
+errors (endpoints, TLS problems) are for callers with a token, admin or read-only.
+"""
 
 from __future__ import annotations
 
+import attrs
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from lastbackend.api import openapi
 from lastbackend.api.http import doc, json_response
-from lastbackend.api.state import STATE
+from lastbackend.api.roles import role
+from lastbackend.api.state import STATE, State
 from lastbackend.store.etcd import StoreUnavailable
 
 routes = web.RouteTableDef()
@@ -26,6 +33,19 @@ async def healthz(request: web.Request) -> web.Response:
 )
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    response = await _readiness(state)
+    if role(state.settings, request.headers.get("Authorization", "")) is None:
+        return json_response({"status": response.body["status"]}, status=response.status)
+    return json_response(response.body, status=response.status)
+
+
+@attrs.frozen
+class _Ready:
+    body: dict[str, object]
+    status: int = 200
+
+
+async def _readiness(state: State) -> _Ready:
     router = state.router() if state.router is not None else None
     try:
         revision = await state.etcd.status()
@@ -33,20 +53,20 @@ async def readyz(request: web.Request) -> web.Response:
         body: dict[str, object] = {"status": "unavailable", "etcd": str(exc)}
         if router is not None:
             body["router"] = router  # it keeps serving the last config it loaded: say so
-        return json_response(body, status=503)
+        return _Ready(body, 503)
     body = {"status": "ok", "etcd": {"revision": revision}}
     if router is not None:
         body["router"] = router
         if not router.get("ready"):
             body["status"] = "starting"
-            return json_response(body, status=503)
+            return _Ready(body, 503)
     if state.controllers is not None:
         controllers = state.controllers()
         body["controllers"] = controllers
         if not all(c.get("ready") for c in controllers.values()):
             body["status"] = "syncing"
-            return json_response(body, status=503)
-    return json_response(body)
+            return _Ready(body, 503)
+    return _Ready(body)
 
 
 @routes.get("/metrics")

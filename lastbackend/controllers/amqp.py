@@ -120,7 +120,8 @@ class AmqpHub:
         """True while the listener is bound (set on the reactor thread)."""
 
     def __repr__(self) -> str:
-        return f"<AmqpHub listen={self.listen} forward={self.forward} listening={self.listening}>"
+        forward = _hidden_userinfo(self.forward) if self.forward else None
+        return f"<AmqpHub listen={self.listen} forward={forward} listening={self.listening}>"
 
     async def start(self) -> None:
         """Start the reactor thread; returns once it has tried to listen (see :attr:`listening`)."""
@@ -503,6 +504,19 @@ class _Stop:
 
     def on_timer_task(self, event: Any) -> None:
         self.container.stop()
+
+
+def _hidden_userinfo(url: str) -> str:
+    """A broker URL for reprs: the whole user part and any query as ``***`` (a lone user name
+    is often a token), parsed by hand so that no URL, however odd, comes out whole."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:  # up to the last @, whatever it holds (a password may hold a / or an @)
+        rest = "***@" + rest.rpartition("@")[2]
+    if "?" in rest:
+        rest = rest.partition("?")[0] + "?***"
+    return f"{scheme}{sep}{rest}"
 
 
 def _safe_url(url: str) -> str:
