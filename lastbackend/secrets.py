@@ -17,18 +17,30 @@ host the data-dir file is shared by construction; on several hosts set ``LB_SECR
 the file) identically everywhere. Losing the key loses the stored secrets: they must be entered
 again. An etcd backup holds ciphertext only, so back the key up separately.
 
+Environment values (a service's ``config.env``, a droplet's ``environment_variables``, the
+``env`` of pod specs and revisions) are encrypted value by value, the names left in clear so the
+tree stays readable: :meth:`Secrets.seal_env` and :meth:`Secrets.open_env`. Unlike the write-only
+secrets they are shown again, to admins; and a value written before they were encrypted (not a
+token) still reads as itself, so an upgrade needs no migration: it is encrypted the next time its
+map is written. Sealing keeps a stored token whose clear value is unchanged: a token is fresh
+each time, and a new token for the same value would change the pod template, which rolls out.
+
 Nothing here logs or puts a secret (or a key) into an exception message.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from lastbackend.codec import FieldError, Invalid
 from lastbackend.config import Settings
 from lastbackend.logsetup import log
+from lastbackend.model.common import MASK
 
 TOKEN_PREFIX = "gAAAAA"
 """How every Fernet token begins (version byte 0x80, then a timestamp): ciphertext at a glance."""
@@ -83,6 +95,56 @@ class Secrets:
                 "another key, or the value is corrupt. Every lastbackend process must share one "
                 "key (secrets.key / LB_SECRET_KEY, or the same secret.key file)"
             ) from None
+
+    def open(self, value: str) -> str:
+        """A stored environment value in clear: a token decrypted, a value from before
+        encryption (not a token) as it is."""
+        return self.decrypt(value) if is_token(value) else value
+
+    def open_env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """A stored environment map in clear (what a container is started with)."""
+        return {name: self.open(value) for name, value in env.items()}
+
+    def seal_env(
+        self,
+        env: Mapping[str, str],
+        stored: Mapping[str, str] | None = None,
+        *,
+        field: str = "environment_variables",
+    ) -> dict[str, str]:
+        """``env`` (clear values from a request) as it is stored: each value a token.
+
+        A value the stored map already holds, as the same token or as a token of the same clear
+        value, keeps its token, so rewriting an unchanged map changes nothing. Anything else is
+        taken as clear text, never as a token to trust: a token copied from elsewhere in the
+        tree is encrypted again, not decrypted into a readable value. ``***`` (how read-only
+        callers see values) is refused unless it is the stored value: it would overwrite one.
+        """
+        stored = stored or {}
+        out: dict[str, str] = {}
+        for name, value in env.items():
+            old = stored.get(name)
+            if old is not None and is_token(old) and (old == value or self._holds(old, value)):
+                out[name] = old
+            elif value == MASK:
+                raise Invalid(
+                    [
+                        FieldError(
+                            f"{field}[{name!r}]",
+                            f"{MASK!r} is how values are hidden from read-only tokens; "
+                            "send the real value",
+                        )
+                    ]
+                )
+            else:
+                out[name] = self.encrypt(value)
+        return out
+
+    def _holds(self, token: str, clear: str) -> bool:
+        try:
+            return hmac.compare_digest(self.decrypt(token).encode(), clear.encode())
+        except SecretError:
+            return False
 
 
 def load_or_create_key(path: Path) -> bytes:

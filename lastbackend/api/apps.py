@@ -7,8 +7,10 @@ here too: without an ``app`` key it shows ``desired_state: STARTED`` (it runs), 
 
 The lifecycle is changed through the root resource (``PATCH /v3/apps/:guid``, the first of the
 document's two choices): the sent lifecycle replaces the stored one, and its ``type`` cannot
-change. ``environment_variables`` in a PATCH replaces the whole map. Every write takes
-``If-Match`` with the app's ETag (its revision, the same as its service's).
+change. ``environment_variables`` in a PATCH replaces the whole map; its values are stored
+encrypted and shown in clear to admin tokens, ``***`` to read-only ones
+(:mod:`lastbackend.api.envview`). Every write takes ``If-Match`` with the app's ETag (its
+revision, the same as its service's).
 
 Running what was staged: ``PATCH .../relationships/current_droplet`` picks a ``STAGED`` droplet of
 the app, ``POST .../actions/start`` points the service's image at it (see
@@ -26,6 +28,7 @@ from aiohttp import web
 
 from lastbackend import codec
 from lastbackend.api import droplets, services
+from lastbackend.api.envview import EnvView, env_view
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import (
     decode,
@@ -61,7 +64,7 @@ def _time(value: datetime) -> str:
     return codec.format_time(value)
 
 
-def view(pid: str, record: Record, urls: list[str]) -> dict[str, Any]:
+def view(pid: str, record: Record, urls: list[str], env: EnvView) -> dict[str, Any]:
     meta: Meta = record.values["meta"]
     meta_kv = record.kvs["meta"]
     updated = meta.updated != meta.created or (meta_kv is not None and meta_kv.version > 1)
@@ -71,7 +74,7 @@ def view(pid: str, record: Record, urls: list[str]) -> dict[str, Any]:
         "name": meta.name,
         "desired_state": store.app_state(record).desired_state,
         "lifecycle": codec.unstructure(store.lifecycle(record)),
-        "environment_variables": dict(store.config(record).env),
+        "environment_variables": env.show(store.config(record).env),
         "health_check": codec.unstructure(store.config(record).health_check),
         "relationships": {"space": {"guid": pid}},
         "urls": urls,
@@ -90,7 +93,8 @@ def view(pid: str, record: Record, urls: list[str]) -> dict[str, Any]:
 
 
 def _apps(request: web.Request) -> Apps:
-    return request.app[STATE].apps
+    state = request.app[STATE]
+    return Apps(state.etcd, state.names, lambda: state.secrets)  # starting reads $PORT
 
 
 def _refused(exc: Refused) -> ApiError:
@@ -117,7 +121,8 @@ async def _app_response(
     request: web.Request, pid: str, record: Record, status: int = 200
 ) -> web.Response:
     [urls] = await _urls(request, [(pid, record)])
-    return json_response(view(pid, record, urls), status=status, revision=record.revision)
+    body = view(pid, record, urls, env_view(request))
+    return json_response(body, status=status, revision=record.revision)
 
 
 # the app itself ---------------------------------------------------------------------------------
@@ -130,6 +135,8 @@ async def _app_response(
 async def create(request: web.Request) -> web.Response:
     spec = decode(await read_json(request), AppCreate)
     space = spec.relationships.space.guid
+    sealed = env_view(request).seal(spec.environment_variables)
+    spec = attrs.evolve(spec, environment_variables=sealed)
     try:
         pid, record = await _apps(request).create(spec)
     except NotFound:
@@ -182,8 +189,10 @@ async def index(request: web.Request) -> web.Response:
         spaces=spaces,
     )
     apps = list(zip(pids, page.records, strict=True))
+    env = env_view(request)
     resources = [
-        view(pid, r, urls) for (pid, r), urls in zip(apps, await _urls(request, apps), strict=True)
+        view(pid, r, urls, env)
+        for (pid, r), urls in zip(apps, await _urls(request, apps), strict=True)
     ]
     return json_response(
         page_body(request, pg, page.total, resources),
@@ -207,7 +216,7 @@ def _no_nulls(changes: dict[str, Any]) -> None:
         raise ApiError(422, *found)
 
 
-def _patched(record: Record, update: AppUpdate) -> dict[str, Any]:
+def _patched(record: Record, update: AppUpdate, env: EnvView) -> dict[str, Any]:
     """The parts a PATCH writes; raises (so nothing is written) on a lifecycle type change."""
     meta: Meta = record.values["meta"]
     wanted: dict[str, Any] = {"meta": attrs.evolve(meta, name=update.name or meta.name)}
@@ -220,7 +229,7 @@ def _patched(record: Record, update: AppUpdate) -> dict[str, Any]:
         wanted["lifecycle"] = update.lifecycle
     config = store.config(record)
     if update.environment_variables is not None:
-        config = attrs.evolve(config, env=dict(update.environment_variables))
+        config = attrs.evolve(config, env=env.seal(update.environment_variables, config.env))
     if update.health_check is not None:
         config = attrs.evolve(config, health_check=update.health_check)
     if config != store.config(record):
@@ -241,9 +250,10 @@ async def patch(request: web.Request) -> web.Response:
     guid = request.match_info["guid"]
     apps = _apps(request)
     pid = await apps.owner(guid)
+    env = env_view(request)
     try:
         record = await apps.services(pid).update(
-            guid, lambda cur: _patched(cur, update), if_match=if_match(request)
+            guid, lambda cur: _patched(cur, update, env), if_match=if_match(request)
         )
     except NotFound:
         raise NotFound(f"app {guid!r} not found") from None
@@ -324,7 +334,8 @@ async def current_droplet(request: web.Request) -> web.Response:
     if found is None:
         raise ApiError(404, f"app {guid}'s current droplet {droplet_guid} no longer exists")
     droplet, kv = found
-    return json_response(droplets.view(droplet_guid, guid, droplet), revision=kv.mod_revision)
+    body = droplets.view(droplet_guid, guid, droplet, env_view(request))
+    return json_response(body, revision=kv.mod_revision)
 
 
 @routes.post(ONE + "/actions/start")

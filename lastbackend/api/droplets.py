@@ -9,7 +9,9 @@ nothing is written. The package must be ``READY``.
 The view is the document's (``guid``, ``state``, ``error``, ``lifecycle``,
 ``environment_variables``, ``staging_response``) plus ``image`` (the runnable image, once
 staged; CF v3 has it for docker droplets too), ``created_at``/``updated_at`` and ``links``.
-:func:`view` renders one for any module that shows droplets.
+:func:`view` renders one for any module that shows droplets. ``environment_variables`` values are
+stored encrypted and shown in clear to admin tokens, ``***`` to read-only ones
+(:mod:`lastbackend.api.envview`).
 
 ``GET /v3/droplets/:guid/logs`` is the staging output as text, from the blob store (empty while
 ``PENDING``); with ``?follow=true`` it stays open, sending output as it is appended, until the
@@ -19,11 +21,13 @@ droplet is ``STAGED`` or ``FAILED`` (or deleted, or the server shuts down).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from lastbackend import codec
+from lastbackend.api.envview import EnvView, env_view
 from lastbackend.api.errors import ApiError
 from lastbackend.api.http import body, doc, if_match, json_response
 from lastbackend.api.packages import filter_values, listing
@@ -57,7 +61,7 @@ def href(guid: str) -> str:
     return f"{BASE}/{guid}"
 
 
-def view(guid: str, app: str, droplet: Droplet) -> dict[str, Any]:
+def view(guid: str, app: str, droplet: Droplet, env: EnvView) -> dict[str, Any]:
     """Seed 000's droplet, with ``image``, timestamps and links; ``app`` is the app's guid."""
     response = droplet.staging_response
     return {
@@ -65,7 +69,7 @@ def view(guid: str, app: str, droplet: Droplet) -> dict[str, Any]:
         "state": droplet.state,
         "error": droplet.error,
         "lifecycle": codec.unstructure(droplet.lifecycle),
-        "environment_variables": dict(droplet.environment_variables),
+        "environment_variables": env.show(droplet.environment_variables),
         "staging_response": codec.unstructure(response) if response is not None else None,
         "image": droplet.image,
         "created_at": codec.format_time(droplet.created),
@@ -83,8 +87,9 @@ def view(guid: str, app: str, droplet: Droplet) -> dict[str, Any]:
     }
 
 
-def _view(stored: StoredDroplet) -> dict[str, Any]:
-    return view(stored.guid, stored.app, stored.droplet)
+def _viewer(request: web.Request) -> Callable[[StoredDroplet], dict[str, Any]]:
+    env = env_view(request)
+    return lambda stored: view(stored.guid, stored.app, stored.droplet, env)
 
 
 def _stamps(stored: StoredDroplet) -> tuple[Any, Any]:
@@ -136,12 +141,12 @@ async def create(request: web.Request) -> web.Response:
             updated=t,
             package=guid,
             lifecycle=lifecycle,
-            environment_variables=spec.environment_variables,
+            environment_variables=env_view(request).seal(spec.environment_variables),
         )
         stored = await state.droplets.create(package, droplet, guard=guard)
         if stored is not None:
             return json_response(
-                _view(stored),
+                _viewer(request)(stored),
                 status=201,
                 revision=stored.revision,
                 headers={"Location": href(stored.guid)},
@@ -165,7 +170,7 @@ async def index(request: web.Request) -> web.Response:
         packages=filter_values(request, "package_guids"),
         states=filter_values(request, "states", DROPLET_STATES),
     )
-    return listing(request, items, revision, _view, _stamps)
+    return listing(request, items, revision, _viewer(request), _stamps)
 
 
 @routes.get(OF_PACKAGE)
@@ -183,7 +188,7 @@ async def index_of_package(request: web.Request) -> web.Response:
         packages=[package.guid],
         states=filter_values(request, "states", DROPLET_STATES),
     )
-    return listing(request, items, revision, _view, _stamps)
+    return listing(request, items, revision, _viewer(request), _stamps)
 
 
 @routes.get(OF_APP)
@@ -202,14 +207,14 @@ async def index_of_app(request: web.Request) -> web.Response:
         packages=filter_values(request, "package_guids"),
         states=filter_values(request, "states", DROPLET_STATES),
     )
-    return listing(request, items, revision, _view, _stamps)
+    return listing(request, items, revision, _viewer(request), _stamps)
 
 
 @routes.get(ONE)
 @doc("Get a droplet", response="Droplet")
 async def show(request: web.Request) -> web.Response:
     stored = await request.app[STATE].droplets.get(request.match_info["guid"])
-    return json_response(_view(stored), revision=stored.revision)
+    return json_response(_viewer(request)(stored), revision=stored.revision)
 
 
 @routes.delete(ONE)

@@ -14,8 +14,10 @@ so a resumed stream loses and repeats nothing. An id is a position in one prefix
 resume with the same ``prefix`` (EventSource reconnects to the same URL anyway).
 
 Keys under ``system/`` (leader election) are left out unless the prefix asks for them: they
-tell a dashboard nothing. Values are shown as the API shows them: secret fields as ``***`` and
-any Fernet token (ciphertext at rest) as ``***`` wherever it appears.
+tell a dashboard nothing. Values are shown as the API shows them: secret fields (named in any
+case) as ``***``, any other Fernet token (ciphertext at rest) as ``***`` wherever it appears,
+and environment maps (:data:`ENV_FIELDS`) in clear to an admin token, ``***`` for every value to a
+read-only one (:mod:`lastbackend.api.envview`).
 
 A stream is not a request in flight for the shutdown drain (it never ends by itself); shutdown
 (``State.closing``) and a client that leaves end it within :data:`POLL` seconds, and with it the
@@ -28,13 +30,14 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
 import structlog
 from aiohttp import web
 
+from lastbackend.api.envview import EnvView, env_view
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
 from lastbackend.api.state import STATE, State
@@ -158,15 +161,68 @@ def _hide_tokens(value: Any) -> Any:
     return value
 
 
-def shown(value: bytes) -> Any:
+def env_fields(key: str) -> tuple[str, ...] | None:
+    """Where the environment map is in the value of ``key``: a JSON path, or ``None``."""
+    if keys.droplet_of(key) is not None:
+        return ("environment_variables",)
+    if keys.revision_of(key) is not None or keys.pod_spec_of(key) is not None:
+        return ("spec", "env")
+    ref = keys.service_of(key)
+    if ref is not None and key == keys.service_part(ref.project, ref.service, "config"):
+        return ("env",)
+    return None
+
+
+EnvShow = Callable[[Mapping[str, str]], Mapping[str, str]]
+"""A stored environment map -> as this stream's caller sees it."""
+
+
+def _masked_all(env: Mapping[str, str]) -> Mapping[str, str]:
+    return {name: MASK for name in env}
+
+
+def _take_env(decoded: Any, path: tuple[str, ...]) -> tuple[Any, Any]:
+    """``decoded`` without the map at ``path``, and that map (``None`` if it is not there)."""
+    if not path or not isinstance(decoded, dict) or path[0] not in decoded:
+        return decoded, None
+    if len(path) == 1:
+        rest = dict(decoded)
+        return rest, rest.pop(path[0])
+    inner, found = _take_env(decoded[path[0]], path[1:])
+    return {**decoded, path[0]: inner}, found
+
+
+def _put_env(decoded: dict[str, Any], path: tuple[str, ...], env: Any) -> dict[str, Any]:
+    if len(path) == 1:
+        return {**decoded, path[0]: env}
+    return {**decoded, path[0]: _put_env(decoded[path[0]], path[1:], env)}
+
+
+def shown(value: bytes, key: str = "", env: EnvShow = _masked_all) -> Any:
     """A stored value as a client may see it: decoded JSON with secrets masked, or the bare
-    text of a value that is not JSON (a service's ``image``, the helper indexes)."""
+    text of a value that is not JSON (a service's ``image``, the helper indexes). The
+    environment map of a config, droplet, revision or pod goes through ``env`` instead (its
+    values are not judged by their names: they are all hidden, or all shown to an admin)."""
     text = value.decode(errors="replace")
     try:
         decoded = json.loads(text)
     except ValueError:
         decoded = text
-    return _hide_tokens(mask_secrets(decoded))
+    path = env_fields(key)
+    found = None
+    if path is not None:
+        decoded, found = _take_env(decoded, path)
+    masked = _hide_tokens(mask_secrets(decoded))
+    if path is None or found is None:
+        return masked
+    if isinstance(found, dict) and all(isinstance(v, str) for v in found.values()):
+        return _put_env(masked, path, dict(env(found)))
+    return _put_env(masked, path, _hide_tokens(mask_secrets(found)))  # not a map: as any value
+
+
+def stream_env(view: EnvView) -> EnvShow:
+    """An event stream cannot fail half-way: a value another key encrypted shows as ``***``."""
+    return lambda env: view.show(env, strict=False)
 
 
 def frame(event: str, data: Any, event_id: str | None = None) -> bytes:
@@ -190,6 +246,8 @@ class Encoder:
     system: bool
     """Whether keys under ``system/`` are sent."""
     resume: Position | None = None
+    env: EnvShow = _masked_all
+    """How environment maps are shown to this stream's caller."""
     _revision: int = 0
     _count: int = 0
     _skip: int = 0
@@ -220,7 +278,7 @@ class Encoder:
             data = {
                 "kind": kind,
                 "key": event.kv.key,
-                "object": None if source is None else shown(source.value),
+                "object": None if source is None else shown(source.value, source.key, self.env),
                 "revision": revision,
             }
             yield frame(kind, data, str(revision) if last else f"{revision}.{self._count}")
@@ -232,7 +290,8 @@ class Encoder:
 @routes.get("/api/events")
 @doc(
     "Server-sent events (text/event-stream) of the key tree's changes under /lastbackend/"
-    "<prefix>: created, updated, deleted {kind, key, object (secrets ***), revision}; "
+    "<prefix>: created, updated, deleted {kind, key, object (secrets ***; env values in clear "
+    "to admin tokens, *** to read-only ones), revision}; "
     "'hello' {revision} first on a fresh stream; 'relist' {revision, reason} when the resume "
     "point is compacted; ': heartbeat' comments. Resume with the Last-Event-ID header (or "
     "?since=) set to the last id received.",
@@ -289,7 +348,9 @@ async def _stream(
     elif resume.revision > current:
         await response.write(_relist(current, f"revision {resume.revision} is ahead of the store"))
         return
-    encoder = Encoder(system=prefix.startswith(SYSTEM), resume=resume)
+    encoder = Encoder(
+        system=prefix.startswith(SYSTEM), resume=resume, env=stream_env(env_view(request))
+    )
     watcher = asyncio.create_task(
         _pipe(state.etcd, keys.ROOT + prefix, resume, encoder, response, request.path)
     )

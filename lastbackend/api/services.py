@@ -5,6 +5,9 @@ service and on each sub-resource, so an ``If-Match`` taken from any of them guar
 
 The ``image`` key holds the image that runs. Setting ``config.image`` points it there too; builds
 and droplets write it directly later, and an explicit ``image`` in a request wins.
+
+``config.env`` values are stored encrypted and shown as :mod:`lastbackend.api.envview` says:
+in clear to admin tokens, ``***`` to read-only ones (revisions' ``spec.env`` too).
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from aiohttp import web
 
 from lastbackend import codec
+from lastbackend.api.envview import EnvView, env_view
 from lastbackend.api.errors import ApiError
 from lastbackend.api.http import (
     body,
@@ -75,7 +80,12 @@ def check_domains(settings: Settings, domains: Mapping[str, bool]) -> None:
             )
 
 
-def view(project: Record, record: Record, settings: Settings) -> dict[str, Any]:
+def _config(config: ServiceConfig, env: EnvView) -> dict[str, Any]:
+    """A config as the caller may see it (``env`` values in clear or ``***``)."""
+    return {**codec.unstructure(config), "env": env.show(config.env)}
+
+
+def view(project: Record, record: Record, settings: Settings, env: EnvView) -> dict[str, Any]:
     pid = project.id
     values = record.values
     href = f"/api/projects/{pid}/services/{record.id}"
@@ -83,7 +93,7 @@ def view(project: Record, record: Record, settings: Settings) -> dict[str, Any]:
         "id": record.id,
         "project": pid,
         **codec.unstructure(values["meta"]),
-        "config": codec.unstructure(values.get("config", ServiceConfig())),
+        "config": _config(values.get("config", ServiceConfig()), env),
         "source": codec.unstructure(values.get("source")),
         "domains": values.get("domains", {}),
         "urls": urls(settings, project.name, record),
@@ -146,15 +156,23 @@ async def resolve(request: web.Request) -> tuple[str, Record]:
     return project.id, await services.get(request.match_info["service"])
 
 
+def _sealed(config: ServiceConfig, stored: ServiceConfig | None, env: EnvView) -> ServiceConfig:
+    """``config`` as stored: its env values encrypted (unchanged ones keep their tokens)."""
+    sealed = env.seal(config.env, stored.env if stored else None, field="config.env")
+    return attrs.evolve(config, env=sealed)
+
+
 async def _update(
     request: web.Request, change: Any, *, image_given: bool = False
 ) -> tuple[Record, Record]:
     project, services = await _services(request)
     settings = request.app[STATE].settings
+    env = env_view(request)
 
     def parts(current: Record) -> dict[str, Any]:
         wanted = _parts(current, change(current), image_given=image_given)
         check_domains(settings, wanted["domains"])
+        wanted["config"] = _sealed(wanted["config"], current.values.get("config"), env)
         return wanted
 
     record = await services.update(request.match_info["service"], parts, if_match=if_match(request))
@@ -177,14 +195,14 @@ async def create(request: web.Request) -> web.Response:
         spec.name,
         {
             "meta": Meta(spec.name, t, t, spec.description),
-            "config": spec.config,
+            "config": _sealed(spec.config, None, env_view(request)),
             "source": spec.source,
             "domains": spec.domains,
             "image": spec.image or spec.config.image,
         },
     )
     return json_response(
-        view(project, record, settings),
+        view(project, record, settings, env_view(request)),
         status=201,
         revision=record.revision,
         headers={"Location": f"/api/projects/{pid}/services/{record.id}"},
@@ -199,7 +217,12 @@ async def index(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
     page = await services.list(page=pg.page, per_page=pg.per_page, descending=pg.descending)
     return json_response(
-        page_body(request, pg, page.total, [view(project, r, settings) for r in page.records]),
+        page_body(
+            request,
+            pg,
+            page.total,
+            [view(project, r, settings, env_view(request)) for r in page.records],
+        ),
         headers={"X-Etcd-Revision": str(page.revision)},
     )
 
@@ -210,7 +233,9 @@ async def show(request: web.Request) -> web.Response:
     project, services = await _services(request)
     record = await services.get(request.match_info["service"])
     settings = request.app[STATE].settings
-    return json_response(view(project, record, settings), revision=record.revision)
+    return json_response(
+        view(project, record, settings, env_view(request)), revision=record.revision
+    )
 
 
 @routes.patch(ONE)
@@ -225,7 +250,9 @@ async def patch(request: web.Request) -> web.Response:
         request, lambda cur: _merge(cur, changes), image_given="image" in changes
     )
     settings = request.app[STATE].settings
-    return json_response(view(project, record, settings), revision=record.revision)
+    return json_response(
+        view(project, record, settings, env_view(request)), revision=record.revision
+    )
 
 
 @routes.delete(ONE)
@@ -239,15 +266,21 @@ async def delete(request: web.Request) -> web.Response:
 # parts as sub-resources -------------------------------------------------------------------------
 
 
+def _shown(request: web.Request, record: Record, part: str) -> Any:
+    if part == "config":
+        return _config(record.values.get("config", ServiceConfig()), env_view(request))
+    return _spec(record)[part]
+
+
 async def _part(request: web.Request, part: str) -> web.Response:
     _, record = await resolve(request)
-    return json_response(_spec(record)[part], revision=record.revision)
+    return json_response(_shown(request, record, part), revision=record.revision)
 
 
 async def _set_part(request: web.Request, part: str, value: Any) -> web.Response:
     """Merge ``{part: value}`` into the service (a config merges key by key); answer the part."""
     _, record = await _update(request, lambda cur: _merge(cur, {part: value}))
-    return json_response(_spec(record)[part], revision=record.revision)
+    return json_response(_shown(request, record, part), revision=record.revision)
 
 
 @routes.get(ONE + "/config")
@@ -331,8 +364,10 @@ async def revisions(request: web.Request) -> web.Response:
         key=lambda r: r.revision,
         reverse=not pg.descending,  # newest first unless order_by=-revision asks otherwise
     )
+    env = env_view(request)
     chosen = [
-        codec.unstructure(r) for r in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+        {**codec.unstructure(r), "spec": {**codec.unstructure(r.spec), "env": env.show(r.spec.env)}}
+        for r in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
     ]
     return json_response(
         page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
@@ -365,14 +400,19 @@ async def rollback(request: web.Request) -> web.Response:
         known = ", ".join(map(str, sorted(stored))) or "none"
         raise ApiError(422, f"revision: no revision {wanted} (kept: {known})")
     spec = target.spec
+    env = env_view(request)
 
     def back(current: Record) -> dict[str, Any]:
         config: ServiceConfig = current.values.get("config", ServiceConfig())
-        return {"config": spec.onto(config), "image": spec.image}
+        restored = spec.onto(config)  # the revision's own tokens are kept, clear ones sealed
+        sealed = env.seal(restored.env, spec.env, field="config.env")
+        return {"config": attrs.evolve(restored, env=sealed), "image": spec.image}
 
     record = await services.update(record.id, back, if_match=if_match(request))
     settings = request.app[STATE].settings
-    return json_response(view(project, record, settings), revision=record.revision)
+    return json_response(
+        view(project, record, settings, env_view(request)), revision=record.revision
+    )
 
 
 # containers: written by node agents, read here --------------------------------------------------

@@ -184,15 +184,20 @@ CHECKS: dict[Any, tuple[type, Callable[[Any], Any]]] = {
 SECRET_FIELDS = frozenset(
     {"password", "token", "api_key", "secret", "refresh_token", "webhook_secret", "private_key"}
 )
-"""Field names whose values are never shown: responses and ``lastbackend tree`` print ``***``."""
+"""Field names whose values are never shown: responses and ``lastbackend tree`` print ``***``.
+Matched whatever their case: ``Password`` and ``PASSWORD`` are as secret as ``password``."""
 MASK = "***"
+
+
+def is_secret_field(name: object) -> bool:
+    return isinstance(name, str) and name.lower() in SECRET_FIELDS
 
 
 def mask_secrets(value: Any) -> Any:
     """A copy of a decoded JSON value with every secret field's value replaced by ``***``."""
     if isinstance(value, dict):
         return {
-            k: (MASK if k in SECRET_FIELDS and v not in (None, "") else mask_secrets(v))
+            k: (MASK if is_secret_field(k) and v not in (None, "") else mask_secrets(v))
             for k, v in value.items()
         }
     if isinstance(value, list):

@@ -262,7 +262,7 @@ class NodeAgent(Controller):
             name=container_name(pod.id),
             image=pod.spec.image,
             command=pod.spec.command,
-            env=pod.spec.env,
+            env=self.secrets.open_env(pod.spec.env),  # stored encrypted
             memory_mb=pod.spec.memory,
             ports=pod.spec.ports,
             volumes={volume_name(pod.service, v): path for v, path in pod.spec.volumes.items()},

@@ -16,6 +16,7 @@ Running a droplet points the service's ``image`` key at the droplet's image, cle
 ``config.command`` (the image's own command runs) and publishes its ports with host port 0 (any
 free port): ``$PORT``/TCP for a buildpack droplet (``PORT`` from the app's environment when it is
 a port number, else 8080, as on Cloud Foundry), each port the image exposes for a docker one.
+Environment values are stored encrypted, so reading ``PORT`` takes the secrets key.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lastbackend import codec
 from lastbackend.model.apps import AppCreate, AppState, BuildpackLifecycle, Droplet, Lifecycle
 from lastbackend.model.common import HostPort, PortSpec, Replicas, Text, is_uuid, now
 from lastbackend.model.platform import Meta, ServiceConfig
+from lastbackend.secrets import Secrets, is_token
 from lastbackend.store import keys, services
 from lastbackend.store.etcd import KV, Cmp, Etcd
 from lastbackend.store.objects import Guarded, NameCache, NotFound, Objects, Page, Record
@@ -64,14 +66,21 @@ def config(record: Record) -> ServiceConfig:
     return value if value is not None else ServiceConfig()
 
 
-def app_port(env: Mapping[str, str]) -> int:
+def app_port(env: Mapping[str, str], secrets: Callable[[], Secrets] | None = None) -> int:
+    """``PORT`` from a stored environment (decrypted), else :data:`DEFAULT_PORT`."""
     raw = env.get("PORT", "")
+    if is_token(raw):
+        if secrets is None:
+            raise ValueError("PORT is encrypted: reading it needs the secrets key")
+        raw = secrets().decrypt(raw)
     if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535:
         return int(raw)
     return DEFAULT_PORT
 
 
-def run_parts(record: Record, droplet: Droplet) -> dict[str, Any]:
+def run_parts(
+    record: Record, droplet: Droplet, secrets: Callable[[], Secrets] | None = None
+) -> dict[str, Any]:
     """The ``image`` and ``config`` that run ``droplet`` (see the module docstring)."""
     if droplet.image is None:
         raise Refused("the droplet has no image; stage it again")
@@ -79,7 +88,7 @@ def run_parts(record: Record, droplet: Droplet) -> dict[str, Any]:
     if droplet.lifecycle.type == "docker":
         ports = {PortSpec(p): HostPort(0) for p in droplet.ports}
     else:
-        ports = {PortSpec(f"{app_port(current.env)}/TCP"): HostPort(0)}
+        ports = {PortSpec(f"{app_port(current.env, secrets)}/TCP"): HostPort(0)}
     replicas = current.replicas or Replicas(1)
     new = attrs.evolve(current, command=Text(""), ports=ports, replicas=replicas)
     return {"image": droplet.image, "config": new}
@@ -92,9 +101,12 @@ Change = Callable[[str, Record], Awaitable[Guarded]]
 class Apps:
     """The app transactions on one etcd client, sharing the services' read caches."""
 
-    def __init__(self, etcd: Etcd, cache: NameCache) -> None:
+    def __init__(
+        self, etcd: Etcd, cache: NameCache, secrets: Callable[[], Secrets] | None = None
+    ) -> None:
         self.etcd = etcd
         self.cache = cache
+        self.secrets = secrets  # only starting a buildpack droplet needs it: $PORT
 
     def services(self, pid: str) -> Objects:
         return services.services(self.etcd, self.cache, pid)
@@ -208,7 +220,8 @@ class Apps:
             droplet, kv = found
             _require_staged(droplet, state.current_droplet)
             wanted = {"app": attrs.evolve(state, desired_state="STARTED")}
-            return {**wanted, **run_parts(record, droplet)}, [Cmp.unchanged(kv, kv.key)]
+            parts = run_parts(record, droplet, self.secrets)
+            return {**wanted, **parts}, [Cmp.unchanged(kv, kv.key)]
 
         return await self._update(guid, change, if_match)
 
@@ -235,7 +248,7 @@ class Apps:
             state = attrs.evolve(app_state(record), current_droplet=droplet_guid)
             wanted: dict[str, Any] = {"app": state}
             if state.desired_state == "STARTED":
-                wanted.update(run_parts(record, droplet))
+                wanted.update(run_parts(record, droplet, self.secrets))
             return wanted, [Cmp.unchanged(kv, kv.key)]
 
         return await self._update(guid, change, if_match)

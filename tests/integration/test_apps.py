@@ -13,10 +13,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import pytest
 from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
+from lastbackend.config import Settings
 from lastbackend.model.apps import (
     AppState,
     BuildpackLifecycle,
@@ -26,7 +28,9 @@ from lastbackend.model.apps import (
     Lifecycle,
 )
 from lastbackend.model.platform import ServiceConfig
+from lastbackend.secrets import Secrets, generate_key, is_token
 from lastbackend.store import keys
+from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import dump
 from tests.support import RawEtcd
 
@@ -35,6 +39,20 @@ pytestmark = pytest.mark.etcd
 Client = TestClient[Any, Any]
 WHEN = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 RUN_IMAGE = "registry.local/droplets/web:1"
+KEY = generate_key()
+
+
+@pytest.fixture
+def settings(etcd_server: EmbeddedEtcd) -> Settings:
+    """The API's key is known here, so a test can decrypt what it stored."""
+    return Settings(etcd_endpoints=(etcd_server.endpoint,), secret_key=KEY)
+
+
+def opened(raw: bytes) -> ServiceConfig:
+    """A stored config with its env values, each checked to be a Fernet token, decrypted."""
+    config = codec.loads(raw, ServiceConfig)
+    assert all(is_token(v) for v in config.env.values()), config.env
+    return attrs.evolve(config, env=Secrets(KEY).open_env(config.env))
 
 
 # helpers ----------------------------------------------------------------------------------------
@@ -94,7 +112,7 @@ async def part(etcd: RawEtcd, pid: str, sid: str, name: str) -> bytes | None:
 async def config_of(etcd: RawEtcd, pid: str, sid: str) -> ServiceConfig:
     raw = await part(etcd, pid, sid, "config")
     assert raw is not None
-    return codec.loads(raw, ServiceConfig)
+    return opened(raw)
 
 
 async def app_of(etcd: RawEtcd, pid: str, sid: str) -> AppState:
@@ -145,7 +163,7 @@ async def test_create_answers_the_documents_shape_and_stores_a_service(
     tree = await dump(etcd)
     assert tree[keys.app_owner(guid)] == pid.encode()
     assert tree[keys.service_name(pid, "my-app")] == guid.encode()
-    config = codec.loads(tree[keys.service_part(pid, guid, "config")], ServiceConfig)
+    config = opened(tree[keys.service_part(pid, guid, "config")])
     assert config.replicas == 1
     assert config.env == {"unicorn": "horn"}
     assert config.image is None

@@ -17,8 +17,11 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
+from lastbackend.config import Settings
 from lastbackend.model.platform import Build, Container, Meta, ServiceConfig
+from lastbackend.secrets import Secrets, generate_key, is_token
 from lastbackend.store import keys
+from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import dump
 from tests.support import RawEtcd
 
@@ -43,6 +46,13 @@ CONFIG: dict[str, Any] = {
     "volumes": {"data": "/var/lib/data"},
 }
 SOURCE: dict[str, Any] = {"hub": "github.com", "owner": "lastbackend", "repo": "proxy"}
+KEY = generate_key()
+
+
+@pytest.fixture
+def settings(etcd_server: EmbeddedEtcd) -> Settings:
+    """The API's key is known here, so a test can decrypt what it stored."""
+    return Settings(etcd_endpoints=(etcd_server.endpoint,), secret_key=KEY)
 
 
 # helpers ----------------------------------------------------------------------------------------
@@ -103,11 +113,18 @@ def part_key(pid: str, sid: str, part: str) -> str:
 
 
 async def stored(etcd: RawEtcd, pid: str, sid: str, part: str) -> Any:
-    """A service part as an admin reads it: JSON decoded, the image key as bare text."""
+    """A service part as an admin reads it: JSON decoded, the image key as bare text; a
+    config's env values, each checked to be a Fernet token, decrypted."""
     kv = await etcd.get(part_key(pid, sid, part))
     if kv is None:
         return None
-    return kv.value.decode() if part == "image" else json.loads(kv.value)
+    if part == "image":
+        return kv.value.decode()
+    value = json.loads(kv.value)
+    if part == "config":
+        assert all(is_token(v) for v in value["env"].values()), value["env"]
+        value["env"] = Secrets(KEY).open_env(value["env"])
+    return value
 
 
 def default_config(**fields: Any) -> dict[str, Any]:
