@@ -50,6 +50,7 @@ def make_app(
         middlewares=[
             middlewares.observe(middlewares.Metrics(registry), inflight),
             middlewares.errors,
+            middlewares.headers,
             middlewares.auth(settings),
         ],
     )

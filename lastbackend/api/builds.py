@@ -27,7 +27,15 @@ from aiohttp import web
 
 from lastbackend import codec
 from lastbackend.api.errors import ApiError
-from lastbackend.api.http import doc, json_response, page_body, paging, read_json
+from lastbackend.api.http import (
+    ascii_int,
+    doc,
+    json_response,
+    page_body,
+    paging,
+    read_json,
+    shown,
+)
 from lastbackend.api.services import ONE as SERVICE
 from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE
@@ -42,6 +50,8 @@ routes = web.RouteTableDef()
 
 SERVICE_BUILDS = SERVICE + "/builds"
 IMAGE_BUILDS = "/api/images/{image}/builds"
+MAX_BUILD = (1 << 63) - 1
+"""No build is numbered past int64 (etcd's own counters): a longer number is not found."""
 
 
 def view(number: int, build: Build) -> dict[str, Any]:
@@ -62,10 +72,12 @@ async def _image(request: web.Request) -> Target:
 
 
 def _number(request: web.Request) -> int:
+    """The ``{build}`` segment: a 404 for anything but a build number as this API spells it."""
     raw = request.match_info["build"]
-    if not raw.isdigit() or raw != str(int(raw)):
-        raise ApiError(404, f"build {raw!r} not found: builds are numbered 1, 2, ...")
-    return int(raw)
+    number = ascii_int(raw, 1, MAX_BUILD)
+    if number is None or raw != str(number):
+        raise ApiError(404, f"build {shown(raw)} not found: builds are numbered 1, 2, ...")
+    return number
 
 
 def _href(target: Target, number: int) -> str:

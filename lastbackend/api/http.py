@@ -17,6 +17,40 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_PER_PAGE = 5000
+MAX_REVISION = (1 << 63) - 1
+"""etcd revisions are int64: an ETag or event id past this is not one the API gave out."""
+SHOWN = 40
+"""How much of a refused value an error quotes: enough to recognise it, never all 5,000 bytes."""
+
+
+def shown(raw: str) -> str:
+    """A refused value as an error quotes it: repr'd, cut at :data:`SHOWN` characters."""
+    return repr(raw) if len(raw) <= SHOWN else f"{raw[:SHOWN]!r}... ({len(raw)} characters)"
+
+
+def ascii_int(raw: str, low: int, high: int) -> int | None:
+    """``raw`` as an integer in ``[low, high]``, or ``None`` when it is not one.
+
+    Only ASCII digits: ``str.isdigit`` also accepts ``'²'``, which ``int`` then refuses, and
+    ``int`` refuses more than 4,300 digits outright, so the length is checked before it runs.
+    """
+    digits = raw.lstrip("0") or "0"  # int() counts leading zeros against its limit too
+    if not (raw.isascii() and raw.isdigit()) or len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
+
+
+def utf8_problem(value: str) -> str | None:
+    """Why a header value aiohttp decoded is not text: aiohttp keeps bytes that are not UTF-8 as
+    surrogate escapes, which every later ``encode()`` of the value would raise on."""
+    if value.isascii():
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
 
 
 @attrs.frozen
@@ -39,14 +73,37 @@ def doc(summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
     return attach
 
 
+JSON_TYPE = "application/json"
+
+
+def is_json_type(raw: str | None) -> bool:
+    """``application/json``, with at most a UTF-8 charset: what a JSON body must say it is.
+
+    A missing Content-Type is not JSON: a browser sends a cross-site POST without a preflight
+    only with no type or a "simple" one (text/plain, a form), so taking those as JSON would let
+    any web page write through the API.
+    """
+    if raw is None:
+        return False
+    media, *params = (part.strip().lower() for part in raw.split(";"))
+    if media != JSON_TYPE:
+        return False
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
 async def read_json(request: web.Request) -> Any:
-    """The body as decoded JSON: 415 for another media type, 400 for malformed JSON.
+    """The body as decoded JSON: 415 unless it says it is JSON, 400 for malformed JSON.
 
     The size limit is the application's ``client_max_size``: aiohttp answers 413 past it.
     """
-    ctype = request.content_type
-    if request.body_exists and ctype not in ("application/json", "application/octet-stream"):
-        raise ApiError(415, f"Content-Type must be application/json, got {ctype}")
+    given = request.headers.get("Content-Type")
+    if request.body_exists and not is_json_type(given):
+        got = "none" if given is None else shown(given)
+        raise ApiError(415, f"header Content-Type: must be {JSON_TYPE} for a JSON body, got {got}")
     raw = await request.read()
     if not raw.strip():
         raise ApiError(400, "the request body is empty; a JSON object is required")
@@ -86,10 +143,10 @@ def if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None or raw.strip() == "*":
         return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise ApiError(412, f"If-Match must be an ETag this API gave out, got {raw!r}")
-    return int(value)
+    value = ascii_int(raw.strip().removeprefix("W/").strip('"'), 0, MAX_REVISION)
+    if value is None:
+        raise ApiError(412, f"If-Match must be an ETag this API gave out, got {shown(raw)}")
+    return value
 
 
 def json_response(
@@ -118,14 +175,15 @@ def paging(request: web.Request, order_fields: Sequence[str] = ("name",)) -> Pag
         raw = request.query.get(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not 1 <= int(raw) <= high:
-            raise bad_query(name, f"must be an integer from 1 to {high}, got {raw!r}")
-        return int(raw)
+        value = ascii_int(raw, 1, high)
+        if value is None:
+            raise bad_query(name, f"must be an integer from 1 to {high}, got {shown(raw)}")
+        return value
 
     order = request.query.get("order_by", order_fields[0])
     if order.lstrip("-") not in order_fields:
         choices = ", ".join(f"{f}, -{f}" for f in order_fields)
-        raise bad_query("order_by", f"must be one of {choices}; got {order!r}")
+        raise bad_query("order_by", f"must be one of {choices}; got {shown(order)}")
     return Paging(
         page=number("page", 1, 1 << 30),
         per_page=number("per_page", 50, MAX_PER_PAGE),

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from lastbackend.api.errors import ApiError
-from lastbackend.api.http import Handler
+from lastbackend.api.http import Handler, utf8_problem
 from lastbackend.codec import Invalid
 from lastbackend.config import Settings
 from lastbackend.logsetup import log
@@ -168,6 +168,21 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         return ApiError(500, "internal error; the request id is in X-Request-ID").response()
+
+
+@web.middleware
+async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a header that is not UTF-8 text before anything reads one.
+
+    aiohttp keeps such bytes as surrogate escapes, so a value looks like a string until a
+    handler encodes it (a token or signature compared, a value logged as JSON) and raises.
+    Checking every header here, once, means no handler has to remember to.
+    """
+    for name, value in request.headers.items():  # names are tokens: the parser checks those
+        problem = utf8_problem(value)
+        if problem is not None:
+            raise ApiError(400, f"header {name}: {problem}", title="CF-InvalidRequest", code=10004)
+    return await handler(request)
 
 
 def _matches(token: str, candidates: Sequence[str]) -> bool:
