@@ -127,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     daemon.add_argument(
         "--no-router", dest="no_router", action="store_true", help="run no router in this process"
     )
+    daemon.add_argument(
+        "--no-node",
+        dest="no_node",
+        action="store_true",
+        help="run no node agent in this process (the hosts run `lastbackend node`)",
+    )
     router.add_argument(
         "--caddy", dest="router_caddy", help="the Caddy binary (LB_ROUTER_CADDY; default: caddy)"
     )
@@ -592,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         roles = ROLES[args.command]
         if getattr(args, "no_router", False):
             roles = roles - {"router"}
+        if getattr(args, "no_node", False):
+            roles = roles - {"node"}
         return asyncio.run(
             serve(
                 settings,

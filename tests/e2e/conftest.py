@@ -8,6 +8,12 @@
   ``stack-run:busybox``), built by the product's own ``ensure_stack`` unless it is there.
 - ``registry``: Debian's ``docker-registry`` on a free loopback port with htpasswd auth and
   filesystem storage in a temp dir. Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP.
+- ``second_dockerd`` + ``second_engine``: another Docker engine on this machine, as a second
+  host would have: its own socket, ``--data-root``, ``--exec-root``, pid file and bridge (made
+  here with iproute2; ``--iptables=false`` so the two engines' NAT rules cannot fight: published
+  ports go through docker-proxy). The base image is copied in with ``docker save | docker load``.
+  Port publishing of both engines draws from the same ephemeral range, so a container may find
+  its host port taken by the other engine's; the node agent retries with the next.
 - ``runtime`` + ``labels``: a :class:`DockerRuntime` and labels unique to the test; whatever
   carries this session's test label is force-removed afterwards, so nothing is left behind even
   when a test fails half-way, and parallel sessions on the same daemon never touch each other.
@@ -24,6 +30,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -204,6 +211,69 @@ def _untag_images_of(url: str, host: str) -> None:
                 if ref.startswith(f"{host}/"):
                     with contextlib.suppress(docker.errors.NotFound):
                         api.remove_image(ref)
+
+
+SECOND_BRIDGE = "lbe2e0"
+SECOND_ADDRESS = "10.213.7.1/24"
+
+
+@pytest.fixture(scope="session")
+def second_dockerd(dockerd: str, base_image: str) -> Iterator[str]:
+    """A second engine's URL (see the module docstring), stopped and removed at the end."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a second dockerd needs root and iproute2")
+    root = Path(tempfile.mkdtemp(prefix="lbd2-", dir="/tmp"))  # short: socket paths are bounded
+    url = f"unix://{root}/docker.sock"
+    subprocess.run(["ip", "link", "del", SECOND_BRIDGE], capture_output=True)  # a stale one
+    for argv in (
+        ["ip", "link", "add", SECOND_BRIDGE, "type", "bridge"],
+        ["ip", "addr", "add", SECOND_ADDRESS, "dev", SECOND_BRIDGE],
+        ["ip", "link", "set", SECOND_BRIDGE, "up"],
+    ):
+        subprocess.run(argv, check=True, capture_output=True)
+    log_path = root / "dockerd.log"
+    argv = ["dockerd", "--host", url, "--data-root", str(root / "data")]
+    argv += ["--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid")]
+    argv += ["--bridge", SECOND_BRIDGE, "--iptables=false", "--ip-masq=false"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                pytest.fail(f"the second dockerd did not come up; log tail:\n{tail}")
+            time.sleep(0.3)
+        with (
+            contextlib.closing(api_client(dockerd)) as first,
+            contextlib.closing(api_client(url)) as second,
+        ):
+            second.load_image(b"".join(first.get_image(base_image)))
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "link", "del", SECOND_BRIDGE], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def second_engine(second_dockerd: str) -> Iterator[docker.APIClient]:
+    """The second engine's SDK; every lastbackend container on it is removed after the test."""
+    with contextlib.closing(api_client(second_dockerd)) as api:
+        try:
+            yield api
+        finally:
+            for c in api.containers(all=True, filters={"label": ["io.lastbackend.pod"]}):
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    api.remove_container(c["Id"], force=True)
+            for v in api.volumes().get("Volumes") or []:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                    api.remove_volume(v["Name"], force=True)
 
 
 @pytest.fixture

@@ -162,8 +162,11 @@ class Harness:
         env.update(LB_SECRET_KEY=self.secret_key, LB_DOCKER_HOST=self.dockerd, LB_LOG_LEVEL="info")
         return env
 
-    def start(self, command: str, etcd: str, *extra: str) -> Proc:
-        """``lastbackend <command>`` on ``etcd``; ``daemon`` and ``node`` get this node's name.
+    def start(
+        self, command: str, etcd: str, *extra: str, env: dict[str, str] | None = None
+    ) -> Proc:
+        """``lastbackend <command>`` on ``etcd``; ``daemon`` and ``node`` get this node's name
+        (a later ``--name`` in ``extra`` wins), ``env`` is added to :meth:`env`.
 
         A ``daemon`` runs no router unless ``extra`` gives it router addresses: the tests that
         route start their routers themselves, on ports of their own.
@@ -177,7 +180,7 @@ class Harness:
             argv.append("--no-router")
         argv += extra
         log = self.tmp / f"{len(self.procs) + 1:02d}-{command}.log"
-        proc = Proc(log, argv, port, self.env())
+        proc = Proc(log, argv, port, {**self.env(), **(env or {})})
         self.procs.append(proc)
         return proc
 
