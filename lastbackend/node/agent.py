@@ -243,19 +243,42 @@ class NodeAgent(Controller):
                 return wait
         for state in stopped:  # the name is needed again, and a stopped one serves nobody
             await self._remove(state)
+        started: ContainerState | None = None
         if not running:
             await self._pull(pod.spec.image)
-            running = [await self.runtime.run(self._spec(pod))]
+            started = await self.runtime.run(self._spec(pod))
+            running = [started]
             log.info(
-                "container started",
-                pod=pod.id,
-                container=running[0].id[:12],
-                restarts=restarts.count,
+                "container started", pod=pod.id, container=started.id[:12], restarts=restarts.count
             )
         for state in running:
-            self._readiness.setdefault(state.id, health.Readiness(pod.spec.check, now))
+            if state.id not in self._readiness:
+                self._readiness[state.id] = (
+                    health.Readiness(pod.spec.check, now)
+                    if state is started
+                    else await self._adopted(pod, state, restarts, now)
+                )
             await self._report(pod, state)
         return None
+
+    async def _adopted(
+        self, pod: Pod, state: ContainerState, restarts: health.Restarts, now: float
+    ) -> health.Readiness:
+        """A container that ran before this agent did (the agent restarted): as ready as it was
+        last reported, so it stays routed until its own checks say otherwise, and with its
+        restart count, so an agent restart drops no request and resets no backoff."""
+        checks = health.Readiness(pod.spec.check, now)
+        kv = await self.store.get(keys.container(pod.project, pod.service, state.id))
+        if kv is None:
+            return checks
+        try:
+            reported = codec.loads(kv.value, Container)
+        except codec.Invalid:
+            return checks
+        restarts.count = max(restarts.count, reported.restarts)
+        if reported.ready and reported.ready_since is not None:
+            checks.resume(reported.ready_since)
+        return checks
 
     def _spec(self, pod: Pod) -> ContainerSpec:
         return ContainerSpec(

@@ -79,6 +79,12 @@ class Readiness:
     ready_since: datetime | None = None
     """Wall-clock time it last became ready: rollouts count it once it has been ready a while."""
 
+    def resume(self, ready_since: datetime) -> None:
+        """Ready since then, as a previous agent found it: it stays ready until
+        :data:`FAILURE_THRESHOLD` checks in a row fail."""
+        self.ready = self.passed_once = True
+        self.ready_since = ready_since
+
     def due(self, now: float) -> bool:
         if self.last is None:
             return True

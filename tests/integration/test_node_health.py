@@ -6,14 +6,19 @@ what a container does, and its ``unhealthy`` set which containers fail their che
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import json
 import time
 from typing import Any
 
 import pytest
 
 from lastbackend.controllers.services import ServicesController
+from lastbackend.node.agent import NodeAgent
 from lastbackend.router.daemon import route_table
+from lastbackend.store import keys
 from tests.fakeruntime import FakeProcess
 from tests.integration.test_services_controller import Cluster, cluster, make_service
 from tests.support import RawEtcd, eventually
@@ -123,3 +128,33 @@ async def _ready_containers(api: Any) -> list[dict[str, Any]] | None:
 
 async def _stopped(runtime: Any) -> bool:
     return bool(runtime.stops)
+
+
+async def test_a_restarted_agent_keeps_its_running_containers_ready_and_routed(
+    cluster: Cluster, api: Any, etcd: RawEtcd
+) -> None:
+    runner, runtime = cluster.node("n1")
+    cluster.start(ServicesController())
+    await make_service(api, 1, ports={"8080/TCP": 0})
+
+    async def ready() -> dict[str, Any] | None:
+        found = await containers(api)
+        return found[0] if found and found[0]["ready"] else None
+
+    before = await eventually(ready, 10)
+    since = (await etcd.range(keys.PROJECTS)).revision
+    await runner.stop(grace=1)  # the agent goes (a crash, an upgrade); the container runs on
+    again = NodeAgent(runtime, cluster.secrets, "n1", probe=runtime.probe)
+    cluster.start(again)
+
+    # what the new agent writes about the container, from its first report on: never a
+    # "not ready" (which would take the only container out of the routers until its check ran)
+    writes: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(3):
+            async for batch in etcd.watch(keys.PROJECTS, start_revision=since + 1):
+                writes += [json.loads(e.kv.value) for e in batch if keys.container_of(e.kv.key)]
+    assert writes, "the new agent reported the container it adopted"
+    assert all(w["id"] == before["id"] and w["ready"] is True for w in writes), writes
+    assert writes[-1]["ready_since"] == before["ready_since"]
+    assert [s.id for s in await cluster.running()] == [before["id"]], "nothing was restarted"
