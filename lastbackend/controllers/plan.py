@@ -5,7 +5,10 @@ template, the service's pods and whether their containers run, the live nodes) a
 the returned :class:`Plan`; the next reconcile, triggered by the writes and by container reports,
 takes the next step. Keeping the decision pure makes every rule testable without etcd or Docker:
 
-- pods on nodes that are gone are deleted (their lease expired), so they are replaced;
+- pods on nodes that are gone (their lease expired, and ``node.eviction_timeout`` passed) are
+  replaced: at once if their containers do not serve, else like an old version, only once
+  their replacements serve, so a node cut off from etcd but still serving loses its traffic to
+  ready containers only (its replacements surge freely: they take no room on a live node);
 - with no rollout under way, missing pods are created and extra ones deleted, newest first;
 - a rollout (pods of an older template exist) surges by one: at most ``replicas + 1`` pods, and
   an old pod that serves is removed only while the serving count stays at ``replicas`` or more,
@@ -74,7 +77,8 @@ def plan(
 
     new = [o for o in alive if o.pod.template == template]
     old = [o for o in alive if o.pod.template != template]
-    delete = [o.pod for o in lost]
+    lost_serving = [o for o in lost if o.running]
+    delete = [o.pod for o in lost if not o.running]
 
     if len(new) > replicas:  # scale down: the newest go first
         delete += [o.pod for o in _newest_first(new)[: len(new) - replicas]]
@@ -84,10 +88,11 @@ def plan(
     old_serving = [o for o in old if o.running]
     delete += [o.pod for o in old_idle]
 
-    serving = sum(o.running for o in new) + len(old_serving)
+    serving = sum(o.running for o in new) + len(old_serving) + len(lost_serving)
     removable = max(0, serving - replicas)
-    retire = _oldest_first(old_serving)[:removable]
-    delete += [o.pod for o in retire]
+    evict = _oldest_first(lost_serving)[:removable]  # the lost node's go first
+    retire = _oldest_first(old_serving)[: removable - len(evict)]
+    delete += [o.pod for o in evict + retire]
     remaining_old = len(old_serving) - len(retire)
 
     draining = terminating + len(retire)  # a retired pod's container drains before it goes

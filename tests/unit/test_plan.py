@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 
 from lastbackend.controllers.plan import Observed, Plan, choose_nodes, plan
@@ -49,10 +50,27 @@ def test_no_image_or_zero_replicas_removes_everything() -> None:
     assert plan(2, None, pods, {"n1"}).delete == tuple(o.pod for o in pods)
 
 
-def test_pods_on_lost_nodes_are_replaced() -> None:
+def test_pods_on_lost_nodes_are_replaced_and_go_once_the_replacements_serve() -> None:
+    # the lost node's containers last said they serve: replaced first, removed after
     gone = Observed(pod("v1", node="dead"), running=True)
     kept = Observed(pod("v1", node="n1"), running=True)
-    assert plan(2, "v1", [gone, kept], {"n1"}) == Plan(create=1, delete=(gone.pod,))
+    assert plan(2, "v1", [gone, kept], {"n1"}) == Plan(create=1)
+    starting = Observed(pod("v1", node="n1"), running=False)
+    assert plan(2, "v1", [gone, kept, starting], {"n1"}) == Plan()
+    serving = attrs.evolve(starting, running=True)
+    assert plan(2, "v1", [gone, kept, serving], {"n1"}) == Plan(delete=(gone.pod,))
+    # not serving: nothing to wait for
+    dead = Observed(pod("v1", node="dead"), running=False)
+    assert plan(2, "v1", [dead, kept], {"n1"}) == Plan(create=1, delete=(dead.pod,))
+
+
+def test_a_whole_lost_node_is_replaced_at_once_even_mid_rollout() -> None:
+    # replacements take no room on a live node, so they do not wait for each other
+    gone = [Observed(pod("v1", node="dead"), running=True) for _ in range(3)]
+    assert plan(3, "v1", gone, {"n1"}) == Plan(create=3)
+    # mid-rollout: the lost old pods serve until new ones do; the surge is for live nodes
+    old = [Observed(pod("v0", node="dead"), running=True) for _ in range(3)]
+    assert plan(3, "v1", old, {"n1"}) == Plan(create=3)
 
 
 def test_rollout_surges_by_one_and_waits_for_the_new_pod() -> None:
