@@ -34,6 +34,25 @@ def _default_data_dir() -> Path:
     return Path(base) / "lastbackend"
 
 
+def _hidden_tokens(tokens: tuple[str, ...]) -> str:
+    """How a token list appears in ``repr(settings)``: how many, never what (logs, tracebacks)."""
+    return repr(tuple("***" for _ in tokens))
+
+
+def _hidden_password(url: str) -> str:
+    """A URL in ``repr(settings)`` with any userinfo password shown as ``***``."""
+    return repr(masked_url(url))
+
+
+def masked_url(url: str) -> str:
+    """``scheme://user:***@host...``: the URL with the password of its userinfo hidden."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
 @attrs.frozen
 class Settings:
     # [etcd]
@@ -49,9 +68,15 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
+    api_hosts: tuple[str, ...] = ()
+    """Host names the API answers to besides loopback names and IP addresses (``api.example.com``,
+    or ``*.example.com`` for its subdomains): any other ``Host`` is refused (DNS rebinding)."""
+    cors_origins: tuple[str, ...] = ()
+    """Web origins (``https://dash.example.com``) whose pages may call the API from a browser.
+    Empty: CORS is off, and a write from any page but the API's own origin is a 403."""
     # [auth]
-    admin_tokens: tuple[str, ...] = ()
-    read_tokens: tuple[str, ...] = ()
+    admin_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
+    read_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
     # [daemon]
     data_dir: Path = attrs.field(factory=_default_data_dir)
     # [log]
@@ -99,7 +124,7 @@ class Settings:
     events_amqp_listen: str = "127.0.0.1:5673"
     """Where the leading ``events`` controller accepts AMQP 1.0 receivers. Empty or ``off``:
     nowhere."""
-    events_forward: str = ""
+    events_forward: str = attrs.field(default="", repr=_hidden_password)
     """An AMQP 1.0 broker (``amqp://[user:password@]host[:port]``) that also gets every event."""
     # [router]
     router_http: str = "127.0.0.1:8080"
@@ -200,6 +225,19 @@ class Settings:
             raise ConfigError(f"log format must be json or console: {self.log_format}")
         if self.max_body_bytes < 1024:
             raise ConfigError("api.max_body_bytes must be at least 1024")
+        for host in self.api_hosts:
+            if not is_host_pattern(host):
+                raise ConfigError(
+                    "api.hosts (LB_API_HOSTS) takes lowercase host names like api.example.com "
+                    f"or *.example.com, without a port: {host!r}"
+                )
+        for origin in self.cors_origins:
+            if not is_origin(origin):
+                raise ConfigError(
+                    "api.cors_origins (LB_API_CORS_ORIGINS) takes web origins like "
+                    "https://dash.example.com or http://localhost:3000 (no path, no '*'): "
+                    f"{origin!r}"
+                )
         if self.staging_concurrency < 1:
             raise ConfigError("staging.concurrency must be at least 1")
         if self.staging_timeout <= 0:
@@ -268,6 +306,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_HOST_PATTERN = re.compile(
+    r"(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
+)
+
+
+def is_host_pattern(value: str) -> bool:
+    """A lowercase host name, or ``*.`` and one (its subdomains): an ``api.hosts`` entry."""
+    return len(value) <= 253 and bool(_HOST_PATTERN.fullmatch(value))
+
+
+def is_origin(value: str) -> bool:
+    """``http(s)://host[:port]`` exactly as a browser sends it in ``Origin`` (no slash, no path)."""
+    authority = value.partition("://")[2]
+    plain = not any(c in authority for c in "/?#@")
+    return is_http_url(value) and plain and value == value.lower()
+
+
 def is_http_url(value: str) -> bool:
     """``http(s)://host[:port]``: what a node may advertise (no path: routes are absolute)."""
     return _is_url(value, ("http", "https"))
@@ -313,6 +368,8 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "listen": "listen",
         "max_body_bytes": "max_body_bytes",
         "shutdown_timeout": "shutdown_timeout",
+        "hosts": "api_hosts",
+        "cors_origins": "cors_origins",
     },
     "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
     "daemon": {"data_dir": "data_dir"},
@@ -354,6 +411,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_ETCD_CERT": "etcd_cert",
     "LB_ETCD_KEY": "etcd_key",
     "LB_LISTEN": "listen",
+    "LB_API_HOSTS": "api_hosts",
+    "LB_API_CORS_ORIGINS": "cors_origins",
     "LB_DATA_DIR": "data_dir",
     "LB_TOKEN": "admin_tokens",
     "LB_READ_TOKEN": "read_tokens",

@@ -45,15 +45,18 @@ def make_app(
     """
     registry = registry or CollectorRegistry()
     inflight = middlewares.InFlight()
+    browsers = middlewares.Browsers.of(settings)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
             middlewares.observe(middlewares.Metrics(registry), inflight),
             middlewares.errors,
             middlewares.headers,
+            middlewares.browsers(browsers),
             middlewares.auth(settings),
         ],
     )
+    app.on_response_prepare.append(browsers.on_prepare)
     app[STATE] = State(
         settings=settings,
         etcd=etcd,

@@ -22,6 +22,7 @@ KINDS: dict[int, tuple[int, str]] = {
     412: (10025, "CF-PreconditionFailed"),
     413: (10011, "CF-RequestEntityTooLarge"),
     415: (10012, "CF-UnsupportedMediaType"),
+    421: (10421, "CF-MisdirectedRequest"),  # no CF code: ours, spelled after the status
     422: (10008, "CF-UnprocessableEntity"),
     500: (10001, "CF-ServerError"),
     503: (10015, "CF-ServiceUnavailable"),

@@ -1,25 +1,31 @@
-"""Middlewares, outermost first: request id + access log + metrics, errors, auth.
+"""Middlewares, outermost first: request id + access log + metrics, errors, headers, browsers,
+auth.
 
-Auth runs inside the error middleware so a refused request still gets the family's error shape,
-and inside metrics so refusals are counted.
+Everything after ``errors`` runs inside it, so a refused request still gets the family's error
+shape, and inside metrics, so refusals are counted. Headers that are not text are refused before
+anything reads one; the browser rules (Host, Origin, CORS) come before auth, so a page that may
+not talk to the API learns nothing about its tokens either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import os
 import re
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+import attrs
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from lastbackend.api.errors import ApiError
-from lastbackend.api.http import Handler, utf8_problem
+from lastbackend.api.http import Handler, shown, utf8_problem
 from lastbackend.codec import Invalid
 from lastbackend.config import Settings
 from lastbackend.logsetup import log
@@ -183,6 +189,181 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
         if problem is not None:
             raise ApiError(400, f"header {name}: {problem}", title="CF-InvalidRequest", code=10004)
     return await handler(request)
+
+
+# browsers ----------------------------------------------------------------------------------------
+
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = frozenset(
+    {"authorization", "content-type", "if-match", "if-none-match", "last-event-id", "x-request-id"}
+)
+CORS_EXPOSED = "ETag, Location, X-Request-ID, X-Etcd-Revision, Retry-After"
+CORS_MAX_AGE = "600"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\[\]:]+)(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _split_host(raw: str) -> tuple[str, int | None] | None:
+    """``Host``'s (name, port), the name lowercased without a trailing dot; None if malformed."""
+    match = _HOST.fullmatch(raw.strip())
+    if match is None:
+        return None
+    port = match.group("port")
+    return match.group("host").lower().rstrip("."), None if port is None else int(port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+@attrs.frozen
+class Browsers:
+    """Who a browser may reach the API as, and from which pages (issue 13, section 4).
+
+    Without a token the default install trusts whoever reaches its loopback port, and a web page
+    can: (1) a "simple" cross-site request needs no preflight, so a page on any site may POST a
+    form or text/plain body (JSON bodies therefore require ``application/json``: see
+    ``http.read_json``), and (2) a page whose own name re-resolves to 127.0.0.1 (DNS rebinding)
+    is same-origin with the API as far as the browser knows. So:
+
+    - ``Host`` must be a name the API answers to: ``localhost`` and ``*.localhost`` (browsers
+      resolve those to loopback themselves, never through DNS), an IP address (a rebinding page
+      always sends its own *name*; an IP literal in ``Host`` means the page was loaded from that
+      very address), the ``listen`` and ``node.advertise`` hosts, and ``api.hosts``. Anything
+      else is a 421 Misdirected Request: this server is not the one that name points at.
+    - A state-changing request whose ``Origin`` is neither the API's own (the origin whose
+      authority is the ``Host``) nor listed in ``api.cors_origins`` is a 403.
+    - CORS: only the listed origins get ``Access-Control-Allow-Origin`` and preflight answers.
+    """
+
+    names: frozenset[str]
+    suffixes: tuple[str, ...]
+    origins: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Browsers:
+        names = {"localhost", settings.host_port[0].lower()}
+        if settings.node_advertise:
+            advertised = urlsplit(settings.node_advertise).hostname
+            names.add((advertised or "").lower())
+        suffixes = [".localhost"]
+        for entry in settings.api_hosts:
+            if entry.startswith("*."):
+                suffixes.append(entry[1:])
+            else:
+                names.add(entry)
+        return cls(frozenset(names), tuple(suffixes), frozenset(settings.cors_origins))
+
+    def admits(self, host: str) -> bool:
+        return host in self.names or host.endswith(self.suffixes) or _is_ip(host)
+
+    def same_origin(self, origin: str, host: tuple[str, int | None]) -> bool:
+        """Whether ``origin`` is the API's own: its authority is the one ``Host`` names."""
+        try:
+            url = urlsplit(origin)
+            port = url.port or _DEFAULT_PORTS.get(url.scheme)
+        except ValueError:
+            return False
+        name = (url.hostname or "").rstrip(".")
+        if url.hostname and ":" in url.hostname:
+            name = f"[{name}]"
+        wanted = host[1] if host[1] is not None else _DEFAULT_PORTS.get(url.scheme)
+        return url.scheme in _DEFAULT_PORTS and name == host[0] and port == wanted
+
+    def check(self, request: web.Request) -> web.StreamResponse | None:
+        """A refusal, a preflight answer, or None when the request may go on."""
+        raw_host = request.headers.get("Host")
+        host = None
+        if raw_host is not None:  # HTTP/1.0 clients may leave it out; browsers never do
+            host = _split_host(raw_host)
+            if host is None:
+                raise ApiError(400, f"header Host: {shown(raw_host)} is not host[:port]")
+            if not self.admits(host[0]):
+                raise ApiError(
+                    421,
+                    f"header Host: this API does not answer to {shown(host[0])}: it answers to "
+                    "loopback names, IP addresses and the names in api.hosts (LB_API_HOSTS). "
+                    "Refused so that a web page cannot reach it under a name of its own "
+                    "(DNS rebinding)",
+                )
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return None
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return self.preflight(request, origin)
+        own = host is not None and self.same_origin(origin, host)
+        if request.method not in SAFE_METHODS and not own and origin not in self.origins:
+            raise ApiError(
+                403,
+                f"header Origin: {shown(origin)} may not change anything here: a page may write "
+                "only from the API's own origin or from one listed in api.cors_origins "
+                "(LB_API_CORS_ORIGINS)",
+            )
+        return None
+
+    def preflight(self, request: web.Request, origin: str) -> web.StreamResponse:
+        if origin not in self.origins:
+            raise ApiError(
+                403,
+                f"header Origin: CORS is off for {shown(origin)}: list it in api.cors_origins "
+                "(LB_API_CORS_ORIGINS) to call the API from its pages",
+            )
+        method = request.headers["Access-Control-Request-Method"].strip()
+        if method not in CORS_METHODS:
+            raise ApiError(
+                403,
+                f"header Access-Control-Request-Method: {shown(method)} is not one of "
+                + ", ".join(CORS_METHODS),
+            )
+        asked = request.headers.get("Access-Control-Request-Headers", "")
+        names = {h.strip().lower() for h in asked.split(",") if h.strip()}
+        extra = sorted(names - CORS_REQUEST_HEADERS)
+        if extra:
+            raise ApiError(
+                403,
+                f"header Access-Control-Request-Headers: {shown(extra[0])} is not one a page may "
+                "send; allowed: " + ", ".join(sorted(CORS_REQUEST_HEADERS)),
+            )
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": ", ".join(CORS_METHODS),
+                "Access-Control-Allow-Headers": ", ".join(sorted(CORS_REQUEST_HEADERS)),
+                "Access-Control-Max-Age": CORS_MAX_AGE,
+                "Vary": "Origin",
+            },
+        )
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``on_response_prepare``: every answer to a listed origin says so, streamed ones too
+        (their headers go out before any middleware sees the response)."""
+        origin = request.headers.get("Origin")
+        if origin is None or origin not in self.origins:
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+        vary = response.headers.get("Vary")
+        if vary is None or "origin" not in vary.lower():
+            response.headers["Vary"] = "Origin" if vary is None else f"{vary}, Origin"
+
+
+def browsers(rules: Browsers) -> web.middleware:  # type: ignore[valid-type]
+    """:class:`Browsers`' checks, before auth: a refused page learns nothing about tokens."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        answer = rules.check(request)
+        return answer if answer is not None else await handler(request)
+
+    return middleware
+
+
+# auth --------------------------------------------------------------------------------------------
 
 
 def _matches(token: str, candidates: Sequence[str]) -> bool:

@@ -91,3 +91,50 @@ def test_embedded_default_uses_the_embedded_endpoint() -> None:
     external = Settings(etcd_endpoints=("10.0.0.1:2379",))
     assert not external.embedded
     assert external.endpoints == ("10.0.0.1:2379",)
+
+
+def test_browser_settings_from_file_and_env(tmp_path: Path) -> None:
+    file = tmp_path / "lb.toml"
+    file.write_text('[api]\nhosts = ["lb.example.com"]\ncors_origins = ["https://dash.example"]\n')
+    s = config.load(file=file, environ={})
+    assert (s.api_hosts, s.cors_origins) == (("lb.example.com",), ("https://dash.example",))
+    env = {"LB_API_HOSTS": "a.example, *.b.example", "LB_API_CORS_ORIGINS": "http://localhost:3000"}
+    s = config.load(file=file, environ=env)
+    assert s.api_hosts == ("a.example", "*.b.example")
+    assert s.cors_origins == ("http://localhost:3000",)
+    s.check()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (Settings(api_hosts=("lb.example.com:2967",)), "api.hosts"),
+        (Settings(api_hosts=("Upper.example",)), "api.hosts"),
+        (Settings(api_hosts=("*",)), "api.hosts"),
+        (Settings(cors_origins=("*",)), "api.cors_origins"),
+        (Settings(cors_origins=("https://dash.example/",)), "api.cors_origins"),
+        (Settings(cors_origins=("https://dash.example/app",)), "api.cors_origins"),
+        (Settings(cors_origins=("dash.example",)), "api.cors_origins"),
+        (Settings(cors_origins=("null",)), "api.cors_origins"),
+        (Settings(cors_origins=("ftp://dash.example",)), "api.cors_origins"),
+    ],
+)
+def test_bad_browser_settings_are_refused(settings: Settings, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings.check()
+
+
+def test_the_settings_repr_never_shows_a_token_or_password() -> None:
+    """Settings end up in tracebacks and debug logs (rich prints locals): secrets must not."""
+    s = Settings(
+        admin_tokens=("adm-s3cret-1", "adm-s3cret-2"),
+        read_tokens=("ro-s3cret",),
+        secret_key="k" * 43 + "=",
+        events_forward="amqps://events:br0ker-pw@broker.example.com:5671",
+    )
+    shown = repr(s)
+    for secret in ("adm-s3cret-1", "adm-s3cret-2", "ro-s3cret", "k" * 43, "br0ker-pw"):
+        assert secret not in shown
+    assert "admin_tokens=('***', '***')" in shown
+    assert "amqps://events:***@broker.example.com:5671" in shown
+    assert s.admin_tokens == ("adm-s3cret-1", "adm-s3cret-2")  # only the repr is masked
