@@ -7,17 +7,22 @@ secret as ``"***"`` (DESIGN.md section 7); a package without credentials shows `
 and git packages are ``READY`` at once; a bits package is ``AWAITING_UPLOAD`` until
 ``POST /v3/packages/:guid/upload`` succeeds.
 
-An upload is a ``multipart/form-data`` body with the archive in the file field ``bits``. It is
-streamed to a temporary file in the blob store, never held in memory, and capped at
-``staging.max_upload_bytes`` (the 1 MiB JSON body limit does not apply). Then, in order: the
-package moves to ``PROCESSING_UPLOAD``; the archive is checked and normalized
-(:mod:`lastbackend.sources.archive`); the normalized tar becomes the blob
+An upload is a ``multipart/form-data`` body with the archive in the file field ``bits``. In
+order: the body is read up to the headers of ``bits`` (fields before it are skipped, up to
+1 MiB); the package moves to ``PROCESSING_UPLOAD``, before a byte of the archive is received,
+so a second upload of the same package is a 409 at once instead of spooling beside the first;
+the archive is streamed to a temporary file in the blob store, never held in memory, and capped
+at ``staging.max_upload_bytes`` (the 1 MiB JSON body limit does not apply); it is checked and
+normalized (:mod:`lastbackend.sources.archive`); the normalized tar becomes the blob
 ``packages/<guid>.tar``; the package becomes ``READY`` with ``hash.value`` the sha1 of the
 uploaded bytes, or ``FAILED`` with ``error`` saying why (the response is then a 422 naming
-``bits``). A body without a ``bits`` field changes nothing. A ``FAILED`` package may be uploaded
-again; a ``READY`` one may not (create a new package for new bits). A ``PROCESSING_UPLOAD`` older
-than five minutes belongs to a process that died: a new upload takes it over, and the gc
-controller fails it with "upload interrupted" (a live upload refreshes ``updated`` every minute).
+``bits``, or a 400 for a body cut off or malformed inside ``bits``).
+
+A body without a ``bits`` field, or malformed before it (a part header without a colon), is a
+4xx that changes nothing. A ``FAILED`` package may be uploaded again; a ``READY`` one may not
+(create a new package for new bits). A ``PROCESSING_UPLOAD`` older than five minutes belongs to
+a process that died: a new upload takes it over, and the gc controller fails it with "upload
+interrupted" (a live upload refreshes ``updated`` every minute).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any, TypeVar
 
 import attrs
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
@@ -47,7 +53,6 @@ from lastbackend.model.common import mask_secrets, now
 from lastbackend.sources import archive
 from lastbackend.sources.archive import ArchiveError
 from lastbackend.sources.blobs import BlobStore
-from lastbackend.store.objects import NotFound
 from lastbackend.store.owned import AppNotFound, app_project
 from lastbackend.store.packages import UPLOAD_HEARTBEAT, Packages, StoredPackage, upload_stale
 
@@ -271,7 +276,9 @@ class _Claim:
     if nobody took the package over (or deleted it) meanwhile."""
 
     def __init__(self, repo: Packages, stored: StoredPackage) -> None:
+        assert isinstance(stored.package, BitsPackage)
         self.repo = repo
+        self.claimed: BitsPackage = stored.package
         self.current: StoredPackage | None = stored
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._beat())
@@ -294,33 +301,44 @@ class _Claim:
         return await self.repo.swap(self.current, attrs.evolve(package, updated=now()))
 
 
-async def _fail_unclaimed(repo: Packages, guid: str, error: str) -> None:
-    """Record a refusal found before the package was claimed (an upload over the limit)."""
-    with contextlib.suppress(ApiError, NotFound):
-        await repo.update(
-            guid, lambda cur: attrs.evolve(_uploadable(cur), state="FAILED", error=error)
-        )
+_MAX_OTHER_FIELDS = 1 << 20
+"""Bytes of fields other than ``bits`` skipped before it (they are read and dropped)."""
 
 
-async def _receive(request: web.Request, dest: Path, limit: int) -> int | None:
-    """Stream the multipart field ``bits`` into ``dest``; its size, or None if there is none.
-
-    Other fields are skipped. Raises :class:`ArchiveError` past ``limit`` bytes.
-    """
+async def _bits_part(request: web.Request) -> BodyPartReader | None:
+    """The multipart field ``bits``, its headers read and its content not yet; None if the body
+    has none. Fields before it are skipped (up to :data:`_MAX_OTHER_FIELDS` bytes); a malformed
+    body is a 400 naming ``bits``."""
+    skipped = 0
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
             if isinstance(part, BodyPartReader) and part.name == "bits":
-                return await _spool(part, dest, limit)
+                return part
+            while isinstance(part, BodyPartReader) and (chunk := await part.read_chunk(CHUNK)):
+                skipped += len(chunk)
+                if skipped > _MAX_OTHER_FIELDS:
+                    raise ApiError(
+                        422, "bits: is required first: the fields before it exceed 1 MiB"
+                    )
             await part.release()
-    except ArchiveError:
-        raise
-    except (AssertionError, ValueError) as exc:  # aiohttp's refusals of a malformed body
-        raise ApiError(400, f"bits: the multipart body is malformed: {exc}") from None
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
     return None
 
 
+_MALFORMED = (AssertionError, ValueError, LookupError, HttpProcessingError)
+"""What aiohttp's multipart reader raises for a body that is not multipart as it says: a part
+header without a colon is an ``HttpProcessingError``, a bad length a ``ValueError``."""
+
+
+def _malformed(exc: BaseException) -> ApiError:
+    reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return ApiError(400, f"bits: the multipart body is malformed: {reason}")
+
+
 async def _spool(part: BodyPartReader, dest: Path, limit: int) -> int:
+    """Stream ``part`` into ``dest``; its size. Past ``limit`` bytes, :class:`ArchiveError`."""
     size = 0
     buffer = bytearray()
     out = await asyncio.to_thread(open, dest, "wb")
@@ -335,6 +353,10 @@ async def _spool(part: BodyPartReader, dest: Path, limit: int) -> int:
                 buffer.clear()
         if buffer:
             await asyncio.to_thread(out.write, bytes(buffer))
+    except ArchiveError:
+        raise
+    except _MALFORMED as exc:
+        raise _malformed(exc) from None
     finally:
         await asyncio.to_thread(out.close)
     return size
@@ -343,6 +365,9 @@ async def _spool(part: BodyPartReader, dest: Path, limit: int) -> int:
 def _discard(*paths: Path) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+CUT_OFF = "the upload was cut off before the archive was received whole; upload again"
 
 
 @routes.post(ONE + "/upload")
@@ -361,22 +386,37 @@ async def upload(request: web.Request) -> web.Response:
             "bits: is required: send multipart/form-data with the archive in a file field "
             f"named bits (got Content-Type {request.content_type})",
         )
+    part = await _bits_part(request)
+    if part is None:
+        raise ApiError(
+            422, "bits: is required: the archive goes in a multipart file field named bits"
+        )
+    # Claimed before its content is received: a second upload is a 409 now, not after both
+    # have spooled up to the limit.
+    claim = _Claim(repo, await repo.update(guid, _claim))
     incoming = await asyncio.to_thread(blobs.temp_path, "upload")
     normalized = await asyncio.to_thread(blobs.temp_path, "normalized")
     try:
         try:
-            size = await _receive(request, incoming, limit)
+            await _spool(part, incoming, limit)
         except ArchiveError as exc:
-            await _fail_unclaimed(repo, guid, str(exc))
-            raise ApiError(422, f"bits: {exc}") from None
-        if size is None:
-            raise ApiError(
-                422, "bits: is required: the archive goes in a multipart file field named bits"
-            )
-        claim = _Claim(repo, await repo.update(guid, _claim))
+            raise await _refused(claim, f"bits: {exc}", str(exc), 422) from None
+        except ApiError as exc:
+            error = str(exc).removeprefix("bits: ")
+            raise await _refused(claim, str(exc), error, exc.status) from None
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await _refused(claim, CUT_OFF, CUT_OFF, 400)
+            raise
         return await _process(claim, blobs, guid, incoming, normalized, limit)
     finally:
         await asyncio.to_thread(_discard, incoming, normalized)
+
+
+async def _refused(claim: _Claim, detail: str, error: str, status: int) -> ApiError:
+    """Fail the claimed package with ``error``; the :class:`ApiError` to answer with."""
+    await claim.finish(attrs.evolve(claim.claimed, state="FAILED", error=error))
+    return ApiError(status, detail)
 
 
 async def _process(
