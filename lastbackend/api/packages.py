@@ -3,7 +3,10 @@
 Shapes are the document's, plus ``guid``, ``created_at``/``updated_at`` and ``links``: a bits
 package shows ``error`` and ``hash``; a docker package ``image_path`` and ``credentials``; a git
 package ``url`` and ``credentials``. Credentials come back as the document shows them with every
-secret as ``"***"`` (DESIGN.md section 7); a package without credentials shows ``null``. Docker
+secret as ``"***"`` (DESIGN.md section 7); a package without credentials shows ``null``. A git
+URL given with credentials in it (``https://user:password@host/repo.git``) is stored without
+them and they become the package's credentials (a lone ``https://TOKEN@host`` is a password);
+giving both is a 422 naming ``url``. Docker
 and git packages are ``READY`` at once; a bits package is ``AWAITING_UPLOAD`` until
 ``POST /v3/packages/:guid/upload`` succeeds.
 
@@ -46,11 +49,14 @@ from lastbackend.model.apps import (
     PACKAGES,
     BitsPackage,
     DockerPackage,
+    GitCredentials,
+    GitPackageCreate,
+    GitUrl,
     Hash,
     PackageCreate,
 )
 from lastbackend.model.common import mask_secrets, now
-from lastbackend.sources import archive
+from lastbackend.sources import archive, git
 from lastbackend.sources.archive import ArchiveError
 from lastbackend.sources.blobs import BlobStore
 from lastbackend.store.owned import AppNotFound, app_project
@@ -83,7 +89,7 @@ def view(stored: StoredPackage) -> dict[str, Any]:
         out["image_path"] = package.image
         out["credentials"] = _masked(package.credentials)
     else:
-        out["url"] = package.url
+        out["url"] = git.mask_url(package.url)  # a URL stored before credentials were split out
         out["credentials"] = _masked(package.credentials)
     links: dict[str, Any] = {
         "self": {"href": href(stored.guid)},
@@ -103,6 +109,25 @@ def view(stored: StoredPackage) -> dict[str, Any]:
 
 def _masked(credentials: Any) -> dict[str, Any] | None:
     return None if credentials is None else mask_secrets(codec.unstructure(credentials))
+
+
+def _url_credentials(spec: Any) -> Any:
+    """A git package's spec with the credentials of its URL moved into ``credentials``, where
+    they are encrypted and shown as ``***``; a URL is shown, logged and streamed as it is."""
+    if not isinstance(spec, GitPackageCreate):
+        return spec
+    inline = git.split_userinfo(spec.url)
+    if inline is None:
+        return spec
+    given = spec.credentials
+    if given is not None and (given.user or given.password or given.api_key):
+        raise ApiError(
+            422,
+            "url: holds credentials (user:password@) and credentials are given as well; "
+            "give them once, in credentials",
+        )
+    credentials = GitCredentials(user=inline.user, password=inline.password)
+    return attrs.evolve(spec, url=GitUrl(inline.url), credentials=credentials)
 
 
 def _repo(request: web.Request) -> Packages:
@@ -170,7 +195,7 @@ def _created(stored: StoredPackage) -> web.Response:
     status=201,
 )
 async def create(request: web.Request) -> web.Response:
-    spec: Any = await body(request, PackageCreate)  # type: ignore[arg-type]
+    spec: Any = _url_credentials(await body(request, PackageCreate))  # type: ignore[arg-type]
     if spec.relationships is None:
         raise ApiError(422, "relationships.app.guid: is required: the app the package is for")
     app = spec.relationships.app.guid
@@ -185,7 +210,7 @@ async def create(request: web.Request) -> web.Response:
 @doc("Create a package of this app", body="PackageCreate", response="Package", status=201)
 async def create_for_app(request: web.Request) -> web.Response:
     app = request.match_info["guid"]
-    spec: Any = await body(request, PackageCreate)  # type: ignore[arg-type]
+    spec: Any = _url_credentials(await body(request, PackageCreate))  # type: ignore[arg-type]
     if spec.relationships is not None and spec.relationships.app.guid != app:
         raise ApiError(422, "relationships.app.guid: must be the app in the path, or left out")
     return _created(await _repo(request).create(app, spec))

@@ -5,6 +5,12 @@ works. Credentials never appear in a command line (``ps`` shows those to every u
 git as an ``http.extraHeader`` set through ``GIT_CONFIG_*`` environment variables, and every
 message this module raises has them redacted. ``GIT_TERMINAL_PROMPT=0`` makes a missing or wrong
 credential fail at once instead of waiting for a password on a terminal nobody watches.
+
+Credentials written into a URL (``https://user:password@host/repo.git``) are taken out of it:
+:func:`split_userinfo` is how a git package's URL is stored (the API keeps the user and password
+as the package's encrypted credentials), :func:`clone` does the same to a URL that still has
+them, and :func:`mask_url` is for every URL that is shown or logged. git runs without the
+process's ``LB_*`` variables, which may hold the API's tokens and the secrets key.
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ import asyncio
 import base64
 import io
 import os
+import re
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote
 
 import attrs
 
 CLONE_TIMEOUT = 300.0
+PRIVATE_ENV = "LB_"
+"""The prefix of the variables git does not inherit: lastbackend's own settings and secrets."""
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#\s]*@)")
+"""A URL's scheme and userinfo: everything between ``://`` and the last ``@`` before the path."""
 
 
 class GitError(RuntimeError):
@@ -42,6 +54,52 @@ class GitAuth:
         return f"Authorization: Basic {base64.b64encode(raw).decode()}"
 
 
+@attrs.frozen(repr=False)
+class UrlCredentials:
+    """What a URL's userinfo held, percent-decoded. ``https://TOKEN@host`` (GitHub's form for a
+    token) has no password: the token is then the password, since a user name is shown."""
+
+    url: str
+    """The URL without its userinfo."""
+    user: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"UrlCredentials(url={self.url!r}, user={self.user!r}, password='***')"
+
+
+def split_userinfo(url: str) -> UrlCredentials | None:
+    """The credentials in ``url``'s userinfo and the URL without them; None when it has none.
+
+    An ``ssh://`` URL keeps a user without a password: that is the login name ssh needs, not a
+    secret. scp-like URLs (``git@host:path``) have no scheme and are left as they are.
+    """
+    match = _URL.match(url)
+    if match is None:
+        return None
+    userinfo = match["userinfo"][:-1]
+    user, colon, password = userinfo.partition(":")
+    ssh = match["scheme"].lower() == "ssh://"
+    if ssh and not colon:
+        return None
+    bare = match["scheme"] + (user + "@" if ssh else "") + url[match.end() :]
+    if not colon:
+        return UrlCredentials(bare, "", unquote(user))
+    return UrlCredentials(bare, "" if ssh else unquote(user), unquote(password))
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the credentials in the userinfo of every URL in it shown as ``***``: for
+    what is shown or logged. An ssh login name alone is not a credential (see
+    :func:`split_userinfo`) and stays."""
+
+    def masked(match: re.Match[str]) -> str:
+        ssh_login = match["scheme"].lower() == "ssh://" and ":" not in match["userinfo"]
+        return match[0] if ssh_login else f"{match['scheme']}***@"
+
+    return _URL.sub(masked, text)
+
+
 @attrs.frozen
 class Checkout:
     path: Path
@@ -52,7 +110,7 @@ class Checkout:
 
 def _environ(auth: GitAuth | None) -> dict[str, str]:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV)},
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "/bin/true",
         "GIT_CONFIG_NOSYSTEM": "1",
@@ -72,7 +130,7 @@ def _redact(text: str, auth: GitAuth | None) -> str:
         for secret in (auth.password, auth.header):
             if secret:
                 text = text.replace(secret, "***")
-    return text
+    return mask_url(text)
 
 
 async def _git(
@@ -119,8 +177,14 @@ async def clone(
     """A shallow clone of ``ref`` (a branch or tag; the remote's default when None) into ``dest``.
 
     Raises :class:`GitError` with git's reason: a wrong URL, a missing branch, refused
-    credentials all read as ``clone repo failed: fatal: ...``.
+    credentials all read as ``clone repo failed: fatal: ...``. Credentials in ``url`` are used
+    when ``auth`` is None, and never put on git's command line either way.
     """
+    inline = split_userinfo(url)
+    if inline is not None:
+        url = inline.url
+        if auth is None:
+            auth = GitAuth(inline.user, inline.password)
     env = _environ(auth)
     args = ["clone", "--quiet", "--depth", "1", "--single-branch", "--no-tags"]
     if ref:
