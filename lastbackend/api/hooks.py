@@ -10,7 +10,15 @@ and the webhook secret stored with the vendor is its only credential:
 
 Every comparison is constant-time, and the body is checked before it is parsed. A vendor with no
 webhook secret refuses every hook (401), so a hook is never taken on trust. A wrong or missing
-signature is a 401 that writes nothing.
+signature is a 401 that writes nothing. Every refusal is the same 401 with the same text
+(:data:`REFUSED`), whatever the reason (an unknown vendor name, a vendor not connected or without
+a secret, a missing or wrong signature), so a caller cannot probe which vendors are connected;
+the reason goes to the log.
+
+A verified push that names its delivery (``X-GitHub-Delivery``, ``X-Gitlab-Event-UUID``,
+``X-Request-UUID``) is taken once: a replay of the same delivery queues nothing new and answers
+with the builds the first copy queued, marked ``"replayed": true``
+(``lastbackend.store.deliveries``).
 
 A verified push names a repository and a branch; every service (in any project) and image whose
 ``source`` is that repository on this vendor's hub and that branch gets a queued build with the
@@ -24,9 +32,11 @@ payload shapes in ``tests/unit/test_hook_payloads.py``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,12 +44,14 @@ import attrs
 from aiohttp import web
 
 from lastbackend.api.errors import ApiError
-from lastbackend.api.http import doc, json_response
+from lastbackend.api.http import JSON_TYPE, doc, is_json_type, json_response, shown
 from lastbackend.api.state import STATE
 from lastbackend.logsetup import log
 from lastbackend.model.platform import ServiceSource
 from lastbackend.model.vendors import Vendor
 from lastbackend.store.builds import Builds, NoSource, Target
+from lastbackend.store.deliveries import Deliveries, Seen, is_delivery_id
+from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NotFound
 from lastbackend.store.vendors import subscribers
 
@@ -48,6 +60,22 @@ routes = web.RouteTableDef()
 ROUTE = "/api/hooks/{vendor}"
 HOOK_VENDORS = ("github", "gitlab", "bitbucket")
 EVENT_HEADERS = {"github": "X-GitHub-Event", "gitlab": "X-Gitlab-Event", "bitbucket": "X-Event-Key"}
+SIGNATURE_HEADERS = {
+    "github": "X-Hub-Signature-256",
+    "gitlab": "X-Gitlab-Token",
+    "bitbucket": "X-Hub-Signature",
+}
+DELIVERY_HEADERS = {
+    "github": "X-GitHub-Delivery",
+    "gitlab": "X-Gitlab-Event-UUID",
+    "bitbucket": "X-Request-UUID",
+}
+REFUSED = (
+    "the webhook is not verified: POST it to /api/hooks/<github|gitlab|bitbucket>, for a vendor "
+    "connected with a webhook_secret, signed with that secret (GitHub: X-Hub-Signature-256, "
+    "Bitbucket: X-Hub-Signature, GitLab: X-Gitlab-Token)"
+)
+"""The one answer to every refused hook: a caller learns nothing about which vendors exist."""
 PUSH_EVENTS = {"github": "push", "gitlab": "Push Hook", "bitbucket": "repo:push"}
 ZERO_SHA = "0" * 40
 BRANCH_REF = "refs/heads/"
@@ -75,8 +103,16 @@ class PayloadError(ValueError):
 # verification -----------------------------------------------------------------------------------
 
 
-def _unauthorized(detail: str) -> ApiError:
-    return ApiError(401, detail)
+class Refused(ApiError):
+    """A hook that does not verify: the answer is always :data:`REFUSED`; ``str()`` of it is the
+    real reason, for the log (and tests), never for the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(401, REFUSED)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def _hmac_header(secret: str, raw: bytes) -> str:
@@ -84,19 +120,22 @@ def _hmac_header(secret: str, raw: bytes) -> str:
 
 
 def verify(vendor: str, secret: str, headers: Mapping[str, str], raw: bytes) -> None:
-    """Raise a 401 :class:`ApiError` unless the request carries ``secret``'s signature."""
+    """Raise :class:`Refused` unless the request carries ``secret``'s signature.
+
+    The signature is computed and compared even with no secret to check it against, so a
+    vendor that is not connected takes as long to refuse as a wrong signature.
+    """
+    name = SIGNATURE_HEADERS[vendor]
+    given = headers.get(name, "").strip()
+    stand_in = secret or os.urandom(16).hex()  # no secret: the same work, and never a match
+    expected = stand_in if vendor == "gitlab" else _hmac_header(stand_in, raw)
+    matched = hmac.compare_digest(given.encode(), expected.encode())
     if not secret:
-        raise _unauthorized(f"no webhook secret configured for {vendor}: set webhook_secret")
-    if vendor == "gitlab":
-        name, expected = "X-Gitlab-Token", secret
-    else:
-        name = "X-Hub-Signature-256" if vendor == "github" else "X-Hub-Signature"
-        expected = _hmac_header(secret, raw)
-    given = headers.get(name)
+        raise Refused(f"no webhook secret configured for {vendor}: set webhook_secret")
     if not given:
-        raise _unauthorized(f"{name} is missing: the webhook must be set up with the secret")
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise _unauthorized(f"{name} does not match the webhook secret")
+        raise Refused(f"{name} is missing: the webhook must be set up with the secret")
+    if not matched:
+        raise Refused(f"{name} does not match the webhook secret")
 
 
 def sign(secret: str, raw: bytes) -> str:
@@ -235,6 +274,13 @@ def parse(vendor: str, headers: Mapping[str, str], raw: bytes) -> tuple[str, lis
     event = event_of(vendor, headers)
     if event != PUSH_EVENTS[vendor]:
         return event, []
+    given = headers.get("Content-Type")
+    if given is not None and not is_json_type(given):
+        raise ApiError(
+            415,
+            f"header Content-Type: must be {JSON_TYPE}, got {shown(given)}: set the webhook's "
+            "content type to application/json",
+        )
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -273,23 +319,76 @@ def matches(vendor: Vendor, push: Push, source: ServiceSource) -> bool:
 )
 async def hook(request: web.Request) -> web.Response:
     name = request.match_info["vendor"]
-    if name not in HOOK_VENDORS:
-        raise ApiError(
-            404, f"no hooks for {name!r}: the hook vendors are {', '.join(HOOK_VENDORS)}"
-        )
-    raw = await request.read()
     state = request.app[STATE]
-    vendors = state.vendors
     try:
-        vendor = (await vendors.get(name)).vendor
-    except NotFound:
-        raise _unauthorized(f"{name} is not connected: no webhook secret configured") from None
-    verify(name, vendors.webhook_secret(vendor), request.headers, raw)
+        vendor, raw = await _verified(request, name)
+    except Refused as exc:
+        log.info("push hook refused", vendor=shown(name), reason=exc.reason)
+        raise
     event, pushes = parse(name, request.headers, raw)
     if event != PUSH_EVENTS[name]:
         return json_response({"builds": [], "ignored": f"{event!r} is not a push event"})
-    found = await subscribers(state.etcd) if pushes else []
-    builds = Builds(state.etcd)
+    delivery = _delivery(name, request.headers) if pushes else None
+    deliveries = Deliveries(state.etcd)
+    claim = None
+    if delivery is not None:
+        first = await deliveries.seen(name, delivery)
+        taken = await deliveries.claim(name, delivery) if first is None else first
+        if isinstance(taken, Seen):
+            return _replayed(name, delivery, taken)
+        claim = taken
+    created = await _queue(state.etcd, vendor, name, pushes)
+    if claim is not None:
+        await deliveries.record(claim, created)
+    return json_response({"builds": created}, status=202)
+
+
+async def _verified(request: web.Request, name: str) -> tuple[Vendor, bytes]:
+    """The connected vendor and the raw body of a hook whose signature verifies; else
+    :class:`Refused`, the same for every reason."""
+    if name not in HOOK_VENDORS:
+        raise Refused(f"no hooks for {name!r}: the hook vendors are {', '.join(HOOK_VENDORS)}")
+    raw = await request.read()
+    vendors = request.app[STATE].vendors
+    try:
+        vendor = (await vendors.get(name)).vendor
+    except NotFound:
+        with contextlib.suppress(Refused):
+            verify(name, "", request.headers, raw)  # the same work as for a connected vendor
+        raise Refused(f"{name} is not connected: no webhook secret configured") from None
+    verify(name, vendors.webhook_secret(vendor), request.headers, raw)
+    return vendor, raw
+
+
+def _delivery(vendor: str, headers: Mapping[str, str]) -> str | None:
+    """The delivery's name, if the host sent one (older GitLab does not): 400 if it cannot be."""
+    header = DELIVERY_HEADERS[vendor]
+    raw = headers.get(header, "").strip()
+    if not raw:
+        return None
+    if not is_delivery_id(raw):
+        raise ApiError(
+            400,
+            f"header {header}: {shown(raw)} is not a delivery id (1 to 128 of A-Z a-z 0-9 . _ : -)",
+        )
+    return raw
+
+
+def _replayed(vendor: str, delivery: str, seen: Seen) -> web.Response:
+    if seen.builds is None:
+        raise ApiError(
+            409,
+            f"delivery {delivery!r} is being handled by the copy that came first; its builds are "
+            "queued when it ends",
+        )
+    log.info("push hook replayed", vendor=vendor, delivery=delivery, builds=len(seen.builds))
+    return json_response({"builds": seen.builds, "replayed": True}, status=202)
+
+
+async def _queue(etcd: Etcd, vendor: Vendor, name: str, pushes: list[Push]) -> list[dict[str, Any]]:
+    """A queued build of every subscriber each push moved: what the answer lists."""
+    found = await subscribers(etcd) if pushes else []
+    builds = Builds(etcd)
     created: list[dict[str, Any]] = []
     for push in pushes:
         for sub in found:
@@ -316,4 +415,4 @@ async def hook(request: web.Request) -> web.Response:
             commit=push.commit,
             builds=len(created),
         )
-    return json_response({"builds": created}, status=202)
+    return created

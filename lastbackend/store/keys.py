@@ -393,6 +393,16 @@ ROUTER_CA = f"{ROOT}router/ca"
 LIFECYCLE_DESCRIPTOR = f"{ROOT}lifecycle/descriptor"
 """The lifecycle descriptor in use (document 002), written by the daemon that loaded it."""
 
+HOOK_DELIVERIES = f"{ROOT}hooks/deliveries/"
+
+
+def hook_delivery(vendor: str, delivery: str) -> str:
+    """``hooks/deliveries/<vendor>/<delivery id>``: a push webhook delivery already taken, with
+    the builds it queued, on a lease of its own so it goes away by itself. ``delivery`` is
+    checked by ``store.deliveries.is_delivery_id`` (no ``/``, at most 128 characters)."""
+    return f"{HOOK_DELIVERIES}{vendor}/{delivery}"
+
+
 LEADERS = f"{ROOT}system/leader/"
 
 
