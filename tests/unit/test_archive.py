@@ -345,3 +345,86 @@ def test_encrypted_zip(tmp_path: Path) -> None:
     raw[6] |= 0x1
     raw[raw.index(b"PK\x01\x02") + 8] |= 0x1
     assert "'secret.txt' is encrypted" in refused(tmp_path, bytes(raw))
+
+
+# bounds (issue 13) -------------------------------------------------------------------------------
+
+
+def test_names_at_the_bounds_are_accepted(run) -> None:
+    from lastbackend.sources import archive
+
+    longest = "/".join(["d" * 254] * 4)[: archive.MAX_NAME]
+    deepest = "/".join(["d"] * archive.MAX_DEPTH)
+    widest = "w" * archive.MAX_COMPONENT
+    _, entries, _ = run(tar_of([F(longest), F(deepest + "x"), F(widest)]))
+    assert set(entries) == {longest, deepest + "x", widest}
+
+
+def test_an_implied_directory_given_later_is_written_once(run) -> None:
+    _, entries, _ = run(tar_of([F("a/b/c"), D("a/b"), D("a/b"), D("a")]))
+    assert sorted(entries) == ["a", "a/b", "a/b/c"]
+    assert entries["a/b"].isdir()
+
+
+def test_a_hard_link_to_an_implied_directory_is_refused(tmp_path: Path) -> None:
+    upload = tar_of([F("dir/file"), H("link", "dir")])
+    assert "hard link 'link' points outside the app directory" in refused(tmp_path, upload)
+
+
+def test_a_malformed_pax_record_is_refused(tmp_path: Path) -> None:
+    raw = bytearray(tar_of([F("a" * 150)], compress=False))  # the long name is a PAX record
+    at = raw.index(b" path=")
+    raw[at - 3 : at] = b"999"  # the record's length now runs past the header
+    header = raw[:512]
+    header[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(header)
+    assert "malformed PAX header" in refused(tmp_path, bytes(raw))
+
+
+def _zip64_end(upload: bytes, directory_size: int | None = None) -> bytes:
+    """``upload`` with a zip64 end record and locator before its end record, whose fields are
+    then 0xFFFF.. as a zip64 writer leaves them."""
+    import struct
+
+    end = upload.rindex(b"PK\x05\x06")
+    count, size, offset = struct.unpack_from("<HLL", upload, end + 10)
+    size = directory_size if directory_size is not None else size
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    tail = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return upload[:end] + record + locator + tail
+
+
+def test_the_zip64_end_record_is_where_the_directory_size_is_read(run, tmp_path: Path) -> None:
+    plain = zip_of({"index.html": b"hi"})
+    _, entries, _ = run(_zip64_end(plain))
+    assert set(entries) == {"index.html"}
+    message = refused(tmp_path, _zip64_end(plain, directory_size=1 << 40))
+    assert "central directory is 1024 GiB, more than the limit of 32 MiB" in message
+
+
+def test_zip_entries_are_counted_before_zipfile_parses_them(tmp_path: Path) -> None:
+    """250,000 central directory records: counted from their fixed headers and refused before
+    zipfile makes an object for any (those took 3.3 s and 87 MiB; the count takes 0.3 s)."""
+    import struct
+    import time
+
+    fields = (20, 20, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0)
+    record = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", *fields) + b"a"
+    directory = record * 250_000
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, len(directory), 4, 0)
+    started = time.process_time()
+    message = refused(tmp_path, b"PK\x03\x04" + directory + end, limit=64 << 20)
+    assert message == "the archive holds more than 200000 entries"
+    assert time.process_time() - started < 1.5
+
+
+def test_symlink_resolution_work_is_bounded_for_the_whole_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lastbackend.sources import archive
+
+    monkeypatch.setattr(archive, "MAX_RESOLVE_STEPS", 1000)
+    links = [L(f"l{i}", "a/" * 100 + "b") for i in range(20)]  # 20 x 101 steps
+    message = refused(tmp_path, tar_of([F("index.html"), *links]))
+    assert "symlinks take too long to check (more than 1000 path steps, at 'l9')" in message
