@@ -439,3 +439,32 @@ async def test_a_second_upload_while_the_first_is_received_is_409_at_once(
     with tarfile.open(uploads.blob_root / "packages" / f"{guid}.tar") as tar:
         assert tar.getnames() == ["index.html"]
     assert keys.package_owner(guid) in await dump(uploads.etcd)
+
+
+async def test_a_client_that_leaves_mid_upload_fails_the_package_and_leaves_no_file(
+    uploads: Uploads,
+) -> None:
+    guid = await uploads.package()
+    body = multipart(tar_of([member("index.html", b"x" * 100_000)], gz=False))
+    reader, writer = await asyncio.open_connection("127.0.0.1", uploads.client.port)
+    head = (
+        f"POST /v3/packages/{guid}/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body[: len(body) // 2])
+    await writer.drain()
+    for _ in range(100):
+        if (await uploads.show(guid))["state"] == "PROCESSING_UPLOAD":
+            break
+        await asyncio.sleep(0.05)
+    writer.close()
+    for _ in range(100):
+        shown = await uploads.show(guid)
+        if shown["state"] != "PROCESSING_UPLOAD":
+            break
+        await asyncio.sleep(0.05)
+    assert shown["state"] == "FAILED"
+    assert "cut off" in shown["error"]
+    assert list((uploads.blob_root / "tmp").iterdir()) == []
+    del reader
