@@ -70,6 +70,12 @@ def format_time(value: datetime) -> str:
     return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
 
 
+def format_instant(value: datetime) -> str:
+    """To the millisecond: for the times health checks and rollouts measure by (``Instant``)."""
+    v = value if value.utcoffset() == _ZERO else value.astimezone(UTC)
+    return f"{format_time(v)[:-1]}.{v.microsecond // 1000:03d}Z"
+
+
 def parse_time(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if parsed.tzinfo is None:
@@ -228,6 +234,8 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook(datetime, lambda v, _: parse_time(_strict(str)(v, None)))
     c.register_structure_hook(hosts.Domains, _domains_hook(c))
     c.register_unstructure_hook(datetime, format_time)
+    c.register_structure_hook(common.Instant, lambda v, _: parse_time(_strict(str)(v, None)))
+    c.register_unstructure_hook(common.Instant, format_instant)
     c.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is dict, _dict_hook(c))
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
     c.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal_hook)

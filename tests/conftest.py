@@ -19,7 +19,7 @@ from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
-from tests.support import RawEtcd, free_port
+from tests.support import TEST_KEY, RawEtcd, free_port
 
 CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +65,12 @@ async def etcd(etcd_server: EmbeddedEtcd) -> AsyncIterator[RawEtcd]:
 
 
 @pytest.fixture
-def settings(etcd_server: EmbeddedEtcd) -> Settings:
-    return Settings(etcd_endpoints=(etcd_server.endpoint,))
+def settings(etcd_server: EmbeddedEtcd, tmp_path: Path) -> Settings:
+    """The test etcd, a data dir of the test's own (never the user's), and :data:`TEST_KEY`, so
+    controllers and node agents a test starts open what its API encrypted."""
+    return Settings(
+        etcd_endpoints=(etcd_server.endpoint,), data_dir=tmp_path / "data", secret_key=TEST_KEY
+    )
 
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from lastbackend.secrets import generate_key
 from lastbackend.store.etcd import Etcd, Op, WatchEvent
 from lastbackend.store.keys import prefix_end
 
@@ -29,6 +30,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+TEST_KEY = generate_key()
+"""The Fernet key of the ``settings`` fixture, for the controllers a test runs beside its API."""
 
 
 class RawEtcd(Etcd):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
 import structlog
 
@@ -172,7 +173,7 @@ class ServicesController(Controller):
             for raw, kv in objects.items()
             if keys.container_of(raw) is not None
         ]
-        at = now()
+        at = datetime.now(UTC)  # to the microsecond: min_ready is measured against an Instant
         current = await self._revision(pid, sid, spec, objects) if meta and spec else None
         min_ready = float(config.min_ready if config.min_ready is not None else MIN_READY)
         deadline = float(
@@ -184,7 +185,7 @@ class ServicesController(Controller):
         mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
         nodes = self._nodes()
         # Containers the node agent is draining or stopping (their pod deleted, the cache of
-        # pods perhaps not there yet): they hold a surge slot, and their pods are not judged.
+        # pods perhaps not there yet): their pods are gone for the plan (see plan()).
         live_pods = {p.id for p, _ in mine}
         draining = {
             c.pod
@@ -217,7 +218,6 @@ class ServicesController(Controller):
             spec.template if spec else None,
             [Observed(p, p.id in running, order) for p, order in mine],
             kept,
-            len(draining),
         )
         for pod in step.delete:
             result = await self.txn(

@@ -273,7 +273,7 @@ class StagingController(Controller):
         package: Package = codec.loads(package_kv.value, Package)  # type: ignore[arg-type]
         config_kv = await self.store.get(keys.service_part(job.pid, job.sid, "config"))
         config = codec.loads(config_kv.value, ServiceConfig) if config_kv else ServiceConfig()
-        env = {**config.env, **job.droplet.environment_variables}
+        env = self.secrets.open_env({**config.env, **job.droplet.environment_variables})
         lifecycle = job.droplet.lifecycle
         if isinstance(lifecycle, DockerLifecycle):
             if not isinstance(package, DockerPackage):

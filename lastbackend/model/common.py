@@ -61,6 +61,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+Instant = NewType("Instant", datetime)
+"""A moment to the millisecond (``2026-12-02T10:00:00.250Z``), where every other time is to the
+second: a container's ``ready_since`` decides when ``min_ready`` is over, and a second's
+truncation would let a version that dies within it count, and be routed, as proven."""
+
+
 def now() -> datetime:
     """The current time, UTC, to the second: what every ``created``/``updated`` holds."""
     return datetime.now(UTC).replace(microsecond=0)

@@ -21,6 +21,7 @@ from lastbackend.model.common import (
     Hostname,
     HostPort,
     ImageRef,
+    Instant,
     MemoryMB,
     Name,
     PortSpec,
@@ -118,10 +119,10 @@ class Container:
     reason: str = ""
     """Why it is not ready or not running: ``CrashLoopBackOff``, ``HealthCheckFailed``,
     ``OOMKilled``, ``Error``, ``Completed``, ``Starting``; empty while ready."""
-    started: datetime | None = None
-    finished: datetime | None = None
+    started: Instant | None = None
+    finished: Instant | None = None
     """When it last stopped, while it is stopped: with ``started``, how long it ran."""
-    ready_since: datetime | None = None
+    ready_since: Instant | None = None
     """When it last became ready: a rollout counts a new container after ``min_ready`` seconds."""
     host: str = ""
     """Where its published ports are reached (its node's address): routers keep dialling it

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
 from lastbackend.model.platform import Meta
+from lastbackend.secrets import is_token
 from lastbackend.store import keys
 from tests.conftest import ClientFactory, dump
 from tests.support import RawEtcd
@@ -592,6 +593,11 @@ async def test_key_layout_is_exactly_the_documented_tree(api: Client, etcd: RawE
         "env",
         "volumes",
     }
-    assert {k: stored_config[k] for k in config} == config
+    # env values are stored encrypted (names readable), every other field as sent
+    assert set(stored_config["env"]) == set(config["env"])
+    assert all(is_token(v) for v in stored_config["env"].values())
+    assert {k: stored_config[k] for k in config if k != "env"} == {
+        k: v for k, v in config.items() if k != "env"
+    }
     assert json.loads(raw[f"{service}/source"]) == source
     assert json.loads(raw[f"{service}/domains"]) == domains

@@ -23,10 +23,10 @@ from lastbackend.controllers.services import ServicesController
 from lastbackend.model.pods import Node, Pod
 from lastbackend.node.agent import LABEL_POD, NodeAgent
 from lastbackend.runtime.base import NodeCapacity
-from lastbackend.secrets import Secrets, generate_key
+from lastbackend.secrets import Secrets
 from lastbackend.store import keys
 from tests.fakeruntime import FakeRuntime
-from tests.support import RawEtcd, eventually
+from tests.support import TEST_KEY, RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
 
@@ -38,7 +38,7 @@ class Cluster:
         self.etcd = etcd
         self.runners: list[ControllerRunner] = []
         self.runtimes: dict[str, FakeRuntime] = {}
-        self.secrets = Secrets(generate_key())
+        self.secrets = Secrets(TEST_KEY)
 
     def start(self, controller: Any) -> ControllerRunner:
         runner = ControllerRunner(controller, self.etcd, lease_ttl=2)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lastbackend.codec import format_instant
 from lastbackend.model import hosts
 from lastbackend.router import caddy, table
 from lastbackend.store import keys
@@ -89,7 +90,7 @@ def ready(cid: str, since: datetime, port: int) -> bytes:
             "id": cid,
             "status": "running",
             "ready": True,
-            "ready_since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ready_since": format_instant(since),
             "node": "n1",
             "ports": {"8080/TCP": port},
         }
@@ -117,10 +118,12 @@ def test_containers_still_warming_up_get_no_traffic_while_proven_ones_serve() ->
     # The new one could be a bad deploy that passes its check and dies: it waits out min_ready.
     raw = warm_tree(("old1", 600), ("old2", 600), ("new", 1))
     assert dials(raw) == {"old1", "old2"}
-    # the table changes by the clock alone at the end of the new container's warm-up
-    # (ready_since is to the second: 10:00:00 - 1 s + 3 s)
-    assert table.warms_at(raw, AT) == datetime(2026, 12, 2, 10, 0, 2, tzinfo=UTC)
-    assert dials(raw, datetime(2026, 12, 2, 10, 0, 2, tzinfo=UTC)) == {"old1", "old2", "new"}
+    # the table changes by the clock alone at the end of the new container's warm-up, to the
+    # millisecond (ready_since is an Instant): 10:00:00.5 - 1 s + 3 s
+    warm = datetime(2026, 12, 2, 10, 0, 2, 500000, tzinfo=UTC)
+    assert table.warms_at(raw, AT) == warm
+    assert dials(raw, warm - timedelta(milliseconds=1)) == {"old1", "old2"}
+    assert dials(raw, warm) == {"old1", "old2", "new"}
     # the service's own min_ready decides
     assert dials(warm_tree(("old", 600), ("new", 1), min_ready=0)) == {"old", "new"}
     assert dials(warm_tree(("old", 600), ("new", 30), min_ready=60)) == {"old"}
