@@ -8,7 +8,7 @@ so any number of them serve the same routes (DNS or a load balancer spreads clie
   ``certificates/``. Every change marks the table dirty; the next load happens
   :data:`DEBOUNCE` seconds later, so a rollout's burst of container reports is one load. The
   table also changes by the clock alone, when a container finishes its warm-up
-  (``table.warms_at``): the loop wakes then too.
+  (``Table.wakes_at``, computed with the routes): the loop wakes then too.
 - **Loading.** The whole config is built from the caches (:func:`~.table.build`,
   :func:`~.caddy.config`) and pushed in one ``POST /load``; a config equal to the one loaded is
   not sent again. A refused config leaves Caddy serving the previous one; the reason is logged,
@@ -89,6 +89,7 @@ class Router:
         self._certificates: list[caddy.Certificate] = []
         self._loaded: dict[str, Any] | None = None
         self.routes: list[table.Route] = []
+        self._wakes_at: datetime | None = None  # when the routes change by the clock alone
         self.applied_at: str | None = None
         self.error: str | None = None
         self.etcd_error: str | None = None
@@ -196,10 +197,8 @@ class Router:
     async def _apply_loop(self) -> None:
         self._dirty.set()  # the first table, as soon as the caches are synced
         while True:
-            projects = {k: kv.value for k, kv in self.informers[keys.PROJECTS].cache.items()}
             at = datetime.now(UTC)  # to the microsecond: warm-ups end mid-second
-            warm = table.warms_at(projects, at)
-            wait = None if warm is None else (warm - at).total_seconds()
+            wait = None if self._wakes_at is None else (self._wakes_at - at).total_seconds()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), wait)
             await asyncio.sleep(DEBOUNCE)
@@ -223,7 +222,8 @@ class Router:
                 self._certificates_dirty = False
         projects = {k: kv.value for k, kv in self.informers[keys.PROJECTS].cache.items()}
         nodes = {k: kv.value for k, kv in self.informers[keys.NODES].cache.items()}
-        self.routes = table.build(projects, nodes, self.settings.router_domain, datetime.now(UTC))
+        found = table.compute(projects, nodes, self.settings.router_domain, datetime.now(UTC))
+        self.routes, self._wakes_at = found.routes, found.wakes_at
         return caddy.config(
             self.routes,
             http=self.settings.router_http,

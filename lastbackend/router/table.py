@@ -22,7 +22,7 @@ routers serve, and the API answers a service's ``urls`` from the same rules.
   new pod before retiring an old one. With no proven container (a first deploy, a service
   scaled up from nothing) every ready one is routed at once. The time is the caller's ``now``
   against the node's ``ready_since``, so nodes' and routers' clocks are assumed in step (NTP);
-  :func:`warms_at` says when the table next changes by the clock alone.
+  :func:`compute` also says when the table next changes by the clock alone.
 """
 
 from __future__ import annotations
@@ -92,10 +92,19 @@ def node_address(raw: bytes) -> str:
     return dial_host(address)
 
 
-def build(
+@attrs.frozen
+class Table:
+    routes: list[Route]
+    """Exact hosts first (by host), then wildcards (by host)."""
+    wakes_at: datetime | None
+    """The first moment after ``at`` when a ready container finishes its warm-up: the routes
+    change then by the clock alone."""
+
+
+def compute(
     projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str, at: datetime
-) -> list[Route]:
-    """Every route at time ``at``, exact hosts first (by host), then wildcards (by host).
+) -> Table:
+    """The routes at time ``at``, and when they next change without a key changing.
 
     ``projects`` and ``nodes`` map raw keys to values, as an informer's caches or a range read
     hold them; keys of other shapes are ignored, values that do not decode leave their service
@@ -103,26 +112,30 @@ def build(
     """
     addresses = {keys.leaf(key): node_address(raw) for key, raw in nodes.items()}
     routes: list[Route] = []
+    wakes: list[datetime] = []
     for service, project, name, port in _services(projects):
-        upstreams = tuple(sorted(_upstreams(service, port, addresses, at)))
+        warming = [(c, _warm_at(c, _min_ready(service))) for c in service["containers"]]
+        wakes += [w for _, w in warming if w is not None and w > at]
+        upstreams = tuple(sorted(_upstreams(warming, port, addresses, at)))
         domains = service.get("domains") if isinstance(service.get("domains"), dict) else {}
         hosts = [default_host(name, project, domain)]
         hosts += [h for h, on in sorted(domains.items()) if on is True]
         routes += [
             Route(h, project, name, service["pid"], service["sid"], upstreams) for h in hosts
         ]
-    return sorted(routes, key=lambda r: (r.wildcard, r.host))
+    return Table(sorted(routes, key=lambda r: (r.wildcard, r.host)), min(wakes, default=None))
+
+
+def build(
+    projects: Mapping[str, bytes], nodes: Mapping[str, bytes], domain: str, at: datetime
+) -> list[Route]:
+    """Every route at time ``at`` (:func:`compute`)."""
+    return compute(projects, nodes, domain, at).routes
 
 
 def warms_at(projects: Mapping[str, bytes], at: datetime) -> datetime | None:
     """The first moment after ``at`` when a ready container finishes its warm-up, if any."""
-    times = [
-        warm
-        for service, _, _, _ in _services(projects)
-        for container in service["containers"]
-        if (warm := _warm_at(container, _min_ready(service))) is not None and warm > at
-    ]
-    return min(times, default=None)
+    return compute(projects, {}, "", at).wakes_at
 
 
 def _services(projects: Mapping[str, bytes]) -> Iterable[tuple[dict[str, Any], str, str, str]]:
@@ -160,10 +173,14 @@ def _services(projects: Mapping[str, bytes]) -> Iterable[tuple[dict[str, Any], s
 
 
 def _upstreams(
-    service: Mapping[str, Any], port: str, addresses: Mapping[str, str], at: datetime
+    containers: Iterable[tuple[Mapping[str, Any], datetime | None]],
+    port: str,
+    addresses: Mapping[str, str],
+    at: datetime,
 ) -> Iterable[Upstream]:
+    """The routed containers (see the module docstring), each with when its warm-up ends."""
     ready: list[tuple[Upstream, bool]] = []
-    for container in service["containers"]:
+    for container, warm in containers:
         node = str(container.get("node") or "")
         host_port = (container.get("ports") or {}).get(port)
         # a node whose key went (its lease expired) keeps serving from its containers until
@@ -175,7 +192,6 @@ def _upstreams(
         if not address or not isinstance(host_port, int) or isinstance(host_port, bool):
             continue
         if host_port > 0:
-            warm = _warm_at(container, _min_ready(service))
             upstream = Upstream(address, host_port, str(container.get("id") or ""), node)
             ready.append((upstream, warm is None or warm <= at))
     proven = [upstream for upstream, warm in ready if warm]
