@@ -90,6 +90,15 @@ class GitServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def __aenter__(self) -> GitServer:
+        """Started, with ``root`` made if it is missing."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
     def _authorized(self, request: web.Request) -> bool:
         expected = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
         return request.headers.get("Authorization") == f"Basic {expected}"

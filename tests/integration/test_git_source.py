@@ -17,12 +17,8 @@ SECRET = "s3cr3t-token-value"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[GitServer]:
-    root = tmp_path / "repos"
-    root.mkdir()
-    srv = GitServer(root, "ci", SECRET)
-    await srv.start()
-    yield srv
-    await srv.stop()
+    async with GitServer(tmp_path / "repos", "ci", SECRET) as srv:
+        yield srv
 
 
 async def test_clone_records_commit_and_tars_without_dot_git(

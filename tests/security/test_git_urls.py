@@ -35,12 +35,8 @@ SECRET = "pa55-in-the-url-7c1d"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[GitServer]:
-    root = tmp_path / "repos"
-    root.mkdir()
-    srv = GitServer(root, "ci", SECRET)
-    await srv.start()
-    yield srv
-    await srv.stop()
+    async with GitServer(tmp_path / "repos", "ci", SECRET) as srv:
+        yield srv
 
 
 def with_userinfo(url: str, userinfo: str) -> str:
