@@ -171,47 +171,22 @@ def until_state(api: Http, wanted: str, revision: int) -> Any:
 
 async def scenarios(api: Http, port: int, docker: Any, sid: str) -> list[Scenario]:
     host = "web.bench.lb.localhost"
-    out = [
-        await scenario(
-            "good rolling deploy (3 s to ready)",
-            port,
-            host,
-            lambda: change(api, SLOW),
-            until_state(api, "complete", 2),
-            60,
-        ),
-        await scenario(
-            "bad deploy (exits after 1 s)",
-            port,
-            host,
-            lambda: change(api, BAD),
-            until_state(api, "failed", 3),
-            60,
-        ),
-        await scenario(
+    rollback = f"{SERVICE}/rollback"
+    steps = [  # name, the change, the rollout state and revision it must reach
+        ("good rolling deploy (3 s to ready)", lambda: change(api, SLOW), "complete", 2),
+        ("bad deploy (exits after 1 s)", lambda: change(api, BAD), "failed", 3),
+        (
             "rollback to the good version",
-            port,
-            host,
-            lambda: api.json("POST", f"{SERVICE}/rollback", {"revision": 2}),
-            until_state(api, "complete", 4),
-            60,
+            lambda: api.json("POST", rollback, {"revision": 2}),
+            "complete",
+            4,
         ),
-        await scenario(
-            "never listens (deadline 20 s)",
-            port,
-            host,
-            lambda: change(api, SILENT),
-            until_state(api, "failed", 5),
-            60,
-        ),
-        await scenario(
-            "rollback again",
-            port,
-            host,
-            lambda: api.json("POST", f"{SERVICE}/rollback", {"revision": 4}),
-            until_state(api, "complete", 6),
-            60,
-        ),
+        ("never listens (deadline 20 s)", lambda: change(api, SILENT), "failed", 5),
+        ("rollback again", lambda: api.json("POST", rollback, {"revision": 4}), "complete", 6),
+    ]
+    out = [
+        await scenario(name, port, host, act, until_state(api, wanted, revision), 60)
+        for name, act, wanted, revision in steps
     ]
     victim = docker.containers(filters={"label": [f"{LABEL_SERVICE}={sid}"]})[0]["Id"]
 
