@@ -68,6 +68,31 @@ def api_client(url: str) -> docker.APIClient:
     return docker.APIClient(base_url=url, version="auto", timeout=60)
 
 
+def _start_dockerd(argv: list[str], url: str, log_path: Path) -> subprocess.Popen[bytes]:
+    """``dockerd`` with ``argv``, once its API answers at ``url`` (the test fails if it never
+    does, with the log's tail)."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(f"{' '.join(argv)} did not come up (exit {proc.poll()}); log:\n{tail}")
+        time.sleep(0.3)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], within: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``within`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
 def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Docker engine's URL, starting ``dockerd`` for the session when none answers."""
@@ -81,25 +106,9 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("dockerd is not installed (Debian: docker.io)")
     if os.geteuid() != 0:
         pytest.skip("dockerd is not running, and starting it needs root")
-    log_path = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            ["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    deadline = time.monotonic() + 60
-    while not _answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            tail = log_path.read_text(errors="replace")[-2000:]
-            pytest.fail(f"dockerd did not come up (exit {proc.poll()}); log tail:\n{tail}")
-        time.sleep(0.3)
+    proc = _start_dockerd(["dockerd"], url, tmp_path_factory.mktemp("dockerd") / "dockerd.log")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    _stop(proc, 30)
 
 
 @pytest.fixture(scope="session")
@@ -181,12 +190,7 @@ def registry(dockerd: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         _wait_for_port(host, proc, base / "registry.log")
         yield Registry(host=host, username=username, password=password)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, 10)
         _untag_images_of(dockerd, host)
 
 
@@ -231,19 +235,12 @@ def second_dockerd(dockerd: str, base_image: str) -> Iterator[str]:
         ["ip", "link", "set", SECOND_BRIDGE, "up"],
     ):
         subprocess.run(argv, check=True, capture_output=True)
-    log_path = root / "dockerd.log"
     argv = ["dockerd", "--host", url, "--data-root", str(root / "data")]
     argv += ["--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid")]
     argv += ["--bridge", SECOND_BRIDGE, "--iptables=false", "--ip-masq=false"]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                pytest.fail(f"the second dockerd did not come up; log tail:\n{tail}")
-            time.sleep(0.3)
+        proc = _start_dockerd(argv, url, root / "dockerd.log")
         with (
             contextlib.closing(api_client(dockerd)) as first,
             contextlib.closing(api_client(url)) as second,
@@ -251,12 +248,8 @@ def second_dockerd(dockerd: str, base_image: str) -> Iterator[str]:
             second.load_image(b"".join(first.get_image(base_image)))
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            _stop(proc, 30)
         subprocess.run(["ip", "link", "del", SECOND_BRIDGE], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
