@@ -62,13 +62,14 @@ def plan(
     template: str | None,
     pods: Sequence[Observed],
     live_nodes: set[str],
+    terminating: int = 0,
 ) -> Plan:
     """The next step towards ``replicas`` pods of ``template`` (``None``: no image, no pods).
 
-    A retired pod's container drains after its pod is deleted (out of the routers, then
-    SIGTERM and ``stop_timeout``); like a Kubernetes Deployment's terminating pods it holds no
-    surge slot, so the step that retires an old pod starts the next new one: ``replicas + 1``
-    pods at most, and for a drain's length one container more on the nodes.
+    ``terminating``: containers of deleted pods still draining on live nodes (the node agent
+    takes them out of the routers' upstreams before it stops them); they hold a surge slot
+    until they are gone, so a rollout never runs more than ``replicas + 1`` containers. (An
+    evicted pod's container is on a lost node: it holds none.)
     """
     lost = [o for o in pods if o.pod.node not in live_nodes]
     alive = [o for o in pods if o.pod.node in live_nodes]
@@ -95,8 +96,9 @@ def plan(
     delete += [o.pod for o in evict + retire]
     remaining_old = len(old_serving) - len(retire)
 
-    limit = replicas + SURGE if remaining_old else replicas
-    create = max(0, min(replicas - len(new), limit - len(new) - remaining_old))
+    draining = terminating + len(retire)  # a retired pod's container drains before it goes
+    limit = replicas + SURGE if remaining_old or draining else replicas
+    create = max(0, min(replicas - len(new), limit - len(new) - remaining_old - draining))
     return Plan(create=create, delete=tuple(delete))
 
 

@@ -185,7 +185,7 @@ class ServicesController(Controller):
         mine = [(p, order) for p, order in ordered if p.project == pid and p.service == sid]
         nodes = self._nodes()
         # Containers the node agent is draining or stopping (their pod deleted, the cache of
-        # pods perhaps not there yet): their pods are gone for the plan (see plan()).
+        # pods perhaps not there yet): they hold a surge slot, and their pods are not judged.
         live_pods = {p.id for p, _ in mine}
         draining = {
             c.pod
@@ -218,6 +218,7 @@ class ServicesController(Controller):
             spec.template if spec else None,
             [Observed(p, p.id in running, order) for p, order in mine],
             kept,
+            len(draining),
         )
         for pod in step.delete:
             result = await self.txn(
