@@ -45,6 +45,7 @@ from lastbackend.api.streams import gone, not_drained
 from lastbackend.logsetup import log
 from lastbackend.model.common import MASK, mask_secrets
 from lastbackend.secrets import TOKEN_PREFIX
+from lastbackend.sources import git
 from lastbackend.store import keys
 from lastbackend.store.etcd import Compacted, Etcd, StoreError, WatchEvent
 
@@ -152,8 +153,10 @@ def _resume(request: web.Request) -> Position | None:
 
 
 def _hide_tokens(value: Any) -> Any:
+    """Encrypted values as ``***``, and the userinfo of any URL (a git package stored before
+    credentials were split out of it)."""
     if isinstance(value, str):
-        return MASK if _FERNET.fullmatch(value) else value
+        return MASK if _FERNET.fullmatch(value) else git.mask_url(value)
     if isinstance(value, dict):
         return {k: _hide_tokens(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -293,7 +293,7 @@ class BuildsController(Controller):
             raise
         except Exception as exc:
             raise BuildFailed(f"resolving the source failed: {exc}") from exc
-        sink(f"-----> Cloning {remote.url} (branch {remote.branch})")
+        sink(f"-----> Cloning {git.mask_url(remote.url)} (branch {remote.branch})")
         with tempfile.TemporaryDirectory(prefix="lb-build-") as tmp:
             checkout = await git.clone(
                 remote.url, Path(tmp) / "src", ref=remote.branch, auth=remote.auth

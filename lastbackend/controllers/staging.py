@@ -356,7 +356,7 @@ class StagingController(Controller):
         creds = Packages(self.store, lambda: self.secrets).clear_credentials(package)
         if isinstance(creds, GitCredentials):
             auth = git.GitAuth(creds.user, creds.password or creds.api_key)
-        sink(f"-----> Cloning {url}" + (f" ({ref})" if ref else ""))
+        sink(f"-----> Cloning {git.mask_url(url)}" + (f" ({ref})" if ref else ""))
         with tempfile.TemporaryDirectory(prefix="lb-clone-") as tmp:
             checkout = await git.clone(url, Path(tmp) / "src", ref=ref, auth=auth)
             sink(f"       commit {checkout.commit}: {checkout.message}")

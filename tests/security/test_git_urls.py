@@ -22,10 +22,17 @@ from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
 from lastbackend.api.state import STATE
-from lastbackend.model.apps import GitPackage, Package
+from lastbackend.config import Settings
+from lastbackend.controllers.staging import StagingController
+from lastbackend.lifecycle import descriptor
+from lastbackend.model.apps import GitPackage, GitUrl, Package
+from lastbackend.model.common import now
+from lastbackend.secrets import Secrets, generate_key
 from lastbackend.sources import git
+from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from tests.conftest import ClientFactory, dump
+from tests.fakeruntime import FakeRuntime
 from tests.gitserver import GitServer, make_repo
 from tests.support import RawEtcd
 
@@ -150,9 +157,17 @@ async def test_a_url_stored_with_credentials_is_shown_masked(api: Api) -> None:
     key = keys.package(api.pid, api.app, created["guid"])
     raw = json.loads((await api.etcd.get(key)).value)  # type: ignore[union-attr]
     raw["url"] = f"https://ci:{SECRET}@host.example/r.git"
+    events = await api.client.get("/api/events", params={"prefix": "projects/"})
+    assert events.status == 200
     await api.etcd.put(key, json.dumps(raw))
     shown = await api.call("GET", f"/v3/packages/{created['guid']}")
     assert shown["url"] == "https://***@host.example/r.git"
+    streamed = b""
+    async with asyncio.timeout(10):
+        while SECRET.encode() not in streamed and b"***@host.example" not in streamed:
+            streamed += await events.content.readline()
+    events.close()
+    assert SECRET.encode() not in streamed
 
 
 # cloning ---------------------------------------------------------------------------------------
@@ -221,6 +236,29 @@ async def test_a_refused_clone_never_shows_the_urls_credentials(
     with pytest.raises(git.GitError) as caught:
         await git.clone(with_userinfo(server.repo_url("site"), f"ci:{wrong}"), tmp_path / "b")
     assert wrong not in str(caught.value)
+
+
+@pytest.mark.etcd
+async def test_the_staging_log_masks_a_stored_urls_credentials(
+    server: GitServer,
+    tmp_path: Path,
+    etcd: RawEtcd,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A package stored before credentials were split out clones with them; its log shows none."""
+    sha = make_repo(server.root, "site", {"index.html": "hi"})
+    blobs, secrets = BlobStore(tmp_path / "blobs"), Secrets(generate_key())
+    ctl = StagingController(FakeRuntime(), secrets, blobs, settings, descriptor.load())
+    monkeypatch.setattr(StagingController, "store", etcd)
+    stamp = now()
+    url = with_userinfo(server.repo_url("site"), f"ci:{SECRET}")
+    package = GitPackage(created=stamp, updated=stamp, url=GitUrl(url))
+    lines: list[str] = []
+    _, commit = await ctl._clone(package, lines.append)
+    assert commit == sha
+    assert lines[0].startswith("-----> Cloning http://***@")
+    assert not [line for line in lines if SECRET in line]
 
 
 def test_mask_url_masks_every_userinfo_in_a_line() -> None:
