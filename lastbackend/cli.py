@@ -3,7 +3,8 @@ version``.
 
 Every subcommand that talks to etcd takes the same ``--etcd`` and TLS flags, read into the same
 :class:`~lastbackend.config.Settings`, so ``lastbackend tree`` finds whatever the daemon uses
-(with no flags: the embedded server's address).
+(with no flags: the embedded server's address, and the client certificate the daemon made for it in
+``<data_dir>/etcd-tls``, so they need read access to that directory: the daemon's user).
 
 Shutdown follows uvicorn: the first SIGTERM or SIGINT stops accepting connections and lets
 in-flight requests finish (up to ``api.shutdown_timeout``), then exits 0; a second one forces.
@@ -42,7 +43,7 @@ from lastbackend.node.agent import NodeAgent
 from lastbackend.router.daemon import Router, describe, route_table
 from lastbackend.secrets import Secrets, is_token
 from lastbackend.sources.blobs import BlobStore
-from lastbackend.store import keys
+from lastbackend.store import etcd_tls, keys
 from lastbackend.store.embedded import EmbeddedEtcd, EtcdNotFound
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
 
@@ -124,6 +125,12 @@ def parser() -> argparse.ArgumentParser:
         _server(p)
     for p in (daemon, api, router, routes):
         _routing(p)
+    for p in (routes, tree):
+        p.add_argument(
+            "--data-dir",
+            dest="data_dir",
+            help="the daemon's data dir, for the embedded etcd's client certificate (LB_DATA_DIR)",
+        )
     daemon.add_argument(
         "--no-router", dest="no_router", action="store_true", help="run no router in this process"
     )
@@ -243,7 +250,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def connect(settings: Settings) -> Etcd:
-    tls = TLS(settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
+    """The client for the configured etcd; for the embedded one (no ``--etcd``, no
+    ``--etcd-ca``), with the daemon's client certificate, or :class:`etcd_tls.CredentialsError`
+    when this user cannot read it."""
+    if settings.embedded and settings.etcd_ca is None:
+        tls = etcd_tls.client_tls(settings.embedded_tls_dir)
+    else:
+        tls = TLS(settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
     return Etcd(settings.endpoints, tls=tls, timeout=settings.etcd_timeout)
 
 
@@ -261,6 +274,7 @@ async def serve(
             client=settings.embedded_client,
             peer=settings.embedded_peer,
             log=settings.data_dir / "etcd.log",
+            tls_dir=settings.embedded_tls_dir,
         )
         log.info(
             "starting embedded etcd", endpoint=etcd_server.endpoint, data_dir=str(settings.data_dir)
@@ -608,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 descriptor=descriptor,
             )
         )
-    except EtcdNotFound as exc:
+    except (EtcdNotFound, etcd_tls.CredentialsError) as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:

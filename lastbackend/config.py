@@ -146,6 +146,12 @@ class Settings:
         return self.data_dir / "blobs"
 
     @property
+    def embedded_tls_dir(self) -> Path:
+        """The embedded etcd's CA, server and client certificates (``store/etcd_tls.py``): made
+        by the daemon at its first start, read by every subcommand that uses that etcd."""
+        return self.data_dir / "etcd-tls"
+
+    @property
     def endpoints(self) -> tuple[str, ...]:
         """The etcd endpoints to talk to: configured ones, or the embedded server's."""
         return self.etcd_endpoints or (self.embedded_client,)

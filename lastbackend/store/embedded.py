@@ -10,6 +10,11 @@ The death signal is set by util-linux's ``setpriv --pdeathsig`` where it exists,
 the parent, and gRPC's restarts its poller in the child, which then aborts (SIGABRT) when
 ``close_fds`` closes that poller's epoll descriptor. CI saw exactly that, once in a few hundred
 restarts. Without ``preexec_fn`` subprocess forks with no Python in the child at all.
+
+With ``tls_dir`` (the daemon always passes one) both ports speak TLS and demand a client
+certificate from the credentials :mod:`lastbackend.store.etcd_tls` keeps there, so a local process
+without read access to that directory can neither use the store nor pose as a peer. Without it
+(the test fixtures, for speed) the server is plain HTTP, open to every local user.
 """
 
 from __future__ import annotations
@@ -19,10 +24,14 @@ import ctypes
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from lastbackend.store import etcd_tls
+from lastbackend.store.etcd import TLS
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,17 +56,29 @@ class EmbeddedEtcd:
         peer: str = "127.0.0.1:23800",
         binary: str = "etcd",
         log: Path | None = None,
+        tls_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.client = client
         self.peer = peer
         self.binary = binary
         self.log = log or self.data_dir.parent / "etcd.log"
+        self.credentials = etcd_tls.Credentials(Path(tls_dir)) if tls_dir is not None else None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
+        """``host:port`` for :class:`~lastbackend.store.etcd.Etcd`, with :attr:`client_tls`."""
         return self.client
+
+    @property
+    def client_tls(self) -> TLS | None:
+        """What a client must present: None for a plain-HTTP server."""
+        return self.credentials.client_tls if self.credentials is not None else None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.credentials is not None else "http"
 
     def command(self) -> list[str]:
         path = shutil.which(self.binary)
@@ -66,19 +87,33 @@ class EmbeddedEtcd:
                 f"{self.binary!r} is not on PATH: install Debian's etcd-server "
                 "or pass --etcd host:port to use an existing cluster"
             )
-        return [
+        s = self.scheme
+        cmd = [
             path,
             "--name=lastbackend",
             f"--data-dir={self.data_dir}",
-            f"--listen-client-urls=http://{self.client}",
-            f"--advertise-client-urls=http://{self.client}",
-            f"--listen-peer-urls=http://{self.peer}",
-            f"--initial-advertise-peer-urls=http://{self.peer}",
-            f"--initial-cluster=lastbackend=http://{self.peer}",
+            f"--listen-client-urls={s}://{self.client}",
+            f"--advertise-client-urls={s}://{self.client}",
+            f"--listen-peer-urls={s}://{self.peer}",
+            f"--initial-advertise-peer-urls={s}://{self.peer}",
+            f"--initial-cluster=lastbackend={s}://{self.peer}",
             "--auto-compaction-mode=revision",
             "--auto-compaction-retention=100000",
             "--quota-backend-bytes=4294967296",
         ]
+        if self.credentials is not None:
+            c = self.credentials
+            cmd += [
+                "--client-cert-auth",
+                f"--trusted-ca-file={c.ca}",
+                f"--cert-file={c.server_cert}",
+                f"--key-file={c.server_key}",
+                "--peer-client-cert-auth",
+                f"--peer-trusted-ca-file={c.ca}",
+                f"--peer-cert-file={c.server_cert}",
+                f"--peer-key-file={c.server_key}",
+            ]
+        return cmd
 
     def start(self, timeout: float = 30.0) -> None:
         self.spawn()
@@ -90,6 +125,9 @@ class EmbeddedEtcd:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)
+        if self.credentials is not None:
+            hosts = (self.client.rsplit(":", 1)[0], self.peer.rsplit(":", 1)[0])
+            etcd_tls.ensure(self.credentials.directory, hosts)
         cmd = self.command()
         setpriv = shutil.which("setpriv")
         if setpriv is not None:
@@ -103,7 +141,16 @@ class EmbeddedEtcd:
                 preexec_fn=None if setpriv is not None else _die_with_parent,
             )
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.credentials is None:
+            return None
+        context = ssl.create_default_context(cafile=self.credentials.ca)
+        context.load_cert_chain(self.credentials.client_cert, self.credentials.client_key)
+        return context
+
     def wait_healthy(self, timeout: float) -> None:
+        context = self._ssl_context()
+        url = f"{self.scheme}://{self.client}/health"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -112,7 +159,7 @@ class EmbeddedEtcd:
                     + self.log.read_text(errors="replace")[-2000:]
                 )
             try:
-                with urllib.request.urlopen(f"http://{self.client}/health", timeout=1) as resp:
+                with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                     if b'"true"' in resp.read():
                         return
             except OSError:
