@@ -412,6 +412,10 @@ def test_the_node_token_setting_is_read_like_the_other_tokens_and_never_shown(
     shown = repr(Settings(node_token=NODE_TOKEN))
     assert NODE_TOKEN not in shown
     assert "node_token='***'" in shown
-    for bad, why in ((ADMIN, "differ from every admin"), ("short", "16 to 512"), ("a b" * 9, "no spaces")):
+    for bad, why in (
+        (ADMIN, "differ from every admin"),
+        ("short", "16 to 512"),
+        ("a b" * 9, "no spaces"),
+    ):
         with pytest.raises(ConfigError, match=why):
             Settings(admin_tokens=(ADMIN,), node_token=bad).check()
