@@ -22,8 +22,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
+import attrs
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -144,6 +146,13 @@ def parser() -> argparse.ArgumentParser:
         "--caddy", dest="router_caddy", help="the Caddy binary (LB_ROUTER_CADDY; default: caddy)"
     )
     routes.add_argument("--json", action="store_true", help="the route table as JSON")
+    for p in (daemon, api, node):
+        p.add_argument(
+            "--node-token",
+            dest="node_token",
+            help="the token API processes and node agents share, never a user's (LB_NODE_TOKEN; "
+            "daemon default: one generated in memory)",
+        )
     for p in (daemon, node):
         p.add_argument(
             "--name", dest="node_name", help="node name (LB_NODE_NAME; default: host name)"
@@ -237,6 +246,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "data_dir",
             "admin_tokens",
             "read_tokens",
+            "node_token",
             "node_name",
             "node_advertise",
             "lifecycle_descriptor",
@@ -247,6 +257,17 @@ def settings_from(args: argparse.Namespace) -> Settings:
         )
     }
     return config.load(file=args.config, flags=flags)
+
+
+def with_node_token(settings: Settings) -> Settings:
+    """``settings`` with a random node token: the daemon's own API and agent share it.
+
+    Kept in memory, never written down: in one process nothing else needs it, a restart rotates
+    it, and no file lies about for a local user to read. A file in the data directory would also
+    let other processes of this host read the logs without configuration, but not those of other
+    hosts, which hides the ``LB_NODE_TOKEN`` a multi-process install needs until it scales out.
+    """
+    return attrs.evolve(settings, node_token=token_urlsafe(32))
 
 
 def connect(settings: Settings) -> Etcd:
@@ -585,10 +606,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(VERSION)
         return 0
+    roles = ROLES.get(args.command, frozenset())
+    if getattr(args, "no_router", False):
+        roles = roles - {"router"}
+    if getattr(args, "no_node", False):
+        roles = roles - {"node"}
     try:
         settings = settings_from(args)
+        generated = args.command == "daemon" and "node" in roles and not settings.node_token
+        if generated:
+            settings = with_node_token(settings)
         if args.command in ROLES:
-            settings.check()
+            settings.check(roles)
     except ConfigError as exc:
         print(f"lastbackend: {exc}", file=sys.stderr)
         return 2
@@ -597,6 +626,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "stack":
         return stack_command(settings, args)
     logsetup.setup(settings.log_level, settings.log_format)
+    if generated:
+        log.info(
+            "no node token configured: generated one in memory for this daemon's API and node "
+            "agent; set LB_NODE_TOKEN on every process for other API processes to read this "
+            "node's logs"
+        )
+    elif "node" in roles and not settings.node_token:
+        log.warning(
+            "no node token configured: no API process can read this node's logs; set "
+            "LB_NODE_TOKEN to the same value here and on the API processes"
+        )
     descriptor: Descriptor | None = None
     if args.command in ROLES:
         try:
@@ -609,11 +649,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(tree(settings, args.prefix, args.json))
         if args.command == "routes":
             return asyncio.run(routes(settings, args.json))
-        roles = ROLES[args.command]
-        if getattr(args, "no_router", False):
-            roles = roles - {"router"}
-        if getattr(args, "no_node", False):
-            roles = roles - {"node"}
         return asyncio.run(
             serve(
                 settings,

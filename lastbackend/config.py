@@ -39,6 +39,11 @@ def _hidden_tokens(tokens: tuple[str, ...]) -> str:
     return repr(tuple("***" for _ in tokens))
 
 
+def _hidden_token(token: str) -> str:
+    """How a single token appears in ``repr(settings)``: whether one is set, never what."""
+    return repr("***" if token else "")
+
+
 def _hidden_password(url: str) -> str:
     """A URL in ``repr(settings)`` with any userinfo password shown as ``***``."""
     return repr(masked_url(url))
@@ -77,6 +82,11 @@ class Settings:
     # [auth]
     admin_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
     read_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
+    node_token: str = attrs.field(default="", repr=_hidden_token)
+    """The credential between API processes and node agents, never a user's: the API sends it
+    (and only it) to nodes, and a node's ``/node/...`` routes accept it and nothing else. Empty:
+    ``lastbackend daemon`` generates one in memory for itself; a node on a non-loopback address
+    refuses to start; an API reads no node's logs."""
     # [daemon]
     data_dir: Path = attrs.field(factory=_default_data_dir)
     # [log]
@@ -200,14 +210,32 @@ class Settings:
     def auth_enabled(self) -> bool:
         return bool(self.admin_tokens or self.read_tokens)
 
-    def check(self) -> None:
-        """Refuse settings that would start an unsafe or broken server."""
+    def check(self, roles: frozenset[str] = frozenset()) -> None:
+        """Refuse settings that would start an unsafe or broken server running ``roles``."""
         host, _ = self.host_port
         if not self.auth_enabled and not is_loopback(host):
             raise ConfigError(
                 f"listen address {self.listen} is not loopback and no token is configured: "
                 "set --token / LB_TOKEN (and optionally --read-token) before exposing the API"
             )
+        if "node" in roles and not self.node_token and not is_loopback(host):
+            raise ConfigError(
+                f"listen address {self.listen} is not loopback and no node token is configured: "
+                "set --node-token / LB_NODE_TOKEN (auth.node_token) to the same value on this "
+                "node and on the API processes, so that only they can read its containers' logs"
+            )
+        if self.node_token:
+            if not _NODE_TOKEN.fullmatch(self.node_token):
+                raise ConfigError(
+                    "auth.node_token (LB_NODE_TOKEN, --node-token) must be 16 to 512 visible "
+                    "ASCII characters, no spaces; make one with: python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'"
+                )
+            if self.node_token in self.admin_tokens + self.read_tokens:
+                raise ConfigError(
+                    "auth.node_token (LB_NODE_TOKEN) must differ from every admin and read "
+                    "token: nodes accept only it, and user routes never do"
+                )
         if bool(self.etcd_cert) != bool(self.etcd_key):
             raise ConfigError("--etcd-cert and --etcd-key go together")
         if (self.etcd_cert or self.etcd_key) and not self.etcd_ca:
@@ -218,10 +246,11 @@ class Settings:
             raise ConfigError(
                 f"node name must be a DNS label (LB_NODE_NAME, --name): {self.node!r}"
             )
-        if self.node_advertise and not is_http_url(self.node_advertise):
+        problem = node_address_problem(self.node_advertise) if self.node_advertise else None
+        if problem is not None:
             raise ConfigError(
                 "node.advertise (LB_NODE_ADVERTISE) must be an http:// or https:// URL with a "
-                f"host, like http://10.0.0.5:2967: {self.node_advertise!r}"
+                f"host and no more, like http://10.0.0.5:2967: {self.node_advertise!r} {problem}"
             )
         if self.node_eviction_timeout < 0:
             raise ConfigError("node.eviction_timeout must be 0 or more seconds")
@@ -330,8 +359,56 @@ def is_origin(value: str) -> bool:
 
 
 def is_http_url(value: str) -> bool:
-    """``http(s)://host[:port]``: what a node may advertise (no path: routes are absolute)."""
+    """``http(s)://host[:port]`` with no path (nodes' addresses: :func:`node_address_problem`)."""
     return _is_url(value, ("http", "https"))
+
+
+_NODE_TOKEN = re.compile(r"[!-~]{16,512}")
+_ADDRESS_HOST = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+NODE_ADDRESS_MAX = 300
+
+
+def node_address_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a node's address, or None: it must be ``http(s)://host[:port]``.
+
+    The one check of a node address, for the agent that publishes it (``node.advertise``, or
+    ``http://<listen>``) and for the API that reads it from ``nodes/<name>`` before it sends the
+    node token there: anyone who can write that key chooses where the token goes, so nothing but
+    a scheme, a host and a port may come through. No userinfo (a credential, or a trick that
+    shows one host and dials another), no path, query or fragment (the API appends absolute
+    routes), no character a URL parser would drop or a header would not carry. In ``config``,
+    the lowest layer, so that ``Settings.check``, ``node`` and ``api`` all reach it.
+    """
+    if not value:
+        return "is empty"
+    if len(value) > NODE_ADDRESS_MAX:
+        return f"is longer than {NODE_ADDRESS_MAX} characters"
+    if not (value.isascii() and value.isprintable()) or " " in value or "\\" in value:
+        return "holds spaces, control, backslash or non-ASCII characters"
+    from urllib.parse import urlsplit
+
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        return "has a port that is not a number from 1 to 65535"
+    if "@" in url.netloc:
+        return "has userinfo (user:password@); a node address carries no credentials"
+    if "?" in value or "#" in value:
+        return "has a query or fragment"
+    if url.path not in ("", "/"):
+        return f"has a path ({url.path!r}); give the scheme, host and port only"
+    if url.netloc.endswith(":"):
+        return "has an empty port"
+    host = url.netloc.rpartition(":")[0] if port is not None else url.netloc
+    if not host or not _ADDRESS_HOST.fullmatch(host):
+        return "has no host name or IP address"
+    if port == 0:
+        return "has port 0"
+    return None
 
 
 def is_amqp_url(value: str) -> bool:
@@ -377,7 +454,11 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "hosts": "api_hosts",
         "cors_origins": "cors_origins",
     },
-    "auth": {"admin_tokens": "admin_tokens", "read_tokens": "read_tokens"},
+    "auth": {
+        "admin_tokens": "admin_tokens",
+        "read_tokens": "read_tokens",
+        "node_token": "node_token",
+    },
     "daemon": {"data_dir": "data_dir"},
     "log": {"level": "log_level", "format": "log_format"},
     "node": {
@@ -422,6 +503,7 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_DATA_DIR": "data_dir",
     "LB_TOKEN": "admin_tokens",
     "LB_READ_TOKEN": "read_tokens",
+    "LB_NODE_TOKEN": "node_token",
     "LB_LOG_LEVEL": "log_level",
     "LB_NODE_NAME": "node_name",
     "LB_DOCKER_HOST": "docker_host",

@@ -6,6 +6,12 @@
 its container's short id. Logs stay where the engine keeps them, an API process needs no Docker
 access, and one host or many work alike (the daemon simply proxies to itself).
 
+Whoever can write ``nodes/<name>`` chooses where these requests go, so each carries the node
+token (``auth.node_token``) and nothing else: never the caller's token nor any user token, which
+the node would refuse anyway. An address that is not exactly ``http(s)://host[:port]``
+(``config.node_address_problem``) gets no request, nor does any node while this API has no node
+token; redirects are not followed. Each such container gets a line saying why instead.
+
 ``/node/containers/{id}/logs`` is routed in every process but answers only where a node agent
 runs (503 elsewhere), through the ``logs`` source ``make_app`` was given (``api`` imports nothing
 from ``node``); the agent refuses containers not labelled as its own.
@@ -36,6 +42,7 @@ from lastbackend.api.http import doc
 from lastbackend.api.services import resolve
 from lastbackend.api.state import STATE, State
 from lastbackend.api.streams import follow_query, gone, not_drained
+from lastbackend.config import node_address_problem
 from lastbackend.logsetup import log
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
@@ -240,12 +247,27 @@ async def _open(
     if not address:
         why = "advertises no address" if address == "" else "is not registered (agent down?)"
         return _Upstream(container, status=503, error=f"node {node} {why}")
+    problem = node_address_problem(address)
+    if problem is not None:
+        return _Upstream(
+            container, status=503, error=f"node {node} advertises an invalid address: {problem}"
+        )
+    token = state.settings.node_token
+    if not token:
+        return _Upstream(
+            container,
+            status=503,
+            error=f"node {node}: no node token configured on this API (auth.node_token, "
+            "LB_NODE_TOKEN); nodes are sent that token and no other",
+        )
     params = {"follow": "true" if follow else "false"}
     if tail is not None:
         params["tail"] = str(tail)
-    url = f"{address}/node/containers/{quote(container.id, safe='')}/logs"
+    url = f"{address.rstrip('/')}/node/containers/{quote(container.id, safe='')}/logs"
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        response = await asyncio.wait_for(state.http.get(url, params=params), OPEN_TIMEOUT)
+        request = state.http.get(url, params=params, headers=headers, allow_redirects=False)
+        response = await asyncio.wait_for(request, OPEN_TIMEOUT)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
         return _Upstream(container, status=503, error=f"node {node} at {address}: {reason}")

@@ -41,7 +41,12 @@ SIGNED_ROUTES = frozenset({("POST", "/api/hooks/{vendor}")})
 instead of a bearer token: git providers cannot send ours. Matched on the resolved route, so no
 path spelling can reach another handler through the exemption."""
 
+NODE_ROUTES = "/node/"
+"""Routes an API process calls on a node agent: matched on the resolved route, they take the
+node token (``auth.node_token``) and no user token; no other route takes the node token."""
+
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lastbackend"'}
+_NODE_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lastbackend-node"'}
 
 
 class Metrics:
@@ -374,11 +379,44 @@ def _matches(token: str, candidates: Sequence[str]) -> bool:
     return found
 
 
+def _node_caller(settings: Settings, request: web.Request) -> None:
+    """Refuse a request to a node route that does not carry the node token.
+
+    Nodes accept only ``auth.node_token``, whatever the user tokens: an API process reaching a
+    node is not acting as its caller (a read-only caller's logs were once fetched with the admin
+    token), and a leaked user token, or a user with a shell on a node's host, must not read
+    every container's output through the agent. With no node token configured nothing is
+    accepted: no API can be sending one.
+    """
+    if not settings.node_token:
+        raise ApiError(
+            401,
+            "this node accepts only the node token and none is configured here: set "
+            "auth.node_token (LB_NODE_TOKEN) on this node and on the API processes",
+            headers=_NODE_CHALLENGE,
+        )
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "send Authorization: Bearer <node token>", headers=_NODE_CHALLENGE)
+    if not _matches(token, (settings.node_token,)):
+        raise ApiError(
+            401,
+            "the bearer token is not this node's token (auth.node_token); node routes accept "
+            "no user token",
+            headers=_NODE_CHALLENGE,
+        )
+
+
 def auth(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
-    """Bearer tokens with two roles: admin (everything) and read (safe methods only)."""
+    """Bearer tokens with two roles, admin (everything) and read (safe methods only), and the
+    node token, which node routes alone accept (:func:`_node_caller`)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if _route(request).startswith(NODE_ROUTES):
+            _node_caller(settings, request)
+            return await handler(request)
         if not settings.auth_enabled or request.path in PUBLIC_PATHS:
             return await handler(request)
         if (request.method, _route(request)) in SIGNED_ROUTES:

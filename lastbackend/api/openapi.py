@@ -16,6 +16,7 @@ import attrs
 from aiohttp import web
 
 from lastbackend.api.http import Doc
+from lastbackend.api.middlewares import NODE_ROUTES
 from lastbackend.codec import CHECKS
 from lastbackend.model import apps, certificates, platform, pods, registries
 from lastbackend.model import images as image_model
@@ -479,12 +480,22 @@ def build(app: web.Application) -> dict[str, Any]:
             paths.setdefault(path, {})[method.lower()] = _operation(spec, path)
             if (method.lower(), path) in UNSIGNED:
                 paths[path][method.lower()]["security"] = []
+            if path.startswith(NODE_ROUTES):
+                paths[path][method.lower()]["security"] = [{"node": []}]
     return {
         "openapi": "3.0.3",
         "info": {"title": "lastbackend", "version": "0.1.0"},
         "components": {
             "schemas": schemas(),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "node": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "auth.node_token: what API processes send to node agents; "
+                    "node routes accept no user token",
+                },
+            },
         },
         "security": [{"bearer": []}],
         "paths": paths,

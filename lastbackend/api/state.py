@@ -70,16 +70,11 @@ class State:
     @property
     def http(self) -> aiohttp.ClientSession:
         """One client for the requests this process makes to nodes, made on first use (it needs
-        a running loop) and closed with the app; it sends a token when auth is on, since the
-        nodes check the same tokens."""
+        a running loop) and closed with the app. It carries no credential of its own: each
+        request to a node adds the node token itself (``container_logs``), and nothing else."""
         if self._http is None:
-            headers = {}
-            tokens = self.settings.admin_tokens or self.settings.read_tokens
-            if tokens:
-                headers["Authorization"] = f"Bearer {tokens[0]}"
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),  # each followed log holds a connection
-                headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT
                 ),

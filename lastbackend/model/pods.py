@@ -101,7 +101,9 @@ class Node:
     address: str = ""
     """The agent's HTTP base URL (``http://10.0.0.5:2967``): API processes fetch the logs of this
     node's containers there, so logs are read where they are, on any number of hosts. Empty from
-    an agent that predates it: its containers' logs are unavailable until it re-registers."""
+    an agent that predates it: its containers' logs are unavailable until it re-registers.
+    Exactly ``http(s)://host[:port]`` (``config.node_address_problem``, checked by the agent
+    that writes it and by the API before it sends the node token there)."""
 
 
 @attrs.frozen

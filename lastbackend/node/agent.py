@@ -21,7 +21,9 @@ term cannot overwrite what the agent that took over wrote.
 
 The node key carries the agent's ``address``: API processes fetch a container's logs from the
 node that runs it (:meth:`NodeAgent.open_logs`, served at ``/node/containers/<id>/logs``), so
-logs work on any number of hosts without shipping them anywhere.
+logs work on any number of hosts without shipping them anywhere. The address is checked
+(``config.node_address_problem``) before it is published, and the API checks it again before it
+sends the node token there; that route accepts the node token only (``api.middlewares``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import structlog
 
 from lastbackend import codec
+from lastbackend.config import node_address_problem
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.common import now
 from lastbackend.model.health import STARTUP_INTERVAL
@@ -106,6 +109,9 @@ class NodeAgent(Controller):
         self.secrets = secrets
         self.node = node
         self.node_ttl = node_ttl
+        problem = node_address_problem(address) if address else None
+        if problem is not None:  # what the API would refuse to call is never published
+            raise ValueError(f"node {node}: the address {address!r} {problem}")
         self.address = address
         """This agent's HTTP base URL, published in ``nodes/<name>`` for log requests."""
         self.name = f"node-{node}"

@@ -150,6 +150,8 @@ class Harness:
         self.docker = docker_api
         self.node = f"e2e-{uuid.uuid4().hex[:10]}"
         self.secret_key = Fernet.generate_key().decode()
+        self.node_token = f"node-{uuid.uuid4().hex}"
+        """Shared by every process of the test, as a multi-process install shares LB_NODE_TOKEN."""
         self.procs: list[Proc] = []
         self.responses: list[str] = []  # every API response body this test received
         self.images: list[str] = []  # local image tags to remove afterwards
@@ -159,7 +161,12 @@ class Harness:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
-        env.update(LB_SECRET_KEY=self.secret_key, LB_DOCKER_HOST=self.dockerd, LB_LOG_LEVEL="info")
+        env.update(
+            LB_SECRET_KEY=self.secret_key,
+            LB_NODE_TOKEN=self.node_token,
+            LB_DOCKER_HOST=self.dockerd,
+            LB_LOG_LEVEL="info",
+        )
         return env
 
     def start(

@@ -49,6 +49,7 @@ async def setup(
     etcd: RawEtcd, settings: Settings, dockerd: str, base_image: str, docker_api: docker.APIClient
 ) -> AsyncIterator[Setup]:
     node = f"e2e-logs-{uuid.uuid4().hex[:8]}"
+    settings = attrs.evolve(settings, node_token=f"node-{uuid.uuid4().hex}")
     port = free_port()
     runtime = DockerRuntime(dockerd)
     agent = NodeAgent(runtime, Secrets(generate_key()), node, address=f"http://127.0.0.1:{port}")

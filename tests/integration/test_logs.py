@@ -38,6 +38,8 @@ pytestmark = pytest.mark.etcd
 IMAGE = "registry.local/team/web:1"
 NODE = "n1"
 ADMIN, READ = "admin-token", "read-token"
+NODE_TOKEN = "node-token-of-this-test"
+NODE_AUTH = {"Authorization": f"Bearer {NODE_TOKEN}"}
 
 
 class CountingSource:
@@ -98,8 +100,11 @@ class Harness:
 
         return list(await eventually(reported))
 
-    async def text(self, url: str, **params: str) -> tuple[int, str]:
-        async with self.http.get(url, params=params) as resp:
+    async def text(self, url: str, *, as_node: bool = False, **params: str) -> tuple[int, str]:
+        """GET ``url`` with the admin token, or with the node token (``as_node``) as an API
+        process calls a node."""
+        headers = NODE_AUTH if as_node else None
+        async with self.http.get(url, params=params, headers=headers) as resp:
             return resp.status, await resp.text()
 
 
@@ -115,7 +120,9 @@ async def serve(app: web.Application, port: int = 0) -> tuple[web.AppRunner, str
 @pytest.fixture
 async def harness(etcd: RawEtcd, settings: Settings) -> AsyncIterator[Harness]:
     """The API, and a node with its agent; tokens on, so the API's upstream requests need one."""
-    settings = attrs.evolve(settings, admin_tokens=(ADMIN,), read_tokens=(READ,))
+    settings = attrs.evolve(
+        settings, admin_tokens=(ADMIN,), read_tokens=(READ,), node_token=NODE_TOKEN
+    )
     runtime = FakeRuntime(images=[IMAGE], capacity=NodeCapacity(4096, 2, NODE, "fake"))
     port = free_port()
     address = f"http://127.0.0.1:{port}"
@@ -312,7 +319,8 @@ async def test_bad_parameters_are_400(harness: Harness, params: dict[str, str], 
         error = (await resp.json())["errors"][0]
         assert error["title"] == "CF-BadQueryParameter"
         assert f"query parameter {name}" in error["detail"]
-    async with harness.http.get(f"{harness.node}/node/containers/x/logs", params=params) as resp:
+    node_url = f"{harness.node}/node/containers/x/logs"
+    async with harness.http.get(node_url, params=params, headers=NODE_AUTH) as resp:
         assert resp.status == 400
 
 
@@ -347,7 +355,7 @@ async def test_the_node_refuses_containers_not_labelled_for_it(harness: Harness)
         harness.runtime.write_log(state.id, b"secret\n")
 
     async def node_logs(cid: str) -> tuple[int, str]:
-        return await harness.text(f"{harness.node}/node/containers/{cid}/logs")
+        return await harness.text(f"{harness.node}/node/containers/{cid}/logs", as_node=True)
 
     assert await node_logs(mine) == (200, "ok\n")
     for cid in (other.id, other.name, foreign.id, foreign.name, "no-such-container"):
@@ -356,7 +364,7 @@ async def test_the_node_refuses_containers_not_labelled_for_it(harness: Harness)
         assert "secret" not in body
 
     # a process without a node agent has no logs to give
-    status, body = await harness.text(f"{harness.api}/node/containers/{mine}/logs")
+    status, body = await harness.text(f"{harness.api}/node/containers/{mine}/logs", as_node=True)
     assert status == 503
     assert "no node agent" in body
 
