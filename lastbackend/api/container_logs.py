@@ -34,8 +34,8 @@ from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
 from lastbackend.api.services import resolve
-from lastbackend.api.state import STATE, State
-from lastbackend.api.streams import follow_query, gone, not_drained
+from lastbackend.api.state import CONNECT_TIMEOUT, STATE, State
+from lastbackend.api.streams import follow_query, follow_slot, gone, not_drained
 from lastbackend.logsetup import log
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
@@ -50,6 +50,8 @@ TAIL_DEFAULT = 100
 TAIL_MAX = 10_000
 OPEN_TIMEOUT = 10.0
 """Seconds for a node to answer with headers: connecting, then its inspect and label check."""
+READ_TIMEOUT = 30.0
+"""Seconds a node may go silent while it sends a log that is not followed."""
 POLL = 0.5
 """Seconds between checks that a streaming client is still connected."""
 LINE_MAX = 64 * 1024
@@ -159,6 +161,7 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
     "container's short id (tail: lines per container, default 100)",
     query=("tail", "follow", "container"),
 )
+@follow_slot
 async def service_logs(request: web.Request) -> web.StreamResponse:
     follow, tail = follow_query(request), _tail(request, TAIL_DEFAULT)
     state = request.app[STATE]
@@ -245,7 +248,9 @@ async def _open(
         params["tail"] = str(tail)
     url = f"{address}/node/containers/{quote(container.id, safe='')}/logs"
     try:
-        response = await asyncio.wait_for(state.http.get(url, params=params), OPEN_TIMEOUT)
+        response = await asyncio.wait_for(
+            state.http.get(url, params=params, timeout=_read_deadline(follow)), OPEN_TIMEOUT
+        )
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
         return _Upstream(container, status=503, error=f"node {node} at {address}: {reason}")
@@ -255,6 +260,18 @@ async def _open(
         status = 404 if response.status == 404 else 503
         return _Upstream(container, status=status, error=f"node {node} answered {detail}")
     return _Upstream(container, response)
+
+
+def _read_deadline(follow: bool) -> aiohttp.ClientTimeout:
+    """A log that is not followed must keep coming: a node silent for :data:`READ_TIMEOUT` is
+    given up on (the stream says so). A followed one may idle for hours, so it has none; it
+    ends when its client leaves or the app shuts down."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=CONNECT_TIMEOUT,
+        sock_connect=CONNECT_TIMEOUT,
+        sock_read=None if follow else READ_TIMEOUT,
+    )
 
 
 async def _detail(response: aiohttp.ClientResponse) -> str:
