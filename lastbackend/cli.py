@@ -78,6 +78,16 @@ def _server(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--read-token", dest="read_tokens", help="read-only bearer token(s) (LB_READ_TOKEN)"
     )
+    parser.add_argument(
+        "--max-streams",
+        dest="max_streams",
+        help="event streams open at once; more get a 429 (LB_API_MAX_STREAMS; default 256)",
+    )
+    parser.add_argument(
+        "--max-log-follows",
+        dest="max_log_follows",
+        help="followed logs open at once; more get a 429 (LB_API_MAX_LOG_FOLLOWS; default 64)",
+    )
 
 
 ROLES = {
@@ -247,6 +257,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             "admin_tokens",
             "read_tokens",
             "node_token",
+            "max_streams",
+            "max_log_follows",
             "node_name",
             "node_advertise",
             "lifecycle_descriptor",

@@ -79,6 +79,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     """Web origins (``https://dash.example.com``) whose pages may call the API from a browser.
     Empty: CORS is off, and a write from any page but the API's own origin is a 403."""
+    max_streams: int = 256
+    """``/api/events`` streams open at once in this process (each holds an etcd watch and a
+    socket for as long as its client stays); one more is a 429."""
+    max_log_follows: int = 64
+    """Followed logs (``?follow=true`` on service, build and droplet logs) open at once in this
+    process; each polls etcd or holds a connection per container to its node. One more: 429."""
     # [auth]
     admin_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
     read_tokens: tuple[str, ...] = attrs.field(default=(), repr=_hidden_tokens)
@@ -120,6 +126,8 @@ class Settings:
     staging_timeout: float = 900.0
     max_upload_bytes: int = 512 << 20
     """The largest bits upload, and the most its archive may unpack to."""
+    staging_max_log_bytes: int = 4 << 20
+    """A droplet's staging log is cut here: one line says so, later output is dropped."""
     # [registry]
     platform_registry: str = ""
     """``host:port`` that staged droplets (and later builds) are pushed to. Empty: keep them in
@@ -130,6 +138,12 @@ class Settings:
     build_timeout: float = 1800.0
     build_dockerfile: str = "Dockerfile"
     """The Dockerfile's path inside the checkout."""
+    build_max_log_bytes: int = 4 << 20
+    """A build's log is cut here: one line says so, later output is dropped."""
+    # [git]
+    git_max_checkout_bytes: int = 512 << 20
+    """The most one clone (work tree and ``.git``) may take on disk; past it git is stopped and
+    the build or staging fails."""
     # [events]
     events_amqp_listen: str = "127.0.0.1:5673"
     """Where the leading ``events`` controller accepts AMQP 1.0 receivers. Empty or ``off``:
@@ -260,6 +274,10 @@ class Settings:
             raise ConfigError(f"log format must be json or console: {self.log_format}")
         if self.max_body_bytes < 1024:
             raise ConfigError("api.max_body_bytes must be at least 1024")
+        if self.max_streams < 1:
+            raise ConfigError("api.max_streams (LB_API_MAX_STREAMS) must be at least 1")
+        if self.max_log_follows < 1:
+            raise ConfigError("api.max_log_follows (LB_API_MAX_LOG_FOLLOWS) must be at least 1")
         for host in self.api_hosts:
             if not is_host_pattern(host):
                 raise ConfigError(
@@ -279,6 +297,12 @@ class Settings:
             raise ConfigError("staging.timeout must be a positive number of seconds")
         if self.max_upload_bytes < 1024:
             raise ConfigError("staging.max_upload_bytes must be at least 1024")
+        if self.staging_max_log_bytes < 1024:
+            raise ConfigError("staging.max_log_bytes must be at least 1024")
+        if self.build_max_log_bytes < 1024:
+            raise ConfigError("builds.max_log_bytes must be at least 1024")
+        if self.git_max_checkout_bytes < 1024:
+            raise ConfigError("git.max_checkout_bytes must be at least 1024")
         if self.build_concurrency < 1:
             raise ConfigError("builds.concurrency must be at least 1")
         if self.build_timeout <= 0:
@@ -453,6 +477,8 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "shutdown_timeout": "shutdown_timeout",
         "hosts": "api_hosts",
         "cors_origins": "cors_origins",
+        "max_streams": "max_streams",
+        "max_log_follows": "max_log_follows",
     },
     "auth": {
         "admin_tokens": "admin_tokens",
@@ -475,13 +501,16 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "concurrency": "staging_concurrency",
         "timeout": "staging_timeout",
         "max_upload_bytes": "max_upload_bytes",
+        "max_log_bytes": "staging_max_log_bytes",
     },
     "registry": {"platform": "platform_registry"},
     "builds": {
         "concurrency": "build_concurrency",
         "timeout": "build_timeout",
         "dockerfile": "build_dockerfile",
+        "max_log_bytes": "build_max_log_bytes",
     },
+    "git": {"max_checkout_bytes": "git_max_checkout_bytes"},
     "events": {"amqp_listen": "events_amqp_listen", "forward": "events_forward"},
     "router": {
         "http": "router_http",
@@ -500,6 +529,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_LISTEN": "listen",
     "LB_API_HOSTS": "api_hosts",
     "LB_API_CORS_ORIGINS": "cors_origins",
+    "LB_API_MAX_STREAMS": "max_streams",
+    "LB_API_MAX_LOG_FOLLOWS": "max_log_follows",
     "LB_DATA_DIR": "data_dir",
     "LB_TOKEN": "admin_tokens",
     "LB_READ_TOKEN": "read_tokens",
@@ -517,10 +548,13 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_LIFECYCLE_PLATFORM_API": "platform_api",
     "LB_DEFAULT_STACK": "default_stack",
     "LB_BUILDPACKS_DIR": "buildpacks_dir",
+    "LB_STAGING_MAX_LOG_BYTES": "staging_max_log_bytes",
     "LB_PLATFORM_REGISTRY": "platform_registry",
     "LB_BUILDS_CONCURRENCY": "build_concurrency",
     "LB_BUILDS_TIMEOUT": "build_timeout",
     "LB_BUILDS_DOCKERFILE": "build_dockerfile",
+    "LB_BUILDS_MAX_LOG_BYTES": "build_max_log_bytes",
+    "LB_GIT_MAX_CHECKOUT_BYTES": "git_max_checkout_bytes",
     "LB_EVENTS_AMQP_LISTEN": "events_amqp_listen",
     "LB_EVENTS_FORWARD": "events_forward",
     "LB_ROUTER_HTTP": "router_http",

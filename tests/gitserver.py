@@ -18,8 +18,16 @@ from aiohttp import web
 from tests.support import free_port
 
 
-def make_repo(root: Path, name: str, files: dict[str, str], *, branch: str = "main") -> str:
-    """A bare repository ``<root>/<name>.git`` with one commit of ``files``; returns its sha."""
+def make_repo(
+    root: Path,
+    name: str,
+    files: dict[str, str],
+    *,
+    branch: str = "main",
+    message: str | None = None,
+) -> str:
+    """A bare repository ``<root>/<name>.git`` with one commit of ``files`` (its subject
+    ``message``, or one naming the repository); returns its sha."""
     work = root / f"{name}-work"
     work.mkdir(parents=True)
     for rel, text in files.items():
@@ -41,7 +49,7 @@ def make_repo(root: Path, name: str, files: dict[str, str], *, branch: str = "ma
 
     git("init", "-q", "-b", branch)
     git("add", "-A")
-    git("commit", "-q", "-m", f"first commit of {name}")
+    git("commit", "-q", "-m", message or f"first commit of {name}")
     sha = git("rev-parse", "HEAD")
     git("clone", "-q", "--bare", str(work), str(root / f"{name}.git"), cwd=root)
     return sha

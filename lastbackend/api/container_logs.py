@@ -40,8 +40,8 @@ from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
 from lastbackend.api.http import doc
 from lastbackend.api.services import resolve
-from lastbackend.api.state import STATE, State
-from lastbackend.api.streams import follow_query, gone, not_drained
+from lastbackend.api.state import CONNECT_TIMEOUT, STATE, State
+from lastbackend.api.streams import follow_query, follow_slot, gone, not_drained
 from lastbackend.config import node_address_problem
 from lastbackend.logsetup import log
 from lastbackend.model.platform import Container
@@ -57,6 +57,8 @@ TAIL_DEFAULT = 100
 TAIL_MAX = 10_000
 OPEN_TIMEOUT = 10.0
 """Seconds for a node to answer with headers: connecting, then its inspect and label check."""
+READ_TIMEOUT = 30.0
+"""Seconds a node may go silent while it sends a log that is not followed."""
 POLL = 0.5
 """Seconds between checks that a streaming client is still connected."""
 LINE_MAX = 64 * 1024
@@ -166,6 +168,7 @@ async def _aclose(chunks: AsyncIterator[bytes]) -> None:
     "container's short id (tail: lines per container, default 100)",
     query=("tail", "follow", "container"),
 )
+@follow_slot
 async def service_logs(request: web.Request) -> web.StreamResponse:
     follow, tail = follow_query(request), _tail(request, TAIL_DEFAULT)
     state = request.app[STATE]
@@ -266,7 +269,13 @@ async def _open(
     url = f"{address.rstrip('/')}/node/containers/{quote(container.id, safe='')}/logs"
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        request = state.http.get(url, params=params, headers=headers, allow_redirects=False)
+        request = state.http.get(
+            url,
+            params=params,
+            headers=headers,
+            allow_redirects=False,
+            timeout=_read_deadline(follow),
+        )
         response = await asyncio.wait_for(request, OPEN_TIMEOUT)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
@@ -277,6 +286,18 @@ async def _open(
         status = 404 if response.status == 404 else 503
         return _Upstream(container, status=status, error=f"node {node} answered {detail}")
     return _Upstream(container, response)
+
+
+def _read_deadline(follow: bool) -> aiohttp.ClientTimeout:
+    """A log that is not followed must keep coming: a node silent for :data:`READ_TIMEOUT` is
+    given up on (the stream says so). A followed one may idle for hours, so it has none; it
+    ends when its client leaves or the app shuts down."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=CONNECT_TIMEOUT,
+        sock_connect=CONNECT_TIMEOUT,
+        sock_read=None if follow else READ_TIMEOUT,
+    )
 
 
 async def _detail(response: aiohttp.ClientResponse) -> str:

@@ -24,6 +24,7 @@ KINDS: dict[int, tuple[int, str]] = {
     415: (10012, "CF-UnsupportedMediaType"),
     421: (10421, "CF-MisdirectedRequest"),  # no CF code: ours, spelled after the status
     422: (10008, "CF-UnprocessableEntity"),
+    429: (10013, "CF-RateLimitExceeded"),
     500: (10001, "CF-ServerError"),
     503: (10015, "CF-ServiceUnavailable"),
 }

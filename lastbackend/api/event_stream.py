@@ -21,7 +21,8 @@ read-only one (:mod:`lastbackend.api.envview`).
 
 A stream is not a request in flight for the shutdown drain (it never ends by itself); shutdown
 (``State.closing``) and a client that leaves end it within :data:`POLL` seconds, and with it the
-etcd watch.
+etcd watch. Each holds one of ``api.max_streams`` slots (:mod:`lastbackend.api.limits`) until
+then: one stream more is a 429.
 """
 
 from __future__ import annotations
@@ -314,25 +315,22 @@ async def events(request: web.Request) -> web.StreamResponse:
     """
     prefix, beat, resume = _prefix(request), _heartbeat(request), _resume(request)
     state = request.app[STATE]
-    current = await state.etcd.status()  # 503 before the stream starts if etcd is away
-    rid = structlog.contextvars.get_contextvars().get("request_id", "")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": CONTENT_TYPE,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",  # a proxy must pass each event on as it comes
-            "X-Request-ID": rid,
-        }
-    )
-    await response.prepare(request)
-    with not_drained(request):  # the stream never ends by itself: shutdown ends it
-        state.event_streams += 1
-        try:
-            with contextlib.suppress(ConnectionError):
-                await _stream(request, response, state, prefix, beat, resume, current)
-                await response.write_eof()
-        finally:
-            state.event_streams -= 1
+    with state.streams.hold():  # 429 beyond api.max_streams; given back when the stream ends
+        current = await state.etcd.status()  # 503 before the stream starts if etcd is away
+        rid = structlog.contextvars.get_contextvars().get("request_id", "")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": CONTENT_TYPE,
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # a proxy must pass each event on as it comes
+                "X-Request-ID": rid,
+            }
+        )
+        await response.prepare(request)
+        # the stream never ends by itself: shutdown ends it
+        with not_drained(request), contextlib.suppress(ConnectionError):
+            await _stream(request, response, state, prefix, beat, resume, current)
+            await response.write_eof()
     return response
 
 

@@ -9,6 +9,7 @@ import aiohttp
 import attrs
 from aiohttp import web
 
+from lastbackend.api.limits import Slots
 from lastbackend.config import Settings
 from lastbackend.secrets import Secrets
 from lastbackend.sources.blobs import BlobStore
@@ -55,10 +56,29 @@ class State:
     buildpack directories, so the route calls it in a thread."""
     closing: asyncio.Event = attrs.Factory(asyncio.Event)
     """Set when the app shuts down, so log streams that would never end by themselves do."""
-    event_streams: int = 0
-    """``/api/events`` streams open now, each holding an etcd watch (for tests and metrics)."""
+    streams: Slots = attrs.field(
+        default=attrs.Factory(
+            lambda self: Slots("event streams", "api.max_streams", self.settings.max_streams),
+            takes_self=True,
+        )
+    )
+    """``/api/events`` streams, each holding an etcd watch: at most ``api.max_streams``."""
+    log_follows: Slots = attrs.field(
+        default=attrs.Factory(
+            lambda self: Slots(
+                "followed logs", "api.max_log_follows", self.settings.max_log_follows
+            ),
+            takes_self=True,
+        )
+    )
+    """Logs followed (``?follow=true``) through this process: at most ``api.max_log_follows``."""
     _secrets: Secrets | None = None
     _http: aiohttp.ClientSession | None = None
+
+    @property
+    def event_streams(self) -> int:
+        """``/api/events`` streams open now (for tests and metrics)."""
+        return self.streams.held
 
     @property
     def secrets(self) -> Secrets:

@@ -8,12 +8,17 @@ follows (:func:`not_drained`) and ends when the app shuts down (``State.closing`
 
 :func:`send_log` serves a log from the blob store, a droplet's staging output or a build's
 output: what is there, and with ``follow`` what is appended, until its object is finished.
+
+Every followed log takes one of ``api.max_log_follows`` slots (:mod:`lastbackend.api.limits`)
+for as long as it follows: :func:`send_log` while its object is unfinished, :func:`follow_slot`
+around a handler (the service logs proxy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
@@ -27,6 +32,8 @@ from lastbackend.store.objects import NotFound
 Finished = Callable[[], Awaitable[bool]]
 """Whether a log's object is finished, so its log grows no more; raises ``NotFound`` once the
 object is gone."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POLL = 0.2
 """Seconds between looks at a followed log and at its object."""
@@ -73,12 +80,28 @@ async def send_log(
     404 with the usual error body.
     """
     last = await finished() or not follow
-    response = web.StreamResponse(headers={"Content-Type": TEXT})
-    await response.prepare(request)
-    with not_drained(request, follow), contextlib.suppress(ConnectionError):
-        await _copy(request, response, kind, name, finished, last)
-        await response.write_eof()
+    slot = contextlib.nullcontext() if last else request.app[STATE].log_follows.hold()
+    with slot:  # 429 beyond api.max_log_follows, before any byte is sent
+        response = web.StreamResponse(headers={"Content-Type": TEXT})
+        await response.prepare(request)
+        with not_drained(request, not last), contextlib.suppress(ConnectionError):
+            await _copy(request, response, kind, name, finished, last)
+            await response.write_eof()
     return response
+
+
+def follow_slot(handler: Handler) -> Handler:
+    """``handler`` holding one of ``api.max_log_follows`` slots while it serves ``?follow=true``
+    (a 429 when none is free); without ``follow`` it runs as it is."""
+
+    @functools.wraps(handler)
+    async def limited(request: web.Request) -> web.StreamResponse:
+        if not follow_query(request):
+            return await handler(request)
+        with request.app[STATE].log_follows.hold():
+            return await handler(request)
+
+    return limited
 
 
 async def _copy(

@@ -28,7 +28,8 @@ and never holds up the others.
 the receiver settles them. Nothing is ever sent again, so events are at most once either way.
 
 **Forwarding.** With a broker URL, one connection (reconnecting with proton's backoff, 0 s then
-0.1 s doubling to 10 s) and one sending link per address, created on first use and closed least
+0.1 s doubling to 10 s; a broker silent for :data:`FORWARD_IDLE` seconds is dropped and
+reconnected) and one sending link per address, created on first use and closed least
 recently used beyond :data:`FORWARD_LINKS`. Deliveries are unsettled so that a broker's refusal
 is logged; they queue like a receiver's while the broker gives no credit or is unreachable, and
 what is in flight when the connection drops is lost.
@@ -68,6 +69,10 @@ BACKLOG = 1000
 """Messages kept per link while it has no credit; the oldest are dropped beyond this."""
 FORWARD_LINKS = 256
 """Sending links kept open to the forward broker (one per address, least recently used closed)."""
+FORWARD_IDLE = 30.0
+"""Seconds the forward broker may stay silent (AMQP idle timeout; it is asked for a frame at
+least every half of it): a broker that accepts and never answers, or a dead link, is dropped
+and reconnected instead of holding the events forever."""
 LISTEN_RETRY = 5.0
 CLOSE_GRACE = 1.0
 SETTLE = 0.05
@@ -229,7 +234,7 @@ class _Hub(MessagingHandler):
         self.container = event.container
         self.container.selectable(self.hub._injector)
         if self.hub.forward:
-            self.forward = self.container.connect(self.hub.forward)
+            self.forward = self.container.connect(self.hub.forward, heartbeat=FORWARD_IDLE)
             log.info("forwarding AMQP events", broker=_safe_url(self.hub.forward))
         if self.hub.listen is not None:
             self._listen()

@@ -296,7 +296,11 @@ class BuildsController(Controller):
         sink(f"-----> Cloning {git.mask_url(remote.url)} (branch {remote.branch})")
         with tempfile.TemporaryDirectory(prefix="lb-build-") as tmp:
             checkout = await git.clone(
-                remote.url, Path(tmp) / "src", ref=remote.branch, auth=remote.auth
+                remote.url,
+                Path(tmp) / "src",
+                ref=remote.branch,
+                auth=remote.auth,
+                max_bytes=self.settings.git_max_checkout_bytes,
             )
             sink(f"       commit {checkout.commit[:12]}: {checkout.message} ({checkout.author})")
             context = await asyncio.to_thread(git.tar_tree, checkout.path)
@@ -483,7 +487,9 @@ class BuildsController(Controller):
         name = target.log_name(number)
 
         def sink(line: str) -> None:
-            self.blobs.append_log(name, line, kind=BUILD_LOGS)
+            self.blobs.append_log(
+                name, line, kind=BUILD_LOGS, limit=self.settings.build_max_log_bytes
+            )
 
         return sink
 

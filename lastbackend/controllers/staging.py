@@ -217,7 +217,7 @@ class StagingController(Controller):
         await engine.cleanup(self.runtime, guid)
         written = KV(key, codec.dumps(staging), kv.create_revision, result.revision, kv.version + 1)
         if droplet.state == "STAGING":
-            self.blobs.append_log(guid, "-----> Staging restarted (the previous run was cut off)")
+            self._log_sink(guid)("-----> Staging restarted (the previous run was cut off)")
         return Job(pid, sid, guid, staging, written)
 
     def _failed(self, job: Job, reason: str) -> Droplet:
@@ -225,7 +225,7 @@ class StagingController(Controller):
 
     def _log_sink(self, guid: str) -> Callable[[str], None]:
         def sink(line: str) -> None:
-            self.blobs.append_log(guid, line)
+            self.blobs.append_log(guid, line, limit=self.settings.staging_max_log_bytes)
 
         return sink
 
@@ -358,7 +358,13 @@ class StagingController(Controller):
             auth = git.GitAuth(creds.user, creds.password or creds.api_key)
         sink(f"-----> Cloning {git.mask_url(url)}" + (f" ({ref})" if ref else ""))
         with tempfile.TemporaryDirectory(prefix="lb-clone-") as tmp:
-            checkout = await git.clone(url, Path(tmp) / "src", ref=ref, auth=auth)
+            checkout = await git.clone(
+                url,
+                Path(tmp) / "src",
+                ref=ref,
+                auth=auth,
+                max_bytes=self.settings.git_max_checkout_bytes,
+            )
             sink(f"       commit {checkout.commit}: {checkout.message}")
             return await asyncio.to_thread(git.tar_tree, checkout.path), checkout.commit
 

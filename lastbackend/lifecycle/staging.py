@@ -564,6 +564,10 @@ def _launch_processes(layers: bytes, chosen: Buildpack) -> dict[str, str]:
         ) from None
 
 
+LINE_MAX = 64 * 1024
+"""Output without a newline is logged in pieces about this long, so no buffer grows unbounded."""
+
+
 async def _follow(runtime: Runtime, name: str, log: Log) -> None:
     """The container's output into ``log``, line by line, until it exits."""
     pending = b""
@@ -571,6 +575,9 @@ async def _follow(runtime: Runtime, name: str, log: Log) -> None:
         async for chunk in chunks:
             pending += chunk
             *lines, pending = pending.split(b"\n")
+            if len(pending) >= LINE_MAX:  # output without newlines: passed on in pieces
+                lines.append(pending)
+                pending = b""
             for line in lines:
                 log(line.decode(errors="replace").rstrip("\r"))
     if pending:

@@ -57,6 +57,8 @@ from lastbackend.runtime.base import (
 )
 
 T = TypeVar("T")
+LINE_MAX = 64 * 1024
+"""Build output without a newline is passed on in pieces about this long (bounded memory)."""
 log = structlog.get_logger("lastbackend.runtime")
 
 MIB = 1024 * 1024
@@ -682,6 +684,9 @@ class DockerRuntime:
             if not text:
                 continue
             *lines, pending = (pending + str(text)).split("\n")
+            if len(pending) >= LINE_MAX:  # output without newlines: passed on in pieces
+                lines.append(pending)
+                pending = ""
             for line in lines:
                 if line.strip() and not bridge.emit(("line", line.rstrip())):
                     return

@@ -46,6 +46,10 @@ KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log", BUILD_LOGS: ".l
 """Blob kinds: the directory of each and the suffix of its files."""
 LOGS = frozenset({"droplets", BUILD_LOGS})
 """The kinds that are logs, appended line by line."""
+LOG_LIMITS = {"droplets": "staging.max_log_bytes", BUILD_LOGS: "builds.max_log_bytes"}
+"""The setting that caps each kind of log, named in the line that says where a log was cut."""
+CUT_END = b" bytes; later output is dropped\n"
+"""How the line that cuts a log ends: a log ending so takes no more."""
 TEMP = "tmp"
 READ_CHUNK = 1 << 20
 """The most ``read_log`` returns at once."""
@@ -179,9 +183,16 @@ class BlobStore:
 
     # staging logs ------------------------------------------------------------------------------
 
-    def append_log(self, guid: str, text: str | bytes, *, kind: str = "droplets") -> None:
+    def append_log(
+        self, guid: str, text: str | bytes, *, kind: str = "droplets", limit: int | None = None
+    ) -> bool:
         """Append to a droplet's staging log (or a build's, with ``kind="build-logs"``) as whole
-        lines: a missing final newline is added.
+        lines: a missing final newline is added. False when the text was dropped.
+
+        With ``limit``, the log holds at most that many bytes of output: the line that would
+        cross it is replaced by one saying where the log was cut and by which setting
+        (:data:`LOG_LIMITS`), and everything after it is dropped, so a log is never longer than
+        ``limit`` plus that line. The work it logs goes on: only its output is lost.
 
         Opened, written and closed per call (``O_APPEND``), so a reader on another host sees the
         text as soon as this returns.
@@ -191,8 +202,19 @@ class BlobStore:
             data += b"\n"
         path = self.log_path(guid, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as out:
+        with open(path, "a+b") as out:
+            if limit is not None:
+                size = os.fstat(out.fileno()).st_size
+                if _was_cut(out.fileno(), size):
+                    return False
+                if size + len(data) > limit:
+                    setting = LOG_LIMITS.get(kind, "the log limit")
+                    out.write(
+                        f"-----> log cut at {size} bytes: {setting} is {limit}".encode() + CUT_END
+                    )
+                    return False
             out.write(data)
+        return True
 
     def read_log(
         self, guid: str, offset: int = 0, limit: int = READ_CHUNK, *, kind: str = "droplets"
@@ -206,6 +228,11 @@ class BlobStore:
         except FileNotFoundError:
             return b"", offset
         return data, offset + len(data)
+
+
+def _was_cut(fd: int, size: int) -> bool:
+    """The log open as ``fd`` (``size`` bytes long) ends with the line that cut it."""
+    return size >= len(CUT_END) and os.pread(fd, len(CUT_END), size - len(CUT_END)) == CUT_END
 
 
 def _check_kind(kind: str) -> None:

@@ -89,6 +89,29 @@ def test_logs_append_lines_and_read_from_an_offset(blobs: BlobStore) -> None:
     assert blobs.read_log(A, 0, limit=6) == (b"----->", 6)
 
 
+def test_a_log_past_its_limit_is_cut_once_and_takes_nothing_more(blobs: BlobStore) -> None:
+    """The cut is for good: a short line after the long one that was cut would still fit under
+    the limit, and is dropped all the same (issue 13, section 5)."""
+    assert blobs.append_log(A, "first", limit=1024)
+    assert not blobs.append_log(A, "x" * 2000, limit=1024)
+    assert not blobs.append_log(A, "short", limit=1024)
+    assert not blobs.append_log(A, "x" * 2000, limit=1024)
+    text = blobs.read_log(A)[0].decode()
+    assert text == (
+        "first\n-----> log cut at 6 bytes: staging.max_log_bytes is 1024 bytes; "
+        "later output is dropped\n"
+    )
+    name = f"{B}-7"
+    for n in range(200):
+        blobs.append_log(name, f"Step {n}", kind="build-logs", limit=1024)
+    log = blobs.read_log(name, kind="build-logs")[0]
+    body, cut, _ = log.partition(b"-----> log cut at ")
+    assert cut
+    assert len(body) <= 1024
+    assert b"builds.max_log_bytes is 1024" in log
+    assert blobs.append_log(B, "y" * 5000), "no limit: appended whole"
+
+
 def test_sweep_temps_removes_only_old_files(blobs: BlobStore) -> None:
     old, fresh = blobs.temp_path("old"), blobs.temp_path("fresh")
     old.write_bytes(b"cut off by a crash")
