@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import platform
 import subprocess
 import tarfile
 from collections.abc import Iterable, Mapping
@@ -32,6 +33,7 @@ from typing import Any
 import attrs
 
 from lastbackend.lifecycle import descriptor as lifecycle
+from lastbackend.lifecycle.contract import Target
 from lastbackend.lifecycle.descriptor import Descriptor
 from lastbackend.runtime.base import ImageConfig, ImageInfo, Runtime
 
@@ -39,6 +41,11 @@ DEFAULT_STACK = "busybox"
 BUILD_REPOSITORY = "lastbackend/stack-build"
 RUN_REPOSITORY = "lastbackend/stack-run"
 LABEL_STACK = "io.buildpacks.stack.id"
+LABEL_DISTRO_NAME = "io.buildpacks.base.distro.name"
+LABEL_DISTRO_VERSION = "io.buildpacks.base.distro.version"
+"""On a run image: its distribution (``/etc/os-release`` ``ID`` and ``VERSION_ID``), the
+``CNB_TARGET_DISTRO_*`` that buildpack API 0.10+ sees and ``[[targets.distros]]`` match."""
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 USER = "lb"
 UID = 1000
@@ -68,6 +75,22 @@ def build_image(name: str) -> str:
 
 def run_image(name: str) -> str:
     return f"{RUN_REPOSITORY}:{name}"
+
+
+def host_arch() -> str:
+    """This machine's architecture in OCI terms: ``docker import`` gives a stack the host's."""
+    machine = platform.machine().lower()
+    return _ARCHES.get(machine, machine)
+
+
+def target(run: ImageInfo) -> Target:
+    """The target a stack's run image offers: linux, the host's architecture, its distro labels."""
+    return Target(
+        os="linux",
+        arch=host_arch(),
+        distro_name=run.labels.get(LABEL_DISTRO_NAME, ""),
+        distro_version=run.labels.get(LABEL_DISTRO_VERSION, ""),
+    )
 
 
 @attrs.frozen
