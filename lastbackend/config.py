@@ -102,8 +102,9 @@ class Settings:
     platform_api: str = ""
     """The platform API staging uses (like ``CNB_PLATFORM_API``). Empty: the newest supported."""
     # [staging]
-    default_stack: str = "busybox"
-    """The stack a buildpack droplet uses when neither it nor its app names one."""
+    default_stack: str = ""
+    """The stack a buildpack droplet uses when neither it nor its app names one. Empty:
+    ``debian`` once its images are built, else ``busybox``."""
     buildpacks_dir: Path | None = None
     """Extra buildpacks, one directory each, detected before the built-in ones."""
     staging_concurrency: int = 2

@@ -291,9 +291,11 @@ class StagingController(Controller):
             digest = hashlib.sha1(app_tar).hexdigest()
         else:
             raise engine.StagingError("the buildpack lifecycle stages bits and git packages", None)
-        stack = lifecycle.data.stack or self.settings.default_stack
-        if stack == self.settings.default_stack:
-            await stacks.ensure_stack(self.runtime, stack, self.descriptor)
+        stack = lifecycle.data.stack or await stacks.default_stack(
+            self.runtime, self.settings.default_stack
+        )
+        if stack in stacks.BUILT_HERE:  # an admin's stack is checked by the engine
+            await stacks.ensure_stack(self.runtime, stack, self.descriptor, log=sink)
         registry = self.settings.platform_registry
         result = await engine.stage_buildpack(
             self.runtime,

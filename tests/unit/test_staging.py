@@ -909,3 +909,69 @@ async def test_an_image_with_nothing_to_start_is_refused() -> None:
     rt.add_image("local/empty:1")
     with pytest.raises(StagingError, match="neither ENTRYPOINT nor CMD"):
         await stage_docker(rt, "local/empty:1")
+
+
+# -- the debian stack: what is decided before mmdebstrap runs ----------------------------------
+
+
+def test_mmdebstrap_builds_a_minimal_root_from_the_machines_sources(tmp_path: Path) -> None:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("# only comments\n\n")
+    (apt / "sources.list.d" / "debian.sources").write_text("Types: deb\n")
+    (apt / "sources.list.d" / "old.list").write_text("deb http://x bookworm main\n")
+    (apt / "sources.list.d" / "off.list.disabled").write_text("deb http://y bookworm main\n")
+    sources = stacks.apt_sources(apt)
+    assert sources == [
+        apt / "sources.list.d" / "debian.sources",
+        apt / "sources.list.d" / "old.list",
+    ]
+    argv = stacks.mmdebstrap_argv(
+        "bookworm", stacks.DEBIAN_RUN_PACKAGES, tmp_path / "r.tar", sources
+    )
+    assert argv[0] == "mmdebstrap"
+    assert "--include=python3,nodejs,ca-certificates,busybox" in argv
+    assert argv[-4:] == ["bookworm", str(tmp_path / "r.tar"), *map(str, sources)]
+    assert 'APT::Install-Recommends "false"' in " ".join(argv)
+    hook = next(a for a in argv if a.startswith("--customize-hook="))
+    assert 'lb:x:1000:1000:lb:/workspace:/bin/sh" >> "$1/etc/passwd"' in hook
+    assert "build-essential" not in stacks.DEBIAN_RUN_PACKAGES  # no compiler to run apps on
+    assert {"build-essential", "npm", "python3-pip"} <= set(stacks.DEBIAN_BUILD_PACKAGES)
+    assert stacks.os_release('ID=debian\nVERSION_ID="12"\n# x\n') == {
+        "ID": "debian",
+        "VERSION_ID": "12",
+    }
+
+
+async def test_debian_is_the_default_once_built_and_built_on_first_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt = FakeRuntime()
+    assert await stacks.default_stack(rt, "") == "busybox"
+    assert await stacks.default_stack(rt, "busybox") == "busybox"  # configured: kept
+    built: list[str] = []
+
+    async def build(runtime: FakeRuntime, descriptor: Descriptor, log: object) -> stacks.Stack:
+        built.append("debian")
+        rootfs = stacks.rootfs_tar(b"stand-in", ["sh"])
+        return await stacks.import_stack(runtime, "debian", descriptor, rootfs)
+
+    monkeypatch.setattr(stacks, "build_debian", build)
+    lines: list[str] = []
+    stack = await stacks.ensure_stack(rt, "debian", DESCRIPTOR, log=lines.append)
+    assert stack.present
+    assert lines == [
+        "-----> Building stack debian (first use): python3, nodejs, ca-certificates, busybox, "
+        "python3-venv, python3-pip, npm, build-essential"
+    ]
+    await stacks.ensure_stack(rt, "debian", DESCRIPTOR, log=lines.append)
+    assert built == ["debian"]  # once
+    assert await stacks.default_stack(rt, "") == "debian"
+
+
+async def test_without_mmdebstrap_the_debian_stack_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stacks.shutil, "which", lambda name: None)
+    with pytest.raises(stacks.StackError, match="apt-get install mmdebstrap"):
+        await stacks.build_debian(FakeRuntime(), DESCRIPTOR)
