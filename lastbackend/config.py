@@ -107,6 +107,15 @@ class Settings:
     ``debian`` once its images are built, else ``busybox``."""
     buildpacks_dir: Path | None = None
     """Extra buildpacks, one directory each, detected before the built-in ones."""
+    staging_ca_certificates: Path | None = None
+    """A PEM bundle put in staging containers as their CA bundle. ``None``: the host's
+    ``/etc/ssl/certs/ca-certificates.crt`` when there is one, so installs behind a
+    TLS-inspecting proxy verify as on the host."""
+    staging_build_env: tuple[str, ...] = (
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    )  # fmt: skip
+    """Host environment variables passed into staging containers (those set on the staging
+    controller's host), for package registries reached through a proxy."""
     staging_concurrency: int = 2
     staging_timeout: float = 900.0
     max_upload_bytes: int = 512 << 20
@@ -386,6 +395,8 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "staging": {
         "default_stack": "default_stack",
         "buildpacks_dir": "buildpacks_dir",
+        "ca_certificates": "staging_ca_certificates",
+        "build_env": "staging_build_env",
         "concurrency": "staging_concurrency",
         "timeout": "staging_timeout",
         "max_upload_bytes": "max_upload_bytes",
@@ -430,6 +441,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_LIFECYCLE_PLATFORM_API": "platform_api",
     "LB_DEFAULT_STACK": "default_stack",
     "LB_BUILDPACKS_DIR": "buildpacks_dir",
+    "LB_STAGING_CA_CERTIFICATES": "staging_ca_certificates",
+    "LB_STAGING_BUILD_ENV": "staging_build_env",
     "LB_PLATFORM_REGISTRY": "platform_registry",
     "LB_BUILDS_CONCURRENCY": "build_concurrency",
     "LB_BUILDS_TIMEOUT": "build_timeout",

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -292,27 +293,33 @@ class StagingController(Controller):
         else:
             raise engine.StagingError("the buildpack lifecycle stages bits and git packages", None)
         stack = lifecycle.data.stack or await stacks.default_stack(
-            self.runtime, self.settings.default_stack
+            self.runtime, self.settings.default_stack, engine.top_level_names(app_tar)
         )
+        registry = self.settings.platform_registry
+        options: dict[str, Any] = {
+            "droplet": job.guid,
+            "app": job.sid,
+            "buildpacks": discover(self.settings.buildpacks_dir),
+            "requested": lifecycle.data.buildpack,
+            "env": env,
+            "descriptor": self.descriptor,
+            "platform_api": self.settings.platform_api,
+            "environ": self.environ,
+            "target": engine.droplet_image(registry, job.sid, job.guid),
+            "push_auth": await registry_auth(self.store, self.secrets, registry)
+            if registry
+            else None,
+            "log": sink,
+            "ca_bundle": await asyncio.to_thread(_ca_bundle, self.settings.staging_ca_certificates),
+            "build_env": {
+                name: os.environ[name]
+                for name in self.settings.staging_build_env
+                if name in os.environ
+            },
+        }
         if stack in stacks.BUILT_HERE:  # an admin's stack is checked by the engine
             await stacks.ensure_stack(self.runtime, stack, self.descriptor, log=sink)
-        registry = self.settings.platform_registry
-        result = await engine.stage_buildpack(
-            self.runtime,
-            app_tar,
-            droplet=job.guid,
-            app=job.sid,
-            buildpacks=discover(self.settings.buildpacks_dir),
-            requested=lifecycle.data.buildpack,
-            stack=stack,
-            env=env,
-            descriptor=self.descriptor,
-            platform_api=self.settings.platform_api,
-            environ=self.environ,
-            target=engine.droplet_image(registry, job.sid, job.guid),
-            push_auth=await registry_auth(self.store, self.secrets, registry) if registry else None,
-            log=sink,
-        )
+        result = await engine.stage_buildpack(self.runtime, app_tar, stack=stack, **options)
         response = BuildpackStagingResponse(
             hash=Hash(value=digest),
             buildpack=result.buildpack,
@@ -384,3 +391,19 @@ def _login_host(login_server: str) -> str:
     """``https://index.docker.io/v1/`` -> ``index.docker.io``; empty: the image's registry."""
     rest = login_server.split("://", 1)[-1]
     return rest.split("/", 1)[0].lower()
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _ca_bundle(configured: Path | None) -> bytes | None:
+    """``staging.ca_certificates``, else the host's bundle when there is one."""
+    path = configured or (HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise engine.StagingError(
+            f"staging.ca_certificates: cannot read {path}: {exc.strerror}", None
+        ) from None

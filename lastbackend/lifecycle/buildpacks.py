@@ -9,11 +9,12 @@ Both run in the app directory, in a container of the stack's build image (see
 
 Detection order: the extras in ``staging.buildpacks_dir`` first (one directory each, by directory
 name, so ``10-ruby`` comes before ``20-node``), then the built-in :data:`BUILTIN_ORDER`:
-``procfile`` before ``static``, because a Procfile is the app saying how it runs, while an
-``index.html`` is only a hint (an app with both is an app that happens to ship a page; its
-Procfile's ``web`` is what it means to run). The first to pass wins. An extra with the id of a
-later buildpack shadows it, and the shadowed one is reported, so replacing a built-in is a matter
-of shipping one with its id.
+``python`` and ``node`` first, since an app with dependencies needs them installed whatever runs
+it (its Procfile's processes still win over theirs); then ``procfile`` before ``static``, because
+a Procfile is the app saying how it runs, while an ``index.html`` is only a hint (an app with
+both is an app that happens to ship a page; its Procfile's ``web`` is what it means to run).
+The first to pass wins. An extra with the id of a later buildpack shadows it, and the shadowed
+one is reported, so replacing a built-in is a matter of shipping one with its id.
 
 A directory that is not a valid buildpack is skipped and reported as a :class:`Problem` naming
 its file and the reason; one bad extra never hides the others. Whether a buildpack's ``api`` is
@@ -36,7 +37,7 @@ from lastbackend.lifecycle.contract import TargetSpec, implemented, parse_stacks
 from lastbackend.lifecycle.descriptor import Descriptor
 from lastbackend.model.apps import check_buildpack
 
-BUILTIN_ORDER = ("procfile", "static")
+BUILTIN_ORDER = ("python", "node", "procfile", "static")
 """The built-in buildpacks' ids in detection order (see the module docstring for why)."""
 DESCRIPTOR = "buildpack.toml"
 EXECUTABLES = ("bin/detect", "bin/build")

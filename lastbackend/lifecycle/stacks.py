@@ -306,12 +306,22 @@ async def ensure_stack(
     return await import_stack(runtime, name, descriptor, rootfs)
 
 
-async def default_stack(runtime: Runtime, configured: str) -> str:
+DEBIAN_MARKERS = ("requirements.txt", "pyproject.toml", "setup.py", "package.json")
+"""Files at an app's root that say it needs an interpreter busybox does not have."""
+
+
+async def default_stack(runtime: Runtime, configured: str, app_files: Iterable[str] = ()) -> str:
     """The stack of a droplet that names none: ``staging.default_stack`` when set, else
-    ``debian`` once its images are on the engine, else ``busybox``."""
+    ``debian`` once its images are on the engine, else ``debian`` for an app with Python or Node
+    dependency files (:data:`DEBIAN_MARKERS`: its first need, built then) when mmdebstrap is
+    here, else ``busybox``."""
     if configured:
         return configured
-    return DEBIAN_STACK if (await inspect(runtime, DEBIAN_STACK)).present else DEFAULT_STACK
+    if (await inspect(runtime, DEBIAN_STACK)).present:
+        return DEBIAN_STACK
+    if set(app_files) & set(DEBIAN_MARKERS) and can_build_debian():
+        return DEBIAN_STACK
+    return DEFAULT_STACK
 
 
 def _discard(line: str) -> None:
@@ -319,6 +329,11 @@ def _discard(line: str) -> None:
 
 
 # -- the debian stack ----------------------------------------------------------------------------
+
+
+def can_build_debian() -> bool:
+    """Whether :func:`build_debian` can run here (mmdebstrap is installed)."""
+    return shutil.which("mmdebstrap") is not None
 
 
 def apt_sources(apt: Path = Path("/etc/apt")) -> list[Path]:
@@ -388,7 +403,7 @@ async def build_debian(
     image :data:`DEBIAN_BUILD_PACKAGES`; both are labelled with the stack id and the
     distribution (``io.buildpacks.base.distro.*``), the build image with the lifecycle's labels.
     """
-    if shutil.which("mmdebstrap") is None:
+    if not can_build_debian():
         raise StackError(
             "the debian stack is built with mmdebstrap, which is not installed "
             "(apt-get install mmdebstrap; scripts/bootstrap.sh installs it)"

@@ -111,6 +111,10 @@ EXIT_EXPORT = 62
 error (its ranges: detect 2x, build 5x, export 6x)."""
 
 LIFECYCLE_DIR = "/cnb/lifecycle"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Where staging containers get the CA bundle (Debian's path; the busybox stack has none)."""
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
+"""What points OpenSSL, requests, a virtualenv's pip (its own certifi otherwise) and node at it."""
 DETECT_RESULT = "/tmp/lb-detect"
 _PROCESS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -245,6 +249,8 @@ async def stage_buildpack(
     log: Log = _discard,
     timeout_s: float | None = None,
     labels: Mapping[str, str] | None = None,
+    ca_bundle: bytes | None = None,
+    build_env: Mapping[str, str] | None = None,
 ) -> BuildpackResult:
     """Stage ``app_tar`` (a tar, optionally compressed, or a zip of the app) into ``target``.
 
@@ -254,6 +260,9 @@ async def stage_buildpack(
     configured one (``""``: the newest the descriptor supports) and ``environ`` holds the
     deprecation mode variables. ``target`` is :func:`droplet_image`'s; it is pushed (with
     ``push_auth``) when it names a registry. ``labels`` are added to the staging containers.
+    ``ca_bundle`` (PEM) replaces the stack's CA bundle in the detect and build containers, with
+    the variables that point pip, requests and node at it; ``build_env`` (the host's proxy
+    variables) is in their environment, under the droplet's own.
     Containers are removed at the end, whatever happens; see the module docstring for the steps.
     """
     try:
@@ -268,6 +277,8 @@ async def stage_buildpack(
                 environ=dict(environ or {}),
                 log=log,
                 labels={**(labels or {}), STAGING_LABEL: droplet},
+                ca_bundle=ca_bundle,
+                build_env=dict(build_env or {}),
             ).stage(app_tar, buildpacks, requested, platform_api, target, push_auth)
     except TimeoutError:
         if timeout_s is None:
@@ -291,6 +302,8 @@ class _Buildpack:
     environ: dict[str, str]
     log: Log
     labels: dict[str, str]
+    ca_bundle: bytes | None = None
+    build_env: dict[str, str] = attrs.Factory(dict)
     platform: str = ""
     target: Target = attrs.Factory(Target)
 
@@ -421,8 +434,16 @@ class _Buildpack:
             )
 
     def phase_env(self) -> dict[str, str]:
-        """The container's: the user's variables and the platform's (not the buildpack API's)."""
-        return {**self.env, "CNB_PLATFORM_API": self.platform, "CNB_STACK_ID": self.stack}
+        """The container's: the host's proxy variables, the CA bundle's, the user's variables
+        and the platform's (not the buildpack API's)."""
+        ca = {name: CA_BUNDLE for name in CA_VARIABLES} if self.ca_bundle is not None else {}
+        return {
+            **self.build_env,
+            **ca,
+            **self.env,
+            "CNB_PLATFORM_API": self.platform,
+            "CNB_STACK_ID": self.stack,
+        }
 
     def env_files(self, buildpacks: Iterable[Buildpack], phase: str) -> dict[str, str]:
         """``<platform>/env/<name>`` for each user variable, and per buildpack the sh fragment
@@ -432,6 +453,8 @@ class _Buildpack:
             for key, value in self.env.items()
             if _ENV_NAME.fullmatch(key)
         }
+        if self.ca_bundle is not None:
+            files[CA_BUNDLE] = self.ca_bundle.decode(errors="replace")
         for bp in buildpacks:
             plan = f"/tmp/lb-plan-{bp.dirname}.toml"
             if phase == "build":
@@ -785,6 +808,16 @@ def workspace_members(archive: bytes) -> list[Member]:
         info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o755, stacks.UID, stacks.UID
         members[directory] = (info, None)
     return sorted(members.values(), key=lambda m: m[0].name)
+
+
+def top_level_names(archive: bytes) -> set[str]:
+    """The names at the app's root (files and directories), for choosing a stack."""
+    names = set()
+    for name, _, _ in _entries(archive):
+        path = _inside(name)
+        if path is not None:
+            names.add(path.split("/", 1)[0])
+    return names
 
 
 def _entries(archive: bytes) -> Iterator[tuple[str, tarfile.TarInfo, bytes | None]]:

@@ -160,6 +160,8 @@ class Harness:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
         env.update(LB_SECRET_KEY=self.secret_key, LB_DOCKER_HOST=self.dockerd, LB_LOG_LEVEL="info")
+        # busybox, not "debian once built": whether the engine holds debian is not the test's
+        env.update(LB_DEFAULT_STACK="busybox")
         return env
 
     def start(

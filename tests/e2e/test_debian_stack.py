@@ -8,9 +8,11 @@ then a spec buildpack that targets Debian stages on it and its app is served by 
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -125,3 +127,88 @@ async def test_a_static_site_stages_on_debian_too(stager: Stager) -> None:
     assert 'busybox httpd -f -v -p "${PORT:-8080}"' in result.start_command
     base = await stager.serve(result.image)
     assert await eventually(lambda: fetch(f"{base}/")) == (200, PAGE)
+
+
+# -- the python and node buildpacks, with real pip and npm registries ---------------------------
+
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def registry_access() -> dict[str, Any]:
+    """What the staging controller gives staging containers: the host's CA bundle and proxies."""
+    proxies = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+    return {
+        "ca_bundle": HOST_CA.read_bytes() if HOST_CA.is_file() else None,
+        "build_env": {name: os.environ[name] for name in proxies if name in os.environ},
+        "timeout_s": 600,
+    }
+
+
+FLASK_APP = {
+    "requirements.txt": b"flask\n",
+    "app.py": (
+        b"from flask import Flask\n\napp = Flask(__name__)\n\n\n"
+        b"@app.get('/')\ndef index():\n    return 'hello from flask'\n"
+    ),
+}
+
+
+@pytest.mark.docker
+async def test_a_flask_app_stages_with_pip_and_answers_under_gunicorn(stager: Stager) -> None:
+    result = await stager.buildpack(tar_of(FLASK_APP), stack="debian", **registry_access())
+    assert result.buildpack == "python"
+    assert result.process_types == {"web": "gunicorn app:app"}
+    assert "-----> pip install -r requirements.txt" in stager.lines
+    assert "       layer venv: launch, cache" in stager.lines
+    base = await stager.serve(result.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from flask")
+
+
+@pytest.mark.docker
+async def test_a_procfile_wins_over_the_python_default(stager: Stager) -> None:
+    files = {
+        **FLASK_APP,
+        "Procfile": b"web: exec gunicorn --bind 0.0.0.0:$PORT --workers 1 app:app\n",
+    }
+    result = await stager.buildpack(tar_of(files), stack="debian", **registry_access())
+    assert result.buildpack == "python"  # dependencies installed, then the Procfile's web
+    assert result.start_command.startswith("exec gunicorn --bind")
+    base = await stager.serve(result.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from flask")
+
+
+EXPRESS_APP = {
+    "package.json": json.dumps(
+        {
+            "name": "hello",
+            "version": "1.0.0",
+            "scripts": {"start": "node server.js"},
+            "dependencies": {"express": "^4.19.0"},
+        }
+    ).encode(),
+    "server.js": (
+        b"const express = require('express');\nconst app = express();\n"
+        b"app.get('/', (req, res) => res.send('hello from express'));\n"
+        b"app.listen(process.env.PORT || 8080);\n"
+    ),
+}
+
+
+@pytest.mark.docker
+async def test_an_express_app_stages_with_npm_and_answers(
+    stager: Stager, labels: dict[str, str]
+) -> None:
+    result = await stager.buildpack(tar_of(EXPRESS_APP), stack="debian", **registry_access())
+    assert result.buildpack == "node"
+    assert result.process_types == {"web": "node server.js"}  # the start script, without npm
+    assert "-----> npm install (no package-lock.json)" in stager.lines
+    assert "       layer npm-cache: cache" in stager.lines
+    base = await stager.serve(result.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from express")
+    # npm's download cache is a cache-only layer: not in the image
+    assert (
+        await run(
+            stager.runtime, result.image, "test -e /layers/node/npm-cache || echo gone", labels
+        )
+        == "0 gone"
+    )

@@ -140,8 +140,10 @@ async def test_a_static_site_is_staged_into_an_image_that_serves_it(
     assert set(result.process_types) == {"web"}
     assert result.ports == ("8080/TCP",)
     assert result.image == droplet_image("", stager.app, stager.last_droplet)  # kept local
-    assert stager.lines[:3] == [
+    assert stager.lines[:5] == [
         f"-----> Detecting (platform API {DESCRIPTOR.platform.latest()}, stack busybox)",
+        "       python: skip",
+        "       node: skip",
         "       procfile: skip",
         "       static: pass",
     ]

@@ -53,16 +53,18 @@ def good(id: str, api: str = "0.10") -> str:
     return f'api = "{api}"\n[buildpack]\nid = "{id}"\nversion = "1.0.0"\nname = "{id}"\n'
 
 
-def test_the_built_in_order_is_procfile_then_static() -> None:
+def test_the_built_in_order_is_python_node_procfile_then_static() -> None:
     catalog = discover()
-    assert [b.id for b in catalog] == ["procfile", "static"] == list(BUILTIN_ORDER)
+    assert (
+        [b.id for b in catalog] == ["python", "node", "procfile", "static"] == list(BUILTIN_ORDER)
+    )
     assert catalog.problems == ()
     assert all(b.builtin for b in catalog)
-    assert catalog[1].path == builtin_dir() / "static"
-    assert len(catalog) == 2
+    assert catalog[3].path == builtin_dir() / "static"
+    assert len(catalog) == 4
 
 
-@pytest.mark.parametrize("buildpack", ["procfile", "static"])
+@pytest.mark.parametrize("buildpack", ["python", "node", "procfile", "static"])
 def test_shipped_buildpacks_use_an_api_the_shipped_descriptor_supports(buildpack: str) -> None:
     found = load(builtin_dir() / buildpack, builtin=True)
     assert SHIPPED.is_supported("buildpack", found.api)
@@ -91,7 +93,14 @@ def test_extras_come_first_by_directory_name(tmp_path: Path) -> None:
     write(tmp_path / "20-node", good("acme/node"))
     write(tmp_path / "10-ruby", good("acme/ruby"))
     catalog = discover(tmp_path)
-    assert [b.id for b in catalog] == ["acme/ruby", "acme/node", "procfile", "static"]
+    assert [b.id for b in catalog] == [
+        "acme/ruby",
+        "acme/node",
+        "python",
+        "node",
+        "procfile",
+        "static",
+    ]
     assert not catalog[0].builtin
     assert catalog[0].dirname == "acme_ruby"
     assert find(catalog, "acme/node") == catalog[1]
@@ -101,7 +110,12 @@ def test_extras_come_first_by_directory_name(tmp_path: Path) -> None:
 def test_an_extra_with_a_built_in_id_replaces_it_and_says_so(tmp_path: Path) -> None:
     write(tmp_path / "mine", good("static"))
     catalog = discover(tmp_path)
-    assert [(b.id, b.builtin) for b in catalog] == [("static", False), ("procfile", True)]
+    assert [(b.id, b.builtin) for b in catalog] == [
+        ("static", False),
+        ("python", True),
+        ("node", True),
+        ("procfile", True),
+    ]
     [problem] = catalog.problems
     assert problem.file == str(builtin_dir() / "static" / "buildpack.toml")
     assert "comes first in detection order" in problem.reason
@@ -130,7 +144,13 @@ def test_a_bad_buildpack_is_reported_with_its_file_and_skipped(
     write(tmp_path / "bad", toml, bins=bins)
     write(tmp_path / "ok", good("fine"))
     catalog = discover(tmp_path)
-    assert [b.id for b in catalog] == ["fine", "procfile", "static"]  # the bad one hid nothing
+    assert [b.id for b in catalog] == [
+        "fine",
+        "python",
+        "node",
+        "procfile",
+        "static",
+    ]  # the bad one hid nothing
     [problem] = catalog.problems
     assert problem.file == str(tmp_path / "bad" / where)
     assert reason in problem.reason
@@ -141,7 +161,7 @@ def test_a_bad_buildpack_is_reported_with_its_file_and_skipped(
 
 def test_a_missing_extras_directory_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     catalog = discover(tmp_path / "absent")
-    assert [b.id for b in catalog] == ["procfile", "static"]
+    assert [b.id for b in catalog] == ["python", "node", "procfile", "static"]
     assert [str(p) for p in catalog.problems] == [
         f"{tmp_path / 'absent'}: staging.buildpacks_dir: not a directory"
     ]
@@ -165,7 +185,14 @@ def test_the_view_lists_detection_order_api_status_and_problems(tmp_path: Path) 
     write(tmp_path / "c", None)
     body = view(discover(tmp_path), DEPRECATING)
     rows = {row["id"]: row for row in body["buildpacks"]}
-    assert [row["id"] for row in body["buildpacks"]] == ["legacy", "ancient", "procfile", "static"]
+    assert [row["id"] for row in body["buildpacks"]] == [
+        "legacy",
+        "ancient",
+        "python",
+        "node",
+        "procfile",
+        "static",
+    ]
     assert rows["legacy"]["api_status"] == "deprecated"
     assert rows["ancient"]["api_status"] == "unsupported"
     assert rows["static"] == {
@@ -176,7 +203,7 @@ def test_the_view_lists_detection_order_api_status_and_problems(tmp_path: Path) 
         "api_status": "supported",
         "homepage": "",
         "builtin": True,
-        "position": 4,
+        "position": 6,
     }
     assert body["problems"] == [
         {

@@ -222,7 +222,7 @@ async def test_static_site_is_detected_built_and_exported(
 ) -> None:
     lines: list[str] = []
     result = await stage(rt, lines=lines, env={"cloud": "foundry"})
-    assert scripts.tried == ["procfile", "static"]  # the documented order
+    assert scripts.tried == ["python", "node", "procfile", "static"]  # the documented order
     assert scripts.built == ["static"]
     assert result.buildpack == "static"
     assert result.buildpack_version == "0.2.0"
@@ -275,7 +275,7 @@ async def test_the_first_buildpack_to_pass_wins(rt: FakeRuntime, scripts: Lifecy
     scripts.detect["procfile"] = 0
     scripts.launch["procfile"] = '[[processes]]\ntype = "web"\ncommand = ["./serve"]\n'
     result = await stage(rt, PROCFILE_APP)
-    assert scripts.tried == ["procfile"]
+    assert scripts.tried == ["python", "node", "procfile"]
     assert result.buildpack == "procfile"
 
 
@@ -302,7 +302,9 @@ async def test_a_requested_buildpack_that_does_not_detect_fails(
 async def test_an_unknown_requested_buildpack_lists_the_available_ones(
     rt: FakeRuntime, scripts: Lifecycle
 ) -> None:
-    with pytest.raises(StagingError, match=r"unknown buildpack 'ruby' \(available: procfile, st"):
+    with pytest.raises(
+        StagingError, match=r"unknown buildpack 'ruby' \(available: python, node, procfile, st"
+    ):
         await stage(rt, requested="ruby")
     assert scripts.tried == []
 
@@ -313,7 +315,9 @@ async def test_nothing_detected_names_what_was_tried_and_what_to_add(
     with pytest.raises(StagingError) as failed:
         await stage(rt, app_tar({"README": b"nothing to run"}))
     message = str(failed.value)
-    assert message.startswith("no buildpack detected the app (tried: procfile, static)")
+    assert message.startswith(
+        "no buildpack detected the app (tried: python, node, procfile, static)"
+    )
     assert "Procfile" in message
     assert "index.html" in message
     assert failed.value.exit_code == 20
@@ -325,7 +329,7 @@ async def test_a_detect_error_is_not_a_skip(rt: FakeRuntime, scripts: Lifecycle)
         await stage(rt)
     assert "buildpack procfile failed to detect: its bin/detect exited 3" in str(failed.value)
     assert failed.value.exit_code == staging.EXIT_DETECT_ERROR
-    assert scripts.tried == ["procfile"]  # static never ran
+    assert scripts.tried == ["python", "node", "procfile"]  # static never ran
 
 
 async def test_extra_buildpacks_are_detected_first(
