@@ -116,6 +116,8 @@ class Settings:
     )  # fmt: skip
     """Host environment variables passed into staging containers (those set on the staging
     controller's host), for package registries reached through a proxy."""
+    staging_cache_max_bytes: int = 1 << 30
+    """The most an app's cache layers may take to be kept for its next staging (0: none kept)."""
     staging_concurrency: int = 2
     staging_timeout: float = 900.0
     max_upload_bytes: int = 512 << 20
@@ -397,6 +399,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "buildpacks_dir": "buildpacks_dir",
         "ca_certificates": "staging_ca_certificates",
         "build_env": "staging_build_env",
+        "cache_max_bytes": "staging_cache_max_bytes",
         "concurrency": "staging_concurrency",
         "timeout": "staging_timeout",
         "max_upload_bytes": "max_upload_bytes",

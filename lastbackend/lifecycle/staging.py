@@ -191,6 +191,9 @@ class BuildpackResult:
     start_command: str
     """The command the image runs (the ``web`` process, or the only one)."""
     ports: tuple[str, ...] = PORTS
+    cache: bytes | None = None
+    """The buildpack's ``cache = true`` layers (a tar of ``layers/<id>/...``) to restore at the
+    app's next staging; ``None`` when it made none."""
 
 
 @attrs.frozen
@@ -251,6 +254,7 @@ async def stage_buildpack(
     labels: Mapping[str, str] | None = None,
     ca_bundle: bytes | None = None,
     build_env: Mapping[str, str] | None = None,
+    cache: bytes | None = None,
 ) -> BuildpackResult:
     """Stage ``app_tar`` (a tar, optionally compressed, or a zip of the app) into ``target``.
 
@@ -262,7 +266,8 @@ async def stage_buildpack(
     ``push_auth``) when it names a registry. ``labels`` are added to the staging containers.
     ``ca_bundle`` (PEM) replaces the stack's CA bundle in the detect and build containers, with
     the variables that point pip, requests and node at it; ``build_env`` (the host's proxy
-    variables) is in their environment, under the droplet's own.
+    variables) is in their environment, under the droplet's own. ``cache`` is the previous
+    staging's :attr:`BuildpackResult.cache`: its layers are restored before ``bin/build`` runs.
     Containers are removed at the end, whatever happens; see the module docstring for the steps.
     """
     try:
@@ -279,6 +284,7 @@ async def stage_buildpack(
                 labels={**(labels or {}), STAGING_LABEL: droplet},
                 ca_bundle=ca_bundle,
                 build_env=dict(build_env or {}),
+                cache=cache,
             ).stage(app_tar, buildpacks, requested, platform_api, target, push_auth)
     except TimeoutError:
         if timeout_s is None:
@@ -304,6 +310,7 @@ class _Buildpack:
     labels: dict[str, str]
     ca_bundle: bytes | None = None
     build_env: dict[str, str] = attrs.Factory(dict)
+    cache: bytes | None = None
     platform: str = ""
     target: Target = attrs.Factory(Target)
 
@@ -377,7 +384,9 @@ class _Buildpack:
         name = container_name(self.droplet, "export")
         await self.runtime.create(ContainerSpec(name=name, image=run_ref))
         await self.runtime.put_archive(name, "/", built)
-        await self.runtime.put_archive(name, "/", _export_layers(layers_tar, chosen, launched))
+        exported = _layers_tar(layers_tar, chosen, launched, True)
+        assert exported is not None  # with launch.toml: never None
+        await self.runtime.put_archive(name, "/", exported)
         image_id = await self.runtime.commit(name, target, config)
         image, digest = target, None
         if registry_host(target) != DOCKER_HUB:
@@ -400,6 +409,7 @@ class _Buildpack:
             stack=self.stack,
             process_types=process_types,
             start_command=command,
+            cache=_layers_tar(layers_tar, chosen, {lr.name for lr in layers if lr.cache}, False),
         )
 
     def check(self, kind: Kind, api: str, prefix: str) -> None:
@@ -473,7 +483,7 @@ class _Buildpack:
         return files
 
     async def run_phase(
-        self, phase: str, image: str, command: str, inputs: bytes
+        self, phase: str, image: str, command: str, inputs: bytes, restore: bytes | None = None
     ) -> tuple[str, int]:
         """Create the phase's container, copy ``inputs`` in, run it with its output logged."""
         spec = ContainerSpec(
@@ -486,6 +496,8 @@ class _Buildpack:
         await self.runtime.remove(spec.name)  # a detection that ran again
         await self.runtime.create(spec)
         await self.runtime.put_archive(spec.name, "/", inputs)
+        if restore is not None:
+            await self.runtime.put_archive(spec.name, "/", restore)
         await self.runtime.start(spec.name)
         await _follow(self.runtime, spec.name, self.log)
         return spec.name, await self.runtime.wait(spec.name)
@@ -558,7 +570,13 @@ class _Buildpack:
         files = self.env_files([chosen], "build")
         files[f"/tmp/lb-bp-plan-{chosen.dirname}.toml"] = contract.plan_toml(entries)
         inputs = _inputs(workspace, [chosen], files)
-        name, code = await self.run_phase("build", image, command, inputs)
+        restore = None
+        if self.cache is not None:
+            cached = read_layer_names(self.cache, chosen.dirname)
+            if cached:
+                restore = _layers_tar(self.cache, chosen, set(cached), False)
+                self.log(f"-----> Restoring cached layers: {', '.join(cached)}")
+        name, code = await self.run_phase("build", image, command, inputs, restore)
         if code != 0:
             raise StagingError(
                 f"buildpack {chosen.id} failed to build: its bin/build exited {code}", EXIT_BUILD
@@ -733,11 +751,15 @@ def _layer_files(layers_tar: bytes, dirname: str) -> dict[str, bytes]:
     return found
 
 
-def _export_layers(layers_tar: bytes, chosen: Buildpack, launched: set[str]) -> bytes:
-    """The layers that go in the droplet image: the launch layers (dirs and ``.toml``), and
-    ``launch.toml``; cache-only, build-only and ignored layers stay out."""
+def _layers_tar(
+    layers_tar: bytes, chosen: Buildpack, names: set[str], with_launch: bool
+) -> bytes | None:
+    """Layers ``names`` of the buildpack (dirs and ``.toml``) out of a ``/layers`` tar, and
+    ``launch.toml`` when ``with_launch``: the droplet image's launch layers, or the cache layers
+    to keep. ``None`` when that is nothing but the directories."""
     prefix = f"layers/{chosen.dirname}"
     buf = io.BytesIO()
+    kept = 0
     with (
         tarfile.open(fileobj=io.BytesIO(layers_tar), mode="r:*") as source,
         tarfile.open(fileobj=buf, mode="w") as out,
@@ -748,12 +770,21 @@ def _export_layers(layers_tar: bytes, chosen: Buildpack, launched: set[str]) -> 
                 keep = True
             elif name.startswith(prefix + "/"):
                 top = name[len(prefix) + 1 :].split("/", 1)[0]
-                keep = top == "launch.toml" or top.removesuffix(".toml") in launched
+                keep = (with_launch and top == "launch.toml") or top.removesuffix(".toml") in names
+                kept += keep
             else:
                 keep = False
             if keep:
                 out.addfile(info, source.extractfile(info) if info.isfile() else None)
-    return buf.getvalue()
+    return buf.getvalue() if kept or with_launch else None
+
+
+def read_layer_names(layers_tar: bytes, dirname: str) -> list[str]:
+    """The layers with a ``<layer>.toml`` in a ``layers/<dirname>/`` tar, by name."""
+    try:
+        return [layer.name for layer in contract.read_layers(_layer_files(layers_tar, dirname))]
+    except (ValueError, tarfile.TarError):
+        return []
 
 
 async def _follow(runtime: Runtime, name: str, log: Log) -> None:

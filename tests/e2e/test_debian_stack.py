@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,3 +213,29 @@ async def test_an_express_app_stages_with_npm_and_answers(
         )
         == "0 gone"
     )
+
+
+@pytest.mark.docker
+async def test_the_second_staging_reuses_the_venv_until_requirements_change(
+    stager: Stager,
+) -> None:
+    first = await stager.buildpack(tar_of(FLASK_APP), stack="debian", **registry_access())
+    assert first.cache is not None
+    stager.lines.clear()
+    started = time.monotonic()
+    second = await stager.buildpack(
+        tar_of(FLASK_APP), stack="debian", cache=first.cache, **registry_access()
+    )
+    warm = time.monotonic() - started
+    assert "-----> Restoring cached layers: venv" in stager.lines
+    assert "-----> Reusing the venv layer: requirements.txt unchanged" in stager.lines
+    assert not [line for line in stager.lines if "pip install" in line or "Collecting" in line]
+    assert warm < 20, warm
+    base = await stager.serve(second.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from flask")
+
+    stager.lines.clear()
+    changed = {**FLASK_APP, "requirements.txt": b"flask\nitsdangerous\n"}
+    await stager.buildpack(tar_of(changed), stack="debian", cache=second.cache, **registry_access())
+    assert "-----> pip install -r requirements.txt" in stager.lines
+    assert not [line for line in stager.lines if line.startswith("-----> Reusing")]

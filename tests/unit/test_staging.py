@@ -86,6 +86,8 @@ class Lifecycle:
     """Buildpack dir -> files its build writes under its layers dir."""
     bp_plans: dict[str, bytes | None] = attrs.Factory(dict)
     """Buildpack dir -> the Buildpack Plan its build was given."""
+    restored: list[bytes | None] = attrs.Factory(list)
+    """What each build found of a cache layer's file, restored from the previous staging."""
     tried: list[str] = attrs.Factory(list)
     built: list[str] = attrs.Factory(list)
     envs: list[dict[str, str]] = attrs.Factory(list)
@@ -126,6 +128,7 @@ class Lifecycle:
         process.print(f"building with {bp}")
         if bp in self.launch:
             process.write(f"/layers/{bp}/launch.toml", self.launch[bp].encode(), uid=1000)
+        self.restored.append(process.read(f"/layers/{bp}/cache/blob"))
         for path, data in self.layer_files.get(bp, {}).items():
             process.write(f"/layers/{bp}/{path}", data, uid=1000)
         self.bp_plans[bp] = process.read(f"/tmp/lb-bp-plan-{bp}.toml")
@@ -451,6 +454,30 @@ async def test_only_launch_layers_reach_the_image_with_their_environment(
         {"name": "cache", "launch": False, "cache": True},
         {"name": "deps", "launch": True, "cache": True},
     ]
+
+
+async def test_cache_layers_come_back_at_the_next_staging_and_only_they(
+    rt: FakeRuntime, scripts: Lifecycle
+) -> None:
+    scripts.layer_files["static"] = {
+        "cache.toml": b"[types]\ncache = true\n",
+        "cache/blob": b"downloads",
+        "deps.toml": b"[types]\nlaunch = true\n",
+        "deps/file": b"launch only",
+    }
+    first = await stage(rt)
+    assert first.cache is not None
+    with tarfile.open(fileobj=io.BytesIO(first.cache)) as tar:
+        names = set(tar.getnames())
+    assert {"layers/static/cache.toml", "layers/static/cache/blob"} <= names
+    assert not [n for n in names if "deps" in n or n.endswith("launch.toml")]
+    assert scripts.restored == [None]
+    lines: list[str] = []
+    scripts.layer_files["static"] = {}  # the second build writes nothing: what it sees came back
+    await stage(rt, cache=first.cache, lines=lines)
+    assert scripts.restored == [None, b"downloads"]
+    assert "-----> Restoring cached layers: cache" in lines
+    assert (await stage(rt)).cache is None  # no cache layer made: nothing to keep
 
 
 async def test_an_api_the_descriptor_lists_but_the_engine_lacks_is_exit_12(
