@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from secrets import token_urlsafe
@@ -226,8 +227,8 @@ def _stack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = top.add_subparsers(dest="stack_command", required=True)
     build = actions.add_parser(
         "build",
-        help="build the busybox stack offline from busybox-static (idempotent; rebuilt when the "
-        "lifecycle descriptor changed)",
+        help="build a stack: busybox offline from busybox-static (idempotent; rebuilt when the "
+        "lifecycle descriptor changed), debian with mmdebstrap from this machine's apt sources",
     )
     build.add_argument(
         "--busybox", type=Path, default=Path("/bin/busybox"), help="a statically linked busybox"
@@ -236,7 +237,11 @@ def _stack(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "inspect", help="print a stack's images and their lifecycle labels, as pack builder inspect"
     )
     for p in (build, inspect):
-        p.add_argument("--name", default=None, help="the stack (default: staging.default_stack)")
+        p.add_argument(
+            "--name",
+            default=None,
+            help="busybox, debian or an admin's stack (default: staging.default_stack or busybox)",
+        )
         p.add_argument(
             "--docker", help="the Docker engine, like DOCKER_HOST (default: node.docker_host)"
         )
@@ -553,14 +558,19 @@ def stack_command(settings: Settings, args: argparse.Namespace) -> int:
     from lastbackend.runtime.base import ContainerRuntimeError
     from lastbackend.runtime.docker import DockerRuntime  # the Docker SDK, only here
 
-    name = args.name or settings.default_stack
+    name = args.name or settings.default_stack or stacks.DEFAULT_STACK
 
     async def run() -> int:
         runtime = DockerRuntime(args.docker or settings.docker_host or None)
         try:
             if args.stack_command == "build":
                 descriptor = lifecycle_descriptor.load(settings.lifecycle_descriptor)
-                stack = await stacks.ensure_stack(runtime, name, descriptor, args.busybox)
+                if name == stacks.DEBIAN_STACK:  # always anew: a rebuild picks up updates
+                    started = time.monotonic()
+                    stack = await stacks.build_debian(runtime, descriptor, log=print)
+                    print(f"Built in {time.monotonic() - started:.0f}s")
+                else:
+                    stack = await stacks.ensure_stack(runtime, name, descriptor, args.busybox)
             else:
                 stack = await stacks.inspect(runtime, name)
         finally:

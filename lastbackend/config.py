@@ -118,10 +118,22 @@ class Settings:
     platform_api: str = ""
     """The platform API staging uses (like ``CNB_PLATFORM_API``). Empty: the newest supported."""
     # [staging]
-    default_stack: str = "busybox"
-    """The stack a buildpack droplet uses when neither it nor its app names one."""
+    default_stack: str = ""
+    """The stack a buildpack droplet uses when neither it nor its app names one. Empty:
+    ``debian`` once its images are built, else ``busybox``."""
     buildpacks_dir: Path | None = None
     """Extra buildpacks, one directory each, detected before the built-in ones."""
+    staging_ca_certificates: Path | None = None
+    """A PEM bundle put in staging containers as their CA bundle. ``None``: the host's
+    ``/etc/ssl/certs/ca-certificates.crt`` when there is one, so installs behind a
+    TLS-inspecting proxy verify as on the host."""
+    staging_build_env: tuple[str, ...] = (
+        "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    )  # fmt: skip
+    """Host environment variables passed into staging containers (those set on the staging
+    controller's host), for package registries reached through a proxy."""
+    staging_cache_max_bytes: int = 1 << 30
+    """The most an app's cache layers may take to be kept for its next staging (0: none kept)."""
     staging_concurrency: int = 2
     staging_timeout: float = 900.0
     max_upload_bytes: int = 512 << 20
@@ -498,6 +510,9 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
     "staging": {
         "default_stack": "default_stack",
         "buildpacks_dir": "buildpacks_dir",
+        "ca_certificates": "staging_ca_certificates",
+        "build_env": "staging_build_env",
+        "cache_max_bytes": "staging_cache_max_bytes",
         "concurrency": "staging_concurrency",
         "timeout": "staging_timeout",
         "max_upload_bytes": "max_upload_bytes",
@@ -549,6 +564,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_DEFAULT_STACK": "default_stack",
     "LB_BUILDPACKS_DIR": "buildpacks_dir",
     "LB_STAGING_MAX_LOG_BYTES": "staging_max_log_bytes",
+    "LB_STAGING_CA_CERTIFICATES": "staging_ca_certificates",
+    "LB_STAGING_BUILD_ENV": "staging_build_env",
     "LB_PLATFORM_REGISTRY": "platform_registry",
     "LB_BUILDS_CONCURRENCY": "build_concurrency",
     "LB_BUILDS_TIMEOUT": "build_timeout",

@@ -69,7 +69,10 @@ def settings(etcd_server: EmbeddedEtcd, tmp_path: Path) -> Settings:
     """The test etcd, a data dir of the test's own (never the user's), and :data:`TEST_KEY`, so
     controllers and node agents a test starts open what its API encrypted."""
     return Settings(
-        etcd_endpoints=(etcd_server.endpoint,), data_dir=tmp_path / "data", secret_key=TEST_KEY
+        etcd_endpoints=(etcd_server.endpoint,),
+        data_dir=tmp_path / "data",
+        secret_key=TEST_KEY,
+        default_stack="busybox",  # not "debian once built": the engine may hold it or not
     )
 
 

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -236,6 +237,7 @@ class StagingController(Controller):
         while True:
             try:
                 await self.sweep()
+                await self.sweep_caches()
             except ContainerRuntimeError as exc:
                 log.warning("sweeping droplet images failed", error=str(exc))
             await asyncio.sleep(self.resync_period)
@@ -291,26 +293,36 @@ class StagingController(Controller):
             digest = hashlib.sha1(app_tar).hexdigest()
         else:
             raise engine.StagingError("the buildpack lifecycle stages bits and git packages", None)
-        stack = lifecycle.data.stack or self.settings.default_stack
-        if stack == self.settings.default_stack:
-            await stacks.ensure_stack(self.runtime, stack, self.descriptor)
-        registry = self.settings.platform_registry
-        result = await engine.stage_buildpack(
-            self.runtime,
-            app_tar,
-            droplet=job.guid,
-            app=job.sid,
-            buildpacks=discover(self.settings.buildpacks_dir),
-            requested=lifecycle.data.buildpack,
-            stack=stack,
-            env=env,
-            descriptor=self.descriptor,
-            platform_api=self.settings.platform_api,
-            environ=self.environ,
-            target=engine.droplet_image(registry, job.sid, job.guid),
-            push_auth=await registry_auth(self.store, self.secrets, registry) if registry else None,
-            log=sink,
+        stack = lifecycle.data.stack or await stacks.default_stack(
+            self.runtime, self.settings.default_stack, engine.top_level_names(app_tar)
         )
+        registry = self.settings.platform_registry
+        options: dict[str, Any] = {
+            "droplet": job.guid,
+            "app": job.sid,
+            "buildpacks": discover(self.settings.buildpacks_dir),
+            "requested": lifecycle.data.buildpack,
+            "env": env,
+            "descriptor": self.descriptor,
+            "platform_api": self.settings.platform_api,
+            "environ": self.environ,
+            "target": engine.droplet_image(registry, job.sid, job.guid),
+            "push_auth": await registry_auth(self.store, self.secrets, registry)
+            if registry
+            else None,
+            "log": sink,
+            "ca_bundle": await asyncio.to_thread(_ca_bundle, self.settings.staging_ca_certificates),
+            "build_env": {
+                name: os.environ[name]
+                for name in self.settings.staging_build_env
+                if name in os.environ
+            },
+            "cache": await asyncio.to_thread(self._read_cache, job.sid),
+        }
+        if stack in stacks.BUILT_HERE:  # an admin's stack is checked by the engine
+            await stacks.ensure_stack(self.runtime, stack, self.descriptor, log=sink)
+        result = await engine.stage_buildpack(self.runtime, app_tar, stack=stack, **options)
+        await asyncio.to_thread(self._keep_cache, job.sid, result.cache, sink)
         response = BuildpackStagingResponse(
             hash=Hash(value=digest),
             buildpack=result.buildpack,
@@ -319,6 +331,33 @@ class StagingController(Controller):
             commit=commit,
         )
         return _staged(job.droplet, response, result.image, result.ports)
+
+    def _read_cache(self, app: str) -> bytes | None:
+        """The app's cache layers from its last staging, if kept."""
+        if not self.blobs.exists(CACHES, app):
+            return None
+        return self.blobs.read(CACHES, app)
+
+    def _keep_cache(self, app: str, cache: bytes | None, sink: Callable[[str], None]) -> None:
+        """Keep the new cache layers for the app's next staging, within the size bound."""
+        limit = self.settings.staging_cache_max_bytes
+        if cache is not None and len(cache) <= limit:
+            self.blobs.write(CACHES, app, cache)
+            sink(f"-----> Cache kept for the next staging ({len(cache) / 1e6:.1f} MB)")
+            return
+        if cache is not None:
+            sink(
+                f"-----> Cache not kept: {len(cache) / 1e6:.0f} MB is over "
+                f"staging.cache_max_bytes ({limit / 1e6:.0f} MB)"
+            )
+        self.blobs.delete(CACHES, app)
+
+    async def sweep_caches(self) -> None:
+        """Remove the cache layers of apps that are gone (the app's helper key absent)."""
+        for app in await asyncio.to_thread(self.blobs.names, CACHES):
+            if await self.store.get(keys.app_owner(app)) is None:
+                await asyncio.to_thread(self.blobs.delete, CACHES, app)
+                log.info("app cache removed", app=app)
 
     async def _stage_docker(
         self,
@@ -388,3 +427,21 @@ def _login_host(login_server: str) -> str:
     """``https://index.docker.io/v1/`` -> ``index.docker.io``; empty: the image's registry."""
     rest = login_server.split("://", 1)[-1]
     return rest.split("/", 1)[0].lower()
+
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CACHES = "caches"
+"""The blob kind of apps' cache layers (one tar per app, by its guid)."""
+
+
+def _ca_bundle(configured: Path | None) -> bytes | None:
+    """``staging.ca_certificates``, else the host's bundle when there is one."""
+    path = configured or (HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise engine.StagingError(
+            f"staging.ca_certificates: cannot read {path}: {exc.strerror}", None
+        ) from None

@@ -9,11 +9,12 @@ Both run in the app directory, in a container of the stack's build image (see
 
 Detection order: the extras in ``staging.buildpacks_dir`` first (one directory each, by directory
 name, so ``10-ruby`` comes before ``20-node``), then the built-in :data:`BUILTIN_ORDER`:
-``procfile`` before ``static``, because a Procfile is the app saying how it runs, while an
-``index.html`` is only a hint (an app with both is an app that happens to ship a page; its
-Procfile's ``web`` is what it means to run). The first to pass wins. An extra with the id of a
-later buildpack shadows it, and the shadowed one is reported, so replacing a built-in is a matter
-of shipping one with its id.
+``python`` and ``node`` first, since an app with dependencies needs them installed whatever runs
+it (its Procfile's processes still win over theirs); then ``procfile`` before ``static``, because
+a Procfile is the app saying how it runs, while an ``index.html`` is only a hint (an app with
+both is an app that happens to ship a page; its Procfile's ``web`` is what it means to run).
+The first to pass wins. An extra with the id of a later buildpack shadows it, and the shadowed
+one is reported, so replacing a built-in is a matter of shipping one with its id.
 
 A directory that is not a valid buildpack is skipped and reported as a :class:`Problem` naming
 its file and the reason; one bad extra never hides the others. Whether a buildpack's ``api`` is
@@ -32,10 +33,11 @@ from typing import Any, overload
 import attrs
 
 from lastbackend.lifecycle.apis import ApiVersionError, parse_version
+from lastbackend.lifecycle.contract import TargetSpec, implemented, parse_stacks, parse_targets
 from lastbackend.lifecycle.descriptor import Descriptor
 from lastbackend.model.apps import check_buildpack
 
-BUILTIN_ORDER = ("procfile", "static")
+BUILTIN_ORDER = ("python", "node", "procfile", "static")
 """The built-in buildpacks' ids in detection order (see the module docstring for why)."""
 DESCRIPTOR = "buildpack.toml"
 EXECUTABLES = ("bin/detect", "bin/build")
@@ -61,6 +63,12 @@ class Buildpack:
     """Its directory: ``buildpack.toml`` and ``bin/`` are read from here."""
     homepage: str = ""
     builtin: bool = False
+    targets: tuple[TargetSpec, ...] = ()
+    """``[[targets]]`` (buildpack API 0.10+): where it can run; none means any Linux."""
+    stacks: tuple[str, ...] = ()
+    """The ids of the deprecated ``[[stacks]]`` (judged only when there are no targets)."""
+    clear_env: bool = False
+    """``buildpack.clear-env``: the user's variables only as files in ``<platform>/env/``."""
 
     @property
     def dirname(self) -> str:
@@ -137,6 +145,13 @@ def load(directory: Path, *, builtin: bool = False) -> Buildpack:
         raise BuildpackError(file, f"buildpack.id: {exc}") from None
     if not fields["version"]:
         raise BuildpackError(file, 'buildpack.version: missing (a string like "1.0.0")')
+    clear_env = table.get("clear-env", False)
+    if not isinstance(clear_env, bool):
+        raise BuildpackError(file, f"buildpack.clear-env: must be true or false, got {clear_env!r}")
+    try:
+        targets, stacks = parse_targets(data), parse_stacks(data)
+    except ValueError as exc:
+        raise BuildpackError(file, str(exc)) from None
     for name in EXECUTABLES:
         executable = directory / name
         if not executable.is_file():
@@ -151,6 +166,9 @@ def load(directory: Path, *, builtin: bool = False) -> Buildpack:
         path=directory,
         homepage=fields["homepage"],
         builtin=builtin,
+        targets=targets,
+        stacks=stacks,
+        clear_env=clear_env,
     )
 
 
@@ -204,7 +222,13 @@ def find(buildpacks: Sequence[Buildpack], requested: str) -> Buildpack | None:
 
 
 def api_status(descriptor: Descriptor, api: str) -> str:
-    """``supported``, ``deprecated`` or ``unsupported`` by this lifecycle (document 002)."""
+    """``supported``, ``deprecated`` or ``unsupported`` by this lifecycle (document 002).
+
+    Unsupported too: an API the descriptor lists but the engine does not implement
+    (:data:`~lastbackend.lifecycle.contract.IMPLEMENTED`), since staging refuses it the same way.
+    """
+    if not implemented(api):
+        return "unsupported"
     try:
         if descriptor.is_deprecated("buildpack", api):
             return "deprecated"

@@ -7,15 +7,21 @@ A stack ``<name>`` is ``lastbackend/stack-build:<name>`` (where buildpacks detec
 compatible ``io.buildpacks.builder.metadata``), which ``lastbackend stack inspect`` prints the
 way ``pack builder inspect`` does.
 
-The default stack, ``busybox``, is built here with nothing to pull: a rootfs of Debian's
-busybox-static binary and its applets, imported as an image (``docker import``). It has a
-non-root user ``lb`` (uid 1000) that builds and runs apps, and the directories of the buildpack
-contract: ``/workspace`` (the app), ``/layers``, ``/platform``, ``/cnb``, ``/tmp``. Any other
-stack is a pair of images an admin tags with these names; the same labels and paths are expected.
+Two stacks are built here with nothing pulled from a registry. ``busybox``: a rootfs of Debian's
+busybox-static binary and its applets, imported as an image (``docker import``). ``debian``
+(:func:`build_debian`): two minimal roots made by mmdebstrap from this machine's apt sources, a
+run image with the interpreters and the CA bundle but no compiler, a build image with pip, npm
+and build-essential too, labelled with their distribution (``io.buildpacks.base.distro.*``, what
+buildpack API 0.10+ sees as its target). Both have a non-root user ``lb`` (uid 1000) that builds
+and runs apps, and the directories of the buildpack contract: ``/workspace`` (the app),
+``/layers``, ``/platform``, ``/cnb``, ``/tmp``. Any other stack is a pair of images an admin tags
+with these names; the same labels and paths are expected. :func:`default_stack` picks
+``debian`` once it is built, unless ``staging.default_stack`` says otherwise.
 
 :func:`ensure_stack` is idempotent and cheap when the images are there (two inspects): call it
-before staging. It rebuilds a stack whose lifecycle labels no longer match the descriptor, so a
-changed ``lifecycle.toml`` reaches the builder image.
+before staging. It rebuilds a busybox stack whose lifecycle labels no longer match the
+descriptor, so a changed ``lifecycle.toml`` reaches the builder image; debian is built only when
+missing (``lastbackend stack build --name debian`` rebuilds it).
 """
 
 from __future__ import annotations
@@ -23,22 +29,36 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import platform
+import posixpath
+import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterable, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from lastbackend.lifecycle import descriptor as lifecycle
+from lastbackend.lifecycle.contract import Target
 from lastbackend.lifecycle.descriptor import Descriptor
 from lastbackend.runtime.base import ImageConfig, ImageInfo, Runtime
 
 DEFAULT_STACK = "busybox"
+DEBIAN_STACK = "debian"
+BUILT_HERE = (DEFAULT_STACK, DEBIAN_STACK)
+"""The stacks lastbackend builds itself; any other is an admin's pair of tagged images."""
 BUILD_REPOSITORY = "lastbackend/stack-build"
 RUN_REPOSITORY = "lastbackend/stack-run"
 LABEL_STACK = "io.buildpacks.stack.id"
+LABEL_DISTRO_NAME = "io.buildpacks.base.distro.name"
+LABEL_DISTRO_VERSION = "io.buildpacks.base.distro.version"
+"""On a run image: its distribution (``/etc/os-release`` ``ID`` and ``VERSION_ID``), the
+``CNB_TARGET_DISTRO_*`` that buildpack API 0.10+ sees and ``[[targets.distros]]`` match."""
+_ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 USER = "lb"
 UID = 1000
@@ -47,6 +67,17 @@ WORKSPACE = "/workspace"
 LAYERS = "/layers"
 PLATFORM = "/platform"
 PATH = "/bin:/usr/bin"
+DEBIAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEBIAN_RUN_PACKAGES = ("python3", "nodejs", "ca-certificates", "busybox")
+"""The debian run image: the interpreters and the CA bundle, busybox for static sites' httpd;
+no compiler."""
+DEBIAN_BUILD_PACKAGES = (
+    *DEBIAN_RUN_PACKAGES,
+    "python3-venv",
+    "python3-pip",
+    "npm",
+    "build-essential",
+)
 
 FALLBACK_APPLETS = (
     "sh", "ash", "awk", "basename", "cat", "chmod", "cp", "cut", "date", "dirname", "echo",
@@ -68,6 +99,22 @@ def build_image(name: str) -> str:
 
 def run_image(name: str) -> str:
     return f"{RUN_REPOSITORY}:{name}"
+
+
+def host_arch() -> str:
+    """This machine's architecture in OCI terms: ``docker import`` gives a stack the host's."""
+    machine = platform.machine().lower()
+    return _ARCHES.get(machine, machine)
+
+
+def target(run: ImageInfo) -> Target:
+    """The target a stack's run image offers: linux, the host's architecture, its distro labels."""
+    return Target(
+        os="linux",
+        arch=host_arch(),
+        distro_name=run.labels.get(LABEL_DISTRO_NAME, ""),
+        distro_version=run.labels.get(LABEL_DISTRO_VERSION, ""),
+    )
 
 
 @attrs.frozen
@@ -111,27 +158,29 @@ def _version() -> str:
         return "unknown"
 
 
-def build_config(name: str, descriptor: Descriptor) -> ImageConfig:
+def build_config(
+    name: str, descriptor: Descriptor, path: str = PATH, labels: Mapping[str, str] | None = None
+) -> ImageConfig:
     return ImageConfig(
         cmd=("/bin/sh",),
         env={
-            "PATH": PATH,
+            "PATH": path,
             "HOME": WORKSPACE,
             "CNB_STACK_ID": name,
             "CNB_USER_ID": str(UID),
             "CNB_GROUP_ID": str(UID),
         },
-        labels=builder_labels(name, descriptor),
+        labels={**builder_labels(name, descriptor), **(labels or {})},
         workdir=WORKSPACE,
         user=USER,
     )
 
 
-def run_config(name: str) -> ImageConfig:
+def run_config(name: str, path: str = PATH, labels: Mapping[str, str] | None = None) -> ImageConfig:
     return ImageConfig(
         cmd=("/bin/sh",),
-        env={"PATH": PATH, "HOME": WORKSPACE},
-        labels={LABEL_STACK: name},
+        env={"PATH": path, "HOME": WORKSPACE},
+        labels={LABEL_STACK: name, **(labels or {})},
         workdir=WORKSPACE,
         user=USER,
     )
@@ -228,13 +277,22 @@ async def ensure_stack(
     name: str,
     descriptor: Descriptor,
     busybox: Path = Path("/bin/busybox"),
+    log: Callable[[str], None] | None = None,
 ) -> Stack:
-    """Both images of stack ``name``, built from ``busybox`` when missing or stale.
+    """Both images of stack ``name``, built when missing (``busybox`` also when stale).
 
-    Only the default stack can be built here; another name that is missing is a
-    :class:`StackError` telling the admin to tag its images.
+    ``busybox`` is rebuilt when its lifecycle labels no longer match the descriptor (half a
+    second); ``debian`` (:func:`build_debian`, a minute or more) only when missing, saying so in
+    ``log``. Another name that is missing is a :class:`StackError` telling the admin to tag its
+    images.
     """
     stack = await inspect(runtime, name)
+    if name == DEBIAN_STACK:
+        if stack.present:
+            return stack
+        if log is not None:
+            log(f"-----> Building stack {name} (first use): {', '.join(DEBIAN_BUILD_PACKAGES)}")
+        return await build_debian(runtime, descriptor, log or _discard)
     if not stale(stack, descriptor):
         return stack
     if name != DEFAULT_STACK:
@@ -242,10 +300,179 @@ async def ensure_stack(
             return stack  # an admin's stack: its labels are the admin's business
         raise StackError(
             f"stack {name} is not on this Docker engine: tag its images as {build_image(name)} "
-            f"and {run_image(name)} (lastbackend builds only the {DEFAULT_STACK} stack)"
+            f"and {run_image(name)} (lastbackend builds only the {', '.join(BUILT_HERE)} stacks)"
         )
     rootfs = await asyncio.to_thread(_busybox_rootfs, busybox)
     return await import_stack(runtime, name, descriptor, rootfs)
+
+
+DEBIAN_MARKERS = ("requirements.txt", "pyproject.toml", "setup.py", "package.json")
+"""Files at an app's root that say it needs an interpreter busybox does not have."""
+
+
+async def default_stack(runtime: Runtime, configured: str, app_files: Iterable[str] = ()) -> str:
+    """The stack of a droplet that names none: ``staging.default_stack`` when set, else
+    ``debian`` once its images are on the engine, else ``debian`` for an app with Python or Node
+    dependency files (:data:`DEBIAN_MARKERS`: its first need, built then) when mmdebstrap is
+    here, else ``busybox``."""
+    if configured:
+        return configured
+    if (await inspect(runtime, DEBIAN_STACK)).present:
+        return DEBIAN_STACK
+    if set(app_files) & set(DEBIAN_MARKERS) and can_build_debian():
+        return DEBIAN_STACK
+    return DEFAULT_STACK
+
+
+def _discard(line: str) -> None:
+    pass
+
+
+# -- the debian stack ----------------------------------------------------------------------------
+
+
+def can_build_debian() -> bool:
+    """Whether :func:`build_debian` can run here (mmdebstrap is installed)."""
+    return shutil.which("mmdebstrap") is not None
+
+
+def apt_sources(apt: Path = Path("/etc/apt")) -> list[Path]:
+    """The machine's own apt sources, as mmdebstrap takes them (each file pasted as is)."""
+    found = []
+    main = apt / "sources.list"
+    if main.is_file() and any(
+        line.strip() and not line.lstrip().startswith("#") for line in main.read_text().splitlines()
+    ):
+        found.append(main)
+    listed = apt / "sources.list.d"
+    if listed.is_dir():
+        found += sorted(p for p in listed.iterdir() if p.suffix in (".list", ".sources"))
+    return found
+
+
+def os_release(text: str) -> dict[str, str]:
+    """``/etc/os-release`` as a dict (quotes removed)."""
+    found = {}
+    for line in text.splitlines():
+        key, eq, value = line.strip().partition("=")
+        if eq and key and not key.startswith("#"):
+            found[key] = value.strip().strip("\"'")
+    return found
+
+
+def mmdebstrap_argv(
+    suite: str, packages: Iterable[str], out: Path, sources: Iterable[Path]
+) -> list[str]:
+    """The mmdebstrap command for one image: a minimal root with ``packages``, no recommends,
+    no docs or man pages, the stack's user and directories, as a tar at ``out``."""
+    hook = (
+        f'echo "{USER}:x:{UID}:{UID}:{USER}:{WORKSPACE}:/bin/sh" >> "$1/etc/passwd" && '
+        f'echo "{USER}:x:{UID}:" >> "$1/etc/group" && '
+        f'mkdir -p "$1{WORKSPACE}" "$1{LAYERS}" "$1{PLATFORM}/env" "$1/cnb/buildpacks" && '
+        f'chown {UID}:{UID} "$1{WORKSPACE}" "$1{LAYERS}"'
+    )
+    return [
+        "mmdebstrap",
+        "--variant=apt",
+        "--format=tar",
+        '--aptopt=APT::Install-Recommends "false"',
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        f"--include={','.join(packages)}",
+        f"--customize-hook={hook}",
+        suite,
+        str(out),
+        *(str(source) for source in sources),
+    ]
+
+
+async def build_debian(
+    runtime: Runtime,
+    descriptor: Descriptor,
+    log: Callable[[str], None] = _discard,
+    *,
+    suite: str = "",
+    sources: Sequence[Path] | None = None,
+) -> Stack:
+    """The ``debian`` stack, built by mmdebstrap from this machine's apt sources and release.
+
+    Nothing is pulled from a container registry: the packages come the way the host's own apt
+    gets them (its mirrors, its proxy). The run image gets :data:`DEBIAN_RUN_PACKAGES`, the build
+    image :data:`DEBIAN_BUILD_PACKAGES`; both are labelled with the stack id and the
+    distribution (``io.buildpacks.base.distro.*``), the build image with the lifecycle's labels.
+    """
+    if not can_build_debian():
+        raise StackError(
+            "the debian stack is built with mmdebstrap, which is not installed "
+            "(apt-get install mmdebstrap; scripts/bootstrap.sh installs it)"
+        )
+    host = os_release(_read(Path("/etc/os-release")))
+    suite = suite or host.get("VERSION_CODENAME", "")
+    if not suite:
+        raise StackError("/etc/os-release names no VERSION_CODENAME: pass the Debian suite")
+    sources = apt_sources() if sources is None else list(sources)
+    with tempfile.TemporaryDirectory(prefix="lb-stack-") as tmp:
+        tars = {}
+        for kind, packages in (("run", DEBIAN_RUN_PACKAGES), ("build", DEBIAN_BUILD_PACKAGES)):
+            out = Path(tmp) / f"{kind}.tar"
+            started = time.monotonic()
+            await _run(mmdebstrap_argv(suite, packages, out, sources), log)
+            tars[kind] = out
+            size = out.stat().st_size / 1e6
+            log(f"       {kind} image: {size:.0f} MB in {time.monotonic() - started:.0f}s")
+        release = os_release(await asyncio.to_thread(_member_text, tars["run"], "etc/os-release"))
+        distro = {
+            LABEL_DISTRO_NAME: release.get("ID", "debian"),
+            LABEL_DISTRO_VERSION: release.get("VERSION_ID", ""),
+        }
+        name = DEBIAN_STACK
+        run_data = await asyncio.to_thread(tars["run"].read_bytes)
+        await runtime.import_image(run_data, run_image(name), run_config(name, DEBIAN_PATH, distro))
+        del run_data
+        build_data = await asyncio.to_thread(tars["build"].read_bytes)
+        config = build_config(name, descriptor, DEBIAN_PATH, distro)
+        await runtime.import_image(build_data, build_image(name), config)
+    return await inspect(runtime, name)
+
+
+async def _run(argv: list[str], log: Callable[[str], None]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    tail: list[str] = []
+    async for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        tail = [*tail[-19:], line]
+        if line.startswith(("E:", "W:")) or "success in" in line:
+            log(f"       {line}")
+    if await proc.wait() != 0:
+        raise StackError(
+            f"mmdebstrap failed (exit {proc.returncode}); its last lines:\n" + "\n".join(tail)
+        )
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _member_text(archive: Path, name: str) -> str:
+    """A text file of a tar by name, following one symlink (``/etc/os-release`` is one)."""
+    with tarfile.open(archive) as tar:
+        for info in tar:
+            if info.name.removeprefix("./") != name:
+                continue
+            if info.issym():
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(name), info.linkname))
+                return _member_text(archive, target.lstrip("/"))
+            extracted = tar.extractfile(info)
+            return extracted.read().decode(errors="replace") if extracted else ""
+    return ""
 
 
 def _busybox_rootfs(busybox: Path) -> bytes:

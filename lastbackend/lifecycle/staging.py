@@ -13,20 +13,27 @@ for lifecycle failures, the exit code upstream's lifecycle would use.
    deprecated: warn into the log, fail or stay silent by ``CNB_PLATFORM_DEPRECATION_MODE``).
 2. *Detect*, in a container of the build image named ``lb-staging-<droplet>-detect``: the app
    is put at ``/workspace`` (owned by the stack's user), each candidate at
-   ``/cnb/buildpacks/<id, / as _>/``, the droplet's environment in ``/platform/env/``; our
-   detector script runs each ``bin/detect`` in order and the first to pass (exit 0) wins.
-   Candidates are the requested buildpack alone, or all of them in detection order
-   (:mod:`.buildpacks`).
-3. *Buildpack API*: the chosen buildpack's ``api`` is judged (unsupported: exit 12; deprecated:
-   by ``CNB_BUILDPACK_DEPRECATION_MODE``). A requested buildpack is judged before detection.
-4. *Build*, in ``lb-staging-<droplet>-build``: ``bin/build /layers/<id> /platform <plan>``; then
-   ``/workspace`` and ``/layers`` are copied out and ``launch.toml``'s processes read. A
-   ``Procfile`` in the app adds process types and wins over the buildpack's.
+   ``/cnb/buildpacks/<id, / as _>/``, the droplet's environment in ``/platform/env/`` (and in
+   the environment, unless the buildpack says ``clear-env``). Candidates are the requested
+   buildpack alone, or all of them in detection order (:mod:`.buildpacks`); those whose
+   ``[[targets]]`` (or deprecated ``[[stacks]]``) exclude the stack are skipped unrun. Our
+   detector script runs each ``bin/detect <platform> <plan>`` in order, with the ``CNB_*``
+   variables of its buildpack API (:mod:`.contract`), until one passes (exit 0); a pass whose
+   build plan is not satisfied is a skip, and detection goes on with the rest.
+3. *Buildpack API*: the chosen buildpack's ``api`` is judged (not in the descriptor or not
+   implemented by :mod:`.contract`: exit 12; deprecated: by ``CNB_BUILDPACK_DEPRECATION_MODE``).
+   A requested buildpack is judged before detection.
+4. *Build*, in ``lb-staging-<droplet>-build``: ``bin/build /layers/<id> /platform <plan>`` with
+   the Buildpack Plan from detection; then ``/workspace`` and ``/layers`` are copied out and the
+   layers' ``<layer>.toml``, ``launch.toml`` and ``build.toml`` read. A ``Procfile`` in the app
+   adds process types and wins over the buildpack's.
 5. *Export*: a container of the run image (``-export``, never started) gets the built
-   ``/workspace`` and ``/layers`` and is committed as ``target`` with the ``web`` process (or
-   the only one) as its command, ``PORT=8080``, port 8080 exposed, user ``lb``, and labels for
-   the process types, stack, build metadata and lifecycle. When ``target`` names a registry it is
-   pushed, and the image to run is then pinned by digest.
+   ``/workspace`` and the *launch* layers (cache-only, build-only and ignored ones stay out) and
+   is committed as ``target`` with the default process as its command (the Procfile's ``web``,
+   else the buildpack's ``default``, else ``web``, else the only one), the launch layers'
+   environment, ``PORT=8080``, port 8080 exposed, user ``lb``, and labels for the process
+   types, stack, build metadata and lifecycle (and ``launch.toml``'s ``[[labels]]``). When
+   ``target`` names a registry it is pushed, and the image to run is then pinned by digest.
 
 The containers carry ``io.lastbackend.staging=<droplet>`` (detect and build) and deterministic
 names (all three), and are removed when staging ends, however it ends; :func:`cleanup` removes
@@ -35,8 +42,10 @@ export container carries no label of ours on purpose: ``docker commit`` copies a
 labels into the image, and every container started from the droplet would inherit them.
 
 The detector and builder are small POSIX sh scripts (:data:`DETECTOR`, :data:`BUILDER`) copied
-into the build containers, so a stack needs nothing but ``/bin/sh``; the detector records its
-decision in :data:`DETECT_RESULT` (``pass <dir>``, ``error <dir> <code>`` or ``none``).
+into the build containers, so a stack needs nothing but ``/bin/sh``; each buildpack's API
+variables are a sh fragment beside them (``/cnb/lifecycle/env/<dir>.<phase>``). The detector
+records its decision in :data:`DETECT_RESULT` (``pass <dir>``, ``error <dir> <code>`` or
+``none``) and each plan in ``/tmp/lb-plan-<dir>.toml``.
 
 **Docker lifecycle** (:func:`stage_docker`): pull the package's image with its credentials
 (always, so wrong credentials fail even when the image is already local), inspect it, and make
@@ -56,16 +65,16 @@ import posixpath
 import re
 import shlex
 import tarfile
-import tomllib
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import attrs
 
+from lastbackend.lifecycle import contract, stacks
 from lastbackend.lifecycle import descriptor as lifecycle
-from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle.buildpacks import Buildpack, find
+from lastbackend.lifecycle.contract import Target
 from lastbackend.lifecycle.descriptor import Descriptor, Kind
 from lastbackend.model.registries import DOCKER_HUB, registry_host
 from lastbackend.runtime.base import (
@@ -102,6 +111,10 @@ EXIT_EXPORT = 62
 error (its ranges: detect 2x, build 5x, export 6x)."""
 
 LIFECYCLE_DIR = "/cnb/lifecycle"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+"""Where staging containers get the CA bundle (Debian's path; the busybox stack has none)."""
+CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
+"""What points OpenSSL, requests, a virtualenv's pip (its own certifi otherwise) and node at it."""
 DETECT_RESULT = "/tmp/lb-detect"
 _PROCESS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -109,15 +122,15 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DETECTOR = """\
 #!/bin/sh
 # lastbackend's detector: bin/detect of each buildpack given (directories under
-# /cnb/buildpacks), in order; the first to pass wins. Exit 0 passes, 100 fails, others are errors.
+# /cnb/buildpacks), in order, until one passes or errs. Exit 0 passes, 100 fails, others are
+# errors. Each runs in a subshell with its API's CNB_* variables (/cnb/lifecycle/env/<bp>.detect).
 result=%(result)s
-cd "${CNB_APP_DIR:-/workspace}" || exit 1
-platform=${CNB_PLATFORM_DIR:-/platform}
+cd /workspace || exit 1
 for bp in "$@"; do
   dir=/cnb/buildpacks/$bp
   plan=/tmp/lb-plan-$bp.toml
   : > "$plan"
-  CNB_BUILDPACK_DIR=$dir CNB_BUILD_PLAN_PATH=$plan "$dir/bin/detect" "$platform" "$plan"
+  (. "%(lifecycle)s/env/$bp.detect" && exec "$dir/bin/detect" /platform "$plan")
   code=$?
   case $code in
     0) echo "       $bp: pass"; echo "pass $bp" > "$result"; exit 0 ;;
@@ -131,22 +144,21 @@ for bp in "$@"; do
 done
 echo none > "$result"
 exit 100
-""" % {"result": DETECT_RESULT}  # noqa: UP031 (the script is full of braces)
+""" % {"result": DETECT_RESULT, "lifecycle": LIFECYCLE_DIR}  # noqa: UP031 (braces in the script)
 
 BUILDER = """\
 #!/bin/sh
-# lastbackend's builder: bin/build of one buildpack, with its layers directory.
+# lastbackend's builder: bin/build of one buildpack, with its layers directory, the Buildpack
+# Plan the engine wrote and its API's CNB_* variables (/cnb/lifecycle/env/<bp>.build).
 set -e
 bp=$1
 dir=/cnb/buildpacks/$bp
 layers=/layers/$bp
 mkdir -p "$layers"
-plan=/tmp/lb-plan.toml
-: > "$plan"
-cd "${CNB_APP_DIR:-/workspace}"
-export CNB_BUILDPACK_DIR="$dir" CNB_LAYERS_DIR="$layers" CNB_BP_PLAN_PATH="$plan"
-exec "$dir/bin/build" "$layers" "${CNB_PLATFORM_DIR:-/platform}" "$plan"
-"""
+cd /workspace
+. "%(lifecycle)s/env/$bp.build"
+exec "$dir/bin/build" "$layers" /platform "/tmp/lb-bp-plan-$bp.toml"
+""" % {"lifecycle": LIFECYCLE_DIR}  # noqa: UP031
 
 
 class StagingError(Exception):
@@ -179,6 +191,9 @@ class BuildpackResult:
     start_command: str
     """The command the image runs (the ``web`` process, or the only one)."""
     ports: tuple[str, ...] = PORTS
+    cache: bytes | None = None
+    """The buildpack's ``cache = true`` layers (a tar of ``layers/<id>/...``) to restore at the
+    app's next staging; ``None`` when it made none."""
 
 
 @attrs.frozen
@@ -237,6 +252,9 @@ async def stage_buildpack(
     log: Log = _discard,
     timeout_s: float | None = None,
     labels: Mapping[str, str] | None = None,
+    ca_bundle: bytes | None = None,
+    build_env: Mapping[str, str] | None = None,
+    cache: bytes | None = None,
 ) -> BuildpackResult:
     """Stage ``app_tar`` (a tar, optionally compressed, or a zip of the app) into ``target``.
 
@@ -246,6 +264,10 @@ async def stage_buildpack(
     configured one (``""``: the newest the descriptor supports) and ``environ`` holds the
     deprecation mode variables. ``target`` is :func:`droplet_image`'s; it is pushed (with
     ``push_auth``) when it names a registry. ``labels`` are added to the staging containers.
+    ``ca_bundle`` (PEM) replaces the stack's CA bundle in the detect and build containers, with
+    the variables that point pip, requests and node at it; ``build_env`` (the host's proxy
+    variables) is in their environment, under the droplet's own. ``cache`` is the previous
+    staging's :attr:`BuildpackResult.cache`: its layers are restored before ``bin/build`` runs.
     Containers are removed at the end, whatever happens; see the module docstring for the steps.
     """
     try:
@@ -260,6 +282,9 @@ async def stage_buildpack(
                 environ=dict(environ or {}),
                 log=log,
                 labels={**(labels or {}), STAGING_LABEL: droplet},
+                ca_bundle=ca_bundle,
+                build_env=dict(build_env or {}),
+                cache=cache,
             ).stage(app_tar, buildpacks, requested, platform_api, target, push_auth)
     except TimeoutError:
         if timeout_s is None:
@@ -283,7 +308,11 @@ class _Buildpack:
     environ: dict[str, str]
     log: Log
     labels: dict[str, str]
+    ca_bundle: bytes | None = None
+    build_env: dict[str, str] = attrs.Factory(dict)
+    cache: bytes | None = None
     platform: str = ""
+    target: Target = attrs.Factory(Target)
 
     async def stage(
         self,
@@ -297,38 +326,67 @@ class _Buildpack:
         self.platform = lifecycle.platform_api(self.descriptor, platform_api)
         self.check("platform", self.platform, "")
         build_ref, run_ref = stacks.build_image(self.stack), stacks.run_image(self.stack)
+        run_info = None
         for ref in (build_ref, run_ref):
-            if await self.runtime.inspect_image(ref) is None:
+            run_info = await self.runtime.inspect_image(ref)
+            if run_info is None:
                 raise StagingError(
                     f"stack {self.stack} is not available: its image {ref} is missing "
                     f"(build it with `lastbackend stack build --name {self.stack}`)"
                 )
+        assert run_info is not None
+        self.target = stacks.target(run_info)
         workspace = workspace_members(app_tar)
         candidates = candidates_for(buildpacks, requested)
         if requested is not None:
             self.check("buildpack", candidates[0].api, f"buildpack {candidates[0].id}: ")
         await cleanup(self.runtime, self.droplet)  # what an interrupted run left
 
-        chosen = await self.detect(build_ref, workspace, candidates)
+        chosen, entries = await self.detect(build_ref, workspace, candidates)
         if requested is None:
             self.check("buildpack", chosen.api, f"buildpack {chosen.id}: ")
-        built, layers = await self.build(build_ref, workspace, chosen)
+        built, layers_tar = await self.build(build_ref, workspace, chosen, entries)
 
-        launched = _launch_processes(layers, chosen)
+        layers_dir = f"{stacks.LAYERS}/{chosen.dirname}"
+        files = _layer_files(layers_tar, chosen.dirname)
+        try:
+            layers = contract.read_layers(files)
+        except ValueError as exc:
+            raise StagingError(f"buildpack {chosen.id} wrote a bad {exc}", EXIT_BUILD) from None
+        launch = _launch(files, chosen)
+        unmet = _unmet(files, chosen, entries)
+        for warning in launch.warnings:
+            self.log(f"       Warning: buildpack {chosen.id}: {warning}")
+        for layer in layers:
+            kinds = [k for k in ("launch", "build", "cache") if getattr(layer, k)]
+            self.log(f"       layer {layer.name}: {', '.join(kinds) or 'ignored (no types)'}")
+        for name in unmet:
+            self.log(f"       unmet: {name}")
+
+        processes = {p.type: p for p in launch.processes}
         procfile = _read_member(built, "workspace/Procfile")
         declared = parse_procfile(procfile.decode(errors="replace"), self.log) if procfile else {}
-        process_types = {**launched, **declared}
-        start = start_command(process_types, chosen)
+        for kind, line in declared.items():
+            processes[kind] = contract.Process(kind, (line,), direct=False)
+        start = default_process(processes, set(declared), chosen)
+        process_types = {kind: p.line for kind, p in processes.items()}
         self.log(f"-----> Process types: {', '.join(process_types)}")
         for kind, command in process_types.items():
             self.log(f"       {kind}: {command}")
 
+        env, per_process = contract.launch_env(run_info.env, layers_dir, layers, files, processes)
+        command = start.shell(per_process.get(start.type))
         self.log(f"-----> Exporting {target}")
-        config = self.image_config(chosen, process_types, start)
+        launched = {layer.name for layer in layers if layer.launch}
+        config = self.image_config(
+            chosen, processes, start, command, env, launch.labels, layers, unmet
+        )
         name = container_name(self.droplet, "export")
         await self.runtime.create(ContainerSpec(name=name, image=run_ref))
         await self.runtime.put_archive(name, "/", built)
-        await self.runtime.put_archive(name, "/", layers)
+        exported = _layers_tar(layers_tar, chosen, launched, True)
+        assert exported is not None  # with launch.toml: never None
+        await self.runtime.put_archive(name, "/", exported)
         image_id = await self.runtime.commit(name, target, config)
         image, digest = target, None
         if registry_host(target) != DOCKER_HUB:
@@ -350,17 +408,34 @@ class _Buildpack:
             buildpack_version=chosen.version,
             stack=self.stack,
             process_types=process_types,
-            start_command=start,
+            start_command=command,
+            cache=_layers_tar(layers_tar, chosen, {lr.name for lr in layers if lr.cache}, False),
         )
 
     def check(self, kind: Kind, api: str, prefix: str) -> None:
-        """The descriptor's verdict on one API, its warnings into the log."""
+        """The descriptor's verdict on one API, its warnings into the log.
+
+        A buildpack API the descriptor lists but the engine does not implement is refused as
+        unsupported (exit 12) too: the descriptor cannot promise a contract nobody runs.
+        """
         result = lifecycle.check(
             self.descriptor,
             api if kind == "platform" else None,
             api if kind == "buildpack" else None,
             self.environ,
         )
+        if kind == "buildpack" and result.ok and not contract.implemented(api):
+            listed = ", ".join(
+                str(v)
+                for v in self.descriptor.buildpack.expanded_supported()
+                if v in contract.IMPLEMENTED
+            )
+            result = lifecycle.Result(
+                lifecycle.EXIT_BUILDPACK_API,
+                result.warnings,
+                f"buildpack API {api} is not supported by lifecycle {self.descriptor.version} "
+                f"(supported: {listed or 'none'})",
+            )
         for warning in result.warnings:
             self.log(f"       Warning: {prefix}{warning}")
         if not result.ok:
@@ -369,16 +444,46 @@ class _Buildpack:
             )
 
     def phase_env(self) -> dict[str, str]:
+        """The container's: the host's proxy variables, the CA bundle's, the user's variables
+        and the platform's (not the buildpack API's)."""
+        ca = {name: CA_BUNDLE for name in CA_VARIABLES} if self.ca_bundle is not None else {}
         return {
+            **self.build_env,
+            **ca,
             **self.env,
             "CNB_PLATFORM_API": self.platform,
-            "CNB_PLATFORM_DIR": stacks.PLATFORM,
-            "CNB_APP_DIR": stacks.WORKSPACE,
             "CNB_STACK_ID": self.stack,
         }
 
+    def env_files(self, buildpacks: Iterable[Buildpack], phase: str) -> dict[str, str]:
+        """``<platform>/env/<name>`` for each user variable, and per buildpack the sh fragment
+        with its API's variables for ``phase`` (unsetting the user's for a clear-env one)."""
+        files = {
+            f"{stacks.PLATFORM}/env/{key}": value
+            for key, value in self.env.items()
+            if _ENV_NAME.fullmatch(key)
+        }
+        if self.ca_bundle is not None:
+            files[CA_BUNDLE] = self.ca_bundle.decode(errors="replace")
+        for bp in buildpacks:
+            plan = f"/tmp/lb-plan-{bp.dirname}.toml"
+            if phase == "build":
+                plan = f"/tmp/lb-bp-plan-{bp.dirname}.toml"
+            exports = contract.phase_env(
+                bp.api,
+                phase,
+                buildpack_dir=f"/cnb/buildpacks/{bp.dirname}",
+                platform_dir=stacks.PLATFORM,
+                plan_path=plan,
+                layers_dir=f"{stacks.LAYERS}/{bp.dirname}",
+                target=self.target,
+            )
+            unset = self.env if bp.clear_env else {}
+            files[f"{LIFECYCLE_DIR}/env/{bp.dirname}.{phase}"] = contract.env_script(exports, unset)
+        return files
+
     async def run_phase(
-        self, phase: str, image: str, command: str, inputs: bytes
+        self, phase: str, image: str, command: str, inputs: bytes, restore: bytes | None = None
     ) -> tuple[str, int]:
         """Create the phase's container, copy ``inputs`` in, run it with its output logged."""
         spec = ContainerSpec(
@@ -388,46 +493,90 @@ class _Buildpack:
             env=self.phase_env(),
             labels=self.labels,
         )
+        await self.runtime.remove(spec.name)  # a detection that ran again
         await self.runtime.create(spec)
         await self.runtime.put_archive(spec.name, "/", inputs)
+        if restore is not None:
+            await self.runtime.put_archive(spec.name, "/", restore)
         await self.runtime.start(spec.name)
         await _follow(self.runtime, spec.name, self.log)
         return spec.name, await self.runtime.wait(spec.name)
 
     async def detect(
         self, image: str, workspace: list[Member], candidates: Sequence[Buildpack]
-    ) -> Buildpack:
+    ) -> tuple[Buildpack, list[contract.Entry]]:
+        """The first candidate that passes with a satisfied build plan, and its plan entries.
+
+        Candidates whose targets (or stacks) exclude this stack are not run. The detector stops
+        at the first pass; one whose plan is not satisfied is skipped and the rest detect again.
+        """
         self.log(f"-----> Detecting (platform API {self.platform}, stack {self.stack})")
-        by_dir = {b.dirname: b for b in candidates}
-        command = shlex.join([f"{LIFECYCLE_DIR}/detector", *by_dir])
-        inputs = _inputs(workspace, candidates, self.env)
-        name, code = await self.run_phase("detect", image, command, inputs)
-        decision = _read_member(await self.runtime.get_archive(name, DETECT_RESULT) or b"", None)
-        words = (decision or b"").decode(errors="replace").split()
+        reasons: list[str] = []
+        runnable = []
+        for bp in candidates:
+            why = contract.incompatibility(bp.targets, bp.stacks, self.target, self.stack)
+            if why is None:
+                runnable.append(bp)
+            else:
+                self.log(f"       {bp.dirname}: skip ({why})")
+                reasons.append(f"{bp.id}: {why}")
         tried = ", ".join(b.id for b in candidates)
-        if words[:1] == ["pass"] and len(words) == 2 and words[1] in by_dir:
-            return by_dir[words[1]]
-        if words[:1] == ["error"] and len(words) == 3 and words[1] in by_dir:
-            raise StagingError(
-                f"buildpack {by_dir[words[1]].id} failed to detect: its bin/detect exited "
-                f"{words[2]} (0 passes, 100 fails, anything else is an error)",
-                EXIT_DETECT_ERROR,
-            )
-        if words == ["none"]:
-            hint = "" if len(candidates) == 1 else _HINT
-            raise StagingError(
-                f"no buildpack detected the app (tried: {tried}){hint}", EXIT_DETECT_NONE
-            )
-        raise StagingError(f"detection failed: the detector exited {code}", EXIT_DETECT_ERROR)
+        while runnable:
+            by_dir = {b.dirname: b for b in runnable}
+            command = shlex.join([f"{LIFECYCLE_DIR}/detector", *by_dir])
+            inputs = _inputs(workspace, runnable, self.env_files(runnable, "detect"))
+            name, code = await self.run_phase("detect", image, command, inputs)
+            decision = await self.runtime.get_archive(name, DETECT_RESULT)
+            words = (_read_member(decision or b"", None) or b"").decode(errors="replace").split()
+            if words[:1] == ["pass"] and len(words) == 2 and words[1] in by_dir:
+                chosen = by_dir[words[1]]
+                plan_path = f"/tmp/lb-plan-{chosen.dirname}.toml"
+                plan_tar = await self.runtime.get_archive(name, plan_path)
+                plan = (_read_member(plan_tar or b"", None) or b"").decode(errors="replace")
+                entries, why = contract.resolve_plan(plan)
+                if why is None:
+                    return chosen, entries
+                self.log(f"       {chosen.dirname}: skip ({why})")
+                reasons.append(f"{chosen.id}: {why}")
+                runnable = runnable[runnable.index(chosen) + 1 :]
+                continue
+            if words[:1] == ["error"] and len(words) == 3 and words[1] in by_dir:
+                raise StagingError(
+                    f"buildpack {by_dir[words[1]].id} failed to detect: its bin/detect exited "
+                    f"{words[2]} (0 passes, 100 fails, anything else is an error)",
+                    EXIT_DETECT_ERROR,
+                )
+            if words != ["none"]:
+                raise StagingError(
+                    f"detection failed: the detector exited {code}", EXIT_DETECT_ERROR
+                )
+            break
+        hint = "" if len(candidates) == 1 else _HINT
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        raise StagingError(
+            f"no buildpack detected the app (tried: {tried}){hint}{why}", EXIT_DETECT_NONE
+        )
 
     async def build(
-        self, image: str, workspace: list[Member], chosen: Buildpack
+        self,
+        image: str,
+        workspace: list[Member],
+        chosen: Buildpack,
+        entries: Sequence[contract.Entry],
     ) -> tuple[bytes, bytes]:
         """Run the build; the built ``/workspace`` and ``/layers`` as tars."""
-        self.log(f"-----> Building with {chosen.id} {chosen.version}")
+        self.log(f"-----> Building with {chosen.id} {chosen.version} (buildpack API {chosen.api})")
         command = shlex.join([f"{LIFECYCLE_DIR}/builder", chosen.dirname])
-        inputs = _inputs(workspace, [chosen], self.env)
-        name, code = await self.run_phase("build", image, command, inputs)
+        files = self.env_files([chosen], "build")
+        files[f"/tmp/lb-bp-plan-{chosen.dirname}.toml"] = contract.plan_toml(entries)
+        inputs = _inputs(workspace, [chosen], files)
+        restore = None
+        if self.cache is not None:
+            cached = read_layer_names(self.cache, chosen.dirname)
+            if cached:
+                restore = _layers_tar(self.cache, chosen, set(cached), False)
+                self.log(f"-----> Restoring cached layers: {', '.join(cached)}")
+        name, code = await self.run_phase("build", image, command, inputs, restore)
         if code != 0:
             raise StagingError(
                 f"buildpack {chosen.id} failed to build: its bin/build exited {code}", EXIT_BUILD
@@ -439,23 +588,39 @@ class _Buildpack:
         return built, layers
 
     def image_config(
-        self, chosen: Buildpack, process_types: Mapping[str, str], start: str
+        self,
+        chosen: Buildpack,
+        processes: Mapping[str, contract.Process],
+        start: contract.Process,
+        command: str,
+        env: Mapping[str, str],
+        launch_labels: Mapping[str, str],
+        layers: Sequence[contract.Layer],
+        unmet: Sequence[str],
     ) -> ImageConfig:
         labels = lifecycle.labels(self.descriptor)
         metadata = {
             "processes": [
-                {"type": kind, "command": command, "default": command == start}
-                for kind, command in process_types.items()
+                {"type": kind, "command": p.line, "default": p is start}
+                for kind, p in processes.items()
             ],
             "buildpacks": [{"id": chosen.id, "version": chosen.version, "api": chosen.api}],
+            "layers": [
+                {"name": layer.name, "launch": layer.launch, "cache": layer.cache}
+                for layer in layers
+                if not layer.ignored
+            ],
+            "unmet": list(unmet),
             "stack": self.stack,
+            "target": attrs.asdict(self.target),
             "platform_api": self.platform,
         }
         return ImageConfig(
-            cmd=("/bin/sh", "-c", start),
-            env={"PORT": str(PORT)},
+            cmd=("/bin/sh", "-c", command),
+            env={**env, "PORT": str(PORT)},
             labels={
-                LABEL_PROCESS_TYPES: _json(process_types),
+                **launch_labels,
+                LABEL_PROCESS_TYPES: _json({kind: p.line for kind, p in processes.items()}),
                 LABEL_DROPLET: self.droplet,
                 LABEL_APP: self.app,
                 stacks.LABEL_STACK: self.stack,
@@ -485,20 +650,28 @@ def candidates_for(buildpacks: Sequence[Buildpack], requested: str | None) -> li
     return [found]
 
 
-def start_command(process_types: Mapping[str, str], chosen: Buildpack) -> str:
-    """The ``web`` process, else the only one; nothing to start is a build failure."""
-    if "web" in process_types:
-        return process_types["web"]
-    if len(process_types) == 1:
-        return next(iter(process_types.values()))
-    if not process_types:
+def default_process(
+    processes: Mapping[str, contract.Process], from_procfile: set[str], chosen: Buildpack
+) -> contract.Process:
+    """What the image runs: the Procfile's ``web``, else the buildpack's default process, else
+    ``web``, else the only one; nothing to start is a build failure."""
+    if "web" in from_procfile:
+        return processes["web"]
+    defaults = [p for p in processes.values() if p.default and p.type not in from_procfile]
+    if defaults:
+        return defaults[0]
+    if "web" in processes:
+        return processes["web"]
+    if len(processes) == 1:
+        return next(iter(processes.values()))
+    if not processes:
         raise StagingError(
             f"nothing to start: buildpack {chosen.id} declared no process types and the app has "
             "no Procfile (add one with a line like 'web: <command>')",
             EXIT_BUILD,
         )
     raise StagingError(
-        f"no web process among {', '.join(process_types)}: add 'web: <command>' to the Procfile",
+        f"no web process among {', '.join(processes)}: add 'web: <command>' to the Procfile",
         EXIT_BUILD,
     )
 
@@ -519,49 +692,99 @@ def parse_procfile(text: str, log: Log = _discard) -> dict[str, str]:
     return found
 
 
-def parse_launch(text: str) -> dict[str, str]:
-    """``launch.toml``'s processes as shell lines; :class:`ValueError` names what is wrong.
-
-    ``command`` is a shell line (a string) or an argv (an array, newer buildpack APIs), and
-    ``args`` are appended, quoted.
-    """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"not valid TOML: {exc}") from None
-    processes = data.get("processes", [])
-    if not isinstance(processes, list):
-        raise ValueError("processes: must be an array of tables ([[processes]])")
-    found: dict[str, str] = {}
-    for index, process in enumerate(processes):
-        where = f"processes[{index}]"
-        if not isinstance(process, dict):
-            raise ValueError(f"{where}: must be a table")
-        kind, command, args = process.get("type"), process.get("command"), process.get("args", [])
-        if not isinstance(kind, str) or not _PROCESS_TYPE.fullmatch(kind):
-            raise ValueError(f"{where}.type: must be a name like 'web', got {kind!r}")
-        if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-            raise ValueError(f"{where}.args: must be an array of strings")
-        if isinstance(command, list) and command and all(isinstance(c, str) for c in command):
-            line = shlex.join([*command, *args])
-        elif isinstance(command, str) and command.strip():
-            line = " ".join([command.strip(), *(shlex.quote(a) for a in args)])
-        else:
-            raise ValueError(f"{where}.command: must be a non-empty string or array of strings")
-        found[kind] = line
-    return found
+def parse_launch(text: str, api: str) -> dict[str, str]:
+    """``launch.toml``'s processes as shell lines, by buildpack API ``api`` (see
+    :func:`.contract.parse_launch`); :class:`ValueError` names what is wrong."""
+    return {p.type: p.line for p in contract.parse_launch(text, api).processes}
 
 
-def _launch_processes(layers: bytes, chosen: Buildpack) -> dict[str, str]:
-    text = _read_member(layers, f"layers/{chosen.dirname}/launch.toml")
+def _launch(files: Mapping[str, bytes], chosen: Buildpack) -> contract.Launch:
+    text = files.get("launch.toml")
     if text is None:
-        return {}
+        return contract.Launch()
     try:
-        return parse_launch(text.decode(errors="replace"))
+        return contract.parse_launch(text.decode(errors="replace"), chosen.api)
     except ValueError as exc:
         raise StagingError(
             f"buildpack {chosen.id} wrote a bad launch.toml: {exc}", EXIT_BUILD
         ) from None
+
+
+def _unmet(
+    files: Mapping[str, bytes], chosen: Buildpack, entries: Sequence[contract.Entry]
+) -> list[str]:
+    text = files.get("build.toml")
+    if text is None:
+        return []
+    try:
+        return contract.parse_build(text.decode(errors="replace"), entries)
+    except ValueError as exc:
+        raise StagingError(
+            f"buildpack {chosen.id} wrote a bad build.toml: {exc}", EXIT_BUILD
+        ) from None
+
+
+def _layer_files(layers_tar: bytes, dirname: str) -> dict[str, bytes]:
+    """What the engine reads of a buildpack's layers dir, by path under it.
+
+    The ``*.toml`` files at its top, the files of each layer's ``env*`` directories, and an
+    empty entry for each layer's ``bin`` and ``lib`` directory; never the layers' other content,
+    which may be large.
+    """
+    prefix = f"layers/{dirname}/"
+    found: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(layers_tar), mode="r:*") as tar:
+        for info in tar:
+            name = info.name.removeprefix("./")
+            if not name.startswith(prefix):
+                continue
+            path = name[len(prefix) :]
+            parts = path.split("/")
+            if len(parts) == 2 and parts[1] in ("bin", "lib") and info.isdir():
+                found[path] = b""
+            wanted = (len(parts) == 1 and path.endswith(".toml")) or (
+                len(parts) >= 3 and parts[1].startswith("env")
+            )
+            if wanted and info.isfile():
+                extracted = tar.extractfile(info)
+                found[path] = extracted.read() if extracted else b""
+    return found
+
+
+def _layers_tar(
+    layers_tar: bytes, chosen: Buildpack, names: set[str], with_launch: bool
+) -> bytes | None:
+    """Layers ``names`` of the buildpack (dirs and ``.toml``) out of a ``/layers`` tar, and
+    ``launch.toml`` when ``with_launch``: the droplet image's launch layers, or the cache layers
+    to keep. ``None`` when that is nothing but the directories."""
+    prefix = f"layers/{chosen.dirname}"
+    buf = io.BytesIO()
+    kept = 0
+    with (
+        tarfile.open(fileobj=io.BytesIO(layers_tar), mode="r:*") as source,
+        tarfile.open(fileobj=buf, mode="w") as out,
+    ):
+        for info in source:
+            name = info.name.removeprefix("./")
+            if name in ("layers", prefix):
+                keep = True
+            elif name.startswith(prefix + "/"):
+                top = name[len(prefix) + 1 :].split("/", 1)[0]
+                keep = (with_launch and top == "launch.toml") or top.removesuffix(".toml") in names
+                kept += keep
+            else:
+                keep = False
+            if keep:
+                out.addfile(info, source.extractfile(info) if info.isfile() else None)
+    return buf.getvalue() if kept or with_launch else None
+
+
+def read_layer_names(layers_tar: bytes, dirname: str) -> list[str]:
+    """The layers with a ``<layer>.toml`` in a ``layers/<dirname>/`` tar, by name."""
+    try:
+        return [layer.name for layer in contract.read_layers(_layer_files(layers_tar, dirname))]
+    except (ValueError, tarfile.TarError):
+        return []
 
 
 LINE_MAX = 64 * 1024
@@ -625,6 +848,16 @@ def workspace_members(archive: bytes) -> list[Member]:
     return sorted(members.values(), key=lambda m: m[0].name)
 
 
+def top_level_names(archive: bytes) -> set[str]:
+    """The names at the app's root (files and directories), for choosing a stack."""
+    names = set()
+    for name, _, _ in _entries(archive):
+        path = _inside(name)
+        if path is not None:
+            names.add(path.split("/", 1)[0])
+    return names
+
+
 def _entries(archive: bytes) -> Iterator[tuple[str, tarfile.TarInfo, bytes | None]]:
     if archive[:4] == b"PK\x03\x04" or archive[:4] == b"PK\x05\x06":
         try:
@@ -663,9 +896,10 @@ def _inside(name: str) -> str | None:
 
 
 def _inputs(
-    workspace: Iterable[Member], buildpacks: Iterable[Buildpack], env: Mapping[str, str]
+    workspace: Iterable[Member], buildpacks: Iterable[Buildpack], files: Mapping[str, str]
 ) -> bytes:
-    """One tar for ``/``: the app, the buildpacks, the lifecycle scripts, ``/platform/env``."""
+    """One tar for ``/``: the app, the buildpacks, the lifecycle scripts and ``files`` (paths
+    to texts: the per-buildpack env fragments, the Buildpack Plan)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for info, data in workspace:
@@ -674,9 +908,8 @@ def _inputs(
             _add(tar, f"{LIFECYCLE_DIR.lstrip('/')}/{name}", script.encode(), 0o755)
         for buildpack in buildpacks:
             _add_tree(tar, buildpack.path, f"cnb/buildpacks/{buildpack.dirname}")
-        for key, value in env.items():
-            if _ENV_NAME.fullmatch(key):
-                _add(tar, f"platform/env/{key}", value.encode(), 0o644)
+        for path, text in files.items():
+            _add(tar, path.lstrip("/"), text.encode(), 0o644)
     return buf.getvalue()
 
 

@@ -42,7 +42,12 @@ from lastbackend.model.common import is_uuid
 
 BUILD_LOGS = "build-logs"
 """The kind of a build's output, named ``<service or image id>-<build number>``."""
-KINDS: dict[str, str] = {"packages": ".tar", "droplets": ".log", BUILD_LOGS: ".log"}
+KINDS: dict[str, str] = {
+    "packages": ".tar",
+    "droplets": ".log",
+    BUILD_LOGS: ".log",
+    "caches": ".tar",  # an app's cache layers from its last staging, named by the app
+}
 """Blob kinds: the directory of each and the suffix of its files."""
 LOGS = frozenset({"droplets", BUILD_LOGS})
 """The kinds that are logs, appended line by line."""

@@ -6,6 +6,9 @@
   the internet), serving ``/www`` with ``httpd``; built once and reused.
 - ``busybox_stack``: the default staging stack (``lastbackend/stack-build:busybox`` and
   ``stack-run:busybox``), built by the product's own ``ensure_stack`` unless it is there.
+- ``debian_stack``: the ``debian`` stack, built once by the product's own ``ensure_stack`` with
+  mmdebstrap from this machine's apt sources (a few minutes) unless it is on the engine; skipped
+  without mmdebstrap.
 - ``registry``: Debian's ``docker-registry`` on a free loopback port with htpasswd auth and
   filesystem storage in a temp dir. Docker treats 127.0.0.0/8 registries as insecure, so plain HTTP.
 - ``second_dockerd`` + ``second_engine``: another Docker engine on this machine, as a second
@@ -120,6 +123,26 @@ def base_image(dockerd: str) -> str:
         except NoStaticBusybox as exc:
             pytest.skip(str(exc))
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def debian_stack(dockerd: str) -> str:
+    """The debian stack's name, its two images built by mmdebstrap (once per engine)."""
+    from lastbackend.lifecycle import descriptor, stacks
+
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (scripts/bootstrap.sh installs it)")
+
+    async def build() -> None:
+        runtime = DockerRuntime(dockerd)
+        try:
+            await stacks.ensure_stack(runtime, stacks.DEBIAN_STACK, descriptor.load(), log=print)
+        finally:
+            await runtime.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, build()).result()
+    return stacks.DEBIAN_STACK
 
 
 @pytest.fixture(scope="session")

@@ -167,6 +167,8 @@ class Harness:
             LB_DOCKER_HOST=self.dockerd,
             LB_LOG_LEVEL="info",
         )
+        # busybox, not "debian once built": whether the engine holds debian is not the test's
+        env.update(LB_DEFAULT_STACK="busybox")
         return env
 
     def start(

@@ -140,12 +140,14 @@ async def test_a_static_site_is_staged_into_an_image_that_serves_it(
     assert set(result.process_types) == {"web"}
     assert result.ports == ("8080/TCP",)
     assert result.image == droplet_image("", stager.app, stager.last_droplet)  # kept local
-    assert stager.lines[:3] == [
+    assert stager.lines[:5] == [
         f"-----> Detecting (platform API {DESCRIPTOR.platform.latest()}, stack busybox)",
+        "       python: skip",
+        "       node: skip",
         "       procfile: skip",
         "       static: pass",
     ]
-    assert "-----> Building with static 0.1.0" in stager.lines
+    assert "-----> Building with static 0.2.0 (buildpack API 0.10)" in stager.lines
     assert "       Serving /workspace with busybox httpd on $PORT" in stager.lines
     assert await staging_containers(docker_api, stager.last_droplet) == []
 
@@ -165,7 +167,7 @@ async def test_a_static_site_is_staged_into_an_image_that_serves_it(
     builder = docker_api.inspect_image(stacks.build_image("busybox"))["Config"]["Labels"]
     assert builder == stacks.builder_labels("busybox", DESCRIPTOR)
     old_style = json.loads(builder[lifecycle.LABEL_BUILDER])["lifecycle"]
-    assert old_style["api"] == {"buildpack": "1.2", "platform": "0.4"}  # supported minimums
+    assert old_style["api"] == {"buildpack": "0.7", "platform": "0.12"}  # supported minimums
 
 
 @pytest.mark.docker

@@ -34,18 +34,18 @@ async def test_get_lifecycle_returns_the_descriptor_lists_and_labels(lifecycle_a
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert set(body) == {"lifecycle", "apis", "expanded", "labels"}
-    assert body["lifecycle"] == {"version": "0.9.0"}
-    assert body["apis"]["buildpack"] == {"deprecated": ["1"], "supported": ["1.2", "2.1"]}
-    assert body["apis"]["platform"] == {"deprecated": ["0.4"], "supported": ["0.4", "0.5", "1.3"]}
-    assert body["expanded"]["buildpack"]["supported"] == ["1.0", "1.1", "1.2", "2.0", "2.1"]
-    assert body["expanded"]["buildpack"]["deprecated"] == ["1.0", "1.1", "1.2"]
-    assert body["expanded"]["platform"]["supported"] == ["0.4", "0.5", "1.0", "1.1", "1.2", "1.3"]
-    assert body["expanded"]["platform"]["deprecated"] == ["0.4"]
+    assert body["lifecycle"] == {"version": "1.0.0"}
+    cnb = ["0.7", "0.8", "0.9", "0.10", "0.11", "0.12"]  # what the staging engine implements
+    assert body["apis"]["buildpack"] == {"deprecated": [], "supported": cnb}
+    assert body["apis"]["platform"] == {"deprecated": [], "supported": ["0.12", "0.13", "0.14"]}
+    assert body["expanded"]["buildpack"]["supported"] == cnb
+    assert body["expanded"]["buildpack"]["deprecated"] == []
+    assert body["expanded"]["platform"]["supported"] == ["0.12", "0.13", "0.14"]
     labels = body["labels"]
-    assert labels["io.buildpacks.lifecycle.version"] == "0.9.0"
+    assert labels["io.buildpacks.lifecycle.version"] == "1.0.0"
     assert json.loads(labels["io.buildpacks.lifecycle.apis"]) == body["apis"]
     assert json.loads(labels["io.buildpacks.builder.metadata"]) == {
-        "lifecycle": {"version": "0.9.0", "api": {"buildpack": "1.2", "platform": "0.4"}}
+        "lifecycle": {"version": "1.0.0", "api": {"buildpack": "0.7", "platform": "0.12"}}
     }
 
 
@@ -85,7 +85,7 @@ async def test_buildpacks_lists_detection_order_and_refused_ones(
     extra = tmp_path / "buildpacks"
     (extra / "go" / "bin").mkdir(parents=True)
     (extra / "go" / "buildpack.toml").write_text(
-        'api = "2.1"\n[buildpack]\nid = "example/go"\nversion = "1.0.0"\nname = "Go"\n'
+        'api = "0.10"\n[buildpack]\nid = "example/go"\nversion = "1.0.0"\nname = "Go"\n'
     )
     for script in ("detect", "build"):
         (extra / "go" / "bin" / script).write_text("#!/bin/sh\nexit 0\n")

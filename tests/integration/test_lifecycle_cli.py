@@ -28,18 +28,32 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+SEED = """
+[apis]
+[apis.buildpack]
+  deprecated = ["1"]
+  supported = ["1.2", "2.1"]
+[apis.platform]
+  deprecated = ["0.4"]
+  supported = ["0.4", "0.5", "1.3"]
+
+[lifecycle]
+  version = "0.9.0"
+"""
+
+
 def test_inspect_prints_the_pack_lifecycle_block() -> None:
     out = run("inspect")
     assert out.returncode == 0, out.stderr
     assert out.stdout == (
         "Lifecycle:\n"
-        "  Version: 0.9.0\n"
+        "  Version: 1.0.0\n"
         "  Buildpack APIs:\n"
-        "    Deprecated: 1\n"
-        "    Supported: 1.2, 2.1\n"
+        "    Deprecated: (none)\n"
+        "    Supported: 0.7, 0.8, 0.9, 0.10, 0.11, 0.12\n"
         "  Platform APIs:\n"
-        "    Deprecated: 0.4\n"
-        "    Supported: 0.4, 0.5, 1.3\n"
+        "    Deprecated: (none)\n"
+        "    Supported: 0.12, 0.13, 0.14\n"
     )
 
 
@@ -47,7 +61,15 @@ def test_inspect_json_is_the_api_body() -> None:
     out = run("inspect", "--json")
     assert out.returncode == 0, out.stderr
     body = json.loads(out.stdout)
-    assert body["expanded"]["buildpack"]["deprecated"] == ["1.0", "1.1", "1.2"]
+    assert body["expanded"]["buildpack"]["deprecated"] == []
+    assert body["expanded"]["buildpack"]["supported"] == [
+        "0.7",
+        "0.8",
+        "0.9",
+        "0.10",
+        "0.11",
+        "0.12",
+    ]
     assert "io.buildpacks.lifecycle.apis" in body["labels"]
 
 
@@ -119,8 +141,12 @@ def test_a_bad_descriptor_is_refused_with_its_reason(tmp_path: Path) -> None:
         (["--buildpack-api", "2.1"], {"CNB_PLATFORM_API": "0.2"}, 11, ["platform API 0.2"]),
     ],
 )
-def test_check(args: list[str], env: dict[str, str], code: int, stderr: list[str]) -> None:
-    out = run("check", *args, env=env)
+def test_check(
+    args: list[str], env: dict[str, str], code: int, stderr: list[str], tmp_path: Path
+) -> None:
+    seed = tmp_path / "lifecycle.toml"  # document 002's example: it deprecates APIs
+    seed.write_text(SEED)
+    out = run("check", *args, env={"LB_LIFECYCLE_DESCRIPTOR": str(seed), **env})
     assert out.returncode == code, (out.stdout, out.stderr)
     lines = out.stderr.splitlines()
     assert len(lines) == len(stderr), out.stderr

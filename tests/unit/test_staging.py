@@ -13,6 +13,7 @@ import io
 import json
 import shlex
 import tarfile
+import tomllib
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -44,6 +45,20 @@ DESCRIPTOR = lifecycle.loads(
     """
 [apis]
 [apis.buildpack]
+  deprecated = ["0.7"]
+  supported = ["0.7", "0.8", "0.9", "0.10", "0.11", "0.12"]
+[apis.platform]
+  deprecated = ["0.4"]
+  supported = ["0.4", "0.5", "1.3"]
+[lifecycle]
+  version = "0.9.0"
+"""
+)
+"""The engine's buildpack APIs, 0.7 deprecated, and platform APIs to judge."""
+SEED = lifecycle.loads(
+    """
+[apis]
+[apis.buildpack]
   deprecated = ["1"]
   supported = ["1.2", "2.1"]
 [apis.platform]
@@ -53,6 +68,7 @@ DESCRIPTOR = lifecycle.loads(
   version = "0.9.0"
 """
 )
+"""Document 002's example descriptor, for the labels it makes."""
 
 
 @attrs.define
@@ -64,6 +80,14 @@ class Lifecycle:
     launch: dict[str, str] = attrs.Factory(dict)
     """Buildpack dir -> the launch.toml its build writes."""
     build_exit: dict[str, int] = attrs.Factory(dict)
+    plans: dict[str, str] = attrs.Factory(dict)
+    """Buildpack dir -> the build plan its detect writes."""
+    layer_files: dict[str, dict[str, bytes]] = attrs.Factory(dict)
+    """Buildpack dir -> files its build writes under its layers dir."""
+    bp_plans: dict[str, bytes | None] = attrs.Factory(dict)
+    """Buildpack dir -> the Buildpack Plan its build was given."""
+    restored: list[bytes | None] = attrs.Factory(list)
+    """What each build found of a cache layer's file, restored from the previous staging."""
     tried: list[str] = attrs.Factory(list)
     built: list[str] = attrs.Factory(list)
     envs: list[dict[str, str]] = attrs.Factory(list)
@@ -85,6 +109,8 @@ class Lifecycle:
             self.tried.append(bp)
             rule = self.detect.get(bp, 100)
             code = rule if isinstance(rule, int) else rule(process)
+            if bp in self.plans:
+                process.write(f"/tmp/lb-plan-{bp}.toml", self.plans[bp].encode())
             if code == 0:
                 process.print(f"       {bp}: pass")
                 process.write(DETECT_RESULT, f"pass {bp}\n".encode())
@@ -102,6 +128,10 @@ class Lifecycle:
         process.print(f"building with {bp}")
         if bp in self.launch:
             process.write(f"/layers/{bp}/launch.toml", self.launch[bp].encode(), uid=1000)
+        self.restored.append(process.read(f"/layers/{bp}/cache/blob"))
+        for path, data in self.layer_files.get(bp, {}).items():
+            process.write(f"/layers/{bp}/{path}", data, uid=1000)
+        self.bp_plans[bp] = process.read(f"/tmp/lb-bp-plan-{bp}.toml")
         process.write("/workspace/built.txt", b"by the build", uid=1000)
         return self.build_exit.get(bp, 0)
 
@@ -141,18 +171,21 @@ def has(*names: str) -> Callable[[FakeProcess], int]:
 def scripts(rt: FakeRuntime) -> Lifecycle:
     played = Lifecycle(
         detect={"procfile": has("Procfile"), "static": has("index.html", "Staticfile")},
-        launch={"static": f"[[processes]]\ntype = \"web\"\ncommand = '{STATIC_WEB}'\n"},
+        launch={
+            "static": '[[processes]]\ntype = "web"\n'
+            f'command = ["/bin/sh", "-c", \'{STATIC_WEB}\']\n'
+        },
     )
     rt.on_start(played)
     return played
 
 
-def buildpack(tmp_path: Path, id: str, api: str) -> Buildpack:
+def buildpack(tmp_path: Path, id: str, api: str, extra: str = "") -> Buildpack:
     """An extra buildpack directory (its scripts are played by :class:`Lifecycle`)."""
     root = tmp_path / id.replace("/", "_")
     (root / "bin").mkdir(parents=True)
     (root / "buildpack.toml").write_text(
-        f'api = "{api}"\n[buildpack]\nid = "{id}"\nversion = "1.0.0"\nname = "{id}"\n'
+        f'api = "{api}"\n[buildpack]\nid = "{id}"\nversion = "1.0.0"\nname = "{id}"\n' + extra
     )
     for name in ("detect", "build"):
         (root / "bin" / name).write_text("#!/bin/sh\nexit 0\n")
@@ -192,10 +225,10 @@ async def test_static_site_is_detected_built_and_exported(
 ) -> None:
     lines: list[str] = []
     result = await stage(rt, lines=lines, env={"cloud": "foundry"})
-    assert scripts.tried == ["procfile", "static"]  # the documented order
+    assert scripts.tried == ["python", "node", "procfile", "static"]  # the documented order
     assert scripts.built == ["static"]
     assert result.buildpack == "static"
-    assert result.buildpack_version == "0.1.0"
+    assert result.buildpack_version == "0.2.0"
     assert result.stack == "busybox"
     assert result.process_types == {"web": STATIC_WEB}
     assert result.start_command == STATIC_WEB
@@ -204,7 +237,7 @@ async def test_static_site_is_detected_built_and_exported(
     assert rt.pushes == []
     assert lines[0] == "-----> Detecting (platform API 1.3, stack busybox)"
     assert "       procfile: skip" in lines
-    assert "-----> Building with static 0.1.0" in lines
+    assert "-----> Building with static 0.2.0 (buildpack API 0.10)" in lines
     assert "building with static" in lines  # the container's output, line by line
     assert f"-----> Exporting {TARGET}" in lines
     # the droplet's env reaches detect and build, beside the CNB variables
@@ -229,7 +262,7 @@ async def test_the_droplet_image_runs_the_web_process_with_its_labels(
     assert info.labels[lifecycle.LABEL_VERSION] == "0.9.0"
     assert json.loads(info.labels[lifecycle.LABEL_APIS]) == lifecycle.apis_label(DESCRIPTOR)
     metadata = json.loads(info.labels[staging.LABEL_BUILD_METADATA])
-    assert metadata["buildpacks"] == [{"id": "static", "version": "0.1.0", "api": "2.1"}]
+    assert metadata["buildpacks"] == [{"id": "static", "version": "0.2.0", "api": "0.10"}]
     assert metadata["processes"] == [{"type": "web", "command": STATIC_WEB, "default": True}]
     # no label of the staging containers: app containers inherit image labels, and cleanup
     # selects containers by io.lastbackend.staging
@@ -243,9 +276,9 @@ async def test_the_droplet_image_runs_the_web_process_with_its_labels(
 
 async def test_the_first_buildpack_to_pass_wins(rt: FakeRuntime, scripts: Lifecycle) -> None:
     scripts.detect["procfile"] = 0
-    scripts.launch["procfile"] = '[[processes]]\ntype = "web"\ncommand = "./serve"\n'
+    scripts.launch["procfile"] = '[[processes]]\ntype = "web"\ncommand = ["./serve"]\n'
     result = await stage(rt, PROCFILE_APP)
-    assert scripts.tried == ["procfile"]
+    assert scripts.tried == ["python", "node", "procfile"]
     assert result.buildpack == "procfile"
 
 
@@ -272,7 +305,9 @@ async def test_a_requested_buildpack_that_does_not_detect_fails(
 async def test_an_unknown_requested_buildpack_lists_the_available_ones(
     rt: FakeRuntime, scripts: Lifecycle
 ) -> None:
-    with pytest.raises(StagingError, match=r"unknown buildpack 'ruby' \(available: procfile, st"):
+    with pytest.raises(
+        StagingError, match=r"unknown buildpack 'ruby' \(available: python, node, procfile, st"
+    ):
         await stage(rt, requested="ruby")
     assert scripts.tried == []
 
@@ -283,7 +318,9 @@ async def test_nothing_detected_names_what_was_tried_and_what_to_add(
     with pytest.raises(StagingError) as failed:
         await stage(rt, app_tar({"README": b"nothing to run"}))
     message = str(failed.value)
-    assert message.startswith("no buildpack detected the app (tried: procfile, static)")
+    assert message.startswith(
+        "no buildpack detected the app (tried: python, node, procfile, static)"
+    )
     assert "Procfile" in message
     assert "index.html" in message
     assert failed.value.exit_code == 20
@@ -295,19 +332,167 @@ async def test_a_detect_error_is_not_a_skip(rt: FakeRuntime, scripts: Lifecycle)
         await stage(rt)
     assert "buildpack procfile failed to detect: its bin/detect exited 3" in str(failed.value)
     assert failed.value.exit_code == staging.EXIT_DETECT_ERROR
-    assert scripts.tried == ["procfile"]  # static never ran
+    assert scripts.tried == ["python", "node", "procfile"]  # static never ran
 
 
 async def test_extra_buildpacks_are_detected_first(
     rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
 ) -> None:
-    extra = buildpack(tmp_path, "acme/ruby", "2.0")
+    extra = buildpack(tmp_path, "acme/ruby", "0.10")
     scripts.detect["acme_ruby"] = 0
-    scripts.launch["acme_ruby"] = '[[processes]]\ntype = "web"\ncommand = "ruby app.rb"\n'
+    scripts.launch["acme_ruby"] = '[[processes]]\ntype = "web"\ncommand = ["ruby", "app.rb"]\n'
     result = await stage(rt, buildpacks=[*discover(tmp_path)])
     assert extra.dirname == "acme_ruby"
     assert scripts.tried == ["acme_ruby"]
     assert result.buildpack == "acme/ruby"
+
+
+async def test_each_buildpack_gets_its_apis_variables_and_the_users_as_files(
+    rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
+) -> None:
+    seen: dict[str, bytes | None] = {}
+
+    def look(process: FakeProcess) -> int:
+        for name in ("old.detect", "static.detect"):
+            seen[name] = process.read(f"/cnb/lifecycle/env/{name}")
+        seen["platform"] = process.read("/platform/env/GREETING")
+        return 100
+
+    old = buildpack(tmp_path, "old", "0.7", "[buildpack.x]\n")
+    scripts.detect["old"] = look
+    await stage(rt, buildpacks=[old, *discover()], env={"GREETING": "hi"})
+    assert seen["old.detect"] == b"export CNB_BUILDPACK_DIR=/cnb/buildpacks/old\n"
+    static = (seen["static.detect"] or b"").decode()
+    assert "export CNB_PLATFORM_DIR=/platform\n" in static
+    assert "export CNB_BUILD_PLAN_PATH=/tmp/lb-plan-static.toml\n" in static
+    assert "export CNB_TARGET_OS=linux\n" in static  # 0.10: the target
+    assert "CNB_EXEC_ENV" not in static
+    assert seen["platform"] == b"hi"
+    assert "CNB_PLATFORM_DIR" not in scripts.envs[0]  # not for every API: 0.7 has none
+
+
+async def test_a_clear_env_buildpack_has_the_users_variables_unset(
+    rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
+) -> None:
+    clean = buildpack(tmp_path, "clean", "0.10", "")
+    toml = clean.path / "buildpack.toml"
+    toml.write_text(toml.read_text().replace('name = "clean"', 'name = "clean"\nclear-env = true'))
+    seen: list[bytes | None] = []
+    scripts.detect["clean"] = lambda p: (
+        seen.append(p.read("/cnb/lifecycle/env/clean.detect")) or 100
+    )
+    with pytest.raises(StagingError):
+        await stage(rt, buildpacks=discover(tmp_path)[:1], env={"TOKEN": "x"})
+    assert (seen[0] or b"").startswith(b"unset TOKEN\n")
+
+
+async def test_a_buildpack_whose_targets_exclude_the_stack_is_not_run(
+    rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
+) -> None:
+    buildpack(tmp_path, "mainframe", "0.10", '[[targets]]\nos = "linux"\narch = "s390x"\n')
+    buildpack(tmp_path, "oldstack", "0.9", '[[stacks]]\nid = "io.buildpacks.stacks.bionic"\n')
+    lines: list[str] = []
+    with pytest.raises(StagingError) as failed:
+        await stage(rt, app_tar({"x": b""}), buildpacks=discover(tmp_path)[:2], lines=lines)
+    assert scripts.tried == []
+    assert "do not include linux/" in str(failed.value)
+    assert "its stacks (io.buildpacks.stacks.bionic) do not include busybox" in str(failed.value)
+    assert failed.value.exit_code == 20
+
+
+async def test_a_pass_with_an_unsatisfied_plan_is_a_skip_and_the_plan_reaches_build(
+    rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
+) -> None:
+    buildpack(tmp_path, "needy", "0.10")
+    buildpack(tmp_path, "whole", "0.10")
+    needy, whole = discover(tmp_path)[:2]
+    scripts.detect.update(needy=0, whole=0)
+    scripts.plans["needy"] = '[[requires]]\nname = "node"\n'
+    scripts.plans["whole"] = (
+        '[[provides]]\nname = "py"\n[[requires]]\nname = "py"\n'
+        '[requires.metadata]\nversion = "3.11"\n'
+    )
+    scripts.launch["whole"] = '[[processes]]\ntype = "web"\ncommand = ["serve"]\n'
+    lines: list[str] = []
+    result = await stage(rt, buildpacks=[needy, whole], lines=lines)
+    assert result.buildpack == "whole"
+    assert scripts.tried == ["needy", "whole"]
+    assert "       needy: skip (plan requires node, which nothing provides)" in lines
+    plan = tomllib.loads((scripts.bp_plans["whole"] or b"").decode())
+    assert plan == {"entries": [{"name": "py", "metadata": {"version": "3.11"}}]}
+
+
+async def test_only_launch_layers_reach_the_image_with_their_environment(
+    rt: FakeRuntime, scripts: Lifecycle
+) -> None:
+    scripts.layer_files["static"] = {
+        "deps.toml": b"[types]\nlaunch = true\ncache = true\n",
+        "deps/bin/tool": b"#!/bin/sh\n",
+        "deps/env/GREETING": b"hello",
+        "deps/env.launch/PATH.append": b"/extra",
+        "deps/env.launch/PATH.delim": b":",
+        "cache.toml": b"[types]\ncache = true\n",
+        "cache/blob": b"downloads",
+        "scratch/file": b"no toml: not a layer",
+    }
+    lines: list[str] = []
+    await stage(rt, lines=lines)
+    files = rt.image_files(TARGET)
+    assert files["/layers/static/deps/bin/tool"] == b"#!/bin/sh\n"
+    assert "/layers/static/deps.toml" in files
+    assert not [
+        f for f in files if f.startswith(("/layers/static/cache", "/layers/static/scratch"))
+    ]
+    info = await rt.inspect_image(TARGET)
+    assert info is not None
+    assert info.env["GREETING"] == "hello"
+    assert info.env["PATH"] == f"/layers/static/deps/bin:{stacks.PATH}:/extra"
+    assert "       layer deps: launch, cache" in lines
+    assert "       layer cache: cache" in lines
+    metadata = json.loads(info.labels[staging.LABEL_BUILD_METADATA])
+    assert metadata["layers"] == [
+        {"name": "cache", "launch": False, "cache": True},
+        {"name": "deps", "launch": True, "cache": True},
+    ]
+
+
+async def test_cache_layers_come_back_at_the_next_staging_and_only_they(
+    rt: FakeRuntime, scripts: Lifecycle
+) -> None:
+    scripts.layer_files["static"] = {
+        "cache.toml": b"[types]\ncache = true\n",
+        "cache/blob": b"downloads",
+        "deps.toml": b"[types]\nlaunch = true\n",
+        "deps/file": b"launch only",
+    }
+    first = await stage(rt)
+    assert first.cache is not None
+    with tarfile.open(fileobj=io.BytesIO(first.cache)) as tar:
+        names = set(tar.getnames())
+    assert {"layers/static/cache.toml", "layers/static/cache/blob"} <= names
+    assert not [n for n in names if "deps" in n or n.endswith("launch.toml")]
+    assert scripts.restored == [None]
+    lines: list[str] = []
+    scripts.layer_files["static"] = {}  # the second build writes nothing: what it sees came back
+    await stage(rt, cache=first.cache, lines=lines)
+    assert scripts.restored == [None, b"downloads"]
+    assert "-----> Restoring cached layers: cache" in lines
+    assert (await stage(rt)).cache is None  # no cache layer made: nothing to keep
+
+
+async def test_an_api_the_descriptor_lists_but_the_engine_lacks_is_exit_12(
+    rt: FakeRuntime, scripts: Lifecycle, tmp_path: Path
+) -> None:
+    seeded = buildpack(tmp_path, "seeded", "2.1")
+    with pytest.raises(StagingError) as failed:
+        await stage(rt, buildpacks=[seeded], requested="seeded", descriptor=SEED)
+    assert failed.value.exit_code == 12
+    assert "buildpack API 2.1 is not supported by lifecycle 0.9.0 (supported: none)" in str(
+        failed.value
+    )
+    with pytest.raises(StagingError) as failed:
+        await stage(rt, buildpacks=[buildpack(tmp_path, "far", "0.13")], requested="far")
+    assert "(supported: 0.7, 0.8, 0.9, 0.10, 0.11, 0.12)" in str(failed.value)
 
 
 # -- process types ------------------------------------------------------------------------------
@@ -317,7 +502,7 @@ async def test_procfile_types_are_merged_over_the_buildpacks(
     rt: FakeRuntime, scripts: Lifecycle
 ) -> None:
     scripts.launch["static"] = (
-        '[[processes]]\ntype = "web"\ncommand = "buildpack web"\n'
+        '[[processes]]\ntype = "web"\ncommand = ["buildpack", "web"]\n'
         '[[processes]]\ntype = "worker"\ncommand = ["bin/work", "--queue", "a b"]\n'
         'args = ["--verbose"]\n'
     )
@@ -374,13 +559,13 @@ def test_procfile_and_launch_parsing() -> None:
     assert parse_procfile(text, skipped.append) == {"web": "a: b", "worker": "run"}
     assert len(skipped) == 2
     assert "line 4" in skipped[0]
-    assert parse_launch("") == {}
+    assert parse_launch("", "0.10") == {}
     with pytest.raises(ValueError, match="not valid TOML"):
-        parse_launch("[[processes]")
+        parse_launch("[[processes]", "0.10")
     with pytest.raises(ValueError, match=r"processes\[0\].type"):
-        parse_launch('[[processes]]\ntype = "a b"\ncommand = "x"\n')
+        parse_launch('[[processes]]\ntype = "a b"\ncommand = "x"\n', "0.8")
     with pytest.raises(ValueError, match=r"processes\[0\].args"):
-        parse_launch('[[processes]]\ntype = "web"\ncommand = "x"\nargs = [1]\n')
+        parse_launch('[[processes]]\ntype = "web"\ncommand = "x"\nargs = [1]\n', "0.8")
 
 
 # -- the lifecycle descriptor: platform and buildpack APIs, by deprecation mode ----------------
@@ -468,14 +653,14 @@ async def test_a_deprecated_buildpack_api_by_mode(
     environ: dict[str, str],
     outcome: str,
 ) -> None:
-    legacy = buildpack(tmp_path, "legacy", "1.1")
+    legacy = buildpack(tmp_path, "legacy", "0.7")
     scripts.detect["legacy"] = 0
     scripts.launch["legacy"] = '[[processes]]\ntype = "web"\ncommand = "run"\n'
     lines: list[str] = []
     if outcome == "error":
         with pytest.raises(StagingError) as failed:
             await stage(rt, buildpacks=[legacy], environ=environ, lines=lines)
-        assert "buildpack legacy: buildpack API 1.1 is deprecated" in str(failed.value)
+        assert "buildpack legacy: buildpack API 0.7 is deprecated" in str(failed.value)
         assert failed.value.exit_code == 12
         return
     result = await stage(rt, buildpacks=[legacy], environ=environ, lines=lines)
@@ -483,7 +668,7 @@ async def test_a_deprecated_buildpack_api_by_mode(
     warnings = [line for line in lines if "Warning" in line]
     assert len(warnings) == (1 if outcome == "warn" else 0)
     if warnings:
-        assert "buildpack legacy: buildpack API 1.1 is deprecated by lifecycle 0.9.0" in warnings[0]
+        assert "buildpack legacy: buildpack API 0.7 is deprecated by lifecycle 0.9.0" in warnings[0]
 
 
 async def test_a_bad_deprecation_mode_is_refused(rt: FakeRuntime, scripts: Lifecycle) -> None:
@@ -622,13 +807,13 @@ async def test_ensure_stack_builds_labels_and_rebuilds_for_a_new_descriptor(
     rt = FakeRuntime()
     fake_busybox = tmp_path / "busybox"
     fake_busybox.write_bytes(b"\x7fELF\x02" + bytes(59))  # static, but not runnable here
-    stack = await stacks.ensure_stack(rt, "busybox", DESCRIPTOR, fake_busybox)
+    stack = await stacks.ensure_stack(rt, "busybox", SEED, fake_busybox)
     assert stack.present
     assert stack.build is not None
     labels = stack.build.labels
     assert labels["io.buildpacks.stack.id"] == "busybox"
     assert labels[lifecycle.LABEL_VERSION] == "0.9.0"
-    assert json.loads(labels[lifecycle.LABEL_APIS]) == lifecycle.apis_label(DESCRIPTOR)
+    assert json.loads(labels[lifecycle.LABEL_APIS]) == lifecycle.apis_label(SEED)
     builder = json.loads(labels[lifecycle.LABEL_BUILDER])
     assert builder["lifecycle"] == {
         "version": "0.9.0",
@@ -640,11 +825,11 @@ async def test_ensure_stack_builds_labels_and_rebuilds_for_a_new_descriptor(
     assert (stack.build.user, stack.build.workdir) == ("lb", "/workspace")
     assert "/bin/sh" not in rt.image_files(stacks.build_image("busybox"))  # symlinks, not files
 
-    again = await stacks.ensure_stack(rt, "busybox", DESCRIPTOR, fake_busybox)
+    again = await stacks.ensure_stack(rt, "busybox", SEED, fake_busybox)
     assert again.build is not None
     assert again.build.id == stack.build.id  # idempotent: nothing rebuilt
 
-    newer = attrs.evolve(DESCRIPTOR, version="0.10.0")
+    newer = attrs.evolve(SEED, version="0.10.0")
     rebuilt = await stacks.ensure_stack(rt, "busybox", newer, fake_busybox)
     assert rebuilt.build is not None
     assert rebuilt.build.labels[lifecycle.LABEL_VERSION] == "0.10.0"
@@ -755,3 +940,69 @@ async def test_an_image_with_nothing_to_start_is_refused() -> None:
     rt.add_image("local/empty:1")
     with pytest.raises(StagingError, match="neither ENTRYPOINT nor CMD"):
         await stage_docker(rt, "local/empty:1")
+
+
+# -- the debian stack: what is decided before mmdebstrap runs ----------------------------------
+
+
+def test_mmdebstrap_builds_a_minimal_root_from_the_machines_sources(tmp_path: Path) -> None:
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list").write_text("# only comments\n\n")
+    (apt / "sources.list.d" / "debian.sources").write_text("Types: deb\n")
+    (apt / "sources.list.d" / "old.list").write_text("deb http://x bookworm main\n")
+    (apt / "sources.list.d" / "off.list.disabled").write_text("deb http://y bookworm main\n")
+    sources = stacks.apt_sources(apt)
+    assert sources == [
+        apt / "sources.list.d" / "debian.sources",
+        apt / "sources.list.d" / "old.list",
+    ]
+    argv = stacks.mmdebstrap_argv(
+        "bookworm", stacks.DEBIAN_RUN_PACKAGES, tmp_path / "r.tar", sources
+    )
+    assert argv[0] == "mmdebstrap"
+    assert "--include=python3,nodejs,ca-certificates,busybox" in argv
+    assert argv[-4:] == ["bookworm", str(tmp_path / "r.tar"), *map(str, sources)]
+    assert 'APT::Install-Recommends "false"' in " ".join(argv)
+    hook = next(a for a in argv if a.startswith("--customize-hook="))
+    assert 'lb:x:1000:1000:lb:/workspace:/bin/sh" >> "$1/etc/passwd"' in hook
+    assert "build-essential" not in stacks.DEBIAN_RUN_PACKAGES  # no compiler to run apps on
+    assert {"build-essential", "npm", "python3-pip"} <= set(stacks.DEBIAN_BUILD_PACKAGES)
+    assert stacks.os_release('ID=debian\nVERSION_ID="12"\n# x\n') == {
+        "ID": "debian",
+        "VERSION_ID": "12",
+    }
+
+
+async def test_debian_is_the_default_once_built_and_built_on_first_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt = FakeRuntime()
+    assert await stacks.default_stack(rt, "") == "busybox"
+    assert await stacks.default_stack(rt, "busybox") == "busybox"  # configured: kept
+    built: list[str] = []
+
+    async def build(runtime: FakeRuntime, descriptor: Descriptor, log: object) -> stacks.Stack:
+        built.append("debian")
+        rootfs = stacks.rootfs_tar(b"stand-in", ["sh"])
+        return await stacks.import_stack(runtime, "debian", descriptor, rootfs)
+
+    monkeypatch.setattr(stacks, "build_debian", build)
+    lines: list[str] = []
+    stack = await stacks.ensure_stack(rt, "debian", DESCRIPTOR, log=lines.append)
+    assert stack.present
+    assert lines == [
+        "-----> Building stack debian (first use): python3, nodejs, ca-certificates, busybox, "
+        "python3-venv, python3-pip, npm, build-essential"
+    ]
+    await stacks.ensure_stack(rt, "debian", DESCRIPTOR, log=lines.append)
+    assert built == ["debian"]  # once
+    assert await stacks.default_stack(rt, "") == "debian"
+
+
+async def test_without_mmdebstrap_the_debian_stack_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(stacks.shutil, "which", lambda name: None)
+    with pytest.raises(stacks.StackError, match="apt-get install mmdebstrap"):
+        await stacks.build_debian(FakeRuntime(), DESCRIPTOR)

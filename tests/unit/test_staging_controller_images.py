@@ -126,3 +126,27 @@ async def test_the_sweep_spares_young_orphans(
     await lead(runner)
     await controller.sweep()
     assert await present(rt, orphan)
+
+
+async def test_an_apps_cache_is_kept_within_its_bound_and_goes_with_the_app(
+    etcd: RawEtcd, controller: StagingController, runner: ControllerRunner, settings: Settings
+) -> None:
+    import attrs
+
+    lines: list[str] = []
+    controller._keep_cache(APP, b"x" * 10, lines.append)
+    assert controller._read_cache(APP) == b"x" * 10
+    assert lines[-1].startswith("-----> Cache kept for the next staging")
+    controller.settings = attrs.evolve(settings, staging_cache_max_bytes=5)
+    controller._keep_cache(APP, b"y" * 10, lines.append)
+    assert controller._read_cache(APP) is None  # too big: the old one is not kept either
+    assert "Cache not kept" in lines[-1]
+    controller._keep_cache(APP, b"z", lines.append)
+
+    await etcd.put(keys.app_owner(APP), OWNER.partition(":")[0])
+    await lead(runner)
+    await controller.sweep_caches()
+    assert controller._read_cache(APP) == b"z"  # the app exists
+    await etcd.txn([], [Op.delete(keys.app_owner(APP))])  # what DELETE /v3/apps does
+    await controller.sweep_caches()
+    assert controller._read_cache(APP) is None
