@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lastbackend.model.certificates import key_pem
 from lastbackend.store.etcd import TLS
 
 VALIDITY = timedelta(days=3652)
@@ -278,7 +279,7 @@ def _generate(names: tuple[str, ...]) -> dict[str, bytes]:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem(key).encode()
 
     server_cert, server_key = leaf(
         "lastbackend embedded etcd",
@@ -293,7 +294,7 @@ def _generate(names: tuple[str, ...]) -> dict[str, bytes]:
     )
     return {
         "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
-        "ca.key": _key_pem(ca_key),
+        "ca.key": key_pem(ca_key).encode(),
         "server.crt": server_cert,
         "server.key": server_key,
         "client.crt": client_cert,
@@ -312,12 +313,4 @@ def _usage(*, cert_sign: bool) -> x509.KeyUsage:
         crl_sign=cert_sign,
         encipher_only=False,
         decipher_only=False,
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
     )
