@@ -105,10 +105,7 @@ async def stager(
     try:
         yield made
     finally:
-        for container in await runtime.list(labels):
-            await runtime.remove(container.id)
-        for image in made.images:
-            await runtime.remove_image(image)
+        await made.clean_up()
 
 
 async def image_has(runtime: DockerRuntime, image: str, path: str, labels: dict[str, str]) -> bool:

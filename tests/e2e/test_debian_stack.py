@@ -37,10 +37,7 @@ async def stager(
     try:
         yield made
     finally:
-        for container in await runtime.list(labels):
-            await runtime.remove(container.id)
-        for image in made.images:
-            await runtime.remove_image(image)
+        await made.clean_up()
 
 
 async def run(runtime: DockerRuntime, image: str, command: str, labels: dict[str, str]) -> str:

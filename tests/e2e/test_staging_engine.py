@@ -69,6 +69,13 @@ class Stager:
         self.images: list[str] = []
         self.lines: list[str] = []
 
+    async def clean_up(self) -> None:
+        """The containers labelled for the test first (of the droplet images), then the images."""
+        for container in await self.runtime.list(self.labels):
+            await self.runtime.remove(container.id)
+        for image in self.images:
+            await self.runtime.remove_image(image)
+
     async def buildpack(self, archive: bytes, **kwargs: Any) -> BuildpackResult:
         droplet = str(uuid.uuid4())
         self.last_droplet = droplet
@@ -109,10 +116,7 @@ async def stager(
     try:
         yield made
     finally:
-        for container in await runtime.list(labels):
-            await runtime.remove(container.id)  # containers of the droplet images first
-        for image in made.images:
-            await runtime.remove_image(image)
+        await made.clean_up()
 
 
 async def fetch(url: str) -> tuple[int, bytes] | None:
