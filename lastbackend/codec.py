@@ -93,6 +93,8 @@ def _strict(kind: type) -> Callable[[Any, Any], Any]:
         ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            return int(value)  # JSON has one number type: 3.0 is the integer 3 (JSON Schema too)
         if not ok:
             raise ValueError(f"must be {name}, got {_json_type(value)}")
         if kind is str:

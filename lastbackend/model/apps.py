@@ -27,7 +27,7 @@ from typing import Any, Literal, NewType
 
 import attrs
 
-from lastbackend.model.common import MASK, EnvName, Id, ImageRef, Name
+from lastbackend.model.common import MASK, EnvName, Id, ImageRef, Name, anchored, keywords
 from lastbackend.model.health import HealthCheck
 
 BuildpackName = NewType("BuildpackName", str)
@@ -38,6 +38,7 @@ GitUrl = NewType("GitUrl", str)
 """A clone URL, optionally with ``:<ref>`` after it as seed 000 writes ``http://host:master``."""
 AppState_ = Literal["STOPPED", "STARTED"]
 PackageState = Literal["AWAITING_UPLOAD", "PROCESSING_UPLOAD", "READY", "FAILED", "EXPIRED"]
+PackageType = Literal["bits", "docker", "git"]
 DropletState = Literal["PENDING", "STAGING", "STAGED", "FAILED", "EXPIRED"]
 
 DESIRED_STATES = ("STOPPED", "STARTED")
@@ -48,8 +49,14 @@ _BUILDPACK = re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}")
 _STACK = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _GIT_SCHEMES = ("https://", "http://", "git://", "ssh://")
 _SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
+_GIT_URL = re.compile(
+    r"(?=[^\s\x00-\x1f\x7f]{1,2048}$)"  # one line, bounded
+    r"(?![\s\S]*:(?:-|[^/:]*\.\.)[^/:]*$)"  # a :<ref> never starts with '-' nor holds '..'
+    r"(?:(?:https?|git|ssh)://[^\s]+|" + _SCP_LIKE.pattern + ")"
+)
 
 
+@keywords(pattern=anchored(_BUILDPACK))
 def check_buildpack(value: str) -> str:
     if not _BUILDPACK.fullmatch(value):
         raise ValueError(
@@ -59,6 +66,7 @@ def check_buildpack(value: str) -> str:
     return value
 
 
+@keywords(pattern=anchored(_STACK))
 def check_stack(value: str) -> str:
     if not _STACK.fullmatch(value):
         raise ValueError(f"{value!r} is not a stack name: lowercase letters, digits and ._-")
@@ -84,16 +92,9 @@ def split_git_url(value: str) -> tuple[str, str | None]:
     return value[:colon], tail
 
 
+@keywords(pattern=anchored(_GIT_URL), maxLength=2048)
 def check_git_url(value: str) -> str:
-    url, ref = split_git_url(value)
-    ok = len(value) <= 2048 and not any(c.isspace() or ord(c) < 32 for c in value)
-    if ok and url.startswith(_GIT_SCHEMES):
-        ok = len(url) > url.find("://") + 3
-    elif ok:
-        ok = bool(_SCP_LIKE.fullmatch(url))
-    if ok and ref is not None:
-        ok = not ref.startswith("-") and ".." not in ref
-    if not ok:
+    if not _GIT_URL.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a git URL: https://, http://, git:// or ssh:// (or user@host:path),"
             " optionally followed by :<branch or tag>"

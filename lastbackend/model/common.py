@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NewType
+from typing import Any, NewType, TypeVar
 
 Name = NewType("Name", str)
 """A DNS label: what projects and services are called and what their keys are made of."""
@@ -32,22 +32,62 @@ GitRef = NewType("GitRef", str)
 Text = NewType("Text", str)
 """Free text such as a description: any characters, bounded length."""
 
+C = TypeVar("C", bound=Callable[..., Any])
+
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*"
+HOSTNAME = re.compile(
+    r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)*"
 )
+MAX_HOSTNAME = 253
+"""DNS's limit, checked apart from the pattern: a look-ahead would make it one that schema
+fuzzers cannot generate strings for."""
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-_PORT_SPEC = re.compile(r"([0-9]{1,5})/(TCP|UDP)")
+PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+"""A TCP or UDP port, 1 to 65535, without leading zeros: one spelling per port."""
+_PORT_SPEC = re.compile(PORT + r"/(?:TCP|UDP)")
 _VOLUME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
 _REPO_SEGMENT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,99}")
 # A docker reference: [host[:port]/]path[:tag][@digest], lowercase path components.
-_IMAGE = re.compile(
+IMAGE_REPOSITORY = (
     r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
-    r"(?:@sha256:[a-f0-9]{64})?"
+)
+_IMAGE = re.compile(
+    IMAGE_REPOSITORY + r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?"
+)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_CONTAINER_PATH = re.compile(r"(?!(?:[^\x00]*/)?\.\.(?:/|$))/[^\x00]{0,1023}")
+_GIT_REF = re.compile(
+    r"(?![-/])(?!.*(?:\.\.|//|@\{))(?!.*(?:/|\.lock|\.)$)[^ ~^:?*\[\\\x00-\x1f\x7f]{1,255}"
 )
 MAX_TEXT = 1024
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+"""A JSON Schema ``pattern``: text on one line, without control characters."""
+
+
+def anchored(rx: re.Pattern[str] | str) -> str:
+    """A checker's expression as a JSON Schema ``pattern``: ECMA 262 searches, so the pattern
+    carries its own anchors."""
+    return f"^(?:{rx if isinstance(rx, str) else rx.pattern})$"
+
+
+NOT_UUID = {"not": {"pattern": anchored(_UUID)}}
+
+
+def keywords(**schema: Any) -> Callable[[C], C]:
+    """Attach to a checker the JSON Schema keywords it enforces. ``/openapi.json`` reads them
+    (``keywords_of``), so what the contract says and what the check does sit side by side,
+    written once; a contract test (schemathesis) holds the two to each other."""
+
+    def attach(check: C) -> C:
+        check.schema = schema  # type: ignore[attr-defined]
+        return check
+
+    return attach
+
+
+def keywords_of(check: Callable[..., Any]) -> dict[str, Any]:
+    return dict(getattr(check, "schema", {}))
 
 
 def is_uuid(value: str) -> bool:
@@ -72,6 +112,7 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+@keywords(pattern=anchored(DNS_LABEL), minLength=1, maxLength=63, **NOT_UUID)
 def check_name(value: str) -> str:
     if not value:
         raise ValueError("must not be empty")
@@ -87,38 +128,43 @@ def check_name(value: str) -> str:
     return value
 
 
+@keywords(pattern=anchored(_UUID), format="uuid")
 def check_id(value: str) -> str:
     if not is_uuid(value):
         raise ValueError(f"{value!r} is not a UUID")
     return value
 
 
+@keywords(pattern=anchored(_IMAGE), maxLength=512)
 def check_image(value: str) -> str:
     if len(value) > 512 or not _IMAGE.fullmatch(value):
         raise ValueError(f"{value!r} is not a docker image reference like 'library/nginx:1.27'")
     return value
 
 
+@keywords(pattern=anchored(HOSTNAME), maxLength=MAX_HOSTNAME)
 def check_hostname(value: str) -> str:
-    if not _HOSTNAME.fullmatch(value):
+    if len(value) > MAX_HOSTNAME or not HOSTNAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a lowercase host name like 'app.example.com'")
     return value
 
 
+@keywords(pattern=anchored(_ENV))
 def check_env_name(value: str) -> str:
     if not _ENV.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
     return value
 
 
+@keywords(pattern=anchored(_PORT_SPEC))
 def check_port_spec(value: str) -> str:
-    match = _PORT_SPEC.fullmatch(value)
-    if not match or not 1 <= int(match.group(1)) <= 65535:
+    if not _PORT_SPEC.fullmatch(value):
         raise ValueError(f"{value!r} is not '<port 1-65535>/<TCP|UDP>', e.g. '8080/TCP'")
     return value
 
 
 def _int_range(low: int, high: int, what: str) -> Callable[[int], int]:
+    @keywords(minimum=low, maximum=high)
     def check(value: int) -> int:
         if not low <= value <= high:
             raise ValueError(f"{what} must be between {low} and {high}, got {value}")
@@ -127,41 +173,35 @@ def _int_range(low: int, high: int, what: str) -> Callable[[int], int]:
     return check
 
 
+@keywords(pattern=anchored(_VOLUME))
 def check_volume(value: str) -> str:
     if not _VOLUME.fullmatch(value):
         raise ValueError(f"{value!r} is not a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
     return value
 
 
+@keywords(pattern=anchored(_CONTAINER_PATH), maxLength=1024)
 def check_container_path(value: str) -> str:
-    if not value.startswith("/") or "\0" in value or ".." in value.split("/") or len(value) > 1024:
+    if not _CONTAINER_PATH.fullmatch(value):
         raise ValueError(f"{value!r} is not an absolute path inside the container")
     return value
 
 
+@keywords(pattern=anchored(_REPO_SEGMENT), **{"not": {"enum": [".", ".."]}})
 def check_repo_segment(value: str) -> str:
     if value in {".", ".."} or not _REPO_SEGMENT.fullmatch(value):
         raise ValueError(f"{value!r} is not a repository owner or name")
     return value
 
 
+@keywords(pattern=anchored(_GIT_REF), minLength=1, maxLength=255)
 def check_git_ref(value: str) -> str:
-    bad = (
-        not value
-        or len(value) > 255
-        or value.startswith(("-", "/"))
-        or value.endswith(("/", ".lock", "."))
-        or ".." in value
-        or "//" in value
-        or "@{" in value
-        or any(c in value for c in " ~^:?*[\\\x7f")
-        or any(ord(c) < 32 for c in value)
-    )
-    if bad:
+    if not _GIT_REF.fullmatch(value):
         raise ValueError(f"{value!r} is not a git branch name")
     return value
 
 
+@keywords(maxLength=MAX_TEXT)
 def check_text(value: str) -> str:
     if len(value) > MAX_TEXT:
         raise ValueError(f"must be at most {MAX_TEXT} characters, got {len(value)}")

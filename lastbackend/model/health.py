@@ -19,10 +19,13 @@ publishes a port (the routers would dial it), else ``process``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NewType
 
 import attrs
+
+from lastbackend.model.common import anchored, keywords
 
 CheckSeconds = NewType("CheckSeconds", int)
 """Whole seconds, 1 to 3600."""
@@ -31,6 +34,9 @@ HttpPath = NewType("HttpPath", str)
 
 STARTUP_INTERVAL = 0.25
 """Seconds between checks of a container that has not passed one yet: readiness is seen fast."""
+
+
+CheckType = Literal["port", "http", "process"]
 
 
 @attrs.frozen
@@ -47,7 +53,7 @@ class HealthCheckData:
 
 @attrs.frozen
 class HealthCheck:
-    type: Literal["port", "http", "process"]
+    type: CheckType
     data: HealthCheckData = attrs.Factory(HealthCheckData)
 
     def __attrs_post_init__(self) -> None:
@@ -65,14 +71,19 @@ def default_check(ports: Mapping[str, int]) -> HealthCheck:
     return HealthCheck("port" if tcp else "process")
 
 
+@keywords(minimum=1, maximum=3600)
 def _seconds(value: int) -> int:
     if not 1 <= value <= 3600:
         raise ValueError(f"must be between 1 and 3600 seconds, got {value}")
     return value
 
 
+_PATH = re.compile(r"/[^ \r\n\t#]{0,1023}")
+
+
+@keywords(pattern=anchored(_PATH), maxLength=1024)
 def _path(value: str) -> str:
-    if not value.startswith("/") or len(value) > 1024 or any(c in value for c in " \r\n\t#"):
+    if not _PATH.fullmatch(value):
         raise ValueError(f"{value!r} is not an absolute request path like '/healthz'")
     return value
 

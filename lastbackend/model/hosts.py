@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import idna
 
+from lastbackend.model.common import anchored, keywords
+
 RouteHost = NewType("RouteHost", str)
 """A lowercase ASCII DNS name, or ``*.`` and one: what a service's ``domains`` map holds."""
 
@@ -29,8 +31,16 @@ MAX_HOSTS = 100
 WILDCARD = "*."
 
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_CANONICAL = re.compile(
+    r"(?=.{1,255}$)(?![\s\S]*\.[0-9]+$)(?![0-9]+$)"  # bounded; the last label not all digits
+    rf"(?:\*\.(?={_LABEL.pattern}\.)|(?!\*))"  # a wildcard has two labels or more after it
+    rf"{_LABEL.pattern}(?:\.{_LABEL.pattern})*"
+)
+"""A host as stored: what the schema shows. Input may also be spelled in upper case, with a
+trailing dot or in Unicode: the check converts it to this form."""
 
 
+@keywords(pattern=anchored(_CANONICAL), maxLength=255)
 def check_route_host(value: str) -> str:
     """``value`` as stored (see the module docstring); ``ValueError`` saying why it is none."""
     text = value.strip()

@@ -19,7 +19,15 @@ from typing import Any, NewType
 
 import attrs
 
-from lastbackend.model.common import Text, check_image, is_uuid
+from lastbackend.model.common import (
+    IMAGE_REPOSITORY,
+    NOT_UUID,
+    Text,
+    anchored,
+    check_image,
+    is_uuid,
+    keywords,
+)
 from lastbackend.model.platform import ServiceSource
 
 ImageName = NewType("ImageName", str)
@@ -31,6 +39,7 @@ ImageSource = ServiceSource
 """``images/<iid>/source``: the same object as a service's source."""
 
 
+@keywords(pattern=anchored(IMAGE_REPOSITORY), minLength=1, maxLength=MAX_NAME, **NOT_UUID)
 def check_image_name(value: str) -> str:
     """A docker repository like 'registry.local:5000/acme/web': no tag, no digest."""
     if not value:

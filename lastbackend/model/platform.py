@@ -29,6 +29,7 @@ from lastbackend.model.common import (
     RepoSegment,
     Text,
     VolumeName,
+    keywords,
 )
 from lastbackend.model.health import HealthCheck
 
@@ -173,6 +174,7 @@ class ImageBody:
 
 
 def _within(low: int, high: int, what: str) -> Any:
+    @keywords(minimum=low, maximum=high)
     def check(value: int) -> int:
         if not low <= value <= high:
             raise ValueError(f"{what} must be between {low} and {high} seconds, got {value}")

@@ -21,7 +21,16 @@ from typing import Any, NewType
 
 import attrs
 
-from lastbackend.model.common import MASK, check_hostname
+from lastbackend.model.common import (
+    DNS_LABEL,
+    MASK,
+    MAX_HOSTNAME,
+    NO_CONTROL,
+    PORT,
+    anchored,
+    check_hostname,
+    keywords,
+)
 
 RegistryHost = NewType("RegistryHost", str)
 """``host[:port]``: what a docker image reference starts with, e.g. ``registry.local:5000``."""
@@ -36,11 +45,21 @@ DOCKER_HUB_ALIASES = (DOCKER_HUB, "index.docker.io", "registry-1.docker.io")
 
 MAX_USERNAME = 255
 MAX_PASSWORD = 8192  # registry tokens (a cloud service-account JSON key) run to a few KB
-_PORT = re.compile(r"[0-9]{1,5}")
+_PORT = re.compile(PORT)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_LAST_LABEL = r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"  # as every top-level domain: a letter first
+_NAME = rf"(?:{DNS_LABEL.pattern}\.)*{_LAST_LABEL}"
+HOST_PORT = anchored(f"(?:{_IPV4.pattern}|{_NAME})(?::{PORT})?")
+"""The schema of a registry or vendor host; an [IPv6] host is accepted too but not in it (the
+canonical IPv6 spelling this check insists on is no regular expression anyone should read), and
+the host part's own limit of 253 characters is checked but not in it."""
+MAX_HOST_PORT = MAX_HOSTNAME + len(":65535")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@keywords(pattern=HOST_PORT, maxLength=MAX_HOST_PORT)
 def check_registry_host(value: str) -> str:
     """A lowercase host name or IP address ([IPv6] in brackets) with an optional :port."""
     problem = (
@@ -67,11 +86,17 @@ def check_registry_host(value: str) -> str:
             check_hostname(host)
         except ValueError:
             raise ValueError(problem) from None
+        if not re.fullmatch(_LAST_LABEL, host.rpartition(".")[2]) and not _IPV4.fullmatch(host):
+            raise ValueError(
+                f"{problem}; {host!r} is no IPv4 address, and a host name's last label "
+                "starts with a letter"
+            )
     if port and (not _PORT.fullmatch(port) or not 1 <= int(port) <= 65535):
         raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
     return value
 
 
+@keywords(minLength=1, maxLength=MAX_USERNAME, pattern=NO_CONTROL)
 def check_username(value: str) -> str:
     """Not empty, at most 255 characters, no control characters."""
     if not value:
@@ -83,6 +108,7 @@ def check_username(value: str) -> str:
     return value
 
 
+@keywords(minLength=1, maxLength=MAX_PASSWORD, writeOnly=True, **{"not": {"const": MASK}})
 def check_password(value: str) -> str:
     """Not empty, at most 8192 characters, not the mask ``***``; stored encrypted."""
     # Never put the value itself in a message: it is a secret.
@@ -98,6 +124,7 @@ def check_password(value: str) -> str:
     return value
 
 
+@keywords(pattern=anchored(f"(?:{_EMAIL.pattern})?"), maxLength=254)
 def check_email(value: str) -> str:
     """An email address, or empty (Docker no longer needs one)."""
     if value and (len(value) > 254 or not _EMAIL.fullmatch(value)):

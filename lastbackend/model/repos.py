@@ -28,6 +28,8 @@ from typing import Any, Literal, NewType
 
 import attrs
 
+from lastbackend.model.common import keywords
+
 PathId = NewType("PathId", str)
 """The id of a repo, branch, tag or artifact: one segment of its URL and of its etcd key."""
 FieldText = NewType("FieldText", str)
@@ -38,10 +40,12 @@ ArtifactText = NewType("ArtifactText", str)
 MAX_ID = 128
 MAX_TEXT = 4096
 ID_CHARS = "A-Z a-z 0-9 . _ - ~ : + @"
-_ID = re.compile(r"[A-Za-z0-9._~:+@-]{1,128}")
+ID = re.compile(r"[A-Za-z0-9._~:+@-]{1,128}")
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@keywords(pattern=f"^(?:{ID.pattern})$", **{"not": {"enum": [".", ".."]}})
 def check_path_id(value: str) -> str:
     """1 to 128 of ``A-Z a-z 0-9 . _ - ~ : + @``, and not ``.`` or ``..``.
 
@@ -54,11 +58,12 @@ def check_path_id(value: str) -> str:
         raise ValueError(f"{value!r} is not an id: '.' and '..' are path steps, not names")
     if len(value) > MAX_ID:
         raise ValueError(f"must be at most {MAX_ID} characters, got {len(value)}")
-    if not _ID.fullmatch(value):
+    if not ID.fullmatch(value):
         raise ValueError(f"{value!r} is not an id: 1 to {MAX_ID} of {ID_CHARS}")
     return value
 
 
+@keywords(maxLength=MAX_TEXT, pattern=_NO_CONTROL)
 def check_field_text(value: str) -> str:
     """At most 4096 characters, no control characters."""
     if len(value) > MAX_TEXT:
@@ -68,6 +73,7 @@ def check_field_text(value: str) -> str:
     return value
 
 
+@keywords(minLength=1, maxLength=MAX_TEXT, pattern=_NO_CONTROL)
 def check_artifact_text(value: str) -> str:
     """Not empty, at most 4096 characters, no control characters."""
     if not value:

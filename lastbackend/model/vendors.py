@@ -21,8 +21,8 @@ from typing import Any, Literal, NewType
 
 import attrs
 
-from lastbackend.model.common import MASK
-from lastbackend.model.registries import Email, check_registry_host
+from lastbackend.model.common import MASK, NO_CONTROL, keywords
+from lastbackend.model.registries import HOST_PORT, MAX_HOST_PORT, Email, check_registry_host
 
 VendorName = Literal["github", "bitbucket", "gitlab", "slack"]
 VENDORS: tuple[str, ...] = ("github", "bitbucket", "gitlab", "slack")
@@ -51,6 +51,7 @@ MAX_LABEL = 255
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+@keywords(pattern=HOST_PORT, maxLength=MAX_HOST_PORT)
 def check_vendor_host(value: str) -> str:
     """A lowercase host name or IP address with an optional :port, like 'gitlab.example.com'."""
     try:
@@ -76,6 +77,10 @@ def _check_secret(value: str) -> str:
     return value
 
 
+_SECRET = {"maxLength": MAX_TOKEN, "pattern": NO_CONTROL, "writeOnly": True, "not": {"const": MASK}}
+
+
+@keywords(minLength=1, **_SECRET)
 def check_token(value: str) -> str:
     """Not empty, at most 8192 characters, not the mask ``***``; stored encrypted."""
     if not value:
@@ -83,11 +88,13 @@ def check_token(value: str) -> str:
     return _check_secret(value)
 
 
+@keywords(**_SECRET)
 def check_webhook_secret(value: str) -> str:
     """At most 8192 characters, not the mask ``***``; empty refuses every hook; stored encrypted."""
     return _check_secret(value)
 
 
+@keywords(maxLength=MAX_LABEL, pattern=NO_CONTROL)
 def check_label(value: str) -> str:
     """At most 255 characters on one line."""
     if len(value) > MAX_LABEL:

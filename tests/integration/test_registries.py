@@ -333,6 +333,8 @@ BAD_BODIES = [
     ({**ACCOUNT, "host": "Not A Host"}, "host: 'Not A Host' is not a registry host"),
     ({**ACCOUNT, "host": "Registry.Local"}, "host: 'Registry.Local' is not a registry host"),
     ({**ACCOUNT, "host": "evil/../x"}, "host: 'evil/../x' is not a registry host"),
+    ({**ACCOUNT, "host": "5000"}, "'5000' is no IPv4 address, and a host name's last label"),
+    ({**ACCOUNT, "host": "10.0.0.256:5000"}, "'10.0.0.256' is no IPv4 address"),
     ({**ACCOUNT, "host": "r.local:99999"}, "the port must be a number from 1 to 65535"),
     ({**ACCOUNT, "host": 5000}, "host: must be a string, got a number"),
     ({**ACCOUNT, "username": ["deploy"]}, "username: must be a string, got an array"),

@@ -95,6 +95,13 @@ def test_defaults_fill_a_minimal_service() -> None:
     assert spec.image is None
 
 
+def test_a_whole_number_written_with_a_fraction_is_an_integer() -> None:
+    """JSON (and JSON Schema) has one number type: clients that send ``3.0`` mean 3."""
+    spec = codec.structure({"name": "web", "config": {"replicas": 3.0}}, ServiceCreate)
+    assert spec.config.replicas == 3
+    assert type(spec.config.replicas) is int
+
+
 def test_timestamps_are_rfc3339_utc() -> None:
     t = datetime(2017, 3, 1, 14, 13, 8, tzinfo=UTC)
     raw = codec.dumps(Meta("demo", t, t))
