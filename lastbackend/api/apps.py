@@ -35,6 +35,7 @@ from lastbackend.api.http import (
     doc,
     if_match,
     json_response,
+    list_filter,
     page_body,
     paging,
     read_json,
@@ -42,7 +43,7 @@ from lastbackend.api.http import (
 )
 from lastbackend.api.state import STATE
 from lastbackend.model.apps import AppCreate, AppUpdate, CurrentDropletBody
-from lastbackend.model.common import check_id, check_name
+from lastbackend.model.common import Id, Name
 from lastbackend.model.platform import Meta
 from lastbackend.store import apps as store
 from lastbackend.store import keys
@@ -152,25 +153,13 @@ async def create(request: web.Request) -> web.Response:
     return response
 
 
-def _list_filter(request: web.Request, name: str, check: Any) -> set[str] | None:
-    raw = request.query.getall(name, None)
-    if raw is None:
-        return None
-    values = [v for joined in raw for v in joined.split(",")]
-    for value in values:
-        try:
-            check(value)
-        except ValueError as exc:
-            raise bad_query(name, f"{exc} (a comma-separated list)") from None
-    return set(values)
-
-
 @routes.get(BASE)
 @doc(
     "List apps across spaces; filter by names and space_guids (comma lists)",
     response="App",
     paginated=True,
-    query=("names", "space_guids"),
+    order=store.ORDERS,
+    query={"names": Name, "space_guids": Id},
 )
 async def index(request: web.Request) -> web.Response:
     unknown = sorted(set(request.query) - set(LIST_QUERY))
@@ -178,8 +167,8 @@ async def index(request: web.Request) -> web.Response:
         raise bad_query(unknown[0], f"unknown parameter; known: {', '.join(LIST_QUERY)}")
     pg = paging(request, store.ORDERS)
     order = request.query.get("order_by", store.ORDERS[0]).lstrip("-")
-    names = _list_filter(request, "names", check_name)
-    spaces = _list_filter(request, "space_guids", check_id)
+    names = list_filter(request, "names", Name)
+    spaces = list_filter(request, "space_guids", Id)
     page, pids = await _apps(request).list(
         page=pg.page,
         per_page=pg.per_page,

@@ -150,7 +150,7 @@ async def _one(request: web.Request, target: Target) -> web.Response:
 
 
 @routes.get(SERVICE_BUILDS)
-@doc("List a service's builds by number", response="Build", paginated=True)
+@doc("List a service's builds by number", response="Build", paginated=True, order=("number",))
 async def service_builds(request: web.Request) -> web.Response:
     return await _list(request, _service)
 
@@ -162,7 +162,7 @@ async def service_build(request: web.Request) -> web.Response:
 
 
 @routes.get(IMAGE_BUILDS)
-@doc("List an image's builds by number", response="Build", paginated=True)
+@doc("List an image's builds by number", response="Build", paginated=True, order=("number",))
 async def image_builds(request: web.Request) -> web.Response:
     return await _list(request, _image)
 

@@ -57,6 +57,7 @@ def _repo(request: web.Request) -> Certificates:
     "Store the certificate chain and key for a host (the key is stored encrypted)",
     body="CertificateBody",
     response="Certificate",
+    upsert=True,
 )
 async def put(request: web.Request) -> web.Response:
     spec = await body(request, CertificateBody)
@@ -70,7 +71,7 @@ async def put(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE)
-@doc("List certificates in host order", response="Certificate", paginated=True)
+@doc("List certificates in host order", response="Certificate", paginated=True, order=("host",))
 async def index(request: web.Request) -> web.Response:
     pg = paging(request, ("host",))
     listing = await _repo(request).list(

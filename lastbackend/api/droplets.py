@@ -29,18 +29,18 @@ from aiohttp import web
 from lastbackend import codec
 from lastbackend.api.envview import EnvView, env_view
 from lastbackend.api.errors import ApiError
-from lastbackend.api.http import body, doc, if_match, json_response
-from lastbackend.api.packages import filter_values, listing
+from lastbackend.api.http import body, doc, if_match, json_response, list_filter
+from lastbackend.api.packages import ORDER, listing
 from lastbackend.api.state import STATE
 from lastbackend.api.streams import follow_query, send_log
 from lastbackend.model.apps import (
-    DROPLET_STATES,
     LIFECYCLE_OF_PACKAGE,
     BuildpackLifecycle,
     Droplet,
     DropletCreate,
+    DropletState,
 )
-from lastbackend.model.common import now
+from lastbackend.model.common import Id, now
 from lastbackend.store import keys
 from lastbackend.store.droplets import StoredDroplet
 from lastbackend.store.etcd import Cmp
@@ -162,13 +162,14 @@ async def create(request: web.Request) -> web.Response:
     "List droplets, oldest first (filters: app_guids, package_guids, states; comma-separated)",
     response="Droplet",
     paginated=True,
-    query=("app_guids", "package_guids", "states"),
+    order=ORDER,
+    query={"app_guids": Id, "package_guids": Id, "states": DropletState},
 )
 async def index(request: web.Request) -> web.Response:
     items, revision = await request.app[STATE].droplets.list(
-        apps=filter_values(request, "app_guids"),
-        packages=filter_values(request, "package_guids"),
-        states=filter_values(request, "states", DROPLET_STATES),
+        apps=list_filter(request, "app_guids", Id),
+        packages=list_filter(request, "package_guids", Id),
+        states=list_filter(request, "states", DropletState),
     )
     return listing(request, items, revision, _viewer(request), _stamps)
 
@@ -178,7 +179,8 @@ async def index(request: web.Request) -> web.Response:
     "List the droplets staged from a package (filter: states)",
     response="Droplet",
     paginated=True,
-    query=("states",),
+    order=ORDER,
+    query={"states": DropletState},
 )
 async def index_of_package(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -186,7 +188,7 @@ async def index_of_package(request: web.Request) -> web.Response:
     items, revision = await state.droplets.list(
         apps=[package.app],
         packages=[package.guid],
-        states=filter_values(request, "states", DROPLET_STATES),
+        states=list_filter(request, "states", DropletState),
     )
     return listing(request, items, revision, _viewer(request), _stamps)
 
@@ -196,7 +198,8 @@ async def index_of_package(request: web.Request) -> web.Response:
     "List an app's droplets (filters: states, package_guids)",
     response="Droplet",
     paginated=True,
-    query=("states", "package_guids"),
+    order=ORDER,
+    query={"states": DropletState, "package_guids": Id},
 )
 async def index_of_app(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -204,8 +207,8 @@ async def index_of_app(request: web.Request) -> web.Response:
     await app_project(state.etcd, app)  # 404 for an unknown app
     items, revision = await state.droplets.list(
         apps=[app],
-        packages=filter_values(request, "package_guids"),
-        states=filter_values(request, "states", DROPLET_STATES),
+        packages=list_filter(request, "package_guids", Id),
+        states=list_filter(request, "states", DropletState),
     )
     return listing(request, items, revision, _viewer(request), _stamps)
 

@@ -17,6 +17,7 @@ T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_PER_PAGE = 5000
+MAX_PAGE = 1 << 30
 MAX_REVISION = (1 << 63) - 1
 """etcd revisions are int64: an ETag or event id past this is not one the API gave out."""
 SHOWN = 40
@@ -61,8 +62,11 @@ class Doc:
     body: Any = None  # a model class (or type) the body decodes into
     response: str | None = None  # a schema name in openapi.SCHEMAS
     status: int = 200
+    upsert: bool = False  # a PUT that answers 201 when it created the object, else ``status``
     paginated: bool = False
-    query: Sequence[str] = ()
+    order: Sequence[str] = ("name",)  # what order_by takes (and "-" before it), first the default
+    query: Sequence[str] | Mapping[str, Any] = ()  # names in openapi._QUERY, or name -> a type
+    params: Mapping[str, Any] = attrs.Factory(dict)  # path parameter -> a model type, if unusual
 
 
 def doc(summary: str, **kwargs: Any) -> Callable[[Handler], Handler]:
@@ -185,10 +189,27 @@ def paging(request: web.Request, order_fields: Sequence[str] = ("name",)) -> Pag
         choices = ", ".join(f"{f}, -{f}" for f in order_fields)
         raise bad_query("order_by", f"must be one of {choices}; got {shown(order)}")
     return Paging(
-        page=number("page", 1, 1 << 30),
+        page=number("page", 1, MAX_PAGE),
         per_page=number("per_page", 50, MAX_PER_PAGE),
         descending=order.startswith("-"),
     )
+
+
+def list_filter(request: web.Request, name: str, kind: Any) -> set[str] | None:
+    """A CF list filter, ``?states=READY,FAILED``: None when absent, else its values, each
+    checked as the model type ``kind`` (what the OpenAPI document shows); 400 naming the first
+    bad one. Repeating the parameter adds to the list."""
+    raw = request.query.getall(name, None)
+    if raw is None:
+        return None
+    values = [v for joined in raw for v in joined.split(",")]
+    for value in values:
+        try:
+            codec.structure(value, kind)
+        except codec.Invalid as exc:
+            reason = exc.errors[0].reason
+            raise bad_query(name, f"{reason} (a comma-separated list)") from None
+    return set(values)
 
 
 def page_body(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,12 +41,19 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from lastbackend import codec
-from lastbackend.api.errors import ApiError, bad_query
-from lastbackend.api.http import Paging, body, doc, if_match, json_response, page_body, paging
+from lastbackend.api.errors import ApiError
+from lastbackend.api.http import (
+    Paging,
+    body,
+    doc,
+    if_match,
+    json_response,
+    list_filter,
+    page_body,
+    paging,
+)
 from lastbackend.api.state import STATE
 from lastbackend.model.apps import (
-    PACKAGE_STATES,
-    PACKAGES,
     BitsPackage,
     DockerPackage,
     GitCredentials,
@@ -54,8 +61,10 @@ from lastbackend.model.apps import (
     GitUrl,
     Hash,
     PackageCreate,
+    PackageState,
+    PackageType,
 )
-from lastbackend.model.common import mask_secrets, now
+from lastbackend.model.common import Id, mask_secrets, now
 from lastbackend.sources import archive, git
 from lastbackend.sources.archive import ArchiveError
 from lastbackend.sources.blobs import BlobStore
@@ -137,20 +146,6 @@ def _repo(request: web.Request) -> Packages:
 # lists: shared with the droplets routes ---------------------------------------------------------
 
 
-def filter_values(
-    request: web.Request, name: str, allowed: Collection[str] | None = None
-) -> set[str] | None:
-    """A CF list filter, ``?states=READY,FAILED``: None when absent; 400 for an unknown value."""
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    values = {v.strip() for v in raw.split(",") if v.strip()}
-    unknown = sorted(values - set(allowed)) if allowed is not None else []
-    if unknown:
-        raise bad_query(name, f"unknown value {unknown[0]!r}; one of {', '.join(allowed or ())}")
-    return values
-
-
 def listing(
     request: web.Request,
     items: Sequence[T],
@@ -221,13 +216,14 @@ async def create_for_app(request: web.Request) -> web.Response:
     "List packages, oldest first (filters: app_guids, states, types; comma-separated)",
     response="Package",
     paginated=True,
-    query=("app_guids", "states", "types"),
+    order=ORDER,
+    query={"app_guids": Id, "states": PackageState, "types": PackageType},
 )
 async def index(request: web.Request) -> web.Response:
     items, revision = await _repo(request).list(
-        apps=filter_values(request, "app_guids"),
-        states=filter_values(request, "states", PACKAGE_STATES),
-        types=filter_values(request, "types", PACKAGES),
+        apps=list_filter(request, "app_guids", Id),
+        states=list_filter(request, "states", PackageState),
+        types=list_filter(request, "types", PackageType),
     )
     return listing(request, items, revision, view, _stamps)
 
@@ -237,15 +233,16 @@ async def index(request: web.Request) -> web.Response:
     "List an app's packages, oldest first (filters: states, types)",
     response="Package",
     paginated=True,
-    query=("states", "types"),
+    order=ORDER,
+    query={"states": PackageState, "types": PackageType},
 )
 async def index_of_app(request: web.Request) -> web.Response:
     app = request.match_info["guid"]
     await app_project(request.app[STATE].etcd, app)  # 404 for an unknown app
     items, revision = await _repo(request).list(
         apps=[app],
-        states=filter_values(request, "states", PACKAGE_STATES),
-        types=filter_values(request, "types", PACKAGES),
+        states=list_filter(request, "states", PackageState),
+        types=list_filter(request, "types", PackageType),
     )
     return listing(request, items, revision, view, _stamps)
 
@@ -430,6 +427,8 @@ async def upload(request: web.Request) -> web.Response:
             error = str(exc).removeprefix("bits: ")
             raise await _refused(claim, str(exc), error, exc.status) from None
         except BaseException:
+            # The files go first: whoever sees FAILED (the client left) finds nothing left over.
+            await asyncio.to_thread(_discard, incoming, normalized)
             with contextlib.suppress(Exception):
                 await _refused(claim, CUT_OFF, CUT_OFF, 400)
             raise

@@ -77,7 +77,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(BASE)
-@doc("List registry accounts in host order", response="Registry", paginated=True)
+@doc("List registry accounts in host order", response="Registry", paginated=True, order=("host",))
 async def index(request: web.Request) -> web.Response:
     pg = paging(request, ("host",))
     listing = await _repo(request).list(

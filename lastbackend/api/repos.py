@@ -65,9 +65,9 @@ def ids_of(request: web.Request, depth: int) -> tuple[str, ...]:
 
 def dry_run(request: web.Request) -> bool:
     raw = request.query.get("dry-run")
-    if raw is None or raw.lower() in _FALSE:
+    if raw is None or raw in _FALSE:
         return False
-    if raw.lower() in _TRUE:
+    if raw in _TRUE:
         return True
     raise bad_query("dry-run", f"must be 1, true, 0 or false; got {raw!r}")
 
@@ -188,7 +188,7 @@ async def list_repos(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/repos/{repo}/tags")
-@doc("Every tag of every branch of a repo, keyed <branch-id>/<tag-id>", response="Tags")
+@doc("Every tag of every branch of a repo, keyed <branch-id>/<tag-id>", response="RepoTags")
 async def repo_tags(request: web.Request) -> web.Response:
     return answer(request, await _store(request).repo_tags(ids_of(request, 1)[0]))
 

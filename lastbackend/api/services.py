@@ -305,7 +305,7 @@ async def patch_config(request: web.Request) -> web.Response:
 
 
 @routes.get(ONE + "/source")
-@doc("Get a service's source (null when it has none)", response="ServiceSource")
+@doc("Get a service's source (null when it has none)", response="ServiceSourceOrNull")
 async def get_source(request: web.Request) -> web.Response:
     return await _part(request, "source")
 
@@ -337,14 +337,14 @@ async def put_domains(request: web.Request) -> web.Response:
 
 
 @routes.get(ONE + "/image")
-@doc("Get the image the service runs", response="Image")
+@doc("Get the image the service runs", response="ServiceImage")
 async def get_image(request: web.Request) -> web.Response:
     _, record = await resolve(request)
     return json_response({"image": record.values.get("image")}, revision=record.revision)
 
 
 @routes.put(ONE + "/image")
-@doc("Set the image the service runs", body=ImageBody, response="Image")
+@doc("Set the image the service runs", body=ImageBody, response="ServiceImage")
 async def put_image(request: web.Request) -> web.Response:
     image = (await body(request, ImageBody)).image
     _, record = await _update(request, lambda cur: _merge(cur, {"image": image}), image_given=True)
@@ -355,7 +355,12 @@ async def put_image(request: web.Request) -> web.Response:
 
 
 @routes.get(ONE + "/revisions")
-@doc("List the pod templates the service was deployed with, newest first", response="Revision")
+@doc(
+    "List the pod templates the service was deployed with, newest first",
+    response="Revision",
+    paginated=True,
+    order=("revision",),
+)
 async def revisions(request: web.Request) -> web.Response:
     pg = paging(request, ("revision",))
     kvs, revision = await _children(request, keys.revisions)
@@ -425,7 +430,7 @@ async def _children(request: web.Request, prefix_of: Any) -> tuple[list[Any], in
 
 
 @routes.get(ONE + "/containers")
-@doc("List a service's containers", response="Container", paginated=True)
+@doc("List a service's containers", response="Container", paginated=True, order=("id",))
 async def containers(request: web.Request) -> web.Response:
     pg = paging(request, ("id",))
     kvs, revision = await _children(request, keys.containers)

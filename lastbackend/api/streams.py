@@ -44,7 +44,7 @@ FLAGS = {"true": True, "1": True, "false": False, "0": False}
 def follow_query(request: web.Request) -> bool:
     """The ``follow`` query parameter (default false); 400 naming it for anything else."""
     raw = request.query.get("follow", "false")
-    value = FLAGS.get(raw.lower())
+    value = FLAGS.get(raw)  # as the schema spells them: one spelling each
     if value is None:
         raise bad_query("follow", f"must be true or false, got {raw!r}")
     return value

@@ -65,6 +65,7 @@ async def show(request: web.Request) -> web.Response:
     "Connect a vendor, or replace its fields (no token or webhook_secret: keep the stored one)",
     body=VendorConnect,
     response="Vendor",
+    upsert=True,
 )
 async def connect(request: web.Request) -> web.Response:
     name = request.match_info["vendor"]
