@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,9 @@ class Daemon:
 
     count = 0
 
-    def __init__(self, tmp: Path, args: Sequence[str], port: int) -> None:
+    def __init__(
+        self, tmp: Path, args: Sequence[str], port: int, env: Mapping[str, str] | None = None
+    ) -> None:
         Daemon.count += 1
         self.log = tmp / f"daemon-{Daemon.count}.log"
         self.url = f"http://127.0.0.1:{port}"
@@ -126,7 +128,7 @@ class Daemon:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=clean_env(),
+                env={**clean_env(), **(env or {})},
             )
         self.etcd_pids: list[int] = []
 
