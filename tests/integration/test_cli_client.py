@@ -1,0 +1,82 @@
+"""The user CLI against a real API (on the test etcd): ``login``, where it stores the endpoint,
+how the environment overrides it, and the messages a user reads when something is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ClientFactory
+from tests.support import free_port
+
+pytestmark = pytest.mark.etcd
+
+SCRIPT = Path(sys.executable).parent / "lastbackend"
+TOKEN = "cli-admin-token-0123456789"
+
+
+async def lb(*argv: str, home: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run the installed script the way a user does (a subprocess, the API serving meanwhile)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
+    clean.update(XDG_CONFIG_HOME=str(home), NO_COLOR="1", **(env or {}))
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        *argv,
+        env=clean,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def url_of(client: Any) -> str:
+    return str(client.make_url("")).rstrip("/")
+
+
+async def test_login_stores_url_and_token_readable_by_the_user_only(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    api = await make_client(admin_tokens=(TOKEN,))
+    code, _, err = await lb("login", url_of(api), "--token", TOKEN, home=tmp_path)
+    assert code == 0, err
+    path = tmp_path / "lastbackend" / "config.toml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f'url = "{url_of(api)}"' in path.read_text()
+    assert TOKEN not in err  # never echoed
+
+
+async def test_a_bad_token_is_a_clear_401_message_and_nothing_is_stored(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    api = await make_client(admin_tokens=(TOKEN,))
+    code, out, err = await lb("login", url_of(api), "--token", "wrong", home=tmp_path)
+    assert code == 1
+    assert "refused the token (401)" in err
+    assert "LB_TOKEN" in err
+    assert out == ""
+    assert not (tmp_path / "lastbackend" / "config.toml").exists()
+
+
+async def test_an_unreachable_url_says_so(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await lb("login", url, home=tmp_path)
+    assert code == 1
+    assert f"cannot reach the API at {url}" in err
+    assert "Traceback" not in err
+
+
+async def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    code, _, err = await lb("login", home=tmp_path)
+    assert code == 2
+    assert "Missing argument 'URL'" in err
+    code, _, _ = await lb("no-such-command", home=tmp_path)
+    assert code == 2
