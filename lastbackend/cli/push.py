@@ -265,8 +265,8 @@ class Push:
     def stage(self, package: str) -> dict[str, Any]:
         droplet = self.api.call("POST", f"/v3/packages/{package}/droplets", {})
         guid = droplet["guid"]
-        self.say(f"Staging {self.spec.name} (droplet {guid})")
-        try:
+        try:  # from here on, Ctrl-C deletes the droplet
+            self.say(f"Staging {self.spec.name} (droplet {guid})")
             with self.api.lines(f"/v3/droplets/{guid}/logs", follow="true") as lines:
                 for line in lines:
                     err().print(f"   {line}", markup=False, highlight=False, soft_wrap=True)

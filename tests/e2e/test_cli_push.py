@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import ClientFactory
-from tests.e2e.harness import Harness, Proc, eventually
+from tests.e2e.conftest import Registry
+from tests.e2e.harness import Harness, Proc, eventually, push
 from tests.e2e.test_routing import routed_daemon
 from tests.support import RawEtcd
 
@@ -230,3 +232,79 @@ async def test_a_bad_token_is_refused_with_a_clear_message(
     assert code == 1
     assert "refused the token (401)" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.docker
+@pytest.mark.etcd
+async def test_push_of_a_private_docker_image_takes_the_password_from_the_environment(
+    harness: Harness, routed: tuple[Proc, int], registry: Registry, base_image: str, tmp_path: Path
+) -> None:
+    daemon, router = routed
+    h = harness
+    served = f"{registry.host}/cli/served:1"
+    scratch = h.docker.create_container(base_image, command="true")["Id"]
+    try:  # the base image made to serve /www on 8080, exposing that port
+        h.docker.commit(
+            scratch,
+            repository=f"{registry.host}/cli/served",
+            tag="1",
+            changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080/tcp"],
+        )
+    finally:
+        h.docker.remove_container(scratch, force=True)
+    push(h, served, served, registry)
+    code, out, err = await lb(
+        "push", "img", "--docker-image", served, "--docker-username", registry.username,
+        "--project", "dock", url=daemon.url, home=tmp_path,
+        env={"LB_DOCKER_PASSWORD": registry.password},
+    )  # fmt: skip
+    assert code == 0, err
+    status, body = await get(router, http_url(out))
+    assert status == 200
+    assert body.startswith("hello from lastbackend")
+    assert registry.password not in out + err
+    # no password in the environment and no terminal to prompt on: refused before anything runs
+    code, _, err = await lb(
+        "push", "img2", "--docker-image", served, "--docker-username", registry.username,
+        "--project", "dock", url=daemon.url, home=tmp_path,
+    )  # fmt: skip
+    assert code == 1
+    assert "LB_DOCKER_PASSWORD" in err
+
+
+@pytest.mark.docker
+@pytest.mark.etcd
+async def test_ctrl_c_while_staging_deletes_the_droplet_and_keeps_the_running_version(
+    harness: Harness, routed: tuple[Proc, int], tmp_path: Path
+) -> None:
+    daemon, router = routed
+    directory = site(tmp_path / "site", "<h1>kept</h1>\n")
+    code, out, err = await lb(
+        "push", "-p", str(directory), "--project", "intr", url=daemon.url, home=tmp_path
+    )
+    assert code == 0, err
+    url = http_url(out)
+    (directory / "index.html").write_text("<h1>never served</h1>\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
+    clean.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=daemon.url, NO_COLOR="1")
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT), "push", "-p", str(directory), "--project", "intr",
+        env=clean, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    seen = b""
+    while b"Staging site" not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)
+        assert line, seen
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, rest = await asyncio.wait_for(proc.communicate(), 60)
+    err = (seen + rest).decode()
+    assert proc.returncode == 130, err
+    assert "staging interrupted: the droplet was deleted" in err
+    _, apps = await harness.call(daemon, "GET", "/v3/apps?names=site", expect=200)
+    guid = apps["resources"][0]["guid"]
+    _, droplets = await harness.call(daemon, "GET", f"/v3/apps/{guid}/droplets", expect=200)
+    assert len(droplets["resources"]) == 1  # the first push's; the interrupted one is gone
+    assert await get(router, url) == (200, "<h1>kept</h1>\n")
