@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import click
 
-from lastbackend.cli import admin, login, push, servers
+from lastbackend.cli import admin, daily, login, push, servers
 from lastbackend.cli.output import error
 
 
@@ -27,7 +27,7 @@ def cli() -> None:
     """The top group: every command hangs off it."""
 
 
-for _command in (*servers.COMMANDS, *admin.COMMANDS, login.login, push.push):
+for _command in (*servers.COMMANDS, *admin.COMMANDS, login.login, push.push, *daily.COMMANDS):
     cli.add_command(_command)
 
 
