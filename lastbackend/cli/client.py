@@ -142,15 +142,16 @@ class Api:
         return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
     def every(self, path: str, **params: Any) -> list[Any]:
-        """Every resource of a list, page after page."""
+        """Every resource of a list, following ``pagination.next.href`` to the end, as CF
+        clients do."""
         found: list[Any] = []
-        page = 1
+        body = self.get(path, per_page=5000, **params)
         while True:
-            body = self.get(path, page=page, per_page=5000, **params)
             found += body["resources"]
-            if page >= int(body["pagination"].get("total_pages") or 1):
+            following = (body.get("pagination") or {}).get("next")
+            if not following:
                 return found
-            page += 1
+            body = self.call("GET", following["href"])
 
     def upload(self, path: str, field: str, name: str, stream: IO[bytes], size: int) -> Any:
         """A ``multipart/form-data`` body streamed from ``stream``, never whole in memory."""
