@@ -28,6 +28,8 @@ from lastbackend.cli.output import Failure, err, out
 
 DEFAULT_PROJECT = "default"
 ROLLOUT_TIMEOUT = 600.0
+POLL = 0.15
+"""Seconds between polls of the rollout: three small GETs each."""
 
 
 def _label(name: str) -> str:
@@ -170,7 +172,7 @@ class Push:
             self.say(f"Starting {spec.name}")
         else:
             self.say(f"Rolling {spec.name} to the new droplet")
-        self.wait(pid, guid, droplet)
+        self.wait(pid, guid, droplet, first=app["desired_state"] != "STARTED")
         urls = self.api.get(f"/v3/apps/{guid}")["urls"]
         took = time.monotonic() - self.started
         self.say(f"{spec.name} is running ({took:.1f}s):")
@@ -299,8 +301,13 @@ class Push:
             if wanted != held:
                 self.api.call("PUT", f"{base}/domains", wanted)
 
-    def wait(self, pid: str, guid: str, droplet: dict[str, Any]) -> None:
-        """Until the newest revision runs the droplet's image and its rollout is complete."""
+    def wait(self, pid: str, guid: str, droplet: dict[str, Any], *, first: bool) -> None:
+        """Until the newest revision runs the droplet's image and its rollout is complete.
+
+        A ``first`` start (the app was stopped: no old instance) is done sooner, once every
+        instance runs and passes its check: the routers send traffic to every ready container
+        of a service none of whose containers has proven itself yet (docs/api/deploys.md), so
+        waiting ``min_ready`` more would only delay the URL that already answers."""
         base = f"/api/projects/{pid}/services/{guid}"
         image = droplet.get("image")
         deadline = time.monotonic() + ROLLOUT_TIMEOUT
@@ -316,6 +323,8 @@ class Push:
                         return
                     if rollout.get("state") == "failed":
                         raise Failure(f"the rollout failed: {rollout.get('reason') or 'unknown'}")
+                    if first and self._all_ready(base, service):
+                        return
                     line = f"{rollout.get('ready', 0)}/{rollout.get('desired', '?')} ready"
                     if rollout.get("reason"):
                         line += f": {rollout['reason']}"
@@ -324,8 +333,14 @@ class Push:
                         shown = line
                 if (service.get("config") or {}).get("replicas") == 0:
                     return  # nothing to wait for
-                time.sleep(0.25)
+                time.sleep(POLL)
         raise Failure(f"the instances were not ready within {ROLLOUT_TIMEOUT:.0f}s")
+
+    def _all_ready(self, base: str, service: dict[str, Any]) -> bool:
+        wanted = int((service.get("config") or {}).get("replicas") or 0)
+        found = self.api.get(f"{base}/containers")["resources"]
+        ready = [c for c in found if c.get("status") == "running" and c.get("ready")]
+        return len(ready) >= wanted == len(found)
 
 
 class _Counting:

@@ -15,9 +15,9 @@ Each run times, alternately (so both see the same machine):
 - **raw**: the same calls from this process with one ``httpx`` client: find or create the
   project and the app, create a bits package, pack the directory (the CLI's own packer: same
   bytes), upload it, create the droplet, read its followed log to the end, read the droplet,
-  assign it, start the app when stopped, poll the service and its newest revision every 250 ms
-  until the rollout of the droplet's image is complete (what the CLI waits for), then the same
-  page check.
+  assign it, start the app when stopped, poll the service and its newest revision every 150 ms
+  until the rollout of the droplet's image is complete, or for a first start until every
+  instance runs and is ready (what the CLI waits for), then the same page check.
 
 **cold** is a new app's first push (a new app name per run); **warm** pushes new content to an
 app that already runs (a rolling update: the new container must be ready for ``min_ready``,
@@ -198,10 +198,17 @@ def raw_push(url: str, name: str, directory: Path, marks: dict[str, float]) -> N
             f"/v3/apps/{guid}/relationships/current_droplet",
             json={"data": {"guid": droplet["guid"]}},
         )
-        if app["desired_state"] != "STARTED":
+        first = app["desired_state"] != "STARTED"
+        if first:
             call("POST", f"/v3/apps/{guid}/actions/start")
         marks["assigned"] = time.monotonic()
         base = f"/api/projects/{pid}/services/{guid}"
+
+        def all_ready() -> bool:  # a first start: every instance runs and passes its check
+            found = call("GET", f"{base}/containers")["resources"]
+            ready = [c for c in found if c["status"] == "running" and c.get("ready")]
+            return len(ready) >= 1 == len(found)
+
         while True:
             rollout = (call("GET", base).get("status") or {}).get("rollout") or {}
             newest = call("GET", f"{base}/revisions", params={"per_page": 1})["resources"]
@@ -209,11 +216,11 @@ def raw_push(url: str, name: str, directory: Path, marks: dict[str, float]) -> N
                 newest
                 and newest[0]["spec"].get("image") == droplet["image"]
                 and rollout.get("revision") == newest[0]["revision"]
-                and rollout.get("state") in ("complete", "failed")
+                and (rollout.get("state") in ("complete", "failed") or (first and all_ready()))
             ):
                 marks["complete"] = time.monotonic()
                 return
-            time.sleep(0.25)
+            time.sleep(0.15)
 
 
 def timed(
@@ -230,8 +237,8 @@ SPLITS = (
     ("start", "uploaded", "pack + project/app/package calls + upload"),
     ("uploaded", "staged", "droplet create -> STAGED (followed log)"),
     ("staged", "assigned", "assign + start"),
-    ("assigned", "complete", "assign -> rollout complete (includes min_ready)"),
-    ("complete", "served", "rollout complete -> page through the router"),
+    ("assigned", "complete", "assign -> ready (cold) / rollout complete (warm: min_ready)"),
+    ("complete", "served", "then -> page through the router"),
 )
 
 

@@ -176,7 +176,11 @@ async def test_a_manifest_pushes_a_site_and_a_procfile_app(
     _, service = await harness.call(daemon, "GET", "/api/projects/two/services/api", expect=200)
     assert service["config"]["replicas"] == 2
     assert service["config"]["memory"] == 64
-    assert service["status"]["rollout"]["state"] == "complete"
+    # a first start returns once every instance is ready: both are, and both are routed
+    _, containers = await harness.call(
+        daemon, "GET", "/api/projects/two/services/api/containers", expect=200
+    )
+    assert sum(1 for c in containers["resources"] if c["ready"]) == 2
 
 
 @pytest.mark.docker
