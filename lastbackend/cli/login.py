@@ -21,3 +21,6 @@ def login(url: str, token: str) -> int:
     path = client.save(entry)
     err().print(f"Logged in to {entry.url}; saved in {path}", markup=False)
     return 0
+
+
+COMMANDS = (login,)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cache
@@ -28,6 +30,8 @@ def err() -> Console:
 
 
 def _console(*, stderr: bool) -> Console:
+    from rich.console import Console  # on first use: admin commands never pay for it
+
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
     return Console(

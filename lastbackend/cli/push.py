@@ -368,3 +368,6 @@ def _password() -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.1f} MiB"
+
+
+COMMANDS = (push,)
