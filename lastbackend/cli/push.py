@@ -103,6 +103,9 @@ def specs(
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     help="a lastbackend.yml (default: the one in the directory, if any)",
 )
+@click.option(
+    "--restage", is_flag=True, help="stage even when the files are those of the running droplet"
+)
 def push(
     name: str | None,
     path: Path | None,
@@ -115,6 +118,7 @@ def push(
     docker_username: str | None,
     domains: tuple[str, ...],
     manifest_file: Path | None,
+    restage: bool,
 ) -> int:
     if path is not None and not path.is_dir():
         raise Failure(f"path: {path} is not a directory")
@@ -135,17 +139,18 @@ def push(
     project = project or os.environ.get("LB_PROJECT") or DEFAULT_PROJECT
     with Api(client.load()) as api:
         for spec in apps:
-            Push(api, project, spec).run()
+            Push(api, project, spec, restage=restage).run()
     return 0
 
 
 class Push:
     """One app's push, step by step."""
 
-    def __init__(self, api: Api, project: str, spec: AppSpec) -> None:
+    def __init__(self, api: Api, project: str, spec: AppSpec, *, restage: bool = False) -> None:
         self.api = api
         self.project = project
         self.spec = spec
+        self.restage = restage
         self.started = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -158,19 +163,27 @@ class Push:
         pid = self.ensure_project()
         app = self.ensure_app(pid)
         guid = app["guid"]
-        self.configure(app)
-        package = self.package(guid)
-        droplet = self.stage(package["guid"])
+        relifecycled = self.configure(app)
+        with tempfile.TemporaryDirectory(prefix="lastbackend-push-") as tmp:
+            packed = self.pack(Path(tmp)) if spec.docker_image is None else None
+            droplet = None
+            if packed is not None and not relifecycled and not self.restage:
+                droplet = self.unchanged(app, packed)
+            fresh = droplet is None
+            if droplet is None:
+                package = self.package(guid, packed)
+                droplet = self.stage(package["guid"])
         self.scale(pid, guid)
-        self.api.call(
-            "PATCH",
-            f"/v3/apps/{guid}/relationships/current_droplet",
-            {"data": {"guid": droplet["guid"]}},
-        )
+        if fresh:
+            self.api.call(
+                "PATCH",
+                f"/v3/apps/{guid}/relationships/current_droplet",
+                {"data": {"guid": droplet["guid"]}},
+            )
         if app["desired_state"] != "STARTED":
             self.api.call("POST", f"/v3/apps/{guid}/actions/start")
             self.say(f"Starting {spec.name}")
-        else:
+        elif fresh:
             self.say(f"Rolling {spec.name} to the new droplet")
         self.wait(pid, guid, droplet, first=app["desired_state"] != "STARTED")
         urls = self.api.get(f"/v3/apps/{guid}")["urls"]
@@ -199,7 +212,8 @@ class Push:
         self.say(f"Created app {self.spec.name} in {self.project}")
         return dict(created)
 
-    def configure(self, app: dict[str, Any]) -> None:
+    def configure(self, app: dict[str, Any]) -> bool:
+        """Patch what the push changes on the app; whether that is its lifecycle (a restage)."""
         spec = self.spec
         patch: dict[str, Any] = {}
         if spec.buildpack is not None and app["lifecycle"]["type"] == "buildpack":
@@ -216,25 +230,45 @@ class Push:
             patch["health_check"] = check
         if patch:
             self.api.call("PATCH", f"/v3/apps/{app['guid']}", patch)
+        return "lifecycle" in patch
 
-    def package(self, guid: str) -> dict[str, Any]:
+    def pack(self, tmp: Path) -> pack.Packed:
+        try:
+            packed = pack.pack(self.spec.path, tmp / "app.tar.gz")
+        except pack.PackError as exc:
+            raise Failure(str(exc)) from None
+        self.say(
+            f"Packed {packed.files} files from {self.spec.path} "
+            f"({_size(packed.size)}, sha1 {packed.sha1[:12]})"
+        )
+        return packed
+
+    def unchanged(self, app: dict[str, Any], packed: pack.Packed) -> dict[str, Any] | None:
+        """The running droplet when it was staged from these very bytes (packing is
+        deterministic: same files, same sha1), so staging them again would make the same."""
+        if app["desired_state"] != "STARTED":
+            return None
+        current = self.api.call("GET", f"/v3/apps/{app['guid']}/droplets/current", missing_ok=True)
+        if not current or current.get("state") != "STAGED":
+            return None
+        staged = ((current.get("staging_response") or {}).get("hash") or {}).get("value")
+        if staged != packed.sha1:
+            return None
+        self.say(
+            f"Unchanged since droplet {current['guid']} (sha1 {packed.sha1[:12]}): staging "
+            "skipped (--restage to stage anyway)"
+        )
+        return dict(current)
+
+    def package(self, guid: str, packed: pack.Packed | None) -> dict[str, Any]:
         spec = self.spec
-        if spec.docker_image is not None:
+        if packed is None:
             body: dict[str, Any] = {"type": "docker", "image": spec.docker_image}
             if spec.docker_username:
                 body["credentials"] = {"user": spec.docker_username, "password": _password()}
             return dict(self.api.call("POST", f"/v3/apps/{guid}/packages", body))
         created = self.api.call("POST", f"/v3/apps/{guid}/packages", {"type": "bits"})
-        with tempfile.TemporaryDirectory(prefix="lastbackend-push-") as tmp:
-            try:
-                packed = pack.pack(spec.path, Path(tmp) / "app.tar.gz")
-            except pack.PackError as exc:
-                raise Failure(str(exc)) from None
-            self.say(
-                f"Packed {packed.files} files from {spec.path} "
-                f"({_size(packed.size)}, sha1 {packed.sha1[:12]})"
-            )
-            return self.upload(created["guid"], packed)
+        return self.upload(created["guid"], packed)
 
     def upload(self, package: str, packed: pack.Packed) -> dict[str, Any]:
         from rich.progress import (

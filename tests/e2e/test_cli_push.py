@@ -312,3 +312,30 @@ async def test_ctrl_c_while_staging_deletes_the_droplet_and_keeps_the_running_ve
     _, droplets = await harness.call(daemon, "GET", f"/v3/apps/{guid}/droplets", expect=200)
     assert len(droplets["resources"]) == 1  # the first push's; the interrupted one is gone
     assert await get(router, url) == (200, "<h1>kept</h1>\n")
+
+
+@pytest.mark.docker
+@pytest.mark.etcd
+async def test_an_unchanged_push_skips_staging_unless_restage(
+    harness: Harness, routed: tuple[Proc, int], tmp_path: Path
+) -> None:
+    daemon, router = routed
+    directory = site(tmp_path / "same", "<p>same</p>\n")
+    args = ("push", "-p", str(directory), "--project", "same")
+    code, out, err = await lb(*args, url=daemon.url, home=tmp_path)
+    assert code == 0, err
+    os.utime(directory / "index.html", (1, 1))  # touched, not changed: the same sha1
+    code, out, err = await lb(*args, url=daemon.url, home=tmp_path)
+    assert code == 0, err
+    assert "staging skipped" in err
+    assert "Staging" not in err
+    assert await get(router, http_url(out)) == (200, "<p>same</p>\n")
+    _, apps = await harness.call(daemon, "GET", "/v3/apps?names=same", expect=200)
+    guid = apps["resources"][0]["guid"]
+    _, droplets = await harness.call(daemon, "GET", f"/v3/apps/{guid}/droplets", expect=200)
+    assert len(droplets["resources"]) == 1
+    code, out, err = await lb(*args, "--restage", url=daemon.url, home=tmp_path)
+    assert code == 0, err
+    assert "Staging same" in err
+    _, droplets = await harness.call(daemon, "GET", f"/v3/apps/{guid}/droplets", expect=200)
+    assert len(droplets["resources"]) == 2
