@@ -188,7 +188,7 @@ class Push:
         self.wait(pid, guid, droplet, first=app["desired_state"] != "STARTED")
         urls = self.api.get(f"/v3/apps/{guid}")["urls"]
         took = time.monotonic() - self.started
-        self.say(f"{spec.name} is running ({took:.1f}s):")
+        self.say(f"{spec.name} is running ({took:.2f}s):")
         for url in urls:
             out().print(url, markup=False, highlight=False, soft_wrap=True)
 

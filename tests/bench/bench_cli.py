@@ -19,6 +19,9 @@ Each run times, alternately (so both see the same machine):
   until the rollout of the droplet's image is complete, or for a first start until every
   instance runs and is ready (what the CLI waits for), then the same page check.
 
+**unchanged** pushes the warm app's directory again as it is: the CLI finds the running
+droplet staged from the same sha1 and stages nothing (no raw counterpart).
+
 **cold** is a new app's first push (a new app name per run); **warm** pushes new content to an
 app that already runs (a rolling update: the new container must be ready for ``min_ready``,
 3 s by default, before the rollout counts it). The CLI's overhead is its p50 minus raw's.
@@ -35,7 +38,9 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,7 +134,9 @@ def answers(router: int, host: str, text: str, within: float = 60) -> None:
     raise TimeoutError(f"{host} did not serve the new page within {within}s")
 
 
-def cli_push(url: str, name: str, directory: Path, home: Path) -> None:
+def cli_push(url: str, name: str, directory: Path, home: Path, marks: dict[str, float]) -> None:
+    """The installed script; ``marks["own"]``: the time it reports (its clock starts after its
+    imports, so the rest of the total is the interpreter's start-up and the page check)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
     env.update(LB_URL=url, XDG_CONFIG_HOME=str(home), NO_COLOR="1")
     done = subprocess.run(
@@ -142,6 +149,9 @@ def cli_push(url: str, name: str, directory: Path, home: Path) -> None:
     )
     if done.returncode != 0:
         raise RuntimeError(f"push failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    own = re.search(r"is running \(([0-9.]+)s\)", done.stderr)
+    marks["own"] = float(own[1]) if own else math.nan
+    marks["skipped"] = float("staging skipped" in done.stderr)
 
 
 def raw_push(url: str, name: str, directory: Path, marks: dict[str, float]) -> None:
@@ -259,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ("cli cold", "raw cold", "cli warm", "raw warm")
     times: dict[str, list[float]] = {k: [] for k in kinds}
     splits: dict[str, list[float]] = {}
+    own: dict[str, list[float]] = {}
     apps: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
@@ -281,13 +292,16 @@ def main(argv: list[str] | None = None) -> int:
                     directory = work / name
                     directory.mkdir()
                     host = f"{name}.bench.lb.localhost"
-                    for temperature in ("cold", "warm"):
-                        text = f"<h1>{name} {temperature}</h1>\n"
-                        (directory / "index.html").write_text(text)
+                    for temperature in ("cold", "warm", "unchanged"):
+                        if temperature == "unchanged" and kind == "raw":
+                            continue  # the skip is the CLI's own decision
+                        if temperature != "unchanged":
+                            text = f"<h1>{name} {temperature}</h1>\n"
+                            (directory / "index.html").write_text(text)
                         marks: dict[str, float] = {}
                         push = functools.partial(
                             *(
-                                (cli_push, url, name, directory, work)
+                                (cli_push, url, name, directory, work, marks)
                                 if kind == "cli"
                                 else (raw_push, url, name, directory, marks)
                             )
@@ -297,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                             for a, b, label in SPLITS:
                                 key = f"{temperature}: raw: {label}"
                                 splits.setdefault(key, []).append(marks[b] - marks[a])
-                        times[f"{kind} {temperature}"].append(seconds)
+                        times.setdefault(f"{kind} {temperature}", []).append(seconds)
+                        if kind == "cli":
+                            own.setdefault(temperature, []).append(marks["own"])
+                            if temperature == "unchanged":
+                                assert marks["skipped"], "the unchanged push staged again"
                         say(f"  run {i + 1} {kind} {temperature}: {seconds:.3f} s")
                     apps.append(name)
         except BaseException:
@@ -324,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(row("warm: raw HTTP calls, same steps", times["raw warm"]))
+    print(row("unchanged: `lastbackend push` (staging skipped) -> URL", times["cli unchanged"]))
+    for temperature, values in own.items():
+        print(row(f"   {temperature}: the CLI's own clock (after its imports)", values))
     for label, values in splits.items():
         print(row(f"   {label}", values))
     for label, value in (("cold", overhead_cold), ("warm", overhead_warm)):
