@@ -243,11 +243,17 @@ def timed(
     return marks["served"] - started
 
 
+LABELS = {
+    ("cold", "assign (+ start: cold)"): "assign + start",
+    ("warm", "assign (+ start: cold)"): "assign",
+    ("cold", "assign -> ready"): "assign -> every instance ready",
+    ("warm", "assign -> ready"): "assign -> rollout complete (includes min_ready, 3 s)",
+}
 SPLITS = (
     ("start", "uploaded", "pack + project/app/package calls + upload"),
     ("uploaded", "staged", "droplet create -> STAGED (followed log)"),
-    ("staged", "assigned", "assign + start"),
-    ("assigned", "complete", "assign -> ready (cold) / rollout complete (warm: min_ready)"),
+    ("staged", "assigned", "assign (+ start: cold)"),
+    ("assigned", "complete", "assign -> ready"),
     ("complete", "served", "then -> page through the router"),
 )
 
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                         seconds = timed(push, router, host, text, marks)
                         if kind == "raw":
                             for a, b, label in SPLITS:
+                                label = LABELS.get((temperature, label), label)
                                 key = f"{temperature}: raw: {label}"
                                 splits.setdefault(key, []).append(marks[b] - marks[a])
                         times.setdefault(f"{kind} {temperature}", []).append(seconds)
