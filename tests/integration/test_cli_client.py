@@ -4,6 +4,8 @@ how the environment overrides it, and the messages a user reads when something i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import stat
 import sys
@@ -80,3 +82,63 @@ async def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert "Missing argument 'URL'" in err
     code, _, _ = await lb("no-such-command", home=tmp_path)
     assert code == 2
+
+
+async def test_the_stored_login_is_used_and_the_environment_overrides_it(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    api = await make_client(admin_tokens=(TOKEN,))
+    assert (await lb("login", url_of(api), "--token", TOKEN, home=tmp_path))[0] == 0
+    code, out, err = await lb("apps", "--json", home=tmp_path)  # the file's URL and token
+    assert code == 0, err
+    assert json.loads(out) == []
+    elsewhere = f"http://127.0.0.1:{free_port()}"
+    code, _, err = await lb("apps", home=tmp_path, env={"LB_URL": elsewhere})
+    assert code == 1
+    assert f"cannot reach the API at {elsewhere}" in err
+    code, _, err = await lb("apps", home=tmp_path, env={"LB_TOKEN": "not-it"})
+    assert code == 1
+    assert "refused the token (401)" in err
+
+
+async def test_api_errors_print_their_detail_lines(api: Any, tmp_path: Path) -> None:
+    project = await (await api.post("/api/projects", json={"name": "errs"})).json()
+    body = {"name": "web", "relationships": {"space": {"guid": project["id"]}}}
+    assert (await api.post("/v3/apps", json=body)).status == 201
+    env = {"LB_URL": url_of(api)}
+    code, out, err = await lb("set-env", "web", "1BAD", "v", home=tmp_path, env=env)
+    assert code == 1
+    assert err.startswith("lastbackend: environment_variables")
+    assert out == ""
+    code, _, err = await lb("scale", "nope", "-i", "2", home=tmp_path, env=env)
+    assert (code, err.strip()) == (1, "lastbackend: app: no app nope")
+    code, _, err = await lb("scale", "web", "-i", "-1", home=tmp_path, env=env)
+    assert code == 2  # a usage error: click's range check, before any call
+
+
+async def test_events_follow_the_stream(api: Any, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
+    env.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=url_of(api))
+    proc = await asyncio.create_subprocess_exec(
+        str(SCRIPT), "events", "projects/", "--json", env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        seen: list[dict[str, Any]] = []
+
+        async def created() -> None:
+            made = 0
+            while not seen:  # the command may still be starting: create until one shows
+                made += 1
+                await api.post("/api/projects", json={"name": f"ev{made}"})
+                with contextlib.suppress(TimeoutError):
+                    line = await asyncio.wait_for(proc.stdout.readline(), 1)  # type: ignore[union-attr]
+                    seen.append(json.loads(line))
+
+        await asyncio.wait_for(created(), 30)
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert seen[-1]["kind"] == "created"
+    assert seen[-1]["key"].startswith("/lastbackend/projects/")
