@@ -141,6 +141,12 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, params={k: v for k, v in params.items() if v is not None})
 
+    def revision(self, path: str) -> int:
+        """The etcd revision a list was read at (its ``X-Etcd-Revision``): where to resume."""
+        with self._reaching():
+            response = self._check(self.http.get(path, params={"per_page": 1}))
+        return int(response.headers.get("X-Etcd-Revision") or 0)
+
     def every(self, path: str, **params: Any) -> list[Any]:
         """Every resource of a list, following ``pagination.next.href`` to the end, as CF
         clients do."""
@@ -177,21 +183,29 @@ class Api:
         return self._check(response).json()
 
     @contextlib.contextmanager
-    def lines(self, path: str, **params: Any) -> Iterator[Iterator[str]]:
-        """A followed text stream (logs, events), line by line, no read timeout."""
+    def lines(
+        self, path: str, *, idle: float | None = None, **params: Any
+    ) -> Iterator[Iterator[str]]:
+        """A followed text stream (logs, events), line by line; it ends after ``idle`` seconds
+        without a byte (replayed history has all come), else only when the server ends it."""
         with (
             self._reaching(),
             self.http.stream(
                 "GET",
                 path,
                 params={k: v for k, v in params.items() if v is not None},
-                timeout=httpx.Timeout(None, connect=5.0),
+                timeout=httpx.Timeout(None, connect=5.0, read=idle),
             ) as response,
         ):
             if response.is_error:
                 response.read()
                 self._check(response)
-            yield response.iter_lines()
+            yield _until_idle(response.iter_lines())
+
+
+def _until_idle(lines: Iterator[str]) -> Iterator[str]:
+    with contextlib.suppress(httpx.ReadTimeout):
+        yield from lines
 
 
 _json = {"Content-Type": "application/json"}

@@ -72,6 +72,36 @@ def _rollout(service: dict[str, Any]) -> dict[str, Any]:
     return dict((service.get("status") or {}).get("rollout") or {})
 
 
+HISTORY = 2000
+"""How many etcd revisions back ``app`` looks for the app's recent events."""
+
+
+def recent_events(api: Api, target: Target, limit: int = 10) -> list[dict[str, Any]]:
+    """The last changes under the app's service keys: the event stream replayed from a little
+    before now (``since``) up to the revision the containers list was read at, or until it has
+    been quiet for 0.3 s (the replay comes at once; after it only new changes would)."""
+    now = api.revision(f"{target.service}/containers")
+    prefix = f"projects/{target.pid}/services/{target.guid}/"
+    since = max(1, now - HISTORY)
+    found: list[dict[str, Any]] = []
+    with api.lines("/api/events", idle=0.3, prefix=prefix, since=since) as lines:
+        kind = ""
+        for line in lines:
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+                if kind == "relist":
+                    break  # that history is compacted: show what there is
+            elif line.startswith("data:") and kind in ("created", "updated", "deleted"):
+                data = json.loads(line[5:])
+                key = str(data.get("key", ""))
+                found.append(
+                    {"revision": data.get("revision"), "kind": kind, "key": key.split(prefix)[-1]}
+                )
+            elif line.startswith("id:") and line[3:].strip() == str(now):
+                break  # the last event of the revision the list was read at
+    return found[-limit:]
+
+
 # listings ----------------------------------------------------------------------------------
 
 
@@ -128,7 +158,9 @@ def apps(project: str | None, as_json: bool) -> int:
     return 0
 
 
-@click.command(help="an app's details: lifecycle, instances, the rollout, its containers")
+@click.command(
+    help="an app's details: lifecycle, instances, the rollout, its containers, recent events"
+)
 @click.argument("name")
 @PROJECT
 @AS_JSON
@@ -138,9 +170,16 @@ def app(name: str, project: str | None, as_json: bool) -> int:
         service = api.get(target.service)
         containers = api.every(f"{target.service}/containers")
         droplet = api.call("GET", f"/v3/apps/{target.guid}/droplets/current", missing_ok=True)
+        events = recent_events(api, target)
     if as_json:
         emit_json(
-            {"app": target.app, "service": service, "containers": containers, "droplet": droplet}
+            {
+                "app": target.app,
+                "service": service,
+                "containers": containers,
+                "droplet": droplet,
+                "events": events,
+            }
         )
         return 0
     config = service.get("config") or {}
@@ -177,6 +216,12 @@ def app(name: str, project: str | None, as_json: bool) -> int:
             )
         out().print()
         _show(listing)
+    if events:
+        changes = Table("revision", "event", "key", box=None)
+        for event in events:
+            changes.add_row(str(event["revision"]), event["kind"], event["key"])
+        out().print()
+        _show(changes)
     return 0
 
 

@@ -53,6 +53,11 @@ async def test_json_outputs_scale_logs_env_stop_start_delete(
     details = await lbj("app", "ticker", url=url, home=tmp_path)
     assert details["droplet"]["state"] == "STAGED"
     assert len(details["containers"]) == 1
+    assert details["events"], "recent events of the app's keys"
+    assert {e["kind"] for e in details["events"]} <= {"created", "updated", "deleted"}
+    code, shown, _ = await lb("app", "ticker", url=url, home=tmp_path)
+    assert code == 0
+    assert "revision" in shown  # the table of recent events
     assert (await lbj("builds", "ticker", url=url, home=tmp_path))[0]["state"] == "STAGED"
     code, log, _ = await lb("builds", "ticker", "--logs", "1", url=url, home=tmp_path)
     assert code == 0
