@@ -142,3 +142,42 @@ async def test_events_follow_the_stream(api: Any, tmp_path: Path) -> None:
         await proc.wait()
     assert seen[-1]["kind"] == "created"
     assert seen[-1]["key"].startswith("/lastbackend/projects/")
+
+
+def on_a_terminal(*argv: str, env: dict[str, str]) -> bytes:
+    """The script's output when stdout and stderr are a terminal (a pty), as a user sees it."""
+    import pty
+    import subprocess
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(SCRIPT), *argv], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+            env=env, close_fds=True,
+        )  # fmt: skip
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        proc.wait(30)
+        return b"".join(chunks)
+    finally:
+        os.close(leader)
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_", "NO_COLOR"))}
+    env.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=f"http://127.0.0.1:{free_port()}")
+    env["TERM"] = "xterm-256color"
+    coloured = on_a_terminal("apps", env=env)
+    assert b"cannot reach the API" in coloured
+    assert b"\x1b[" in coloured  # the red "lastbackend:" prefix
+    plain = on_a_terminal("apps", env={**env, "NO_COLOR": "1"})
+    assert b"cannot reach the API" in plain
+    assert b"\x1b[" not in plain
