@@ -144,9 +144,9 @@ def apps(project: str | None, as_json: bool) -> int:
         return 0
     table = Table("name", "project", "state", "instances", "urls", box=None, pad_edge=False)
     for row in rows:
-        state = row["state"] if row["rollout"] in (None, "complete") else f"{row['state']} "
+        state = row["state"]
         if row["rollout"] not in (None, "complete"):
-            state += f"({row['rollout']})"
+            state += f" ({row['rollout']})"
         table.add_row(
             row["name"],
             row["project"],

@@ -66,8 +66,9 @@ def specs(
         apps = [a for a in apps if a.name == name] or [AppSpec(name=name, path=directory)]
     if not apps:
         apps = [AppSpec(name=name or _label(directory.name), path=directory)]
-    if path is not None:
-        apps = [attrs.evolve(a, path=directory) for a in apps]
+    if path is not None and len(apps) == 1:
+        apps = [attrs.evolve(apps[0], path=directory)]  # -p is the one app's directory
+    # several apps: each its manifest path, relative to the manifest
     overrides = {k: v for k, v in flags.items() if v not in (None, (), {})}
     if overrides and len(apps) > 1:
         raise Failure("flags apply to one app: name it (`lastbackend push NAME ...`)")
