@@ -7,7 +7,6 @@ environment (``LB_*``), which beats ``--config``'s file, which beats the default
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,9 +42,9 @@ SETTINGS_FLAGS = (
 """The parameters that are settings; any other parameter is the command's own."""
 
 
-def settings_from(args: argparse.Namespace | Mapping[str, Any]) -> Settings:
-    """Settings from the flags given (a command's parameters, or a :func:`parse` namespace)."""
-    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+def settings_from(params: Mapping[str, Any]) -> Settings:
+    """Settings from a command's parameters (``lastbackend.cli.parse`` gives them too)."""
+    values = dict(params)
     flags = {name: values.get(name) for name in SETTINGS_FLAGS}
     return config.load(file=values.get("config"), flags=flags)
 
