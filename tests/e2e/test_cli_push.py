@@ -161,7 +161,7 @@ async def test_a_manifest_pushes_a_site_and_a_procfile_app(
     (root / "worker" / "Procfile").write_text(PROCFILE)
     (root / "lastbackend.yml").write_text(
         "applications:\n"
-        "- name: www\n  path: www\n  buildpacks: [static]\n"
+        "- name: www\n  path: www\n  buildpacks: [static]\n  routes: [{route: www.cli.test}]\n"
         "- name: api\n  path: worker\n  instances: 2\n  memory: 64M\n"
         "  env: {GREETING: manifest}\n"
     )
@@ -172,6 +172,7 @@ async def test_a_manifest_pushes_a_site_and_a_procfile_app(
     api = next(u for u in urls if u.startswith("http://api."))
     assert await get(router, www) == (200, "<p>the site</p>\n")
     assert (await get(router, www + "secret.txt"))[0] == 404
+    assert await get(router, "http://www.cli.test/") == (200, "<p>the site</p>\n")  # its route
     assert await get(router, api) == (200, "hello from manifest\n")
     _, service = await harness.call(daemon, "GET", "/api/projects/two/services/api", expect=200)
     assert service["config"]["replicas"] == 2
