@@ -175,6 +175,19 @@ def _object_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], A
     return hook
 
 
+def _relationship_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], Any]:
+    """A to-one relationship as seed 000 writes it (``{"guid"}``) or as Cloud Foundry ships it
+    (``{"data": {"guid"}}``): both decode to the same reference."""
+    inner = _object_hook(converter, cl)
+
+    def hook(value: Any, _: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"data"} and isinstance(value["data"], dict):
+            value = value["data"]
+        return inner(value, cl)
+
+    return hook
+
+
 def _literal_hook(value: Any, cl: Any) -> Any:
     choices = typing.get_args(cl)
     if value not in choices or isinstance(value, bool) != isinstance(choices[0], bool):
@@ -242,6 +255,8 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
     c.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal_hook)
     c.register_structure_hook_func(*_tagged(c))
+    for ref in (apps.SpaceRef, apps.AppRef):
+        c.register_structure_hook(ref, _relationship_hook(c, ref))
     c.register_unstructure_hook(  # seed 001's config object, unchanged until a check is set
         platform.ServiceConfig,
         make_dict_unstructure_fn(

@@ -11,6 +11,7 @@ from lastbackend.api import apps, middlewares, projects, registries, repos, serv
 from lastbackend.api import builds as builds_family
 from lastbackend.api import certificates as certificates_family
 from lastbackend.api import container_logs as logs_family
+from lastbackend.api import discovery as discovery_family
 from lastbackend.api import droplets as droplets_family
 from lastbackend.api import event_stream as events_family
 from lastbackend.api import hooks as hooks_family
@@ -89,6 +90,7 @@ def make_app(
             hooks_family,
             builds_family,
             certificates_family,
+            discovery_family,
         ):
             app.router.add_routes(family.routes)
     return app

@@ -35,7 +35,7 @@ from lastbackend.store.objects import Conflict, Contention, NotFound, Preconditi
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/", "/v3"})
 SIGNED_ROUTES = frozenset({("POST", "/api/hooks/{vendor}")})
 """Routes whose requests carry their own credential (a webhook signature the handler checks)
 instead of a bearer token: git providers cannot send ours. Matched on the resolved route, so no

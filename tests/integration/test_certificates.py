@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from lastbackend.api.state import STATE
-from lastbackend.cli import _render
+from lastbackend.cli.keytree import _render
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.certificates import (

@@ -19,7 +19,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 from lastbackend.api.state import STATE
-from lastbackend.cli import _render
+from lastbackend.cli.keytree import _render
 from lastbackend.model.registries import RegistryAuth, registry_host
 from lastbackend.secrets import SecretError, Secrets, generate_key
 from lastbackend.store.registries import credentials_for, registry_auth

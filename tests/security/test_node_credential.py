@@ -30,6 +30,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from lastbackend import cli, codec, config
 from lastbackend.api.app import make_app
+from lastbackend.cli.options import settings_from
 from lastbackend.config import ConfigError, Settings
 from lastbackend.model.platform import Container
 from lastbackend.model.pods import Node
@@ -407,8 +408,8 @@ def test_the_node_token_setting_is_read_like_the_other_tokens_and_never_shown(
     assert config.load(file=file, environ={}).node_token == f"{NODE_TOKEN}-file"
     env = {"LB_NODE_TOKEN": f"{NODE_TOKEN}-env"}
     assert config.load(file=file, environ=env).node_token == f"{NODE_TOKEN}-env"
-    args = cli.parser().parse_args(["node", "--node-token", f"{NODE_TOKEN}-flag"])
-    assert cli.settings_from(args).node_token == f"{NODE_TOKEN}-flag"
+    _, params = cli.parse(["node", "--node-token", f"{NODE_TOKEN}-flag"])
+    assert settings_from(params).node_token == f"{NODE_TOKEN}-flag"
     shown = repr(Settings(node_token=NODE_TOKEN))
     assert NODE_TOKEN not in shown
     assert "node_token='***'" in shown

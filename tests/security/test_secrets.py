@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from lastbackend import codec
 from lastbackend.api.app import make_app
-from lastbackend.cli import tree
+from lastbackend.cli.keytree import tree
 from lastbackend.config import Settings
 from lastbackend.controllers.amqp import AmqpHub
 from lastbackend.controllers.runner import ControllerRunner
