@@ -175,6 +175,10 @@ def _object_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], A
     return hook
 
 
+RELATIONSHIPS = (apps.SpaceRef, apps.AppRef)
+"""To-one relationships, taken in both spellings (see :func:`_relationship_hook`)."""
+
+
 def _relationship_hook(converter: cattrs.Converter, cl: Any) -> Callable[[Any, Any], Any]:
     """A to-one relationship as seed 000 writes it (``{"guid"}``) or as Cloud Foundry ships it
     (``{"data": {"guid"}}``): both decode to the same reference."""
@@ -255,7 +259,7 @@ def _make_converter() -> cattrs.Converter:
     c.register_structure_hook_factory(attrs.has, lambda cl: _object_hook(c, cl))
     c.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal_hook)
     c.register_structure_hook_func(*_tagged(c))
-    for ref in (apps.SpaceRef, apps.AppRef):
+    for ref in RELATIONSHIPS:
         c.register_structure_hook(ref, _relationship_hook(c, ref))
     c.register_unstructure_hook(  # seed 001's config object, unchanged until a check is set
         platform.ServiceConfig,

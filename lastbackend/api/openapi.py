@@ -18,7 +18,7 @@ from aiohttp import web
 
 from lastbackend.api.http import MAX_PAGE, MAX_PER_PAGE, Doc
 from lastbackend.api.middlewares import NODE_ROUTES, PUBLIC_PATHS
-from lastbackend.codec import CHECKS
+from lastbackend.codec import CHECKS, RELATIONSHIPS
 from lastbackend.model import apps, certificates, health, hosts, platform, pods, registries
 from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
@@ -76,6 +76,11 @@ def schema_of(tp: Any) -> dict[str, Any]:
         return {"type": "array", "items": schema_of(typing.get_args(tp)[0])}
     if tp is health.HealthCheck:
         return _health_check()
+    if tp in RELATIONSHIPS:
+        ref = _object(tp)
+        shipped = {"type": "object", "additionalProperties": False, "properties": {"data": ref}}
+        shipped["required"] = ["data"]
+        return {"oneOf": [ref, shipped], "description": "seed 000's shape or Cloud Foundry's"}
     if attrs.has(tp):
         return _object(tp)
     return {}
