@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -122,3 +123,57 @@ async def test_an_express_app_answers_through_the_router(
     assert staged["staging_response"]["process_types"] == {"web": "node server.js"}
     await v3.start(app, staged["guid"])
     assert await answers_through_router(h, v3, project, app, port) == b"hello from express"
+
+
+CHECKER = {
+    "buildpack.toml": (
+        'api = "0.10"\n[buildpack]\nid = "checker"\nversion = "1.0.0"\nname = "checker"\n'
+        '[[targets]]\nos = "linux"\n'
+    ),
+    "bin/detect": "#!/bin/sh\n[ -f check.txt ] || exit 100\n",
+    "bin/build": (
+        "#!/bin/sh\nset -eu\n"
+        'grep -q lb-test-ca-marker /etc/ssl/certs/ca-certificates.crt && echo "checker: CA seen"\n'
+        "for v in SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT NODE_EXTRA_CA_CERTS; do\n"
+        '  eval "echo checker: $v=\\$$v"\n'
+        "done\n"
+        'case "$FTP_PROXY" in *@proxy.invalid:3128) echo "checker: proxy seen" ;; esac\n'
+        "cat > \"$CNB_LAYERS_DIR/launch.toml\" <<'TOML'\n"
+        '[[processes]]\ntype = "web"\ncommand = ["sleep", "600"]\ndefault = true\n'
+        "TOML\n"
+    ),
+}
+
+
+async def test_buildpacks_get_the_configured_ca_bundle_and_the_hosts_proxies(
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, busybox_stack: str, tmp_path: Path
+) -> None:
+    """What docs/security.md promises a buildpack, as the staging controller hands it out:
+    ``staging.ca_certificates`` at the bundle's path with the variables pointing at it, and the
+    host's variables named in ``staging.build_env``; the droplet image gets neither."""
+    for path, text in CHECKER.items():
+        (tmp_path / "bps" / "checker" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "bps" / "checker" / path).write_text(text)
+        (tmp_path / "bps" / "checker" / path).chmod(0o755)
+    ca = tmp_path / "corp-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nlb-test-ca-marker\n-----END CERTIFICATE-----\n")
+    h = harness
+    env = {
+        "LB_BUILDPACKS_DIR": str(tmp_path / "bps"),
+        "LB_STAGING_CA_CERTIFICATES": str(ca),
+        "LB_STAGING_BUILD_ENV": "FTP_PROXY",
+        "FTP_PROXY": "http://builder:pw-4711@proxy.invalid:3128",
+    }
+    daemon = h.start("daemon", etcd_server.endpoint, env=env)
+    await h.ready(daemon)
+    v3 = V3(h, daemon)
+    _, app = await v3.app("checked")
+    staged, log, _ = await stage(v3, app, {"check.txt": b"x"})
+    assert staged["state"] == "STAGED", (staged, log)
+    assert "checker: CA seen" in log
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS"):
+        assert f"checker: {name}={bundle}" in log
+    assert "checker: proxy seen" in log
+    image_env = h.docker.inspect_image(staged["image"])["Config"]["Env"]
+    assert not [e for e in image_env if e.startswith(("FTP_PROXY=", "SSL_CERT_FILE="))]
