@@ -366,7 +366,7 @@ class _Buildpack:
         built, layers_tar = await self.build(build_ref, workspace, chosen, entries)
 
         layers_dir = f"{stacks.LAYERS}/{chosen.dirname}"
-        files = _layer_files(layers_tar, chosen.dirname)
+        files = await asyncio.to_thread(_layer_files, layers_tar, chosen.dirname)
         try:
             layers = contract.read_layers(files)
         except ValueError as exc:
@@ -402,10 +402,14 @@ class _Buildpack:
         name = container_name(self.droplet, "export")
         await self.runtime.create(ContainerSpec(name=name, image=run_ref))
         await self.runtime.put_archive(name, "/", built)
-        exported = _layers_tar(layers_tar, chosen, launched, True)
+        exported = await asyncio.to_thread(_layers_tar, layers_tar, chosen, launched, True)
         assert exported is not None  # with launch.toml: never None
         await self.runtime.put_archive(name, "/", exported)
-        image_id = await self.runtime.commit(name, target, config)
+        cache_names = {layer.name for layer in layers if layer.cache}
+        image_id, kept = await asyncio.gather(  # the cache's tar is made while Docker commits
+            self.runtime.commit(name, target, config),
+            asyncio.to_thread(_layers_tar, layers_tar, chosen, cache_names, False),
+        )
         image, digest = target, None
         if registry_host(target) != DOCKER_HUB:
             self.log(f"-----> Pushing {target}")
@@ -427,7 +431,7 @@ class _Buildpack:
             stack=self.stack,
             process_types=process_types,
             start_command=command,
-            cache=_layers_tar(layers_tar, chosen, {lr.name for lr in layers if lr.cache}, False),
+            cache=kept,
         )
 
     def check(self, kind: Kind, api: str, prefix: str) -> None:
@@ -608,9 +612,11 @@ class _Buildpack:
         inputs = _inputs(workspace, [chosen], files)
         restore = None
         if self.cache is not None:
-            cached = read_layer_names(self.cache, chosen.dirname)
+            cached = await asyncio.to_thread(read_layer_names, self.cache, chosen.dirname)
             if cached:
-                restore = _layers_tar(self.cache, chosen, set(cached), False)
+                restore = await asyncio.to_thread(
+                    _layers_tar, self.cache, chosen, set(cached), False
+                )
                 self.log(f"-----> Restoring cached layers: {', '.join(cached)}")
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         name, code = await self.run_phase("build", image, command, inputs, restore, tail)
