@@ -1032,7 +1032,22 @@ def app_report(r: Results, complete: bool) -> tuple[list[str], list[str]]:
                 staging_aim,
                 staging_v,
             ),
-            row("   warm: `Building` -> `Exporting` (build container)", build(a.warm)),
+            row(
+                "   warm: upload sent -> `Detecting` (upload, pickup, cache read)",
+                [
+                    x.upload_ready + between(x.marks, None, "Detecting", x.create_staged)
+                    for x in a.warm
+                ],
+            ),
+            row(
+                "   warm: `Detecting` -> `Building` (detect container)",
+                [between(x.marks, "Detecting", "Building", x.create_staged) for x in a.warm],
+            ),
+            row("   warm: `Building` -> `Exporting` (cache restore, build)", build(a.warm)),
+            row(
+                "   warm: `Exporting` -> STAGED (export, commit, cache kept)",
+                [between(x.marks, "Exporting", None, x.create_staged) for x in a.warm],
+            ),
             row(
                 f"{title}: cold start -> first 200",
                 [a.cold_start.seconds] if a.cold_start else [],
