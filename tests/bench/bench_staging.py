@@ -43,7 +43,7 @@ Then, when the ``debian`` stack is on the engine (``lastbackend stack build --na
 python buildpack, gunicorn) and e. an **Express** app (``package.json`` with ``express`` and a
 ``start`` script; the node buildpack). pip and npm reach PyPI and the npm registry the way the
 host does (its CA bundle, its proxy variables). For each: a *cold* staging (the app's first: no
-cache layers, every package downloaded) and ``--app-runs`` *warm* ones (default 3) of the same
+cache layers, every package downloaded) and ``--app-runs`` *warm* ones (default 5) of the same
 unchanged app, whose cache layers the daemon kept (the Flask app's ``venv`` is reused, so pip
 does not run: the bench fails if the log does not say so; the Express app's npm cache is
 restored, so ``npm install`` downloads nothing), each timed from sending the upload to
@@ -561,6 +561,7 @@ class Results:
     cold: Run | None = None
     runs: list[Run] = field(default_factory=list)
     apps: list[AppRuns] = field(default_factory=list)
+    apps_load: dict[str, float] = field(default_factory=dict)  # other processes' cores, by app
     debian: DebianStack = field(default_factory=DebianStack)
     events: list[dict[str, Any]] = field(default_factory=list)  # the daemon's log lines
 
@@ -980,6 +981,7 @@ def report(r: Results, runs: int) -> str:
     if r.cold is not None:
         noise["warm-up"] = r.cold.other_load
     noise |= {f"run {i + 1}": x.other_load for i, x in enumerate(timed)}
+    noise |= {f"{name} app": load for name, load in r.apps_load.items()}
     out = header + "\n" + "\n".join(lines) + "\n\n### Aims\n\n" + "\n".join(aims)
     return out + noise_report(
         noise, "its etcd, registry or daemon, the Docker engine or processes in containers"
@@ -1198,7 +1200,9 @@ def run(
         if apps:
             say(f"real apps on debian: cold, then {apps} warm")
             for name, files in (("flask", FLASK_APP), ("express", EXPRESS_APP)):
+                meter = Meter(ours)
                 results.apps.append(bench.real_app(name, files, apps))
+                results.apps_load[name] = meter.cores()
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited during the run:\n{tail(log)}")
         results.events = log_events(log)  # read now: the directory goes with the cleanup
@@ -1211,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs after the warm-up")
     parser.add_argument(
-        "--app-runs", type=int, default=3, help="warm stagings of the Flask and Express apps"
+        "--app-runs", type=int, default=5, help="warm stagings of the Flask and Express apps"
     )
     parser.add_argument(
         "--no-apps", action="store_true", help="skip the Flask and Express apps (debian stack)"

@@ -214,6 +214,21 @@ async def test_an_express_app_stages_with_npm_and_answers(
 
 
 @pytest.mark.docker
+async def test_the_second_express_staging_prefers_npms_restored_cache(stager: Stager) -> None:
+    first = await stager.buildpack(tar_of(EXPRESS_APP), stack="debian", **registry_access())
+    assert first.cache is not None
+    assert not [line for line in stager.lines if "preferring it to the registry" in line]
+    stager.lines.clear()
+    second = await stager.buildpack(
+        tar_of(EXPRESS_APP), stack="debian", cache=first.cache, **registry_access()
+    )
+    assert "-----> Restoring cached layers: npm-cache" in stager.lines
+    assert "-----> npm's cache from the last staging: preferring it to the registry" in stager.lines
+    base = await stager.serve(second.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from express")
+
+
+@pytest.mark.docker
 async def test_the_second_staging_reuses_the_venv_until_requirements_change(
     stager: Stager,
 ) -> None:
