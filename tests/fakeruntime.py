@@ -488,6 +488,7 @@ class FakeRuntime:
         *,
         labels: Labels,
         log: Callable[[str], None],
+        build_args: Mapping[str, str] | None = None,
     ) -> str:
         """A small Dockerfile interpreter: ``FROM`` (a local image), ``COPY``, ``CMD``, ``ENV``,
         ``EXPOSE``; ``RUN exit <n>`` fails with Docker's message, other ``RUN`` lines do nothing."""

@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import re
 import tempfile
 import time
@@ -315,6 +316,10 @@ class BuildsController(Controller):
         ref = await self._destination(target, number)
         dockerfile = self.settings.build_dockerfile
         sink(f"-----> Building {ref} from {dockerfile}")
+        # the host's proxies, as buildpacks get them (staging.build_env): names only in the log
+        build_args = {n: os.environ[n] for n in self.settings.staging_build_env if n in os.environ}
+        if build_args:
+            sink(f"       build arguments from the host: {', '.join(build_args)}")
         try:
             image_id = await self.runtime.build_image(
                 context,
@@ -322,6 +327,7 @@ class BuildsController(Controller):
                 ref,
                 labels={BUILD_LABEL: target.log_name(number)},
                 log=sink,
+                build_args=build_args,
             )
         except ContainerRuntimeError as exc:
             raise BuildFailed(str(exc)) from exc

@@ -342,7 +342,7 @@ class StagingController(Controller):
         """Keep the new cache layers for the app's next staging, within the size bound."""
         limit = self.settings.staging_cache_max_bytes
         if cache is not None and len(cache) <= limit:
-            self.blobs.write(CACHES, app, cache)
+            self.blobs.write(CACHES, app, cache, durable=False)  # lost: the next build is cold
             sink(f"-----> Cache kept for the next staging ({len(cache) / 1e6:.1f} MB)")
             return
         if cache is not None:

@@ -69,6 +69,9 @@ class Buildpack:
     """The ids of the deprecated ``[[stacks]]`` (judged only when there are no targets)."""
     clear_env: bool = False
     """``buildpack.clear-env``: the user's variables only as files in ``<platform>/env/``."""
+    detects: str = ""
+    """``[metadata] detects``: what ``bin/detect`` looks for, in words ("package.json"), so
+    that "no buildpack detected" can say it; empty when the buildpack does not say."""
 
     @property
     def dirname(self) -> str:
@@ -152,6 +155,10 @@ def load(directory: Path, *, builtin: bool = False) -> Buildpack:
         targets, stacks = parse_targets(data), parse_stacks(data)
     except ValueError as exc:
         raise BuildpackError(file, str(exc)) from None
+    metadata = data.get("metadata", {})
+    detects = metadata.get("detects", "") if isinstance(metadata, dict) else ""
+    if not isinstance(detects, str):
+        raise BuildpackError(file, f"metadata.detects: must be a string, got {detects!r}")
     for name in EXECUTABLES:
         executable = directory / name
         if not executable.is_file():
@@ -169,6 +176,7 @@ def load(directory: Path, *, builtin: bool = False) -> Buildpack:
         targets=targets,
         stacks=stacks,
         clear_env=clear_env,
+        detects=detects.strip(),
     )
 
 

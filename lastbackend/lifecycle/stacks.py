@@ -395,8 +395,10 @@ async def build_debian(
     *,
     suite: str = "",
     sources: Sequence[Path] | None = None,
+    name: str = DEBIAN_STACK,
 ) -> Stack:
-    """The ``debian`` stack, built by mmdebstrap from this machine's apt sources and release.
+    """The ``debian`` stack, built by mmdebstrap from this machine's apt sources and release
+    (as ``name``: a benchmark builds a private copy, never replacing the one in use).
 
     Nothing is pulled from a container registry: the packages come the way the host's own apt
     gets them (its mirrors, its proxy). The run image gets :data:`DEBIAN_RUN_PACKAGES`, the build
@@ -427,7 +429,6 @@ async def build_debian(
             LABEL_DISTRO_NAME: release.get("ID", "debian"),
             LABEL_DISTRO_VERSION: release.get("VERSION_ID", ""),
         }
-        name = DEBIAN_STACK
         run_data = await asyncio.to_thread(tars["run"].read_bytes)
         await runtime.import_image(run_data, run_image(name), run_config(name, DEBIAN_PATH, distro))
         del run_data

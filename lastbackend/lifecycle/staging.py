@@ -58,6 +58,7 @@ first and the copy is what runs (``cached: true``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import json
@@ -116,6 +117,10 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
 """What points OpenSSL, requests, a virtualenv's pip (its own certifi otherwise) and node at it."""
 DETECT_RESULT = "/tmp/lb-detect"
+TAIL_LINES = 12
+TAIL_WIDTH = 300
+"""How much of a failed build's output its error quotes (pip's and npm's last lines say why)."""
+_URL_USERINFO = re.compile(r"(\w+://)[^/@\s]+@")
 _PROCESS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -124,27 +129,35 @@ DETECTOR = """\
 # lastbackend's detector: bin/detect of each buildpack given (directories under
 # /cnb/buildpacks), in order, until one passes or errs. Exit 0 passes, 100 fails, others are
 # errors. Each runs in a subshell with its API's CNB_* variables (/cnb/lifecycle/env/<bp>.detect).
+# The result file ends with the decision; before it, "skip <bp> <its last line of output>" for
+# each that failed, which the engine quotes when nothing passes.
 result=%(result)s
+out=/tmp/lb-detect-output
+: > "$result"
 cd /workspace || exit 1
 for bp in "$@"; do
   dir=/cnb/buildpacks/$bp
   plan=/tmp/lb-plan-$bp.toml
   : > "$plan"
-  (. "%(lifecycle)s/env/$bp.detect" && exec "$dir/bin/detect" /platform "$plan")
+  (. "%(lifecycle)s/env/$bp.detect" && exec "$dir/bin/detect" /platform "$plan") > "$out" 2>&1
   code=$?
+  cat "$out"
   case $code in
-    0) echo "       $bp: pass"; echo "pass $bp" > "$result"; exit 0 ;;
-    100) echo "       $bp: skip" ;;
+    0) echo "       $bp: pass"; echo "pass $bp" >> "$result"; exit 0 ;;
+    100)
+      echo "       $bp: skip"
+      echo "skip $bp $(grep '[^[:space:]]' "$out" | tail -n 1 | cut -c 1-%(said)d)" >> "$result"
+      ;;
     *)
       echo "       $bp: error (bin/detect exited $code)"
-      echo "error $bp $code" > "$result"
+      echo "error $bp $code" >> "$result"
       exit 1
       ;;
   esac
 done
-echo none > "$result"
+echo none >> "$result"
 exit 100
-""" % {"result": DETECT_RESULT, "lifecycle": LIFECYCLE_DIR}  # noqa: UP031 (braces in the script)
+""" % {"result": DETECT_RESULT, "lifecycle": LIFECYCLE_DIR, "said": 300}  # noqa: UP031 (braces)
 
 BUILDER = """\
 #!/bin/sh
@@ -229,6 +242,11 @@ async def cleanup(runtime: Runtime, droplet: str) -> None:
 
 def _discard(line: str) -> None:
     pass
+
+
+def _redact_urls(text: str) -> str:
+    """``scheme://user:password@host`` as ``scheme://***@host`` (a proxy's, an index's)."""
+    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 # -- the buildpack lifecycle -------------------------------------------------------------------
@@ -348,7 +366,7 @@ class _Buildpack:
         built, layers_tar = await self.build(build_ref, workspace, chosen, entries)
 
         layers_dir = f"{stacks.LAYERS}/{chosen.dirname}"
-        files = _layer_files(layers_tar, chosen.dirname)
+        files = await asyncio.to_thread(_layer_files, layers_tar, chosen.dirname)
         try:
             layers = contract.read_layers(files)
         except ValueError as exc:
@@ -384,10 +402,14 @@ class _Buildpack:
         name = container_name(self.droplet, "export")
         await self.runtime.create(ContainerSpec(name=name, image=run_ref))
         await self.runtime.put_archive(name, "/", built)
-        exported = _layers_tar(layers_tar, chosen, launched, True)
+        exported = await asyncio.to_thread(_layers_tar, layers_tar, chosen, launched, True)
         assert exported is not None  # with launch.toml: never None
         await self.runtime.put_archive(name, "/", exported)
-        image_id = await self.runtime.commit(name, target, config)
+        cache_names = {layer.name for layer in layers if layer.cache}
+        image_id, kept = await asyncio.gather(  # the cache's tar is made while Docker commits
+            self.runtime.commit(name, target, config),
+            asyncio.to_thread(_layers_tar, layers_tar, chosen, cache_names, False),
+        )
         image, digest = target, None
         if registry_host(target) != DOCKER_HUB:
             self.log(f"-----> Pushing {target}")
@@ -409,7 +431,7 @@ class _Buildpack:
             stack=self.stack,
             process_types=process_types,
             start_command=command,
-            cache=_layers_tar(layers_tar, chosen, {lr.name for lr in layers if lr.cache}, False),
+            cache=kept,
         )
 
     def check(self, kind: Kind, api: str, prefix: str) -> None:
@@ -483,9 +505,16 @@ class _Buildpack:
         return files
 
     async def run_phase(
-        self, phase: str, image: str, command: str, inputs: bytes, restore: bytes | None = None
+        self,
+        phase: str,
+        image: str,
+        command: str,
+        inputs: bytes,
+        restore: bytes | None = None,
+        tail: collections.deque[str] | None = None,
     ) -> tuple[str, int]:
-        """Create the phase's container, copy ``inputs`` in, run it with its output logged."""
+        """Create the phase's container, copy ``inputs`` in, run it with its output logged (and
+        its last non-blank lines kept in ``tail``, for the error when it fails)."""
         spec = ContainerSpec(
             name=container_name(self.droplet, phase),
             image=image,
@@ -499,7 +528,16 @@ class _Buildpack:
         if restore is not None:
             await self.runtime.put_archive(spec.name, "/", restore)
         await self.runtime.start(spec.name)
-        await _follow(self.runtime, spec.name, self.log)
+        log = self.log
+        if tail is not None:
+            keep = tail
+
+            def log(line: str) -> None:
+                self.log(line)
+                if line.strip():
+                    keep.append(line.strip())
+
+        await _follow(self.runtime, spec.name, log)
         return spec.name, await self.runtime.wait(spec.name)
 
     async def detect(
@@ -511,7 +549,7 @@ class _Buildpack:
         at the first pass; one whose plan is not satisfied is skipped and the rest detect again.
         """
         self.log(f"-----> Detecting (platform API {self.platform}, stack {self.stack})")
-        reasons: list[str] = []
+        reasons: dict[str, str] = {}  # buildpack id -> why it did not detect, when known
         runnable = []
         for bp in candidates:
             why = contract.incompatibility(bp.targets, bp.stacks, self.target, self.stack)
@@ -519,15 +557,21 @@ class _Buildpack:
                 runnable.append(bp)
             else:
                 self.log(f"       {bp.dirname}: skip ({why})")
-                reasons.append(f"{bp.id}: {why}")
-        tried = ", ".join(b.id for b in candidates)
+                reasons[bp.id] = why
         while runnable:
             by_dir = {b.dirname: b for b in runnable}
             command = shlex.join([f"{LIFECYCLE_DIR}/detector", *by_dir])
             inputs = _inputs(workspace, runnable, self.env_files(runnable, "detect"))
             name, code = await self.run_phase("detect", image, command, inputs)
             decision = await self.runtime.get_archive(name, DETECT_RESULT)
-            words = (_read_member(decision or b"", None) or b"").decode(errors="replace").split()
+            result = (_read_member(decision or b"", None) or b"").decode(errors="replace")
+            *said, last = result.splitlines() or [""]
+            for line in said:
+                kind, _, rest = line.partition(" ")
+                bp_dir, _, text = rest.partition(" ")
+                if kind == "skip" and bp_dir in by_dir and text.strip():
+                    reasons[by_dir[bp_dir].id] = _own_words(text, bp_dir)
+            words = last.split()
             if words[:1] == ["pass"] and len(words) == 2 and words[1] in by_dir:
                 chosen = by_dir[words[1]]
                 plan_path = f"/tmp/lb-plan-{chosen.dirname}.toml"
@@ -537,7 +581,7 @@ class _Buildpack:
                 if why is None:
                     return chosen, entries
                 self.log(f"       {chosen.dirname}: skip ({why})")
-                reasons.append(f"{chosen.id}: {why}")
+                reasons[chosen.id] = why
                 runnable = runnable[runnable.index(chosen) + 1 :]
                 continue
             if words[:1] == ["error"] and len(words) == 3 and words[1] in by_dir:
@@ -551,11 +595,7 @@ class _Buildpack:
                     f"detection failed: the detector exited {code}", EXIT_DETECT_ERROR
                 )
             break
-        hint = "" if len(candidates) == 1 else _HINT
-        why = f" ({'; '.join(reasons)})" if reasons else ""
-        raise StagingError(
-            f"no buildpack detected the app (tried: {tried}){hint}{why}", EXIT_DETECT_NONE
-        )
+        raise StagingError(nothing_detected(candidates, reasons), EXIT_DETECT_NONE)
 
     async def build(
         self,
@@ -572,14 +612,20 @@ class _Buildpack:
         inputs = _inputs(workspace, [chosen], files)
         restore = None
         if self.cache is not None:
-            cached = read_layer_names(self.cache, chosen.dirname)
+            cached = await asyncio.to_thread(read_layer_names, self.cache, chosen.dirname)
             if cached:
-                restore = _layers_tar(self.cache, chosen, set(cached), False)
+                restore = await asyncio.to_thread(
+                    _layers_tar, self.cache, chosen, set(cached), False
+                )
                 self.log(f"-----> Restoring cached layers: {', '.join(cached)}")
-        name, code = await self.run_phase("build", image, command, inputs, restore)
+        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        name, code = await self.run_phase("build", image, command, inputs, restore, tail)
         if code != 0:
+            said = "\n".join(f"       {_redact_urls(line)[:TAIL_WIDTH]}" for line in tail)
             raise StagingError(
-                f"buildpack {chosen.id} failed to build: its bin/build exited {code}", EXIT_BUILD
+                f"buildpack {chosen.id} failed to build: its bin/build exited {code}"
+                + (f"; its last lines of output:\n{said}" if said else ""),
+                EXIT_BUILD,
             )
         built = await self.runtime.get_archive(name, stacks.WORKSPACE)
         layers = await self.runtime.get_archive(name, stacks.LAYERS)
@@ -634,7 +680,29 @@ class _Buildpack:
         )
 
 
-_HINT = "; add a Procfile with a line like 'web: <command>', or an index.html for a static site"
+_HINT = "Add a Procfile with a line like 'web: <command>', or an index.html for a static site."
+
+
+def nothing_detected(candidates: Sequence[Buildpack], reasons: Mapping[str, str]) -> str:
+    """The error when no candidate detected the app: what each looked for (its ``[metadata]
+    detects``) and, when known, why it did not pass (its last line of output, or why it could
+    not run here), so the user knows what to add to the app or which stack to use."""
+    tried = ", ".join(b.id for b in candidates)
+    looked = []
+    for bp in candidates:
+        what = bp.detects or "see its bin/detect"
+        looked.append(f"{bp.id}: {what}" + (f" ({reasons[bp.id]})" if bp.id in reasons else ""))
+    hint = "" if len(candidates) == 1 else f" {_HINT}"
+    return (
+        f"no buildpack detected the app (tried: {tried}). "
+        f"What each looked for: {'; '.join(looked)}.{hint}"
+    )
+
+
+def _own_words(text: str, bp_dir: str) -> str:
+    """A buildpack's last line of detect output, without indentation or its own name first."""
+    text = text.strip()
+    return text.removeprefix(f"{bp_dir}:").strip() or text
 
 
 def candidates_for(buildpacks: Sequence[Buildpack], requested: str | None) -> list[Buildpack]:

@@ -349,9 +349,12 @@ class Runtime(Protocol):
         *,
         labels: Labels,
         log: Callable[[str], None],
+        build_args: Mapping[str, str] | None = None,
     ) -> str:
         """``docker build`` of the context (an uncompressed tar) with the Dockerfile at
         ``dockerfile`` inside it, tagged ``tag`` and labelled ``labels``; returns the image id.
+        ``build_args`` are ``--build-arg``s: Docker gives its proxy variables (``HTTPS_PROXY``
+        and the like) to every ``RUN`` step without an ``ARG`` and keeps them out of the image.
 
         Each line of the build's output is passed to ``log`` as it comes. Raises
         :class:`BuildError` with the engine's reason when the build fails. Cancelling the call

@@ -612,11 +612,13 @@ class DockerRuntime:
         *,
         labels: Labels,
         log: Callable[[str], None],
+        build_args: Mapping[str, str] | None = None,
     ) -> str:
         image_id = ""
+        args = dict(build_args or {})
         build = self._stream(
             f"building {tag}",
-            lambda bridge: self._build(bridge, context_tar, dockerfile, tag, dict(labels)),
+            lambda bridge: self._build(bridge, context_tar, dockerfile, tag, dict(labels), args),
         )
         async for kind, value in build:
             if kind == "id":
@@ -637,6 +639,7 @@ class DockerRuntime:
         dockerfile: str,
         tag: str,
         labels: dict[str, str],
+        build_args: dict[str, str],
     ) -> None:
         """The engine's ``POST /build`` (the classic builder), read as it streams.
 
@@ -653,6 +656,8 @@ class DockerRuntime:
             "pull": False,
             "labels": json.dumps(labels),
         }
+        if build_args:
+            params["buildargs"] = json.dumps(build_args)
         try:
             response = api._post(
                 api._url("/build"),

@@ -101,25 +101,29 @@ class BlobStore:
 
     # whole blobs -------------------------------------------------------------------------------
 
-    def write(self, kind: str, guid: str, data: bytes) -> None:
-        """Replace a blob atomically: temporary file, fsync, rename."""
+    def write(self, kind: str, guid: str, data: bytes, *, durable: bool = True) -> None:
+        """Replace a blob atomically: temporary file, fsync, rename. ``durable=False`` skips
+        the fsyncs, for a blob whose loss costs only time (an app's build cache: a staging
+        after a power cut finds it torn or gone, and builds without it)."""
         tmp = self.temp_path(kind)
         try:
             with open(tmp, "wb") as out:
                 out.write(data)
-            self.put_file(kind, guid, tmp)
+            self.put_file(kind, guid, tmp, durable=durable)
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_file(self, kind: str, guid: str, src: Path) -> None:
-        """Move a complete file (made under :meth:`temp_path`) into place as the blob, durably:
-        its data is fsynced before the rename, and the directory after it."""
+    def put_file(self, kind: str, guid: str, src: Path, *, durable: bool = True) -> None:
+        """Move a complete file (made under :meth:`temp_path`) into place as the blob, durably
+        unless told otherwise: its data is fsynced before the rename, and the directory after."""
         target = self.path(kind, guid)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(src, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(src, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
 
     def read(self, kind: str, guid: str) -> bytes:
         try:

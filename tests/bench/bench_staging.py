@@ -8,7 +8,8 @@ Setup: a private etcd (:class:`~lastbackend.store.embedded.EmbeddedEtcd` in a te
 directory, on free ports), Debian's ``docker-registry`` on a free loopback port with htpasswd
 auth and its storage in the same directory, and ``lastbackend daemon --etcd ... --listen
 127.0.0.1:<free> --name bench-<hex> --data-dir <tmp>/daemon-data`` (API, controllers with
-staging, and this host's node agent in one process, log level ``info``, AMQP events off). Into
+staging, and this host's node agent in one process, log level ``info``, AMQP events off, default
+stack busybox even when debian is built: the real apps below ask for debian). Into
 the registry goes ``bench/served:<hex>``: the busybox image plus a layer of its own, serving
 ``/www`` with ``httpd`` on 8080 and exposing 8080/tcp; its local copy is removed, so staging pulls.
 
@@ -36,6 +37,24 @@ c. **Start.** For each of the two apps: ``PATCH .../relationships/current_drople
    reports answers 200 with the expected page (polled every 10 ms). The services controller's
    "pod scheduled" and the agent's "container started" log lines split it.
 
+Then, when the ``debian`` stack is on the engine (``lastbackend stack build --name debian``;
+``--no-apps`` skips this part), **real apps**, one app each, staged with the lifecycle's
+``stack: debian``: d. a **Flask** app (``requirements.txt`` with ``flask``, ``app.py``; the
+python buildpack, gunicorn) and e. an **Express** app (``package.json`` with ``express`` and a
+``start`` script; the node buildpack). pip and npm reach PyPI and the npm registry the way the
+host does (its CA bundle, its proxy variables). For each: a *cold* staging (the app's first: no
+cache layers, every package downloaded) and ``--app-runs`` *warm* ones (default 5) of the same
+unchanged app, whose cache layers the daemon kept (the Flask app's ``venv`` is reused, so pip
+does not run: the bench fails if the log does not say so; the Express app's npm cache is
+restored, so ``npm install`` downloads nothing), each timed from sending the upload to
+``STAGED`` (the app is the same zip each time, in a new package), with its build phase
+(``Building`` -> ``Exporting``) split out; after each staging, start -> first 200 (``GET /``
+answering the app's page), then a stop and a wait until its containers are gone. The debian
+stack's two image sizes are reported (``docker inspect``'s ``Size``); with ``--build-debian``
+the stack is also built once under a private name by ``stacks.build_debian`` (mmdebstrap from
+the host's apt sources, ~2.5 min, removed afterwards), as ``lastbackend stack build --name
+debian`` builds it.
+
 Afterwards each app is deleted and its containers waited for; every container of the bench's
 node (label ``io.lastbackend.node=bench-<hex>``), every staging container of its droplets, its
 droplet images (label ``io.lastbackend.app=<app guid>``), every image tagged into its registry,
@@ -48,8 +67,9 @@ used much CPU. Docker, etcd, the registry, the daemon and this script share the 
 Run from the repository root (needs ``etcd``, ``docker-registry``, ``htpasswd``, a static
 ``busybox`` on PATH and a Docker engine)::
 
-    .venv/bin/python tests/bench/bench_staging.py            # ~40 seconds
-    .venv/bin/python tests/bench/bench_staging.py --runs 10  # ~70 seconds
+    .venv/bin/python tests/bench/bench_staging.py            # ~2 minutes (~40 s: --no-apps)
+    .venv/bin/python tests/bench/bench_staging.py --runs 10  # ~2.5 minutes
+    .venv/bin/python tests/bench/bench_staging.py --build-debian  # + ~2.5 minutes
 """
 
 from __future__ import annotations
@@ -114,6 +134,7 @@ from tests.support import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.baseimage import BASE_IMAGE, INDEX_HTML, ensure_base_image
+from tests.e2e.test_debian_stack import EXPRESS_APP, FLASK_APP
 
 HOST = "127.0.0.1"
 PORT = "8080/TCP"
@@ -125,10 +146,12 @@ STAGE_TIMEOUT = 180.0
 START_TIMEOUT = 60.0
 STATIC_MARKERS = ("Detecting", "Building", "Exporting")
 DOCKER_MARKERS = ("Pulling",)
+APP_STAGE_TIMEOUT = 600.0  # a cold staging downloads from PyPI or npm
 # The issue's aims.
 AIM_UPLOAD_S = 5.0
 AIM_DOCKER_S = 3.0
 AIM_START_S = 3.0
+AIM_WARM_FLASK_S = 10.0
 
 
 # processes --------------------------------------------------------------------------------------
@@ -150,6 +173,7 @@ def start_daemon(
     log, data = work / "daemon.log", work / "daemon-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "CNB_"))}
     env["LB_EVENTS_AMQP_LISTEN"] = "off"  # not measured; and 5673 may be another daemon's
+    env["LB_DEFAULT_STACK"] = stacks.DEFAULT_STACK  # the static site's, debian built or not
     args = ["daemon", "--etcd", etcd, "--listen", listen, "--name", node, "--no-router"]
     args += ["--data-dir", str(data), "--log-level", "info"]
     with open(log, "ab") as out:
@@ -327,6 +351,14 @@ def site_zip() -> bytes:
     return buffer.getvalue()
 
 
+def zip_of(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def probe(port: int, expect: bytes) -> bool:
     conn = http.client.HTTPConnection(HOST, port, timeout=0.5)
     try:
@@ -499,6 +531,25 @@ class Run:
 
 
 @dataclass
+class AppRuns:
+    """One real app's stagings on the debian stack: the cold one, then the warm ones."""
+
+    name: str
+    cold: Staged | None = None
+    cold_start: Started | None = None
+    warm: list[Staged] = field(default_factory=list)
+    warm_start: list[Started] = field(default_factory=list)
+
+
+@dataclass
+class DebianStack:
+    build_image_mb: float = math.nan
+    run_image_mb: float = math.nan
+    build_seconds: float = math.nan  # with --build-debian only
+    note: str = ""
+
+
+@dataclass
 class Results:
     node: str = ""
     image: str = ""
@@ -509,6 +560,9 @@ class Results:
     stack_load: float = math.nan
     cold: Run | None = None
     runs: list[Run] = field(default_factory=list)
+    apps: list[AppRuns] = field(default_factory=list)
+    apps_load: dict[str, float] = field(default_factory=dict)  # other processes' cores, by app
+    debian: DebianStack = field(default_factory=DebianStack)
     events: list[dict[str, Any]] = field(default_factory=list)  # the daemon's log lines
 
 
@@ -557,13 +611,13 @@ class Bench:
         return str(body["guid"]), sent, sent_wall
 
     def wait_staged(
-        self, droplet: str, sent: float, markers: Sequence[str]
+        self, droplet: str, sent: float, markers: Sequence[str], timeout: float = STAGE_TIMEOUT
     ) -> tuple[dict[str, Any], float, dict[str, float]]:
         """Poll until STAGED; the droplet, when STAGED was seen, and when each staging log
         marker (``-----> <marker>``) was first seen, relative to ``sent``."""
         path = self.data / "blobs" / "droplets" / f"{droplet}.log"
         seen: dict[str, float] = {}
-        deadline = time.perf_counter() + STAGE_TIMEOUT
+        deadline = time.perf_counter() + timeout
         while True:
             body = self.api.json("GET", f"/v3/droplets/{droplet}")
             now = time.perf_counter()
@@ -579,7 +633,7 @@ class Bench:
             if body["state"] == "FAILED":
                 raise RuntimeError(f"droplet {droplet} FAILED: {body['error']}\n{text[-2000:]}")
             if now > deadline:
-                raise TimeoutError(f"droplet {droplet} is {body['state']} after {STAGE_TIMEOUT} s")
+                raise TimeoutError(f"droplet {droplet} is {body['state']} after {timeout} s")
             time.sleep(POLL_STAGE)
 
     def stage_static(self, i: int) -> tuple[str, Staged]:
@@ -658,6 +712,76 @@ class Bench:
                 raise TimeoutError(f"app {sid}: containers left {timeout:g} s after its delete")
             time.sleep(0.05)
         remove_app_images(self.docker, sid)
+
+    def stage_files(self, sid: str, archive: bytes, buildpack: str) -> tuple[Staged, str]:
+        """A new bits package of ``sid`` with ``archive``, staged on debian: the timings from
+        sending the upload, and the staging log."""
+        package = self.api.json("POST", f"/v3/apps/{sid}/packages", {"type": "bits"}, 201)
+        data, content_type = multipart("bits", "app.zip", archive, "application/zip")
+        path = f"/v3/packages/{package['guid']}/upload"
+        sent = time.perf_counter()
+        status, raw = self.api.raw("POST", path, data, {"Content-Type": content_type})
+        ready = time.perf_counter()
+        uploaded = json.loads(raw) if raw else {}
+        if status != 200 or uploaded.get("state") != "READY":
+            raise RuntimeError(f"upload -> {status} {raw[:500]!r}")
+        droplet, created, created_wall = self.create_droplet(package["guid"])
+        body, staged, marks = self.wait_staged(droplet, created, STATIC_MARKERS, APP_STAGE_TIMEOUT)
+        response = body["staging_response"]
+        if (response["buildpack"], response["stack"]) != (buildpack, stacks.DEBIAN_STACK):
+            raise RuntimeError(f"staged with an unexpected buildpack or stack: {response}")
+        log = (self.data / "blobs" / "droplets" / f"{droplet}.log").read_text(errors="replace")
+        timing = Staged(
+            droplet=droplet,
+            create_wall=created_wall,
+            create_staged=staged - created,
+            marks=marks,
+            upload_ready=ready - sent,
+            total=staged - sent,
+        )
+        return timing, log
+
+    def stop(self, sid: str, timeout: float = 60.0) -> None:
+        """Stop the app and wait until Docker has none of its containers."""
+        body = self.api.json("POST", f"/v3/apps/{sid}/actions/stop")
+        if body["desired_state"] != "STOPPED":
+            raise RuntimeError(f"app {sid} is {body['desired_state']} after stop")
+        selector = {"label": [f"{LABEL_SERVICE}={sid}"]}
+        deadline = time.monotonic() + timeout
+        while self.docker.containers(all=True, filters=selector):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"app {sid}: containers left {timeout:g} s after its stop")
+            time.sleep(0.05)
+
+    def real_app(self, name: str, files: dict[str, bytes], warm_runs: int) -> AppRuns:
+        """Stage ``files`` cold, then ``warm_runs`` times warm, each followed by start -> 200."""
+        buildpack, expect, reused = {
+            "flask": ("python", b"hello from flask", "Reusing the venv layer"),
+            "express": ("node", b"hello from express", "Restoring cached layers: npm-cache"),
+        }[name]
+        lifecycle = {"type": "buildpack", "data": {"stack": stacks.DEBIAN_STACK}}
+        sid = self.app(name, lifecycle)
+        archive = zip_of(files)
+        runs = AppRuns(name)
+        for i in range(warm_runs + 1):
+            staged, log = self.stage_files(sid, archive, buildpack)
+            if i > 0 and reused not in log:
+                raise RuntimeError(f"{name}: warm staging {i} did not say {reused!r}:\n{log}")
+            started = self.start(sid, staged.droplet, expect)
+            self.stop(sid)
+            if i == 0:
+                runs.cold, runs.cold_start = staged, started
+            else:
+                runs.warm.append(staged)
+                runs.warm_start.append(started)
+            kind = "cold" if i == 0 else f"warm {i}"
+            build = between(staged.marks, "Building", "Exporting", staged.create_staged)
+            say(
+                f"  {name} {kind}: upload -> STAGED {staged.total:.3f} s (build {build:.3f} s), "
+                f"start -> 200 {started.seconds:.3f} s"
+            )
+        self.delete(sid)
+        return runs
 
     def run(self, i: int) -> Run:
         site, static = self.stage_static(i)
@@ -779,6 +903,7 @@ def report(r: Results, runs: int) -> str:
     docker_v = verdict(docker_p99, AIM_DOCKER_S, complete)
     start_s_v = verdict(start_static_p99, AIM_START_S, complete)
     start_d_v = verdict(start_docker_p99, AIM_START_S, complete)
+    app_lines, app_aims = app_report(r, complete)
     lines = [
         "| measurement | n | unit | p50 | p99 | max | aim | result |",
         "|---|--:|---|--:|--:|--:|---|---|",
@@ -826,6 +951,7 @@ def report(r: Results, runs: int) -> str:
             start_d_v,
         ),
         *start_rows([x.start_docker for x in timed], "   docker: "),
+        *app_lines,
     ]
     load = os.getloadavg()[0]
     header = (
@@ -836,6 +962,7 @@ def report(r: Results, runs: int) -> str:
         f"(index.html, css/site.css) on the default stack `{stacks.DEFAULT_STACK}` "
         f"({r.stack_state} before the warm-up). Docker package: `{r.served}` in a local "
         "htpasswd `docker-registry`, not local at the start of each run (its base layer is). "
+        f"{apps_note(r)}"
         "Nearest-rank percentiles (with n < 100, p99 is the max). "
         f"Load average at the end: {load:.2f}.\n"
     )
@@ -849,14 +976,98 @@ def report(r: Results, runs: int) -> str:
         f"- {start_d_v} start -> first 200 < {AIM_START_S:g} s, docker app: p99 "
         f"{start_docker_p99:.3f} s (n={len(timed)})",
     ]
+    aims += app_aims
     noise = {"stack build": r.stack_load}
     if r.cold is not None:
         noise["warm-up"] = r.cold.other_load
     noise |= {f"run {i + 1}": x.other_load for i, x in enumerate(timed)}
+    noise |= {f"{name} app": load for name, load in r.apps_load.items()}
     out = header + "\n" + "\n".join(lines) + "\n\n### Aims\n\n" + "\n".join(aims)
     return out + noise_report(
         noise, "its etcd, registry or daemon, the Docker engine or processes in containers"
     )
+
+
+def apps_note(r: Results) -> str:
+    if not r.apps:
+        return f"Real apps: {r.debian.note or 'not run'}. "
+    return (
+        "Real apps on the debian stack, pip and npm through the host's proxy and CA: one app "
+        "each, its first staging cold (no cache), then the same zip again (warm). "
+        + (f"{r.debian.note}. " if r.debian.note else "")
+    )
+
+
+def app_report(r: Results, complete: bool) -> tuple[list[str], list[str]]:
+    """The real apps' rows (d., e.), the debian stack's (f.), and their aims."""
+    lines: list[str] = []
+    aims: list[str] = []
+    letters = {"flask": "d. Flask app (python buildpack)", "express": "e. Express app (node)"}
+    for a in r.apps:
+        title = letters[a.name]
+        cold = [a.cold] if a.cold else []
+        warm_p99 = percentile([x.total for x in a.warm], 0.99)
+        start_p99 = percentile([x.seconds for x in a.warm_start], 0.99)
+        staging_aim, staging_v = "", ""
+        if a.name == "flask":
+            staging_aim = f"p99 < {AIM_WARM_FLASK_S:g} s"
+            staging_v = verdict(warm_p99, AIM_WARM_FLASK_S, complete and bool(a.warm))
+            aims.append(
+                f"- {staging_v} warm staging of the Flask app < {AIM_WARM_FLASK_S:g} s: p99 "
+                f"{warm_p99:.3f} s (n={len(a.warm)})"
+            )
+        start_v = verdict(start_p99, AIM_START_S, complete and bool(a.warm_start))
+        aims.append(
+            f"- {start_v} start -> first 200 < {AIM_START_S:g} s, {a.name} app: p99 "
+            f"{start_p99:.3f} s (n={len(a.warm_start)})"
+        )
+
+        def build(group: list[Staged]) -> list[float]:
+            return [between(x.marks, "Building", "Exporting", x.create_staged) for x in group]
+
+        lines += [
+            row(f"{title}: cold upload -> STAGED (no cache)", [x.total for x in cold]),
+            row("   cold: `Building` -> `Exporting` (install, downloads)", build(cold)),
+            row(
+                f"{title}: warm upload -> STAGED (cache layers)",
+                [x.total for x in a.warm],
+                staging_aim,
+                staging_v,
+            ),
+            row(
+                "   warm: upload sent -> `Detecting` (upload, pickup, cache read)",
+                [
+                    x.upload_ready + between(x.marks, None, "Detecting", x.create_staged)
+                    for x in a.warm
+                ],
+            ),
+            row(
+                "   warm: `Detecting` -> `Building` (detect container)",
+                [between(x.marks, "Detecting", "Building", x.create_staged) for x in a.warm],
+            ),
+            row("   warm: `Building` -> `Exporting` (cache restore, build)", build(a.warm)),
+            row(
+                "   warm: `Exporting` -> STAGED (export, commit, cache kept)",
+                [between(x.marks, "Exporting", None, x.create_staged) for x in a.warm],
+            ),
+            row(
+                f"{title}: cold start -> first 200",
+                [a.cold_start.seconds] if a.cold_start else [],
+            ),
+            row(
+                f"{title}: start -> first 200",
+                [x.seconds for x in a.warm_start],
+                f"p99 < {AIM_START_S:g} s",
+                start_v,
+            ),
+        ]
+    d = r.debian
+    if not math.isnan(d.build_seconds):
+        lines.append(row("f. debian stack build (mmdebstrap, both images)", [d.build_seconds]))
+    for label, mb in (("build", d.build_image_mb), ("run", d.run_image_mb)):
+        if not math.isnan(mb):
+            lines.append(f"| f. debian {label} image size | 1 | MB | {mb:.0f} | | | | |")
+    return lines, aims
 
 
 # main -------------------------------------------------------------------------------------------
@@ -878,7 +1089,42 @@ def cleanup(client: docker.APIClient, bench: Bench | None, node: str, host: str)
         untag_registry(client, host)
 
 
-def run(work: Path, runs: int, results: Results, stack: contextlib.ExitStack) -> None:
+def debian_images(client: docker.APIClient, name: str) -> tuple[float, float] | None:
+    """The stack's build and run image sizes in MB, or None when it is not on the engine."""
+    try:
+        build = client.inspect_image(stacks.build_image(name))["Size"] / 1e6
+        run = client.inspect_image(stacks.run_image(name))["Size"] / 1e6
+    except docker.errors.NotFound:
+        return None
+    return build, run
+
+
+def time_debian_build(name: str) -> float:
+    """Seconds for :func:`stacks.build_debian` to make and import stack ``name``."""
+    from lastbackend.runtime.docker import DockerRuntime
+
+    async def build() -> float:
+        runtime = DockerRuntime(os.environ.get("DOCKER_HOST") or None)
+        try:
+            started = time.perf_counter()
+            made = await stacks.build_debian(runtime, lifecycle_descriptor.load(), name=name)
+            if not made.present:
+                raise RuntimeError(f"stack {name} is not there after its build")
+            return time.perf_counter() - started
+        finally:
+            await runtime.close()
+
+    return asyncio.run(build())
+
+
+def run(
+    work: Path,
+    runs: int,
+    results: Results,
+    stack: contextlib.ExitStack,
+    apps: int = 0,
+    build_debian: bool = False,
+) -> None:
     client = docker_api()
     stack.callback(client.close)
     results.image = "imported offline" if ensure_base_image(client) else "present"
@@ -894,6 +1140,20 @@ def run(work: Path, runs: int, results: Results, stack: contextlib.ExitStack) ->
     say(f"  {results.stack_build:.3f} s")
     results.stack_state = default_stack_state()
     say(f"  default stack {stacks.DEFAULT_STACK}: {results.stack_state}")
+    if build_debian:
+        private_debian = f"{node}-debian"
+        say(f"f. debian stack build under the private name {private_debian} (minutes)")
+        stack.callback(remove_stack, client, private_debian)
+        results.debian.build_seconds = time_debian_build(private_debian)
+        sizes = debian_images(client, private_debian)
+        remove_stack(client, private_debian)
+        say(f"  {results.debian.build_seconds:.0f} s, images {sizes}")
+    sizes = debian_images(client, stacks.DEBIAN_STACK)
+    if sizes is not None:
+        results.debian.build_image_mb, results.debian.run_image_mb = sizes
+    elif apps:
+        results.debian.note = "skipped: no debian stack (lastbackend stack build --name debian)"
+        apps = 0
 
     registry = start_registry(work)
     stack.callback(stop_process, registry.proc)
@@ -937,6 +1197,12 @@ def run(work: Path, runs: int, results: Results, stack: contextlib.ExitStack) ->
                 f"{result.docker.create_staged:.3f} s, start -> 200: static "
                 f"{result.start_static.seconds:.3f} s, docker {result.start_docker.seconds:.3f} s"
             )
+        if apps:
+            say(f"real apps on debian: cold, then {apps} warm")
+            for name, files in (("flask", FLASK_APP), ("express", EXPRESS_APP)):
+                meter = Meter(ours)
+                results.apps.append(bench.real_app(name, files, apps))
+                results.apps_load[name] = meter.cores()
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited during the run:\n{tail(log)}")
         results.events = log_events(log)  # read now: the directory goes with the cleanup
@@ -948,9 +1214,21 @@ def run(work: Path, runs: int, results: Results, stack: contextlib.ExitStack) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="timed runs after the warm-up")
+    parser.add_argument(
+        "--app-runs", type=int, default=5, help="warm stagings of the Flask and Express apps"
+    )
+    parser.add_argument(
+        "--no-apps", action="store_true", help="skip the Flask and Express apps (debian stack)"
+    )
+    parser.add_argument(
+        "--build-debian",
+        action="store_true",
+        help="also build the debian stack once under a private name (mmdebstrap, minutes)",
+    )
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 1 or args.app_runs < 1:
+        parser.error("--runs and --app-runs must be at least 1")
+    apps = 0 if args.no_apps else args.app_runs
     for binary, package in (
         ("etcd", "etcd-server"),
         ("docker-registry", "docker-registry"),
@@ -972,9 +1250,14 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="lb-bench-staging-") as tmp,
         contextlib.ExitStack() as stack,
-        budget(120.0 + 60.0 * args.runs),
+        budget(
+            120.0
+            + 60.0 * args.runs
+            + (2 * APP_STAGE_TIMEOUT + 120.0 * apps if apps else 0.0)
+            + (900.0 if args.build_debian else 0.0)
+        ),
     ):
-        run(Path(tmp), args.runs, results, stack)
+        run(Path(tmp), args.runs, results, stack, apps, args.build_debian)
     say(f"done in {time.monotonic() - started:.0f} s")
     print(report(results, args.runs))
     return 0

@@ -283,6 +283,37 @@ async def test_build_then_push_webhook_roll_out_new_content(
     assert sorted(await site.registry_tags()) == ["1", "2"]
 
 
+async def test_a_build_gets_the_hosts_proxies_and_keeps_them_out_of_the_image(
+    harness: BuildHarness,
+    etcd: RawEtcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    base_image: str,
+) -> None:
+    """``staging.build_env`` reaches ``RUN`` steps as Docker's proxy build arguments.
+
+    FTP_PROXY stands in for HTTPS_PROXY: nothing the daemon itself does (etcd, git over HTTP,
+    the Docker socket) goes through an FTP proxy, so the made-up one cannot get in its way.
+    """
+    h = harness
+    proxy = "http://builder:pw-4711@proxy.invalid:3128"
+    env = {"LB_STAGING_BUILD_ENV": "FTP_PROXY", "FTP_PROXY": proxy}
+    daemon = h.start("daemon", etcd_server.endpoint, env=env)
+    await h.ready(daemon)
+    site = Site(h, daemon, git, registry)
+    check = 'RUN case "$FTP_PROXY" in *@proxy.invalid:3128) ;; *) exit 9 ;; esac\n'
+    await site.setup({"Dockerfile": dockerfile(base_image, check), "index.html": "proxied\n"})
+    build = await site.ended(await site.start())
+    log = await site.logs(1)
+    assert build["status"] == "success", log  # exit 9 had the step not seen the proxy
+    assert "       build arguments from the host: FTP_PROXY" in log
+    assert "pw-4711" not in log
+    history = h.docker.history(site.ref(1))
+    assert "pw-4711" not in json.dumps(history)  # Docker keeps undeclared proxy args out
+    await site.answers(b"proxied\n")
+
+
 # --- failures -------------------------------------------------------------------------------------
 
 

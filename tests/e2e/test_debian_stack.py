@@ -11,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from lastbackend.lifecycle import descriptor as lifecycle
 from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle.buildpacks import discover
+from lastbackend.lifecycle.staging import StagingError
 from lastbackend.runtime.base import ContainerSpec
 from lastbackend.runtime.docker import DockerRuntime
 from tests.e2e.test_staging_engine import PAGE, Stager, fetch, tar_of, zip_of
@@ -213,6 +214,21 @@ async def test_an_express_app_stages_with_npm_and_answers(
 
 
 @pytest.mark.docker
+async def test_the_second_express_staging_prefers_npms_restored_cache(stager: Stager) -> None:
+    first = await stager.buildpack(tar_of(EXPRESS_APP), stack="debian", **registry_access())
+    assert first.cache is not None
+    assert not [line for line in stager.lines if "preferring it to the registry" in line]
+    stager.lines.clear()
+    second = await stager.buildpack(
+        tar_of(EXPRESS_APP), stack="debian", cache=first.cache, **registry_access()
+    )
+    assert "-----> Restoring cached layers: npm-cache" in stager.lines
+    assert "-----> npm's cache from the last staging: preferring it to the registry" in stager.lines
+    base = await stager.serve(second.image)
+    assert await eventually(lambda: fetch(f"{base}/"), within=30) == (200, b"hello from express")
+
+
+@pytest.mark.docker
 async def test_the_second_staging_reuses_the_venv_until_requirements_change(
     stager: Stager,
 ) -> None:
@@ -236,3 +252,76 @@ async def test_the_second_staging_reuses_the_venv_until_requirements_change(
     await stager.buildpack(tar_of(changed), stack="debian", cache=second.cache, **registry_access())
     assert "-----> pip install -r requirements.txt" in stager.lines
     assert not [line for line in stager.lines if line.startswith("-----> Reusing")]
+
+
+# -- failures a user can act on ------------------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_a_pip_failure_quotes_pips_last_lines(stager: Stager) -> None:
+    files = {**FLASK_APP, "requirements.txt": b"lastbackend-no-such-package-4711==1.0\n"}
+    with pytest.raises(StagingError) as failed:
+        await stager.buildpack(tar_of(files), stack="debian", **registry_access())
+    message = str(failed.value)
+    assert failed.value.exit_code == 51
+    assert message.startswith("buildpack python failed to build: its bin/build exited 1; its l")
+    assert "No matching distribution found for lastbackend-no-such-package-4711==1.0" in message
+
+
+@pytest.mark.docker
+async def test_an_npm_failure_quotes_npms_last_lines(stager: Stager) -> None:
+    package = {"name": "broken", "version": "1.0.0", "dependencies": {NO_SUCH_NPM: "1.0.0"}}
+    files = {**EXPRESS_APP, "package.json": json.dumps(package).encode()}
+    with pytest.raises(StagingError) as failed:
+        await stager.buildpack(tar_of(files), stack="debian", **registry_access())
+    message = str(failed.value)
+    assert failed.value.exit_code == 51
+    assert message.startswith("buildpack node failed to build: its bin/build exited 1; its las")
+    assert "npm ERR! 404" in message
+    assert NO_SUCH_NPM in message.split("\n", 1)[1]  # in npm's own lines
+
+
+NO_SUCH_NPM = "lastbackend-no-such-package-4711"
+
+
+@pytest.fixture
+def slim_stack(debian_stack: str, docker_api: docker.APIClient) -> Iterator[str]:
+    """A stack whose build image is debian's run image: python3 without its venv module, node
+    without npm, as an admin's stack may be."""
+    name = f"slim{uuid.uuid4().hex[:6]}"
+    made = [stacks.build_image(name), stacks.run_image(name)]
+    for ref in made:
+        repository, tag = ref.rsplit(":", 1)
+        docker_api.tag(stacks.run_image(debian_stack), repository, tag)
+    try:
+        yield name
+    finally:
+        for ref in made:
+            docker_api.remove_image(ref)
+
+
+@pytest.mark.docker
+async def test_a_stack_without_the_venv_module_says_which_package_it_needs(
+    stager: Stager, slim_stack: str
+) -> None:
+    with pytest.raises(StagingError) as failed:
+        await stager.buildpack(tar_of(FLASK_APP), stack=slim_stack)
+    assert failed.value.exit_code == 51
+    assert str(failed.value) == (
+        "buildpack python failed to build: its bin/build exited 1; its last lines of output:\n"
+        f"       python: stack {slim_stack} has python3 but not its venv module: its build image "
+        "needs the Debian package python3-venv (the debian stack has it)"
+    )
+
+
+@pytest.mark.docker
+async def test_a_stack_without_npm_says_so_when_nothing_detects(
+    stager: Stager, slim_stack: str
+) -> None:
+    with pytest.raises(StagingError) as failed:
+        await stager.buildpack(tar_of(EXPRESS_APP), stack=slim_stack)
+    assert failed.value.exit_code == 20
+    assert (
+        f"node: package.json (the app has a package.json, but stack {slim_stack} lacks the "
+        "Debian package npm (the debian stack has them))"
+    ) in str(failed.value)

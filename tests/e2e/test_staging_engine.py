@@ -195,10 +195,33 @@ async def test_a_requested_buildpack_that_does_not_detect_fails_and_cleans_up(
 ) -> None:
     with pytest.raises(StagingError) as failed:
         await stager.buildpack(tar_of({"Procfile": b"web: sleep 600\n"}), requested="static")
-    assert str(failed.value) == "no buildpack detected the app (tried: static)"
+    assert str(failed.value) == (
+        "no buildpack detected the app (tried: static). "
+        "What each looked for: static: index.html or a Staticfile."
+    )
     assert failed.value.exit_code == 20
     assert "       static: skip" in stager.lines
     assert await staging_containers(docker_api, stager.last_droplet) == []
+
+
+@pytest.mark.docker
+async def test_nothing_detected_says_what_each_looked_for_and_what_the_stack_lacks(
+    stager: Stager,
+) -> None:
+    app = tar_of({"requirements.txt": b"flask\n", "package.json": b"{}", "app.py": b""})
+    with pytest.raises(StagingError) as failed:
+        await stager.buildpack(app, stack="busybox")
+    assert failed.value.exit_code == 20
+    assert str(failed.value) == (
+        "no buildpack detected the app (tried: python, node, procfile, static). What each "
+        "looked for: python: requirements.txt, pyproject.toml or setup.py (the app has Python "
+        "dependencies, but stack busybox has no python3 (Debian package python3; the debian "
+        "stack has it)); node: package.json (the app has a package.json, but stack busybox "
+        "lacks the Debian package nodejs and npm (the debian stack has them)); procfile: a "
+        "Procfile; static: index.html or a Staticfile. Add a Procfile with a line like "
+        "'web: <command>', or an index.html for a static site."
+    )
+    assert "       python: skip" in stager.lines
 
 
 @pytest.mark.docker

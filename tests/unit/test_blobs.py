@@ -51,6 +51,18 @@ def test_write_read_replace_delete(blobs: BlobStore) -> None:
     assert not blobs.exists("packages", A)
 
 
+def test_a_cache_blob_is_replaced_without_fsync(
+    blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs.write("caches", A, b"old layers")
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    blobs.write("caches", A, b"new layers", durable=False)
+    assert blobs.read("caches", A) == b"new layers"
+    assert synced == []  # a lost cache costs a cold build, not the seconds of an fsync
+    assert sorted(p.name for p in blobs.root.rglob("*") if p.is_file()) == [f"{A}.tar"]
+
+
 def test_put_file_moves_a_temporary_file_into_place(blobs: BlobStore) -> None:
     tmp = blobs.temp_path("upload")
     assert tmp.parent == blobs.root / "tmp"

@@ -80,6 +80,11 @@ class Lifecycle:
     launch: dict[str, str] = attrs.Factory(dict)
     """Buildpack dir -> the launch.toml its build writes."""
     build_exit: dict[str, int] = attrs.Factory(dict)
+    said: dict[str, str] = attrs.Factory(dict)
+    """Buildpack dir -> what its bin/detect prints before it fails (the real detector keeps the
+    last line for the error)."""
+    build_output: dict[str, list[str]] = attrs.Factory(dict)
+    """Buildpack dir -> the lines its bin/build prints."""
     plans: dict[str, str] = attrs.Factory(dict)
     """Buildpack dir -> the build plan its detect writes."""
     layer_files: dict[str, dict[str, bytes]] = attrs.Factory(dict)
@@ -104,6 +109,7 @@ class Lifecycle:
         return self.builder(process, argv[1])
 
     def detector(self, process: FakeProcess, dirs: list[str]) -> int:
+        result = b""
         for bp in dirs:
             assert process.read(f"/cnb/buildpacks/{bp}/bin/detect") is not None
             self.tried.append(bp)
@@ -113,19 +119,24 @@ class Lifecycle:
                 process.write(f"/tmp/lb-plan-{bp}.toml", self.plans[bp].encode())
             if code == 0:
                 process.print(f"       {bp}: pass")
-                process.write(DETECT_RESULT, f"pass {bp}\n".encode())
+                process.write(DETECT_RESULT, result + f"pass {bp}\n".encode())
                 return 0
             if code != 100:
-                process.write(DETECT_RESULT, f"error {bp} {code}\n".encode())
+                process.write(DETECT_RESULT, result + f"error {bp} {code}\n".encode())
                 return 1
+            if bp in self.said:
+                process.print(self.said[bp])
             process.print(f"       {bp}: skip")
-        process.write(DETECT_RESULT, b"none\n")
+            result += f"skip {bp} {self.said.get(bp, '')}\n".encode()
+        process.write(DETECT_RESULT, result + b"none\n")
         return 100
 
     def builder(self, process: FakeProcess, bp: str) -> int:
         self.built.append(bp)
         assert process.listdir("/cnb/buildpacks") == [bp]  # only the chosen one
         process.print(f"building with {bp}")
+        for line in self.build_output.get(bp, []):
+            process.print(line)
         if bp in self.launch:
             process.write(f"/layers/{bp}/launch.toml", self.launch[bp].encode(), uid=1000)
         self.restored.append(process.read(f"/layers/{bp}/cache/blob"))
@@ -296,7 +307,10 @@ async def test_a_requested_buildpack_that_does_not_detect_fails(
 ) -> None:
     with pytest.raises(StagingError) as failed:
         await stage(rt, PROCFILE_APP, requested="static")
-    assert str(failed.value) == "no buildpack detected the app (tried: static)"
+    assert str(failed.value) == (
+        "no buildpack detected the app (tried: static). "
+        "What each looked for: static: index.html or a Staticfile."
+    )
     assert failed.value.exit_code == staging.EXIT_DETECT_NONE
     assert scripts.built == []
     assert await no_containers_left(rt)
@@ -547,10 +561,45 @@ async def test_a_failing_build_fails_with_its_exit_code(
     lines: list[str] = []
     with pytest.raises(StagingError) as failed:
         await stage(rt, lines=lines)
-    assert str(failed.value) == "buildpack static failed to build: its bin/build exited 7"
+    assert str(failed.value) == (
+        "buildpack static failed to build: its bin/build exited 7; its last lines of output:\n"
+        "       building with static"
+    )
     assert failed.value.exit_code == 51
     assert "building with static" in lines
     assert await no_containers_left(rt)
+
+
+async def test_a_failing_build_quotes_its_last_lines_without_passwords(
+    rt: FakeRuntime, scripts: Lifecycle
+) -> None:
+    scripts.build_exit["static"] = 1
+    output = [f"line {n}" for n in range(20)]
+    output += ["", "ERROR: proxy http://deploy:s3cret@proxy.local:3128/ refused", "   "]
+    scripts.build_output["static"] = output
+    lines: list[str] = []
+    with pytest.raises(StagingError) as failed:
+        await stage(rt, lines=lines)
+    quoted = str(failed.value).split("\n")[1:]
+    assert len(quoted) == staging.TAIL_LINES
+    assert quoted[0] == "       line 9"  # the last twelve non-blank lines
+    assert quoted[-1] == "       ERROR: proxy http://***@proxy.local:3128/ refused"
+    assert "s3cret" not in str(failed.value)
+
+
+async def test_nothing_detected_quotes_why_a_buildpack_did_not_pass(
+    rt: FakeRuntime, scripts: Lifecycle
+) -> None:
+    scripts.said["python"] = "       python: stack busybox has no python3 (Debian package python3)"
+    with pytest.raises(StagingError) as failed:
+        await stage(rt, app_tar({"requirements.txt": b"flask\n"}))
+    assert str(failed.value) == (
+        "no buildpack detected the app (tried: python, node, procfile, static). What each "
+        "looked for: python: requirements.txt, pyproject.toml or setup.py (stack busybox has no "
+        "python3 (Debian package python3)); node: package.json; procfile: a Procfile; static: "
+        "index.html or a Staticfile. Add a Procfile with a line like 'web: <command>', or an "
+        "index.html for a static site."
+    )
 
 
 def test_procfile_and_launch_parsing() -> None:
