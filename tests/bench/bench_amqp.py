@@ -55,6 +55,8 @@ from proton import Timeout
 from proton.utils import BlockingConnection
 
 from lastbackend.store.embedded import EmbeddedEtcd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support import free_port
 
 HOST = "127.0.0.1"

@@ -59,6 +59,8 @@ from yarl import URL
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Cmp, Op
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support import RawEtcd, free_port
 
 HOST = "127.0.0.1"

@@ -92,12 +92,12 @@ from lastbackend.store import services as service_store
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import MAX_TXN_OPS, Op
 from lastbackend.store.objects import NameCache
-from tests.support import RawEtcd, free_port
 
-# Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# Run as a script from tests/bench/: make the repository's tests package importable.
 from tests.baseimage import BASE_IMAGE as IMAGE
 from tests.baseimage import INDEX_HTML, ensure_base_image
+from tests.support import RawEtcd, free_port
 
 HOST = "127.0.0.1"
 HTTPD = "httpd -f -p 8080 -h /www"

@@ -49,6 +49,8 @@ import aiohttp
 from bench_api import cpu_seconds, machine_busy, start_api, stop_process, wait_ready
 
 from lastbackend.store.embedded import EmbeddedEtcd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support import RawEtcd, free_port
 
 HOST = "127.0.0.1"

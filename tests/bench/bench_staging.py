@@ -130,11 +130,11 @@ from lastbackend.lifecycle.staging import LABEL_APP, STAGING_LABEL, container_na
 from lastbackend.node.agent import LABEL_SERVICE
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
-from tests.support import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.baseimage import BASE_IMAGE, INDEX_HTML, ensure_base_image
 from tests.e2e.test_debian_stack import EXPRESS_APP, FLASK_APP
+from tests.support import free_port
 
 HOST = "127.0.0.1"
 PORT = "8080/TCP"
