@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from lastbackend.secrets import generate_key
@@ -79,3 +82,32 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in sockets:
             s.close()
+
+
+CLI = Path(sys.executable).parent / "lastbackend"
+"""The installed console script, as a user runs it."""
+
+
+async def run_cli(
+    *argv: str,
+    home: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    within: float = 300,
+) -> tuple[int, str, str]:
+    """:data:`CLI` in a subprocess: (exit code, stdout, stderr). No ``LB_*`` or ``XDG_*`` from
+    this process leaks in; its config lives under ``home``; no colour."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
+    clean.update(XDG_CONFIG_HOME=str(home), NO_COLOR="1", **(env or {}))
+    proc = await asyncio.create_subprocess_exec(
+        str(CLI),
+        *argv,
+        env=clean,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -636,34 +636,29 @@ class Bench:
                 raise TimeoutError(f"droplet {droplet} is {body['state']} after {timeout} s")
             time.sleep(POLL_STAGE)
 
-    def stage_static(self, i: int) -> tuple[str, Staged]:
-        sid = self.app(f"site-{i}")
-        package = self.api.json(
-            "POST", "/v3/packages", {"type": "bits", "relationships": {"app": {"guid": sid}}}, 201
-        )
-        data, content_type = multipart("bits", "app.zip", self.archive, "application/zip")
-        path = f"/v3/packages/{package['guid']}/upload"
+    def upload(self, package: str, archive: bytes) -> tuple[dict[str, Any], float, float]:
+        """Upload ``archive`` as the bits of ``package``: the READY package, and the
+        ``perf_counter`` just before sending and just after its answer."""
+        data, content_type = multipart("bits", "app.zip", archive, "application/zip")
+        path = f"/v3/packages/{package}/upload"
         sent = time.perf_counter()
         status, raw = self.api.raw("POST", path, data, {"Content-Type": content_type})
         ready = time.perf_counter()
         uploaded = json.loads(raw) if raw else {}
         if status != 200 or uploaded.get("state") != "READY":
             raise RuntimeError(f"upload -> {status} {raw[:500]!r}")
+        return uploaded, sent, ready
+
+    def stage_static(self, i: int) -> tuple[str, Staged]:
+        sid = self.app(f"site-{i}")
+        package = self.api.json(
+            "POST", "/v3/packages", {"type": "bits", "relationships": {"app": {"guid": sid}}}, 201
+        )
+        uploaded, sent, ready = self.upload(package["guid"], self.archive)
         if uploaded["hash"] != {"type": "sha1", "value": self.sha1}:
             raise RuntimeError(f"the package's hash is {uploaded['hash']}, not the zip's sha1")
-        droplet, created, created_wall = self.create_droplet(package["guid"])
-        body, staged, marks = self.wait_staged(droplet, created, STATIC_MARKERS)
-        response = body["staging_response"]
-        if (response["buildpack"], response["stack"]) != ("static", stacks.DEFAULT_STACK):
-            raise RuntimeError(f"staged with an unexpected buildpack or stack: {response}")
-        return sid, Staged(
-            droplet=droplet,
-            create_wall=created_wall,
-            create_staged=staged - created,
-            marks=marks,
-            upload_ready=ready - sent,
-            total=staged - sent,
-        )
+        staged = self.stage_uploaded(package["guid"], sent, ready, "static", stacks.DEFAULT_STACK)
+        return sid, staged
 
     def stage_docker(self, i: int) -> tuple[str, Staged]:
         sid = self.app(f"dock-{i}", {"type": "docker", "data": {}})
@@ -717,21 +712,30 @@ class Bench:
         """A new bits package of ``sid`` with ``archive``, staged on debian: the timings from
         sending the upload, and the staging log."""
         package = self.api.json("POST", f"/v3/apps/{sid}/packages", {"type": "bits"}, 201)
-        data, content_type = multipart("bits", "app.zip", archive, "application/zip")
-        path = f"/v3/packages/{package['guid']}/upload"
-        sent = time.perf_counter()
-        status, raw = self.api.raw("POST", path, data, {"Content-Type": content_type})
-        ready = time.perf_counter()
-        uploaded = json.loads(raw) if raw else {}
-        if status != 200 or uploaded.get("state") != "READY":
-            raise RuntimeError(f"upload -> {status} {raw[:500]!r}")
-        droplet, created, created_wall = self.create_droplet(package["guid"])
-        body, staged, marks = self.wait_staged(droplet, created, STATIC_MARKERS, APP_STAGE_TIMEOUT)
+        _, sent, ready = self.upload(package["guid"], archive)
+        timing = self.stage_uploaded(
+            package["guid"], sent, ready, buildpack, stacks.DEBIAN_STACK, APP_STAGE_TIMEOUT
+        )
+        log_path = self.data / "blobs" / "droplets" / f"{timing.droplet}.log"
+        return timing, log_path.read_text(errors="replace")
+
+    def stage_uploaded(
+        self,
+        package: str,
+        sent: float,
+        ready: float,
+        buildpack: str,
+        stack: str,
+        timeout: float = STAGE_TIMEOUT,
+    ) -> Staged:
+        """A droplet of the uploaded ``package`` (sent at ``sent``, READY at ``ready``) waited
+        for until STAGED, checked to have been staged by ``buildpack`` on ``stack``."""
+        droplet, created, created_wall = self.create_droplet(package)
+        body, staged, marks = self.wait_staged(droplet, created, STATIC_MARKERS, timeout)
         response = body["staging_response"]
-        if (response["buildpack"], response["stack"]) != (buildpack, stacks.DEBIAN_STACK):
+        if (response["buildpack"], response["stack"]) != (buildpack, stack):
             raise RuntimeError(f"staged with an unexpected buildpack or stack: {response}")
-        log = (self.data / "blobs" / "droplets" / f"{droplet}.log").read_text(errors="replace")
-        timing = Staged(
+        return Staged(
             droplet=droplet,
             create_wall=created_wall,
             create_staged=staged - created,
@@ -739,7 +743,6 @@ class Bench:
             upload_ready=ready - sent,
             total=staged - sent,
         )
-        return timing, log
 
     def stop(self, sid: str, timeout: float = 60.0) -> None:
         """Stop the app and wait until Docker has none of its containers."""

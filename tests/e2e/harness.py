@@ -302,3 +302,21 @@ def push(h: Harness, source: str, target: str, registry: Registry) -> None:
         assert "error" not in line, line
     h.docker.remove_image(target)
     h.images.append(target)
+
+
+def push_served_image(h: Harness, registry: Registry, base_image: str, name: str) -> str:
+    """``<registry>/<name>:1``: the base image made to serve ``/www`` on 8080 (exposing that
+    port), pushed to ``registry`` with its credentials; the reference."""
+    served = f"{registry.host}/{name}:1"
+    scratch = h.docker.create_container(base_image, command="true")["Id"]
+    try:
+        h.docker.commit(
+            scratch,
+            repository=f"{registry.host}/{name}",
+            tag="1",
+            changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080/tcp"],
+        )
+    finally:
+        h.docker.remove_container(scratch, force=True)
+    push(h, served, served, registry)
+    return served

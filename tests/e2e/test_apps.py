@@ -21,7 +21,7 @@ import pytest
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.e2e.conftest import Registry
-from tests.e2e.harness import Harness, Proc, eventually, push
+from tests.e2e.harness import Harness, Proc, eventually, push_served_image
 from tests.gitserver import GitServer, commit, make_repo
 from tests.support import RawEtcd
 
@@ -201,18 +201,7 @@ async def test_private_docker_image_staged_with_credentials_and_started(
     harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, registry: Registry, base_image: str
 ) -> None:
     h = harness
-    served = f"{registry.host}/apps/served:1"
-    scratch = h.docker.create_container(base_image, command="true")["Id"]
-    try:  # the base image made to serve /www on 8080, exposing that port
-        h.docker.commit(
-            scratch,
-            repository=f"{registry.host}/apps/served",
-            tag="1",
-            changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080/tcp"],
-        )
-    finally:
-        h.docker.remove_container(scratch, force=True)
-    push(h, served, served, registry)
+    served = push_served_image(h, registry, base_image, "apps/served")
     daemon = h.start("daemon", etcd_server.endpoint)
     await h.ready(daemon)
     v3 = V3(h, daemon)

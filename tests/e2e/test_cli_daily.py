@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import Harness, Proc, eventually
-from tests.e2e.test_cli_push import SCRIPT, _serves, get, http_url, lb, routed, site
+from tests.e2e.test_cli_push import _serves, get, http_url, lb, routed, site
+from tests.support import CLI
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 __all__ = ["routed"]  # the fixture, used by name
@@ -78,7 +79,7 @@ async def test_json_outputs_scale_logs_env_stop_start_delete(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
     env.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=url, NO_COLOR="1")
     follow = await asyncio.create_subprocess_exec(
-        str(SCRIPT), "logs", "ticker", "-f", "--tail", "0", env=env,
+        str(CLI), "logs", "ticker", "-f", "--tail", "0", env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert follow.stdout is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,31 +22,16 @@ import pytest
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import ClientFactory
 from tests.e2e.conftest import Registry
-from tests.e2e.harness import Harness, Proc, eventually, push
+from tests.e2e.harness import Harness, Proc, eventually, push_served_image
 from tests.e2e.test_routing import routed_daemon
-from tests.support import RawEtcd
-
-SCRIPT = Path(sys.executable).parent / "lastbackend"
+from tests.support import CLI, RawEtcd, run_cli
 
 
 async def lb(
     *argv: str, url: str, home: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[int, str, str]:
     """The installed script in a subprocess, pointed at ``url`` by ``LB_URL``."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
-    clean.update(XDG_CONFIG_HOME=str(home), LB_URL=url, NO_COLOR="1", **(env or {}))
-    proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT),
-        *argv,
-        env=clean,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 300)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*argv, home=home, env={"LB_URL": url, **(env or {})}, cwd=cwd)
 
 
 def site(root: Path, text: str) -> Path:
@@ -246,18 +230,7 @@ async def test_push_of_a_private_docker_image_takes_the_password_from_the_enviro
 ) -> None:
     daemon, router = routed
     h = harness
-    served = f"{registry.host}/cli/served:1"
-    scratch = h.docker.create_container(base_image, command="true")["Id"]
-    try:  # the base image made to serve /www on 8080, exposing that port
-        h.docker.commit(
-            scratch,
-            repository=f"{registry.host}/cli/served",
-            tag="1",
-            changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]', "EXPOSE 8080/tcp"],
-        )
-    finally:
-        h.docker.remove_container(scratch, force=True)
-    push(h, served, served, registry)
+    served = push_served_image(h, registry, base_image, "cli/served")
     code, out, err = await lb(
         "push", "img", "--docker-image", served, "--docker-username", registry.username,
         "--project", "dock", url=daemon.url, home=tmp_path,
@@ -293,7 +266,7 @@ async def test_ctrl_c_while_staging_deletes_the_droplet_and_keeps_the_running_ve
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
     clean.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=daemon.url, NO_COLOR="1")
     proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT), "push", "-p", str(directory), "--project", "intr",
+        str(CLI), "push", "-p", str(directory), "--project", "intr",
         env=clean, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -8,36 +8,22 @@ import contextlib
 import json
 import os
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ClientFactory
-from tests.support import free_port
+from tests.support import CLI, free_port, run_cli
 
 pytestmark = pytest.mark.etcd
 
-SCRIPT = Path(sys.executable).parent / "lastbackend"
 TOKEN = "cli-admin-token-0123456789"
 
 
 async def lb(*argv: str, home: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """Run the installed script the way a user does (a subprocess, the API serving meanwhile)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
-    clean.update(XDG_CONFIG_HOME=str(home), NO_COLOR="1", **(env or {}))
-    proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT),
-        *argv,
-        env=clean,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_cli(*argv, home=home, env=env, within=60)
 
 
 def url_of(client: Any) -> str:
@@ -120,7 +106,7 @@ async def test_events_follow_the_stream(api: Any, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "XDG_"))}
     env.update(XDG_CONFIG_HOME=str(tmp_path), LB_URL=url_of(api))
     proc = await asyncio.create_subprocess_exec(
-        str(SCRIPT), "events", "projects/", "--json", env=env,
+        str(CLI), "events", "projects/", "--json", env=env,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -152,7 +138,7 @@ def on_a_terminal(*argv: str, env: dict[str, str]) -> bytes:
     leader, follower = pty.openpty()
     try:
         proc = subprocess.Popen(
-            [str(SCRIPT), *argv], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+            [str(CLI), *argv], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
             env=env, close_fds=True,
         )  # fmt: skip
         os.close(follower)
