@@ -405,6 +405,10 @@ def hook_delivery(vendor: str, delivery: str) -> str:
 
 LEADERS = f"{ROOT}system/leader/"
 
+INSTALLATION = f"{ROOT}system/installation"
+"""``system/installation``: this installation's id (32 hex digits, made once by the first
+process that asks; :mod:`lastbackend.store.installation`)."""
+
 
 def leader(controller: str) -> str:
     """``system/leader/<controller>``: the election key of one controller, on the leader's lease."""
