@@ -97,6 +97,8 @@ class Settings:
     refuses to start; an API reads no node's logs."""
     # [daemon]
     data_dir: Path = attrs.field(factory=_default_data_dir)
+    event_loop: str = "asyncio"
+    """``asyncio`` or ``uvloop``: the event loop every process runs on (docs/benchmarks.md)."""
     # [log]
     log_level: str = "info"
     log_format: str = "json"
@@ -282,6 +284,10 @@ class Settings:
             )
         if self.node_eviction_timeout < 0:
             raise ConfigError("node.eviction_timeout must be 0 or more seconds")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"daemon.event_loop (LB_EVENT_LOOP) must be asyncio or uvloop: {self.event_loop!r}"
+            )
         if self.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
         if self.log_format not in {"json", "console"}:
@@ -500,7 +506,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "read_tokens": "read_tokens",
         "node_token": "node_token",
     },
-    "daemon": {"data_dir": "data_dir"},
+    "daemon": {"data_dir": "data_dir", "event_loop": "event_loop"},
     "log": {"level": "log_level", "format": "log_format"},
     "node": {
         "name": "node_name",
@@ -545,6 +551,7 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_ETCD_CERT": "etcd_cert",
     "LB_ETCD_KEY": "etcd_key",
     "LB_ETCD_WATCH_THREAD": "etcd_watch_thread",
+    "LB_EVENT_LOOP": "event_loop",
     "LB_LISTEN": "listen",
     "LB_API_HOSTS": "api_hosts",
     "LB_API_CORS_ORIGINS": "cors_origins",
@@ -585,6 +592,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_ROUTER_CADDY": "router_caddy",
 }
 
+
+EVENT_LOOPS = ("asyncio", "uvloop")
 
 _BOOLS = {"true": True, "1": True, "false": False, "0": False}
 """How an environment variable spells a boolean (a file uses TOML's own)."""
