@@ -655,16 +655,20 @@ PAGE = 1000
 
 
 async def list_prefix(
-    store: Store, prefix: str, *, keep: Callable[[str], bool] | None = None
+    store: Store,
+    prefix: str,
+    *,
+    keep: Callable[[str], bool] | None = None,
+    revision: int = 0,
 ) -> tuple[int, list[KV]]:
     """Every key under ``prefix`` at one revision, and that revision.
 
     Read in pages of :data:`PAGE` keys, all pinned to the first page's revision, so the result is
     one moment of the tree however large it is (a watch from revision + 1 continues it exactly).
     ``keep`` filters page by page, so a caller that wants a few keys of a large subtree never
-    holds the rest.
+    holds the rest. ``revision`` lists the tree as it was then (:class:`Compacted` if that history
+    is gone); 0: now.
     """
-    revision = 0
     start: str | None = None
     found: list[KV] = []
     while True:
