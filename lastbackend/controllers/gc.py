@@ -43,7 +43,6 @@ import attrs
 import structlog
 
 from lastbackend import codec
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.apps import Package
 from lastbackend.model.common import now
@@ -53,6 +52,7 @@ from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
 from lastbackend.store import keys
 from lastbackend.store.builds import build_of
 from lastbackend.store.etcd import KV, Cmp, Op
+from lastbackend.store.informer import Informer
 from lastbackend.store.packages import upload_stale
 
 log = structlog.get_logger("lastbackend.controllers.gc")

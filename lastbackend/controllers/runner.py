@@ -5,7 +5,7 @@ A controller says *what* it watches (:meth:`Controller.watches`) and *how* to ma
 
 1. campaign for the controller's election (:mod:`lastbackend.controllers.leader`); a process that
    does not lead runs nothing but a watch on the election key;
-2. once leading, start one :class:`~lastbackend.controllers.informer.Informer` per watch, their
+2. once leading, start one :class:`~lastbackend.store.informer.Informer` per watch, their
    handlers adding *work keys* to a fresh :class:`~lastbackend.controllers.queue.WorkQueue`;
 3. wait until every informer has delivered its first list, so the first reconciles see a whole
    cache, not a partial one that would make existing objects look deleted;
@@ -49,7 +49,6 @@ import attrs
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lastbackend.controllers.informer import Informer, KeyMap
 from lastbackend.controllers.leader import DEFAULT_TTL, Fenced, LeaderElection, NotLeader
 from lastbackend.controllers.queue import (
     DEFAULT_BASE_DELAY,
@@ -61,6 +60,7 @@ from lastbackend.controllers.queue import (
     resync,
 )
 from lastbackend.store.etcd import Cmp, Etcd, Op, TxnResult
+from lastbackend.store.informer import Informer, KeyMap
 
 log = structlog.get_logger("lastbackend.controllers")
 

@@ -55,7 +55,7 @@ RETRY_MAX = 5.0
 Handler = Callable[[str, KV | None, KV | None], Awaitable[None] | None]
 KeyMap = Callable[[str], str | None]
 
-log = structlog.get_logger("lastbackend.controllers.informer")
+log = structlog.get_logger("lastbackend.store.informer")
 
 
 def _identity(key: str) -> str | None:
