@@ -32,6 +32,14 @@ quick (enqueue a key and return). A handler that raises is logged and does not s
 may share a work key (``projects/<pid>/services/<sid>/{meta,config,image}`` -> ``<pid>/<sid>``);
 :meth:`Informer.objects` returns one work key's raw keys from an index kept alongside the cache,
 and :meth:`Informer.work_keys` lists them for a resync.
+
+**Sharing.** Several controllers in one process watch the same prefixes (``projects/``: the
+services, builds and gc controllers). :class:`Informers` is a per-process registry that runs one
+unfiltered :class:`Informer` per prefix (one list, one watch, one cache) and hands out a
+:class:`KeyedView` per (prefix, key map): the view keeps its own work-key index and handlers over
+the shared cache, so two controllers with the same prefix and key map get the same view, and two
+with different key maps still share the watch. The informer runs while anyone holds a view of it
+and is stopped (its cache dropped) when the last one is released.
 """
 
 from __future__ import annotations
@@ -79,6 +87,9 @@ class Informer:
         self.name = name or prefix
         self.progress_notify = progress_notify
         self._to_key: KeyMap = to_key or _identity
+        # Without a key map every raw key is its own work key: no index is kept (it would cost a
+        # dict per key), and :meth:`objects` answers from the cache.
+        self._grouped = to_key is not None
         self._handlers: list[Handler] = []
         self._cache: dict[str, KV] = {}
         self._work: dict[str, str] = {}  # raw key -> work key
@@ -93,6 +104,8 @@ class Informer:
         """Set once the first list has been delivered to the handlers; stays set."""
         self.lists = 0
         """How many lists were made (1 + relists after compaction): for tests and metrics."""
+        self.watches = 0
+        """How many watch streams were opened (1 + reopens): for tests and metrics."""
 
     def __repr__(self) -> str:
         return f"<Informer {self.name!r} keys={len(self._cache)} revision={self.revision}>"
@@ -124,10 +137,13 @@ class Informer:
 
     def work_keys(self) -> list[str]:
         """Every work key with at least one cached raw key (what a resync re-adds)."""
-        return list(self._groups)
+        return list(self._groups) if self._grouped else list(self._cache)
 
     def objects(self, work_key: str) -> dict[str, KV]:
         """The cached raw keys of one work key (a copy: safe to hold across ``await``)."""
+        if not self._grouped:
+            kv = self._cache.get(work_key)
+            return {work_key: kv} if kv is not None else {}
         return dict(self._groups.get(work_key, {}))
 
     # handlers ----------------------------------------------------------------------------------
@@ -135,6 +151,11 @@ class Informer:
     def add_handler(self, handler: Handler) -> None:
         """Call ``handler(key, old, new)`` for every change from now on (and the first list)."""
         self._handlers.append(handler)
+
+    def remove_handler(self, handler: Handler) -> None:
+        """Stop calling ``handler`` (a no-op if it is not registered)."""
+        if handler in self._handlers:
+            self._handlers.remove(handler)
 
     # running -----------------------------------------------------------------------------------
 
@@ -149,6 +170,7 @@ class Informer:
                 if self._needs_list:
                     await self._relist()
                 self._skip = self._applied
+                self.watches += 1
                 async for batch in self.etcd.watch_batches(
                     self.prefix,
                     start_revision=self.revision + 1,
@@ -219,17 +241,21 @@ class Informer:
         self._applied = self._skip
 
     def _store(self, kv: KV) -> None:
+        self._cache[kv.key] = kv
+        if not self._grouped:
+            return
         work = self._work.get(kv.key)
         if work is None:
             work = self._to_key(kv.key)
             assert work is not None
             self._work[kv.key] = work
-        self._cache[kv.key] = kv
         self._groups.setdefault(work, {})[kv.key] = kv
 
     def _remove(self, key: str) -> KV:
         old = self._cache.pop(key)
         self._decoded.pop(key, None)
+        if not self._grouped:
+            return old
         work = self._work.pop(key)
         group = self._groups[work]
         del group[key]
@@ -238,10 +264,188 @@ class Informer:
         return old
 
     async def _emit(self, key: str, old: KV | None, new: KV | None) -> None:
-        for handler in self._handlers:
+        await self._call(self._handlers, key, old, new)
+
+    async def _call(
+        self, handlers: list[Handler], key: str, old: KV | None, new: KV | None
+    ) -> None:
+        for handler in list(handlers):
             try:
                 result = handler(key, old, new)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
                 log.exception("informer handler failed", informer=self.name, key=key)
+
+
+class KeyedView:
+    """One key map's view of a shared :class:`Informer` (see "Sharing" in the module docstring).
+
+    It reads like an informer (``cache``, ``get``, ``objects``, ``work_keys``, ``revision``,
+    ``synced``) but holds only the raw keys its map keeps, grouped by its work keys, and calls
+    its own handlers. Created on an informer that has already synced, it indexes the cache as it
+    stands (no ``await`` in between, so no change is missed); its handlers then hear only later
+    changes, so a consumer joining late reads :meth:`work_keys` once after :attr:`synced`.
+    """
+
+    def __init__(self, informer: Informer, to_key: KeyMap | None, name: str = "") -> None:
+        self.informer = informer
+        self.prefix = informer.prefix
+        self.name = name or informer.name
+        self._to_key: KeyMap = to_key or _identity
+        # Without a key map the view is the informer's whole cache: nothing to index.
+        self._all = to_key is None
+        self._handlers: list[Handler] = []
+        self._cache: dict[str, KV] = {}
+        self._work: dict[str, str] = {}
+        self._groups: dict[str, dict[str, KV]] = {}
+        if not self._all:
+            for key, kv in informer.cache.items():
+                self._index(key, kv)
+        informer.add_handler(self._changed)
+
+    def __repr__(self) -> str:
+        return f"<KeyedView {self.name!r} keys={len(self._cache)} revision={self.revision}>"
+
+    @property
+    def revision(self) -> int:
+        return self.informer.revision
+
+    @property
+    def synced(self) -> asyncio.Event:
+        return self.informer.synced
+
+    @property
+    def cache(self) -> Mapping[str, KV]:
+        return self.informer.cache if self._all else MappingProxyType(self._cache)
+
+    def get(self, key: str) -> KV | None:
+        return self.informer.get(key) if self._all else self._cache.get(key)
+
+    def decoded(self, kv: KV, cls: type[T]) -> T:
+        return self.informer.decoded(kv, cls)
+
+    def work_key(self, key: str) -> str | None:
+        return self._to_key(key)
+
+    def work_keys(self) -> list[str]:
+        return self.informer.work_keys() if self._all else list(self._groups)
+
+    def objects(self, work_key: str) -> dict[str, KV]:
+        if self._all:
+            return self.informer.objects(work_key)
+        return dict(self._groups.get(work_key, {}))
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    def remove_handler(self, handler: Handler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
+    def detach(self) -> None:
+        """Stop following the informer (the registry calls this on the view's last release)."""
+        self.informer.remove_handler(self._changed)
+        self._handlers.clear()
+
+    def _index(self, key: str, kv: KV) -> bool:
+        work = self._work.get(key) or self._to_key(key)
+        if work is None:
+            return False
+        self._work[key] = work
+        self._cache[key] = kv
+        self._groups.setdefault(work, {})[key] = kv
+        return True
+
+    async def _changed(self, key: str, old: KV | None, new: KV | None) -> None:
+        if self._all:
+            pass
+        elif new is not None:
+            if not self._index(key, new):
+                return
+        else:
+            work = self._work.pop(key, None)
+            if work is None:
+                return
+            del self._cache[key]
+            group = self._groups[work]
+            del group[key]
+            if not group:
+                del self._groups[work]
+        await self.informer._call(self._handlers, key, old, new)
+
+
+class Informers:
+    """One shared informer per prefix for a process, and a :class:`KeyedView` per key map.
+
+    :meth:`acquire` starts the prefix's informer on first use; :meth:`release` stops it when no
+    view is held any more, so a consumer that comes back later starts from a fresh list, as it
+    did when each one had an informer of its own.
+    """
+
+    def __init__(self, etcd: Etcd, *, progress_notify: bool = True) -> None:
+        self.etcd = etcd
+        self.progress_notify = progress_notify
+        self._informers: dict[str, Informer] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._views: dict[tuple[str, KeyMap | None], KeyedView] = {}
+        self._holds: dict[tuple[str, KeyMap | None], int] = {}
+
+    def __repr__(self) -> str:
+        return f"<Informers prefixes={sorted(self._informers)}>"
+
+    def informer(self, prefix: str) -> Informer | None:
+        """The running informer of ``prefix``, if anyone holds a view of it."""
+        return self._informers.get(prefix)
+
+    def task(self, prefix: str) -> asyncio.Task[None]:
+        """The task running ``prefix``'s informer: await it (shielded) to notice it failing."""
+        return self._tasks[prefix]
+
+    def acquire(self, prefix: str, *, to_key: KeyMap | None = None, name: str = "") -> KeyedView:
+        """The view of ``prefix`` under ``to_key`` (the same object for the same pair), with the
+        prefix's informer started if it was not running; pair with :meth:`release`."""
+        informer = self._informers.get(prefix)
+        if informer is None:
+            informer = Informer(self.etcd, prefix, progress_notify=self.progress_notify)
+            self._informers[prefix] = informer
+            self._tasks[prefix] = asyncio.create_task(
+                informer.run(), name=f"informer-{informer.name}"
+            )
+        handle = (prefix, to_key)
+        view = self._views.get(handle)
+        if view is None:
+            view = self._views[handle] = KeyedView(informer, to_key, name=name or prefix)
+        self._holds[handle] = self._holds.get(handle, 0) + 1
+        return view
+
+    async def release(self, view: KeyedView) -> None:
+        """Give back one hold of ``view``; the last hold of a prefix stops its informer."""
+        handle = next((h for h, v in self._views.items() if v is view), None)
+        if handle is None:
+            return  # closed meanwhile
+        self._holds[handle] -= 1
+        if self._holds[handle] > 0:
+            return
+        del self._holds[handle], self._views[handle]
+        view.detach()
+        prefix = handle[0]
+        if any(h[0] == prefix for h in self._views):
+            return
+        del self._informers[prefix]
+        task = self._tasks.pop(prefix)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop every informer (views still held stop hearing changes)."""
+        for view in list(self._views.values()):
+            view.detach()
+        self._views.clear()
+        self._holds.clear()
+        self._informers.clear()
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
