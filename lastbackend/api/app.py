@@ -21,6 +21,7 @@ from lastbackend.api import packages as packages_family
 from lastbackend.api import vendors as vendors_family
 from lastbackend.api.state import STATE, LogSource, State
 from lastbackend.config import Settings
+from lastbackend.store.cache import ReadCache
 from lastbackend.store.etcd import Etcd
 
 
@@ -74,6 +75,8 @@ def make_app(
     app.router.add_routes(system.routes)
     app.router.add_routes(logs_family.node_routes)
     if families:
+        app[STATE].cache = ReadCache(etcd)
+        app.on_startup.append(_start_cache)
         for family in (
             projects,
             services,
@@ -94,6 +97,13 @@ def make_app(
         ):
             app.router.add_routes(family.routes)
     return app
+
+
+async def _start_cache(app: web.Application) -> None:
+    """Start filling the read cache; reads go to etcd until it has synced."""
+    cache = app[STATE].cache
+    if cache is not None:
+        cache.start()
 
 
 async def _closing(app: web.Application) -> None:

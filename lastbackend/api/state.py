@@ -17,6 +17,7 @@ from lastbackend.store import images as image_store
 from lastbackend.store import projects, services
 from lastbackend.store.apps import Apps
 from lastbackend.store.builds import Builds
+from lastbackend.store.cache import ReadCache
 from lastbackend.store.droplets import Droplets
 from lastbackend.store.etcd import Etcd
 from lastbackend.store.objects import NameCache, Objects
@@ -41,6 +42,9 @@ class State:
     settings: Settings
     etcd: Etcd
     names: NameCache = attrs.Factory(NameCache)
+    cache: ReadCache | None = None
+    """The read cache (``store.cache``), where this process serves the API families; started
+    and closed with the app. Without it every read goes to etcd."""
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""
@@ -102,6 +106,8 @@ class State:
         return self._http
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -120,7 +126,9 @@ class State:
 
     @property
     def projects(self) -> Objects:
-        return projects.projects(self.etcd, self.names)
+        return projects.projects(
+            self.etcd, self.names, self.cache.projects if self.cache is not None else None
+        )
 
     def services(self, pid: str) -> Objects:
         return services.services(self.etcd, self.names, pid)

@@ -79,6 +79,7 @@ class Informer:
         prefix: str,
         *,
         to_key: KeyMap | None = None,
+        keep: Callable[[str], bool] | None = None,
         name: str = "",
         progress_notify: bool = True,
     ) -> None:
@@ -87,6 +88,10 @@ class Informer:
         self.name = name or prefix
         self.progress_notify = progress_notify
         self._to_key: KeyMap = to_key or _identity
+        if keep is not None:
+            if to_key is not None:
+                raise ValueError("give a key map or a keep filter, not both")
+            self._to_key = lambda key: key if keep(key) else None
         # Without a key map every raw key is its own work key: no index is kept (it would cost a
         # dict per key), and :meth:`objects` answers from the cache.
         self._grouped = to_key is not None
@@ -106,6 +111,9 @@ class Informer:
         """How many lists were made (1 + relists after compaction): for tests and metrics."""
         self.watches = 0
         """How many watch streams were opened (1 + reopens): for tests and metrics."""
+        self.applying = False
+        """True while a list or a batch is half applied: the cache is then no state etcd had."""
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # revision -> set when reached
 
     def __repr__(self) -> str:
         return f"<Informer {self.name!r} keys={len(self._cache)} revision={self.revision}>"
@@ -145,6 +153,29 @@ class Informer:
             kv = self._cache.get(work_key)
             return {work_key: kv} if kv is not None else {}
         return dict(self._groups.get(work_key, {}))
+
+    async def wait_for(self, revision: int, within: float) -> bool:
+        """Wait until the cache holds etcd's state at ``revision`` or later, with no batch half
+        applied; False after ``within`` seconds. On True the caller reads the cache before its
+        next ``await``: what it reads is then the tree at :attr:`revision`, exactly."""
+        if self.revision >= revision and not self.applying:
+            return True
+        waiter = self._waiters.get(revision)
+        if waiter is None:
+            waiter = self._waiters[revision] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.shield(waiter)
+        except TimeoutError:
+            return False
+        # Woken when a batch ended; another may have begun since only if we were not run at once.
+        return self.revision >= revision and not self.applying
+
+    def _wake(self) -> None:
+        for revision in [r for r in self._waiters if r <= self.revision]:
+            waiter = self._waiters.pop(revision)
+            if not waiter.done():
+                waiter.set_result(None)
 
     # handlers ----------------------------------------------------------------------------------
 
@@ -201,6 +232,7 @@ class Informer:
     async def _relist(self) -> None:
         revision, snapshot = await self._list()
         self.lists += 1
+        self.applying = True
         for key in [k for k in self._cache if k not in snapshot]:
             old = self._remove(key)
             await self._emit(key, old, None)
@@ -210,8 +242,10 @@ class Informer:
                 self._store(kv)
                 await self._emit(key, old, kv)
         self.revision = revision
+        self.applying = False
         self._applied = 0
         self._needs_list = False
+        self._wake()
         if not self.synced.is_set():
             log.info(
                 "informer synced", informer=self.name, keys=len(self._cache), revision=revision
@@ -219,6 +253,7 @@ class Informer:
             self.synced.set()
 
     async def _apply(self, batch: WatchBatch) -> None:
+        self.applying = bool(batch.events)
         for event in batch.events:
             if self._skip:
                 self._skip -= 1  # applied before this watch was reopened
@@ -237,8 +272,10 @@ class Informer:
                 self._store(event.kv)
                 await self._emit(key, old, event.kv)
         self.revision = max(self.revision, batch.revision)
+        self.applying = False
         # Whatever is still to skip lies past the batch: it is what stays applied past revision.
         self._applied = self._skip
+        self._wake()
 
     def _store(self, kv: KV) -> None:
         self._cache[kv.key] = kv
