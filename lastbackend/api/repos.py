@@ -46,7 +46,8 @@ _TRUE, _FALSE = ("1", "true"), ("0", "false")
 
 
 def _store(request: web.Request) -> Repos:
-    return Repos(request.app[STATE].etcd)
+    state = request.app[STATE]
+    return Repos(state.etcd, state.cache.repos if state.cache is not None else None)
 
 
 def ids_of(request: web.Request, depth: int) -> tuple[str, ...]:
@@ -85,10 +86,6 @@ def not_modified(request: web.Request, tag: str) -> bool:
     return "*" in offered or tag in offered
 
 
-def _view(value: Any) -> Any:
-    return codec.unstructure(value)
-
-
 def answer(request: web.Request, snap: Snapshot, data: Any = None) -> web.Response:
     """200 with the value (or ``data``) and its ETag; 304 if the client has that version."""
     headers = {}
@@ -97,7 +94,7 @@ def answer(request: web.Request, snap: Snapshot, data: Any = None) -> web.Respon
         if request.method in ("GET", "HEAD") and not_modified(request, tag):
             return web.Response(status=304, headers={"ETag": tag})
         headers["ETag"] = tag
-    body = _view(snap.value) if data is None else data
+    body = snap.view if data is None else data
     return json_response(body, headers=headers)
 
 
@@ -197,4 +194,4 @@ async def repo_tags(request: web.Request) -> web.Response:
 @doc("Everything: {repos: {<repo-id>: Repo}, revision: <etcd revision>}", response="Data")
 async def data(request: web.Request) -> web.Response:
     snap = await _store(request).data()
-    return answer(request, snap, {"repos": _view(snap.value), "revision": snap.revision})
+    return answer(request, snap, {"repos": snap.view, "revision": snap.revision})

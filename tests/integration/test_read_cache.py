@@ -24,6 +24,7 @@ from lastbackend.config import Settings
 from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Meta
 from lastbackend.store import keys
+from lastbackend.store import repos as repo_store
 from lastbackend.store.cache import ReadCache
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Op
@@ -387,3 +388,90 @@ async def test_concurrent_reads_share_revision_calls_and_each_sees_prior_writes(
     assert await cache.revisions.current() >= written
     await first
     await cache.close()
+
+
+# --- build tags from the cache ------------------------------------------------------------------
+
+ARTIFACT = {"type": "file", "url": "https://files.example.com/a.zip"}
+
+
+def tag_body(build: int, artifacts: int = 2) -> dict[str, Any]:
+    return {
+        "build_id": str(build),
+        "build_url": f"https://ci.example.com/job/{build}",
+        "commit_id": f"{build:07x}",
+        "artifacts": {f"a{n}": ARTIFACT for n in range(artifacts)},
+    }
+
+
+async def test_build_tags_from_the_cache_are_etcd_at_the_revision_they_report(
+    make_client, etcd
+) -> None:
+    api = await make_client()
+    cache = await synced(api)
+
+    async def writer(n: int) -> None:
+        for round_ in range(4):
+            path = f"/api/repos/r{n % 3}/branches/b{n}/tags/t{round_ % 2}"
+            resp = await api.put(path, json=tag_body(n * 10 + round_, artifacts=1 + round_ % 3))
+            assert resp.status == 200, await resp.text()
+        resp = await api.delete(f"/api/repos/r{n % 3}/branches/b{n}/tags/t0")
+        assert resp.status == 200
+
+    writers = asyncio.gather(*(writer(n) for n in range(6)))
+    hits = cache.hits
+    checked = 0
+    while not writers.done() or checked < 3:
+        resp = await api.get("/api/data")
+        assert resp.status == 200
+        body = await resp.json()
+        revision = body["revision"]
+        at = repo_store.build((await etcd.range(keys.REPOS, revision=revision)).kvs, revision)
+        want = {ids[0]: node for ids, node in at.objects.items() if len(ids) == 1}
+        assert body["repos"] == codec.unstructure(want), revision
+        assert resp.headers["ETag"] == f'"{at.version}"'
+        checked += 1
+        await asyncio.sleep(0)
+    await writers
+    assert cache.hits > hits
+
+    # One tag, one artifact, a collection: what etcd holds now, and the same ETags.
+    direct = await make_client()
+    await cache_of(direct).close()
+    direct.server.app[STATE].cache = None  # this one reads etcd
+    for path in (
+        "/api/repos/r1/branches/b1/tags/t1",
+        "/api/repos/r1/branches/b1/tags/t1/artifacts/a0",
+        "/api/repos/r1/branches/b1/tags",
+        "/api/repos/r1/tags",
+    ):
+        cached = await api.get(path)
+        fallback = await direct.get(path)
+        assert cached.status == fallback.status == 200, path
+        assert await cached.json() == await fallback.json(), path
+        assert cached.headers["ETag"] == fallback.headers["ETag"], path
+    assert (await api.get("/api/repos/r1/branches/b1/tags/t0")).status == 404
+
+
+async def test_a_tag_written_on_one_api_is_read_on_another(make_client, etcd) -> None:
+    first, second = await make_client(), await make_client()
+    await synced(first)
+    cache = await synced(second)
+    hits = cache.hits
+
+    async def one(n: int) -> None:
+        path = f"/api/repos/ryw/branches/b{n}/tags/t"
+        resp = await first.put(path, json=tag_body(n))
+        assert resp.status == 200
+        etag = resp.headers["ETag"]
+        seen = await second.get(path)
+        assert seen.status == 200
+        assert seen.headers["ETag"] == etag
+        data = await (await second.get("/api/data")).json()
+        assert data["repos"]["ryw"]["branches"][f"b{n}"]["tags"]["t"]["build_id"] == str(n)
+        resp = await second.delete(path)
+        assert resp.status == 200
+        assert (await first.get(path)).status == 404
+
+    await asyncio.gather(*(one(n) for n in range(20)))
+    assert cache.hits >= hits + 40
