@@ -20,7 +20,7 @@ from lastbackend.store.builds import Builds
 from lastbackend.store.cache import ReadCache
 from lastbackend.store.droplets import Droplets
 from lastbackend.store.etcd import Etcd
-from lastbackend.store.objects import NameCache, Objects
+from lastbackend.store.objects import LRU, NameCache, Objects
 from lastbackend.store.packages import Packages
 from lastbackend.store.registries import Registries
 from lastbackend.store.vendors import Vendors
@@ -32,6 +32,9 @@ Awaiting it runs the checks, so a refusal is an HTTP status before any byte is s
 raises ``LookupError`` for a container that is not this node's (404) and ``ConnectionError`` when
 the engine cannot answer (503). A callable, not the agent: ``api`` imports nothing from ``node``.
 """
+
+VIEWS = 20_000
+"""Views kept by :attr:`State.views` (about 1 KB each)."""
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to connect to a node; reads have no limit, since a followed log may idle for hours."""
@@ -45,6 +48,9 @@ class State:
     cache: ReadCache | None = None
     """The read cache (``store.cache``), where this process serves the API families; started
     and closed with the app. Without it every read goes to etcd."""
+    views: LRU = attrs.Factory(lambda: LRU(VIEWS))
+    """(kind, id, version) -> an object's JSON view: a version never changes, so a view made
+    once serves every later read of it (a page of 50 from the cache is then 50 lookups)."""
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""

@@ -132,6 +132,7 @@ class LayoutCache:
         self._ids: dict[str, str] = {}  # name -> id
         self._names: dict[str, str] = {}  # id -> name
         self._order: list[str] = []  # names in index-key order
+        self._records: dict[str, Record] = {}  # id -> the record, made on first read
         cache.informer.add_handler(self._changed)
 
     def __len__(self) -> int:
@@ -144,6 +145,7 @@ class LayoutCache:
         oid = self._meta_of(key)
         if oid is None:
             return
+        self._records.pop(oid, None)
         gone = self._names.pop(oid, None)
         if gone is not None:
             del self._ids[gone]
@@ -157,6 +159,9 @@ class LayoutCache:
             bisect.insort(self._order, name)
 
     def record(self, oid: str) -> Record | None:
+        made = self._records.get(oid)
+        if made is not None:
+            return made
         kvs = {part: self.cache.informer.get(key) for part, key in self.layout.parts(oid).items()}
         meta = kvs.get("meta")
         if meta is None:
@@ -166,7 +171,8 @@ class LayoutCache:
             for part, kv in kvs.items()
             if kv is not None
         }
-        return Record(oid, values, kvs)
+        made = self._records[oid] = Record(oid, values, kvs)
+        return made
 
     def find(self, ref: str) -> Record | None:
         """By id or name; ``None``: no such object (at the cache's revision)."""
