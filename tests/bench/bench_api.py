@@ -13,9 +13,12 @@ What it measures, in one run, on loopback only:
    per_page=50`` over the same 1,000 (and at concurrency 16 over 10,000, the other 9,000 written
    straight into etcd as the store writes them), and ``POST /api/projects`` with unique names, at
    concurrency 1, 16 and 64. Every response's status is checked (200/200/201) and anything else,
-   or an exception, is counted as an error. For each API row the API's ``/metrics`` tell how
-   its reads were answered: from the read cache (``memory``) or etcd, and how many
-   current-revision reads of etcd they took (one serves every request waiting at the time).
+   or an exception, is counted as an error. Build tags: 300 tags of 2 artifacts each (10 repos
+   of 3 branches of 10 tags, PUT through the API), ``GET`` of one tag at concurrency 16 (after a
+   raw get at 16) and ``GET /api/data`` (all of them nested) at concurrency 1. For each API row
+   the API's ``/metrics`` tell how its reads were answered: from the read cache (``memory``) or
+   etcd, and how many current-revision reads of etcd they took (one serves every request
+   waiting at the time).
 
 Each row is a closed loop of ``concurrency`` workers for a fixed duration (3 s, or 1 s with
 ``--quick``) after a short warm-up; each API row runs right after the raw row it is compared with
@@ -270,7 +273,8 @@ async def measure(
 RAW_GET = "etcd get"
 RAW_PUT = "etcd put"
 RAW_TXN = "etcd txn (1 absent cmp, 2 puts)"
-RAW_OPERATIONS = (RAW_GET, RAW_PUT, RAW_TXN)
+RAW_GET_AGAIN = "etcd get (again, before the tag row)"
+RAW_OPERATIONS = (RAW_GET, RAW_PUT, RAW_TXN, RAW_GET_AGAIN)
 
 
 class RawOps:
@@ -307,6 +311,10 @@ class RawOps:
 API_GET = "GET /api/projects/{name}"
 API_LIST = f"GET /api/projects?page=N&per_page={PER_PAGE}"
 API_LIST_MANY = f"{API_LIST} (10,000)"
+API_TAG = "GET /api/repos/{r}/branches/{b}/tags/{t}"
+API_DATA = "GET /api/data (300 tags, 600 artifacts)"
+TAG_SHAPE = (10, 3, 10)  # repos, branches per repo, tags per branch: 300 tags
+ARTIFACT = {"type": "file", "url": "https://files.example.com/bench.zip"}
 API_POST = "POST /api/projects"
 JSON = {"Content-Type": "application/json"}
 OperationFactory = Callable[[aiohttp.ClientSession], Operation]
@@ -429,6 +437,58 @@ class ApiOps:
             file=sys.stderr,
         )
 
+    async def add_tags(self) -> None:
+        """The build tags the tag rows read, PUT through the API."""
+        repos, branches, tags = TAG_SHAPE
+        paths = [
+            f"api/repos/r{self.tag}-{r}/branches/b{b}/tags/t{t}"
+            for r in range(repos)
+            for b in range(branches)
+            for t in range(tags)
+        ]
+        async with session_for(16) as session:
+            sem = asyncio.Semaphore(16)
+
+            async def put(n: int, path: str) -> None:
+                body = {
+                    "build_id": str(n),
+                    "build_url": f"https://ci.example.com/job/{n}",
+                    "commit_id": f"{n:07x}",
+                    "artifacts": {"a.zip": ARTIFACT, "b.zip": ARTIFACT},
+                }
+                async with sem, session.put(self.base / path, json=body) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"PUT {path}: {resp.status} {await resp.text()}")
+
+            await asyncio.gather(*(put(n, p) for n, p in enumerate(paths)))
+        self.tag_urls = [URL(str(self.base / p), encoded=True) for p in paths]
+        self.data_url = URL(str(self.base / "api/data"), encoded=True)
+        async with session_for(1) as session, session.get(self.data_url) as resp:
+            data = await resp.json()
+        found = sum(len(b["tags"]) for r in data["repos"].values() for b in r["branches"].values())
+        if found < len(paths):
+            raise RuntimeError(f"/api/data has {found} tags, not {len(paths)}")
+
+    def get_tag(self, session: aiohttp.ClientSession) -> Operation:
+        urls = self.tag_urls
+
+        async def op(n: int) -> bool:
+            async with session.get(urls[n % len(urls)]) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        return op
+
+    def get_data(self, session: aiohttp.ClientSession) -> Operation:
+        url = self.data_url
+
+        async def op(n: int) -> bool:
+            async with session.get(url) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        return op
+
     def list_many(self, session: aiohttp.ClientSession) -> Operation:
         urls, pages = self.list_many_urls, self.pages_many
 
@@ -512,10 +572,10 @@ def table(results: list[Result]) -> str:
 def aims(results: list[Result]) -> list[str]:
     out = []
 
-    def rate_aim(label: str, operation: str, target: float) -> None:
-        r = find(results, operation, 64)
+    def rate_aim(label: str, operation: str, target: float, concurrency: int = 64) -> None:
+        r = find(results, operation, concurrency)
         rr = ratio(r, results) if r else None
-        raw = find(results, r.raw, 64) if r and r.raw else None
+        raw = find(results, r.raw, concurrency) if r and r.raw else None
         if r is None or rr is None or raw is None:
             out.append(f"- MISS {label}: not measured")
             return
@@ -528,6 +588,7 @@ def aims(results: list[Result]) -> list[str]:
         )
 
     rate_aim("GET by name vs raw etcd get at concurrency 64", API_GET, 0.80)
+    rate_aim("GET of one build tag vs raw etcd get at concurrency 16", API_TAG, 0.80, 16)
     rate_aim("create (POST) vs raw etcd txn at concurrency 64", API_POST, 0.40)
     for operation, limit in ((API_GET, 50), (API_POST, 50), (API_LIST, 20), (API_LIST_MANY, 30)):
         r = find(results, operation, 16)
@@ -539,6 +600,14 @@ def aims(results: list[Result]) -> list[str]:
         note = f"; {r.errors} errors" if r.errors else ""
         out.append(
             f"- {verdict} p99 < {limit} ms at concurrency 16, `{operation}`: {p99:.2f} ms{note}"
+        )
+    r = find(results, API_DATA, 1)
+    if r is None:
+        out.append(f"- MISS p99 < 10 ms at concurrency 1, `{API_DATA}`: not measured")
+    else:
+        verdict = "PASS" if r.percentile(0.99) < 10 and r.errors == 0 else "MISS"
+        out.append(
+            f"- {verdict} p99 < 10 ms at concurrency 1, `{API_DATA}`: {r.percentile(0.99):.2f} ms"
         )
     return out
 
@@ -601,7 +670,7 @@ async def run(
     # repeat.
     counters = {
         name: itertools.count()
-        for name in (*RAW_OPERATIONS, API_GET, API_LIST, API_LIST_MANY, API_POST)
+        for name in (*RAW_OPERATIONS, API_GET, API_LIST, API_LIST_MANY, API_TAG, API_DATA, API_POST)
     }
     async with RawEtcd([etcd_endpoint]) as etcd:
         raw = RawOps(etcd, tag)
@@ -618,6 +687,11 @@ async def run(
             await api_row(API_GET, api.get, counters[API_GET], c, RAW_GET)
         for c in API_CONCURRENCY:
             await api_row(API_LIST, api.list, counters[API_LIST], c, None)
+        await api.add_tags()
+        # The raw get again, right before the row compared with it.
+        await raw_row(RAW_GET_AGAIN, raw.get, counters[RAW_GET], 16)
+        await api_row(API_TAG, api.get_tag, counters[API_TAG], 16, RAW_GET_AGAIN)
+        await api_row(API_DATA, api.get_data, counters[API_DATA], 1, None)
         await api.add_many(etcd)
         await api_row(API_LIST_MANY, api.list_many, counters[API_LIST_MANY], 16, None)
         for c in RAW_CONCURRENCY:
@@ -625,7 +699,7 @@ async def run(
         for c in RAW_CONCURRENCY:
             await raw_row(RAW_TXN, raw.txn, counters[RAW_TXN], c)
             await api_row(API_POST, api.post, counters[API_POST], c, RAW_TXN)
-    order = [*RAW_OPERATIONS, API_GET, API_POST, API_LIST, API_LIST_MANY]
+    order = [*RAW_OPERATIONS, API_GET, API_POST, API_LIST, API_LIST_MANY, API_TAG, API_DATA]
     return sorted(results, key=lambda r: (order.index(r.operation), r.concurrency))
 
 
