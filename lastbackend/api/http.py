@@ -153,15 +153,26 @@ def if_match(request: web.Request) -> int | None:
     return value
 
 
+def encode(data: Any) -> bytes:
+    """A JSON body as every response writes it: compact, UTF-8."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def json_response(
-    data: Any, *, status: int = 200, revision: int | None = None, headers: Mapping[str, str] = {}
+    data: Any,
+    *,
+    status: int = 200,
+    revision: int | None = None,
+    headers: Mapping[str, str] = {},
+    encoded: bytes | None = None,
 ) -> web.Response:
+    """``data`` as JSON (or ``encoded``, a body :func:`encode` already made)."""
     out = dict(headers)
     if revision is not None:
         out["ETag"] = etag(revision)
     return web.Response(
         status=status,
-        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        body=encoded if encoded is not None else encode(data),
         content_type="application/json",
         headers=out,
     )
