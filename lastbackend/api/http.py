@@ -223,6 +223,15 @@ def list_filter(request: web.Request, name: str, kind: Any) -> set[str] | None:
     return set(values)
 
 
+def page_json(
+    request: web.Request, paging: Paging, total: int, resources: Sequence[bytes]
+) -> bytes:
+    """:func:`page_body` encoded, from resources already encoded (each made once per version of
+    its object): the same bytes :func:`encode` would write for the whole page."""
+    pagination = encode(page_body(request, paging, total, [])["pagination"])
+    return b'{"pagination":' + pagination + b',"resources":[' + b",".join(resources) + b"]}"
+
+
 def page_body(
     request: web.Request, paging: Paging, total: int, resources: list[Any]
 ) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class State:
     """The read cache (``store.cache``), where this process serves the API families; started
     and closed with the app. Without it every read goes to etcd."""
     views: LRU = attrs.Factory(lambda: LRU(VIEWS))
-    """(kind, id, version) -> an object's JSON view: a version never changes, so a view made
+    """(kind, id, version) -> an object's encoded JSON view: a version never changes, so one made
     once serves every later read of it (a page of 50 from the cache is then 50 lookups)."""
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
