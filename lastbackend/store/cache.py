@@ -148,7 +148,10 @@ class LayoutCache:
         self._records.pop(oid, None)
         gone = self._names.pop(oid, None)
         if gone is not None:
-            del self._ids[gone]
+            # Guarded: within one batch another object may already hold the name (a delete
+            # and a create of the same name applied in the other order).
+            if self._ids.get(gone) == oid:
+                del self._ids[gone]
             del self._order[bisect.bisect_left(self._order, gone)]
         if new is not None:
             name = self.cache.informer.decoded(new, Meta).name
