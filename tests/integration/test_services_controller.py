@@ -15,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.leader import LeaderElection
 from lastbackend.controllers.queue import WorkQueue
 from lastbackend.controllers.runner import ControllerRunner
@@ -25,6 +24,7 @@ from lastbackend.node.agent import LABEL_POD, NodeAgent
 from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
+from lastbackend.store.informer import Informer
 from tests.fakeruntime import FakeRuntime
 from tests.support import TEST_KEY, RawEtcd, eventually
 
