@@ -333,6 +333,7 @@ class Etcd:
 
     async def close(self) -> None:
         if self._connected:
+            self._watch_stub = None  # first: a watch between retries stops instead of reopening
             await self._client.close()
             if self._watch_thread is not None:
                 if self._watch_client is not None:
@@ -526,6 +527,8 @@ class Etcd:
         soon as etcd sends it, and a burst of events does not hold up its requests.
         """
         args = (key, start_revision, prefix, prev_kv, progress_notify)
+        if self._watch_stub is None:  # closed, or never connected: as any call then
+            raise StoreUnavailable("etcd client is not connected")
         if self._watch_thread is None:
             async for batch in self._watch(*args):
                 yield batch
@@ -559,7 +562,10 @@ class Etcd:
                 yield WatchRequest(create_request=create)
                 await closed.wait()
 
-            call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+            try:
+                call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+            except grpc.aio.UsageError as exc:  # the channel closed under us: closing
+                raise StoreUnavailable(f"etcd client is closed: {exc}") from exc
             try:
                 async for resp in call:
                     if resp.compact_revision:
