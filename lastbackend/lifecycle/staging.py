@@ -79,6 +79,7 @@ from lastbackend.lifecycle.contract import Target
 from lastbackend.lifecycle.descriptor import Descriptor, Kind
 from lastbackend.model.registries import DOCKER_HUB, registry_host
 from lastbackend.runtime.base import (
+    CA_VARIABLES,
     ContainerRuntimeError,
     ContainerSpec,
     ImageConfig,
@@ -114,8 +115,6 @@ error (its ranges: detect 2x, build 5x, export 6x)."""
 LIFECYCLE_DIR = "/cnb/lifecycle"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 """Where staging containers get the CA bundle (Debian's path; the busybox stack has none)."""
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
-"""What points OpenSSL, requests, a virtualenv's pip (its own certifi otherwise) and node at it."""
 DETECT_RESULT = "/tmp/lb-detect"
 TAIL_LINES = 12
 TAIL_WIDTH = 300
