@@ -689,8 +689,8 @@ def nothing_detected(candidates: Sequence[Buildpack], reasons: Mapping[str, str]
     tried = ", ".join(b.id for b in candidates)
     looked = []
     for bp in candidates:
-        what = bp.detects or "see its bin/detect"
-        looked.append(f"{bp.id}: {what}" + (f" ({reasons[bp.id]})" if bp.id in reasons else ""))
+        why = f" ({reasons[bp.id]})" if bp.id in reasons else ""
+        looked.append(f"{bp.id}: {bp.looks_for}{why}")
     hint = "" if len(candidates) == 1 else f" {_HINT}"
     return (
         f"no buildpack detected the app (tried: {tried}). "
