@@ -328,7 +328,7 @@ class BuildsController(Controller):
             raise BuildFailed(str(exc)) from None
         if ca is not None:
             where = self.settings.staging_ca_certificates or hostenv.HOST_CA_BUNDLE
-            sink(f"       RUN steps get the CA bundle {where} (not kept in the image)")
+            sink(f"       CA bundle for RUN steps: {where} (kept out of the image)")
         try:
             image_id = await self.runtime.build_image(
                 context,

@@ -605,7 +605,7 @@ async def test_run_steps_trust_the_configured_ca_and_the_image_keeps_none_of_it(
     build = await site.ended(await site.start())
     log = await site.logs(1)
     assert build["status"] == "success", log
-    assert f"RUN steps get the CA bundle {ca_file} (not kept in the image)" in log
+    assert f"CA bundle for RUN steps: {ca_file} (kept out of the image)" in log
     assert f"RUN curl -fsS {tls_server.url} -o /www/fetched.txt" in log  # the user's own line
     ref = site.ref(1)
     await site.answers(b"trusted\n")
