@@ -16,6 +16,7 @@ Streams use a second client without a read timeout, since an idle event stream i
 from __future__ import annotations
 
 import asyncio
+import codecs
 import collections
 import contextlib
 import io
@@ -801,8 +802,9 @@ class DockerRuntime:
             try:
                 assert proc.stdout is not None
                 pending = ""
+                text = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 while chunk := await proc.stdout.read(LINE_MAX):
-                    *lines, pending = (pending + chunk.decode(errors="replace")).split("\n")
+                    *lines, pending = (pending + text.decode(chunk)).split("\n")
                     if len(pending) >= LINE_MAX:
                         lines.append(pending)
                         pending = ""
@@ -1020,7 +1022,7 @@ def _prepare(
                 if member.name.startswith("/") or ".." in Path(member.name).parts:
                     raise BuildError(f"building {tag}: the context holds {member.name!r}")
             tar.extractall(context)
-    source = (context / dockerfile).resolve()
+    source = (context / dockerfile.lstrip("/")).resolve()
     if not source.is_relative_to(context.resolve()) or not source.is_file():
         raise BuildError(f"docker build failed: Cannot locate specified Dockerfile: {dockerfile}")
     rewritten = with_ca(source.read_text(errors="replace"))
