@@ -10,6 +10,7 @@ status and message, its log, the tag in the registry, and the page the service a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import http.server
@@ -36,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from lastbackend.api.hooks import sign
 from lastbackend.runtime.base import CA_VARIABLES
+from lastbackend.runtime.docker import DockerRuntime
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.baseimage import NoCurl, ensure_curl_image
 from tests.e2e.conftest import Registry
@@ -464,6 +466,8 @@ async def test_kill_9_mid_build_ends_failed_never_stuck_building(
 
 # --- the CA bundle in RUN steps -------------------------------------------------------------------
 
+HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
 
 def _certificate(
     subject: str,
@@ -622,7 +626,7 @@ async def test_run_steps_trust_the_configured_ca_and_the_image_keeps_none_of_it(
 
     # the same build with the host's bundle, which does not hold the private CA (a new step:
     # the bundle is not part of the build cache's key, as the proxies are not)
-    shutil.copyfile("/etc/ssl/certs/ca-certificates.crt", ca_file)
+    shutil.copyfile(HOST_BUNDLE, ca_file)
     again = steps.replace("fetched.txt\n", "fetched.txt  # again\n", 1)
     commit(git.root / "acme", site.repo, {"Dockerfile": dockerfile(curl_image, again)}, "again")
     build = await site.ended(await site.start())
@@ -630,3 +634,61 @@ async def test_run_steps_trust_the_configured_ca_and_the_image_keeps_none_of_it(
     assert build["status"] == "failed", log
     assert "SSL certificate problem" in log, log
     assert build["message"].startswith("docker build failed: The command '/bin/sh -c curl"), build
+
+
+def _context(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def test_python_pip_node_and_npm_in_run_steps_verify_with_the_bundle_as_a_non_root_user(
+    runtime: DockerRuntime, debian_stack: str, tls_server: TLSServer, docker_api: docker.APIClient
+) -> None:
+    """The variables each tool reads, checked with the tools themselves (the debian stack's
+    build image, whose user is ``lb``): Python's ``ssl``, pip, node and npm reach the private
+    CA's server with the bundle, and fail on its certificate with the host's bundle."""
+    url = tls_server.url
+    probes = (
+        f"RUN python3 -c \"import urllib.request as u; u.urlopen('{url}'); print('python: ok')\" "
+        "2>&1 | tail -1\n"
+        f"RUN python3 -m pip download --retries 0 --no-deps -d /tmp/x --index-url {url}simple/ "
+        "nothing-here 2>&1 | grep -i -m1 certificate; echo pip: done\n"
+        f"RUN node -e \"require('https').get('{url}', () => console.log('node: fetched'))"
+        ".on('error', e => console.log('node: ' + e.code))\"\n"
+        f"RUN npm view nothing-here --fetch-retries 0 --registry {url} 2>&1 | grep -m1 'ERR! code'"
+        "; echo npm: done\n"
+    )
+    tag = f"lastbackend-test/ca-tools:{uuid.uuid4().hex[:8]}"
+    try:
+        host = await asyncio.to_thread(HOST_BUNDLE.read_bytes)
+        for ca, marker in ((tls_server.ca_pem, "with"), (host, "without")):
+            lines: list[str] = []
+            text = f"FROM lastbackend/stack-build:{debian_stack}\nRUN echo {marker} {tag}\n"
+            await runtime.build_image(
+                _context({"Dockerfile": text + probes}),
+                "Dockerfile",
+                tag,
+                labels={},
+                log=lines.append,
+                ca_bundle=ca,
+            )
+            log = "\n".join(lines)
+            failed = "CERTIFICATE_VERIFY_FAILED" in log, "UNABLE_TO_VERIFY_LEAF_SIGNATURE" in log
+            if marker == "with":
+                assert "python: ok" in log, log
+                assert "node: fetched" in log, log
+                assert not any(failed), log
+                assert "problem confirming the ssl certificate" not in log, log  # pip's words
+            else:
+                assert "node: UNABLE_TO_VERIFY_LEAF_SIGNATURE" in log, log
+                assert all(failed), log
+                assert "There was a problem confirming the ssl certificate" in log, log
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_api.remove_image(tag)
