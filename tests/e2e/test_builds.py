@@ -647,12 +647,12 @@ def _context(files: dict[str, str]) -> bytes:
     return buf.getvalue()
 
 
-async def test_python_pip_node_and_npm_in_run_steps_verify_with_the_bundle_as_a_non_root_user(
+async def test_python_pip_node_npm_and_apt_in_run_steps_verify_with_the_bundle_as_non_root(
     runtime: DockerRuntime, debian_stack: str, tls_server: TLSServer, docker_api: docker.APIClient
 ) -> None:
     """The variables each tool reads, checked with the tools themselves (the debian stack's
-    build image, whose user is ``lb``): Python's ``ssl``, pip, node and npm reach the private
-    CA's server with the bundle, and fail on its certificate with the host's bundle."""
+    build image, whose user is ``lb``): Python's ``ssl``, pip, node, npm and apt reach the
+    private CA's server with the bundle, and fail on its certificate with the host's bundle."""
     url = tls_server.url
     probes = (
         f"RUN python3 -c \"import urllib.request as u; u.urlopen('{url}'); print('python: ok')\" "
@@ -663,6 +663,13 @@ async def test_python_pip_node_and_npm_in_run_steps_verify_with_the_bundle_as_a_
         ".on('error', e => console.log('node: ' + e.code))\"\n"
         f"RUN npm view nothing-here --fetch-retries 0 --registry {url} 2>&1 | grep -m1 'ERR! code'"
         "; echo npm: done\n"
+        # apt's https transport, as the non-root user: its lists and cache under /tmp
+        f"RUN echo 'deb [trusted=yes] {url} bookworm main' > /tmp/s.list && "
+        "mkdir -p /tmp/l/partial /tmp/c/archives/partial && apt-get -o Debug::NoLocking=1 "
+        "-o Dir::State::Lists=/tmp/l -o Dir::Cache=/tmp/c -o Dir::Etc::SourceList=/tmp/s.list "
+        "-o Dir::Etc::SourceParts=/nonexistent update 2>&1 "
+        "| grep -m1 'Certificate verification\\|GPG error'; "
+        "echo apt: done\n"
     )
     tag = f"lastbackend-test/ca-tools:{uuid.uuid4().hex[:8]}"
     try:
@@ -685,10 +692,13 @@ async def test_python_pip_node_and_npm_in_run_steps_verify_with_the_bundle_as_a_
                 assert "node: fetched" in log, log
                 assert not any(failed), log
                 assert "problem confirming the ssl certificate" not in log, log  # pip's words
+                assert "Certificate verification failed" not in log, log  # apt's
+                assert "Signed file isn't valid" in log, log  # apt got past TLS to the files
             else:
                 assert "node: UNABLE_TO_VERIFY_LEAF_SIGNATURE" in log, log
                 assert all(failed), log
                 assert "There was a problem confirming the ssl certificate" in log, log
+                assert "Certificate verification failed: The certificate is NOT trusted" in log
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_api.remove_image(tag)
