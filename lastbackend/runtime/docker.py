@@ -819,7 +819,8 @@ class DockerRuntime:
                     await asyncio.shield(proc.wait())
             if code != 0:
                 raise BuildError(f"docker build failed: {_buildkit_error(tail, rewritten, code)}")
-            image_id = (work / "iid").read_text().strip()
+            iid = work / "iid"
+            image_id = iid.read_text().strip() if iid.is_file() else ""
         if not image_id:
             info = await self.inspect_image(tag)
             if info is None:
