@@ -8,8 +8,8 @@
 # Installs what is missing: Debian's etcd-server (the etcd binary the daemon and the tests start),
 # etcd-client (etcdctl, for admins), git, python3-venv, docker.io (the engine the node agent drives),
 # caddy (the router's proxy), mmdebstrap (builds the debian stack from this machine's apt sources),
-# and for the e2e tests busybox-static (the offline base image), docker-registry and apache2-utils
-# (htpasswd); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
+# and for the e2e tests busybox-static (the offline base image), curl (a TLS client for the offline
+# image that checks builds' CA bundle), docker-registry and apache2-utils (htpasswd); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
 # not running and they are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v dockerd >/dev/null || missing+=(docker.io)
 dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
 command -v caddy >/dev/null || missing+=(caddy)
+command -v curl >/dev/null || missing+=(curl)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)

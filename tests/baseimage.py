@@ -7,7 +7,9 @@ image from Debian's busybox-static (and reuse it when it is already there).
 from __future__ import annotations
 
 import io
+import re
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -21,6 +23,10 @@ APPLETS += ("nc", "printf", "ps", "rm", "sleep", "test", "touch", "true", "wget"
 
 
 class NoStaticBusybox(RuntimeError):
+    pass
+
+
+class NoCurl(RuntimeError):
     pass
 
 
@@ -75,3 +81,40 @@ def ensure_base_image(api: docker.APIClient) -> bool:
         )
         api.inspect_image(BASE_IMAGE)
         return True
+
+
+CURL_IMAGE = "lastbackend-test/curl:1"
+"""The busybox image with the host's ``curl`` and the libraries it links: a TLS client that
+verifies certificates (busybox ``wget`` does not), made offline in a second."""
+
+
+def curl_rootfs_tar() -> bytes:
+    """:func:`rootfs_tar` plus ``/usr/bin/curl`` and every library ``ldd`` lists for it, each at
+    the path the loader looks in (symlinks followed)."""
+    curl = shutil.which("curl")
+    if curl is None:
+        raise NoCurl("no curl on this host (Debian: curl)")
+    listed = subprocess.run(["ldd", curl], check=True, capture_output=True, text=True).stdout
+    libraries = sorted(set(re.findall(r"(/\S+) \(0x", listed)))
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(rootfs_tar())) as base,
+        tarfile.open(fileobj=out, mode="w") as tar,
+    ):
+        for member in base:
+            tar.addfile(member, base.extractfile(member) if member.isfile() else None)
+        for path in [curl, *libraries]:
+            tar.add(str(Path(path).resolve()), arcname=path.lstrip("/"))
+    return out.getvalue()
+
+
+def ensure_curl_image(api: docker.APIClient) -> str:
+    """Make sure :data:`CURL_IMAGE` exists; returns its name."""
+    try:
+        api.inspect_image(CURL_IMAGE)
+    except docker.errors.ImageNotFound:
+        repository, tag = CURL_IMAGE.rsplit(":", 1)
+        api.import_image_from_data(
+            curl_rootfs_tar(), repository=repository, tag=tag, changes=['CMD ["/bin/sh"]']
+        )
+    return CURL_IMAGE

@@ -232,6 +232,8 @@ class FakeRuntime:
         """Every push attempted, with the credentials it was given, in order."""
         self.builds: list[str] = []
         """The tag of every build started, in order."""
+        self.build_ca_bundles: list[bytes | None] = []
+        """The ``ca_bundle`` of each build, in the order of :attr:`builds`."""
         self.build_gate: asyncio.Event | None = None
         """When set to an event, every build waits for it after its last step (a long build)."""
         self.closed = False
@@ -489,10 +491,13 @@ class FakeRuntime:
         labels: Labels,
         log: Callable[[str], None],
         build_args: Mapping[str, str] | None = None,
+        ca_bundle: bytes | None = None,
     ) -> str:
         """A small Dockerfile interpreter: ``FROM`` (a local image), ``COPY``, ``CMD``, ``ENV``,
-        ``EXPOSE``; ``RUN exit <n>`` fails with Docker's message, other ``RUN`` lines do nothing."""
+        ``EXPOSE``; ``RUN exit <n>`` fails with Docker's message, other ``RUN`` lines do nothing.
+        ``ca_bundle`` is only recorded (:attr:`build_ca_bundles`)."""
         self.builds.append(tag)
+        self.build_ca_bundles.append(ca_bundle)
         context = _root()
         _unpack(context, "/", context_tar)
         source = context.get(_norm(dockerfile))

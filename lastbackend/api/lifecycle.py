@@ -37,8 +37,9 @@ async def get_lifecycle(request: web.Request) -> web.Response:
 @routes.get("/api/buildpacks")
 @doc(
     "The buildpacks staging detects with, in detection order, each with its id, version, "
-    "buildpack API and whether the descriptor supports it; and the buildpacks refused (with "
-    "the file and the reason)"
+    "buildpack API, whether the descriptor supports it and what its detection looks for; and "
+    "the buildpacks refused (with the file and the reason)",
+    response="Buildpacks",
 )
 async def get_buildpacks(request: web.Request) -> web.Response:
     source = request.app[STATE].buildpacks

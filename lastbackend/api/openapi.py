@@ -19,7 +19,16 @@ from aiohttp import web
 from lastbackend.api.http import MAX_PAGE, MAX_PER_PAGE, Doc
 from lastbackend.api.middlewares import NODE_ROUTES, PUBLIC_PATHS
 from lastbackend.codec import CHECKS, RELATIONSHIPS
-from lastbackend.model import apps, certificates, health, hosts, platform, pods, registries
+from lastbackend.model import (
+    apps,
+    buildpacks,
+    certificates,
+    health,
+    hosts,
+    platform,
+    pods,
+    registries,
+)
 from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
 from lastbackend.model import vendors as vendor_model
@@ -192,6 +201,7 @@ def schemas() -> dict[str, Any]:
         "Registry": _with(_registry_account(), links=_LINKS),
         "RegistryCreate": schema_of(registries.RegistryCreate),
         "RegistryPatch": _optional(schema_of(registries.RegistryPatch)),
+        "Buildpacks": schema_of(buildpacks.BuildpackCatalog),
         **_app_schemas(),
         **_repo_schemas(),
         **_package_schemas(),

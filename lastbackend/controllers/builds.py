@@ -19,7 +19,8 @@ a delete in between stops the task instead of being overwritten:
   the branch with the git CLI (``sources/git.py``); the checkout's commit, subject and author are
   recorded with the next step;
 - ``building``: ``docker build`` of the checkout (the Dockerfile at ``builds.dockerfile``),
-  through the :class:`~lastbackend.runtime.base.Runtime` seam, tagged by build number;
+  through the :class:`~lastbackend.runtime.base.Runtime` seam, tagged by build number, with the
+  host's proxies and CA bundle for its ``RUN`` steps (:mod:`~lastbackend.controllers.hostenv`);
 - ``pushing``: push to the registry named by the tag, with the account stored for that host;
 - ``success``: in the same txn the result is tagged ``untested`` in the build-tag family (see
   :meth:`BuildsController._tag`) and, for a service, its ``image`` key is set to the new tag
@@ -51,7 +52,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import tempfile
 import time
@@ -64,6 +64,7 @@ import structlog
 
 from lastbackend import codec
 from lastbackend.config import Settings
+from lastbackend.controllers import hostenv
 from lastbackend.controllers.jobs import Jobs
 from lastbackend.controllers.leader import NotLeader
 from lastbackend.controllers.runner import Controller, Watch
@@ -316,10 +317,18 @@ class BuildsController(Controller):
         ref = await self._destination(target, number)
         dockerfile = self.settings.build_dockerfile
         sink(f"-----> Building {ref} from {dockerfile}")
-        # the host's proxies, as buildpacks get them (staging.build_env): names only in the log
-        build_args = {n: os.environ[n] for n in self.settings.staging_build_env if n in os.environ}
+        # what buildpacks get from the host too (staging.build_env, staging.ca_certificates):
+        # the proxies' names only in the log
+        build_args = hostenv.build_env(self.settings.staging_build_env)
         if build_args:
             sink(f"       build arguments from the host: {', '.join(build_args)}")
+        try:
+            ca = await asyncio.to_thread(hostenv.ca_bundle, self.settings.staging_ca_certificates)
+        except hostenv.CABundleError as exc:
+            raise BuildFailed(str(exc)) from None
+        if ca is not None:
+            where = self.settings.staging_ca_certificates or hostenv.HOST_CA_BUNDLE
+            sink(f"       CA bundle for RUN steps: {where} (kept out of the image)")
         try:
             image_id = await self.runtime.build_image(
                 context,
@@ -328,6 +337,7 @@ class BuildsController(Controller):
                 labels={BUILD_LABEL: target.log_name(number)},
                 log=sink,
                 build_args=build_args,
+                ca_bundle=ca,
             )
         except ContainerRuntimeError as exc:
             raise BuildFailed(str(exc)) from exc

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -46,6 +45,7 @@ import structlog
 
 from lastbackend import codec
 from lastbackend.config import Settings
+from lastbackend.controllers import hostenv
 from lastbackend.controllers.jobs import Jobs
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.lifecycle import stacks
@@ -318,12 +318,8 @@ class StagingController(Controller):
             if registry
             else None,
             "log": sink,
-            "ca_bundle": await asyncio.to_thread(_ca_bundle, self.settings.staging_ca_certificates),
-            "build_env": {
-                name: os.environ[name]
-                for name in self.settings.staging_build_env
-                if name in os.environ
-            },
+            "ca_bundle": await self._ca_bundle(),
+            "build_env": hostenv.build_env(self.settings.staging_build_env),
             "cache": await asyncio.to_thread(self._read_cache, job.sid),
             "labels": {installation.LABEL: self.installation},
         }
@@ -339,6 +335,12 @@ class StagingController(Controller):
             commit=commit,
         )
         return _staged(job.droplet, response, result.image, result.ports)
+
+    async def _ca_bundle(self) -> bytes | None:
+        try:
+            return await asyncio.to_thread(hostenv.ca_bundle, self.settings.staging_ca_certificates)
+        except hostenv.CABundleError as exc:
+            raise engine.StagingError(str(exc), None) from None
 
     def _read_cache(self, app: str) -> bytes | None:
         """The app's cache layers from its last staging, if kept."""
@@ -437,19 +439,5 @@ def _login_host(login_server: str) -> str:
     return rest.split("/", 1)[0].lower()
 
 
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 CACHES = "caches"
 """The blob kind of apps' cache layers (one tar per app, by its guid)."""
-
-
-def _ca_bundle(configured: Path | None) -> bytes | None:
-    """``staging.ca_certificates``, else the host's bundle when there is one."""
-    path = configured or (HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise engine.StagingError(
-            f"staging.ca_certificates: cannot read {path}: {exc.strerror}", None
-        ) from None

@@ -32,10 +32,17 @@ from typing import Any, overload
 
 import attrs
 
+from lastbackend import codec
 from lastbackend.lifecycle.apis import ApiVersionError, parse_version
 from lastbackend.lifecycle.contract import TargetSpec, implemented, parse_stacks, parse_targets
 from lastbackend.lifecycle.descriptor import Descriptor
 from lastbackend.model.apps import check_buildpack
+from lastbackend.model.buildpacks import (
+    ApiStatus,
+    BuildpackCatalog,
+    BuildpackProblem,
+    BuildpackView,
+)
 
 BUILTIN_ORDER = ("python", "node", "procfile", "static")
 """The built-in buildpacks' ids in detection order (see the module docstring for why)."""
@@ -72,6 +79,12 @@ class Buildpack:
     detects: str = ""
     """``[metadata] detects``: what ``bin/detect`` looks for, in words ("package.json"), so
     that "no buildpack detected" can say it; empty when the buildpack does not say."""
+
+    @property
+    def looks_for(self) -> str:
+        """:attr:`detects`, or where to look when it is empty: what "no buildpack detected"
+        lists for it, and ``GET /api/buildpacks`` shows."""
+        return self.detects or "see its bin/detect"
 
     @property
     def dirname(self) -> str:
@@ -229,7 +242,7 @@ def find(buildpacks: Sequence[Buildpack], requested: str) -> Buildpack | None:
     return next((b for b in buildpacks if b.id == requested), None)
 
 
-def api_status(descriptor: Descriptor, api: str) -> str:
+def api_status(descriptor: Descriptor, api: str) -> ApiStatus:
     """``supported``, ``deprecated`` or ``unsupported`` by this lifecycle (document 002).
 
     Unsupported too: an API the descriptor lists but the engine does not implement
@@ -246,24 +259,28 @@ def api_status(descriptor: Descriptor, api: str) -> str:
 
 
 def view(catalog: Catalog, descriptor: Descriptor) -> dict[str, Any]:
-    """What ``GET /api/buildpacks`` answers: the buildpacks in detection order, and problems.
+    """What ``GET /api/buildpacks`` answers (a :class:`BuildpackCatalog`): the buildpacks in
+    detection order, and problems.
 
     ``position`` is the 1-based detection order; ``api_status`` what staging will make of the
-    buildpack's API (an ``unsupported`` one fails with exit 12 when it is chosen).
+    buildpack's API (an ``unsupported`` one fails with exit 12 when it is chosen); ``detects``
+    what its detection looks for, the words "no buildpack detected" quotes.
     """
-    return {
-        "buildpacks": [
-            {
-                "id": b.id,
-                "version": b.version,
-                "name": b.name,
-                "api": b.api,
-                "api_status": api_status(descriptor, b.api),
-                "homepage": b.homepage,
-                "builtin": b.builtin,
-                "position": position,
-            }
+    answer = BuildpackCatalog(
+        buildpacks=[
+            BuildpackView(
+                id=b.id,
+                version=b.version,
+                name=b.name,
+                api=b.api,
+                api_status=api_status(descriptor, b.api),
+                homepage=b.homepage,
+                builtin=b.builtin,
+                position=position,
+                detects=b.looks_for,
+            )
             for position, b in enumerate(catalog, start=1)
         ],
-        "problems": [{"file": p.file, "reason": p.reason} for p in catalog.problems],
-    }
+        problems=[BuildpackProblem(file=p.file, reason=p.reason) for p in catalog.problems],
+    )
+    return dict(codec.unstructure(answer))

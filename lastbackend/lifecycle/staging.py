@@ -79,6 +79,7 @@ from lastbackend.lifecycle.contract import Target
 from lastbackend.lifecycle.descriptor import Descriptor, Kind
 from lastbackend.model.registries import DOCKER_HUB, registry_host
 from lastbackend.runtime.base import (
+    CA_VARIABLES,
     ContainerRuntimeError,
     ContainerSpec,
     ImageConfig,
@@ -114,8 +115,6 @@ error (its ranges: detect 2x, build 5x, export 6x)."""
 LIFECYCLE_DIR = "/cnb/lifecycle"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 """Where staging containers get the CA bundle (Debian's path; the busybox stack has none)."""
-CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
-"""What points OpenSSL, requests, a virtualenv's pip (its own certifi otherwise) and node at it."""
 DETECT_RESULT = "/tmp/lb-detect"
 TAIL_LINES = 12
 TAIL_WIDTH = 300
@@ -694,8 +693,8 @@ def nothing_detected(candidates: Sequence[Buildpack], reasons: Mapping[str, str]
     tried = ", ".join(b.id for b in candidates)
     looked = []
     for bp in candidates:
-        what = bp.detects or "see its bin/detect"
-        looked.append(f"{bp.id}: {what}" + (f" ({reasons[bp.id]})" if bp.id in reasons else ""))
+        why = f" ({reasons[bp.id]})" if bp.id in reasons else ""
+        looked.append(f"{bp.id}: {bp.looks_for}{why}")
     hint = "" if len(candidates) == 1 else f" {_HINT}"
     return (
         f"no buildpack detected the app (tried: {tried}). "

@@ -48,6 +48,15 @@ from lastbackend.model.registries import RegistryAuth
 
 Labels = Mapping[str, str]
 
+CA_VARIABLES = (
+    "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+)  # fmt: skip
+"""The variables that point tools at a CA bundle other than their own: OpenSSL's default file
+(Python's ``ssl``, Go, Ruby), requests, pip (a virtualenv's pip trusts only its own certifi
+otherwise), node and npm (added to node's built-in CAs), curl and git. Staging and Dockerfile
+builds both set them wherever they put the bundle."""
+
 
 class ContainerRuntimeError(RuntimeError):
     """The engine refused or failed an operation; the message says what and why."""
@@ -350,11 +359,15 @@ class Runtime(Protocol):
         labels: Labels,
         log: Callable[[str], None],
         build_args: Mapping[str, str] | None = None,
+        ca_bundle: bytes | None = None,
     ) -> str:
         """``docker build`` of the context (an uncompressed tar) with the Dockerfile at
         ``dockerfile`` inside it, tagged ``tag`` and labelled ``labels``; returns the image id.
         ``build_args`` are ``--build-arg``s: Docker gives its proxy variables (``HTTPS_PROXY``
         and the like) to every ``RUN`` step without an ``ARG`` and keeps them out of the image.
+        ``ca_bundle`` (PEM) is handed to every ``RUN`` step for that step only, with
+        :data:`CA_VARIABLES` pointing at it; it is in no layer, nor in the image's history or
+        config, and the image's own trust store is left as the Dockerfile makes it.
 
         Each line of the build's output is passed to ``log`` as it comes. Raises
         :class:`BuildError` with the engine's reason when the build fails. Cancelling the call

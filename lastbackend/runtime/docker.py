@@ -16,15 +16,23 @@ Streams use a second client without a read timeout, since an idle event stream i
 from __future__ import annotations
 
 import asyncio
+import codecs
+import collections
 import contextlib
+import io
 import itertools
 import json
 import math
+import os
 import re
+import shutil
+import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import docker
@@ -54,6 +62,15 @@ from lastbackend.runtime.base import (
     has_labels,
     must_pull,
     split_image,
+)
+from lastbackend.runtime.dockerfile import (
+    APT_CONF_TEXT,
+    APT_SECRET,
+    CA_SECRET,
+    MOUNTS,
+    Rewritten,
+    variables,
+    with_ca,
 )
 
 T = TypeVar("T")
@@ -325,6 +342,7 @@ class DockerRuntime:
         self._lock = threading.Lock()
         self._clients: dict[bool, docker.APIClient] = {}
         self._threads = itertools.count(1)
+        self._cli: str | None = None  # the BuildKit-capable docker CLI; "" once none was found
 
     # -- plumbing
     def _client(self, *, stream: bool = False) -> docker.APIClient:
@@ -613,9 +631,20 @@ class DockerRuntime:
         labels: Labels,
         log: Callable[[str], None],
         build_args: Mapping[str, str] | None = None,
+        ca_bundle: bytes | None = None,
     ) -> str:
-        image_id = ""
         args = dict(build_args or {})
+        if ca_bundle is not None:
+            cli = await self._buildkit_cli()
+            if cli is not None:
+                return await self._buildkit(
+                    cli, context_tar, dockerfile, tag, dict(labels), log, args, ca_bundle
+                )
+            log(
+                "       RUN steps do not get the CA bundle: no docker CLI with BuildKit here "
+                "(Debian's docker.io has one built in; a newer CLI needs its buildx plugin)"
+            )
+        image_id = ""
         build = self._stream(
             f"building {tag}",
             lambda bridge: self._build(bridge, context_tar, dockerfile, tag, dict(labels), args),
@@ -697,6 +726,107 @@ class DockerRuntime:
                     return
         if pending.strip():
             bridge.emit(("line", pending.rstrip()))
+
+    async def _buildkit_cli(self) -> str | None:
+        """A docker CLI that builds with BuildKit: Debian's 20.10 has a client built in; a CLI of
+        23 or later builds with BuildKit only through its buildx plugin. Looked up once."""
+        if self._cli is None:
+            found = ""
+            for candidate in dict.fromkeys(c for c in (shutil.which("docker"), SYSTEM_CLI) if c):
+                if await _builds_with_buildkit(candidate):
+                    found = candidate
+                    break
+            self._cli = found
+        return self._cli or None
+
+    async def _buildkit(
+        self,
+        cli: str,
+        context_tar: bytes,
+        dockerfile: str,
+        tag: str,
+        labels: dict[str, str],
+        log: Callable[[str], None],
+        build_args: dict[str, str],
+        ca_bundle: bytes,
+    ) -> str:
+        """``DOCKER_BUILDKIT=1 docker build`` of a copy of the Dockerfile that mounts the CA
+        bundle as a secret in every ``RUN`` (:mod:`~lastbackend.runtime.dockerfile` says why).
+
+        The docker CLI, not the SDK: BuildKit hands a step a secret through a session the client
+        serves, which only the CLI implements. The proxies' values reach it through its
+        environment (``--build-arg NAME`` takes the value from there), so ``ps`` shows their
+        names only. Cancelling kills the CLI, and the engine stops the build when its client
+        goes; ``setpriv --pdeathsig`` kills it too if this process dies first.
+        """
+        with tempfile.TemporaryDirectory(prefix="lb-build-") as tmp:
+            work = Path(tmp)
+            rewritten = await asyncio.to_thread(
+                _prepare, work, context_tar, dockerfile, ca_bundle, tag
+            )
+            argv = [cli, "build", "--progress=plain", "-f", str(work / "Dockerfile"), "-t", tag]
+            argv += ["--iidfile", str(work / "iid")]
+            for key, value in labels.items():
+                argv += ["--label", f"{key}={value}"]
+            for name in build_args:
+                argv += ["--build-arg", name]  # the value from the environment, not argv
+            for name, value in variables().items():
+                argv += ["--build-arg", f"{name}={value}"]
+            argv += ["--secret", f"id={CA_SECRET},src={work / 'ca.pem'}"]
+            argv += ["--secret", f"id={APT_SECRET},src={work / 'apt.conf'}"]
+            argv.append(str(work / "context"))
+            setpriv = shutil.which("setpriv")
+            if setpriv:
+                argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+            env = {**os.environ, **build_args, "DOCKER_BUILDKIT": "1"}
+            if self.base_url:
+                env["DOCKER_HOST"] = self.base_url
+            tail: collections.deque[str] = collections.deque(maxlen=40)
+
+            def emit(line: str) -> None:
+                line = line.replace(_OUR_MOUNTS, "").rstrip()
+                if line.strip() and not _DIGEST_LINE.match(line):
+                    tail.append(line)
+                    log(line)
+
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=env,
+                )
+            except OSError as exc:
+                raise BuildError(f"docker build failed: cannot run {cli}: {exc}") from None
+            try:
+                assert proc.stdout is not None
+                pending = ""
+                text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                while chunk := await proc.stdout.read(LINE_MAX):
+                    *lines, pending = (pending + text.decode(chunk)).split("\n")
+                    if len(pending) >= LINE_MAX:
+                        lines.append(pending)
+                        pending = ""
+                    for line in lines:
+                        emit(line)
+                emit(pending)
+                code = await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await asyncio.shield(proc.wait())
+            if code != 0:
+                raise BuildError(f"docker build failed: {_buildkit_error(tail, rewritten, code)}")
+            iid = work / "iid"
+            image_id = iid.read_text().strip() if iid.is_file() else ""
+        if not image_id:
+            info = await self.inspect_image(tag)
+            if info is None:
+                raise BuildError(f"building {tag}: the engine reported no image")
+            image_id = info.id
+        return image_id
 
     def _inspect(self, id_or_name: str) -> dict[str, Any] | None:
         try:
@@ -832,6 +962,100 @@ class DockerRuntime:
                 yield item
         finally:
             bridge.stop()
+
+
+SYSTEM_CLI = "/usr/bin/docker"
+"""Debian's docker.io CLI, tried when the one on ``PATH`` cannot build with BuildKit."""
+_OUR_MOUNTS = " " + " ".join(MOUNTS)
+_DIGEST_LINE = re.compile(r"^#\d+ sha256:[0-9a-f]{64}$")
+_STEP_FAILED = re.compile(
+    r"executor failed running \[(?P<a>.*)\]: exit code: (?P<ac>\d+)"
+    r"|process \"(?P<b>.*)\" did not complete successfully: exit code: (?P<bc>\d+)"
+)
+_NOISE = (
+    "failed to solve with frontend dockerfile.v0: ",
+    "failed to solve: ",
+    "failed to create LLB definition: ",
+    "rpc error: code = Unknown desc = ",
+)
+_PARSE_LINE = re.compile(r"(dockerfile parse error (?:on )?line )(\d+)")
+
+
+async def _builds_with_buildkit(cli: str) -> bool:
+    """Whether ``DOCKER_BUILDKIT=1 cli build`` builds with BuildKit: a 20.x CLI (a client
+    built in), or any CLI with the buildx plugin."""
+
+    async def run(*args: str) -> tuple[int, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                cli,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            return -1, ""
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode(errors="replace")
+
+    code, out = await run("--version")  # "Docker version 20.10.24+dfsg1, build 297e128"
+    version = re.search(r"version (\d+)\.", out)
+    if code != 0 or version is None:
+        return False
+    if int(version.group(1)) < 23:
+        return True
+    return (await run("buildx", "version"))[0] == 0
+
+
+def _prepare(
+    work: Path, context_tar: bytes, dockerfile: str, ca_bundle: bytes, tag: str
+) -> Rewritten:
+    """Unpack the context into ``work/context``; write the rewritten Dockerfile, the bundle and
+    apt's line beside it (outside the context, so ``COPY .`` copies the repository's own)."""
+    context = work / "context"
+    context.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(context_tar)) as tar:
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(context, filter="tar")
+        else:  # Python before 3.11.4: the names are checked here instead
+            for member in tar.getmembers():
+                if member.name.startswith("/") or ".." in Path(member.name).parts:
+                    raise BuildError(f"building {tag}: the context holds {member.name!r}")
+            tar.extractall(context)
+    source = (context / dockerfile.lstrip("/")).resolve()
+    if not source.is_relative_to(context.resolve()) or not source.is_file():
+        raise BuildError(f"docker build failed: Cannot locate specified Dockerfile: {dockerfile}")
+    rewritten = with_ca(source.read_text(errors="replace"))
+    (work / "Dockerfile").write_text(rewritten.text)
+    (work / "ca.pem").write_bytes(ca_bundle)
+    (work / "apt.conf").write_text(APT_CONF_TEXT)
+    return rewritten
+
+
+def _buildkit_error(tail: Iterable[str], rewritten: Rewritten, code: int) -> str:
+    """The CLI's closing error, in the words the classic builder uses for a failed step (so a
+    failed ``RUN`` reads the same whichever builder ran it), with the Dockerfile's own lines."""
+    lines = list(tail)
+    message = ""
+    for line in reversed(lines):
+        if line.startswith(("#", "------", " > ", "ERROR: ")) or not line.strip():
+            continue
+        message = line.strip()
+        break
+    if not message:
+        errors = [line for line in lines if " ERROR: " in line or line.startswith("ERROR: ")]
+        message = errors[-1].partition("ERROR: ")[2] if errors else f"exit code {code}"
+    for noise in _NOISE:
+        message = message.replace(noise, "")
+    step = _STEP_FAILED.search(message)
+    if step is not None:
+        command = step.group("a") or step.group("b")
+        exit_code = step.group("ac") or step.group("bc")
+        return f"The command '{command}' returned a non-zero code: {exit_code}"
+    return _PARSE_LINE.sub(
+        lambda m: f"{m.group(1)}{rewritten.original_line(int(m.group(2)))}", message
+    )
 
 
 def _redact(message: str, auth: RegistryAuth | None) -> str:

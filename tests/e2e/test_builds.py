@@ -10,20 +10,36 @@ status and message, its log, the tag in the registry, and the page the service a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import http.server
+import io
+import ipaddress
 import json
+import shutil
+import ssl
+import tarfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import docker
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from lastbackend.api.hooks import sign
+from lastbackend.runtime.base import CA_VARIABLES
+from lastbackend.runtime.docker import DockerRuntime
 from lastbackend.store.embedded import EmbeddedEtcd
+from tests.baseimage import NoCurl, ensure_curl_image
 from tests.e2e.conftest import Registry
 from tests.e2e.harness import Harness, Proc, eventually
 from tests.gitserver import GitServer, commit, make_repo
@@ -214,9 +230,17 @@ class Site:
             return resp.status, json.loads(text) if text else None
 
     def step_containers(self, marker: str) -> list[str]:
-        """Containers of ``docker build`` steps whose command holds ``marker``."""
+        """What runs a ``docker build`` step whose command holds ``marker``: the classic
+        builder's step containers, and BuildKit's step processes (BuildKit runs steps itself,
+        not as Docker containers; the step must not be the shell's last command, which the
+        shell would ``exec``)."""
         found = self.h.docker.containers(all=True)
-        return [c["Id"] for c in found if marker in (c.get("Command") or "")]
+        running = [c["Id"] for c in found if marker in (c.get("Command") or "")]
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes():
+                    running.append(f"pid {proc.name}")
+        return running
 
 
 async def daemon_with_site(
@@ -254,7 +278,7 @@ async def test_build_then_push_webhook_roll_out_new_content(
     assert image == {"image": ref}
     assert "1" in await site.registry_tags()
     log = await site.logs(number)
-    assert "Step 2/4 : COPY index.html /www/index.html" in log  # step 4: our LABEL
+    assert "[2/2] COPY index.html /www/index.html" in log  # BuildKit's: RUN steps get the CA
     assert f"Pushing {ref} as {registry.username}" in log
     assert TOKEN not in log
     assert registry.password not in log
@@ -363,7 +387,7 @@ async def test_builds_run_one_at_a_time_and_cancel_stops_docker_build(
     h = harness
     _, site = await daemon_with_site(h, etcd_server, git, registry)
     marker = f"lb-cancel-{uuid.uuid4().hex[:8]}"
-    slow = dockerfile(base_image, f"RUN sleep 120 # {marker}\n")
+    slow = dockerfile(base_image, f"RUN sleep 120 && true # {marker}\n")
     await site.setup({"Dockerfile": slow, "index.html": "slow\n"})
     first, second = await site.start(), await site.start()
 
@@ -409,7 +433,10 @@ async def test_kill_9_mid_build_ends_failed_never_stuck_building(
     daemon, site = await daemon_with_site(h, etcd_server, git, registry)
     marker = f"lb-kill-{uuid.uuid4().hex[:8]}"
     await site.setup(
-        {"Dockerfile": dockerfile(base_image, f"RUN sleep 120 # {marker}\n"), "index.html": "x\n"}
+        {
+            "Dockerfile": dockerfile(base_image, f"RUN sleep 120 && true # {marker}\n"),
+            "index.html": "x\n",
+        }
     )
     number = await site.start()
     await eventually(lambda: site.step_containers(marker), 60, "the RUN step running")
@@ -435,3 +462,243 @@ async def test_kill_9_mid_build_ends_failed_never_stuck_building(
     assert build["status"] == "success", await site.logs(2)
     site.ref(2)
     await site.answers(b"after the crash\n")
+
+
+# --- the CA bundle in RUN steps -------------------------------------------------------------------
+
+HOST_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _certificate(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None = None,
+    issuer_key: ec.EllipticCurvePrivateKey | None = None,
+    ip: str | None = None,
+) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if ip is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(san, critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+class TLSServer:
+    """HTTPS on the Docker bridge's gateway (where a build step reaches the host), with a
+    certificate signed by a private CA that nothing trusts unless it is given."""
+
+    BODY = b"fetched over verified TLS\n"
+
+    def __init__(self, host: str, tmp: Path) -> None:
+        ca_key, key = (
+            ec.generate_private_key(ec.SECP256R1()),
+            ec.generate_private_key(ec.SECP256R1()),
+        )
+        self.ca = _certificate("lastbackend test private CA", ca_key)
+        cert = _certificate(host, key, self.ca, ca_key, ip=host)
+        self.ca_pem = self.ca.public_bytes(serialization.Encoding.PEM)
+        (tmp / "server.pem").write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM)
+            + key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp / "server.pem")
+        body = self.BODY
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://{host}:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls_server(docker_api: docker.APIClient, tmp_path: Path) -> Iterator[TLSServer]:
+    ipam = docker_api.inspect_network("bridge")["IPAM"]["Config"][0]
+    gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])  # docker0
+    server = TLSServer(gateway, tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def curl_image(dockerd: str, docker_api: docker.APIClient) -> str:
+    try:
+        return ensure_curl_image(docker_api)
+    except NoCurl as exc:
+        pytest.skip(str(exc))
+
+
+def _image_text(api: docker.APIClient, ref: str) -> tuple[bytes, str]:
+    """Every file of every layer of ``ref`` (``docker save``), and its history as JSON."""
+    saved = io.BytesIO(b"".join(api.get_image(ref)))
+    files = []
+    with tarfile.open(fileobj=saved) as outer:
+        for member in outer:
+            if member.name.endswith("layer.tar"):
+                layer = outer.extractfile(member)
+                assert layer is not None
+                with tarfile.open(fileobj=io.BytesIO(layer.read())) as inner:
+                    for entry in inner:
+                        files.append(entry.name.encode())
+                        if entry.isfile():
+                            files.append(inner.extractfile(entry).read())  # type: ignore[union-attr]
+    return b"\n".join(files), json.dumps(api.history(ref))
+
+
+async def test_run_steps_trust_the_configured_ca_and_the_image_keeps_none_of_it(
+    harness: BuildHarness,
+    etcd: RawEtcd,
+    etcd_server: EmbeddedEtcd,
+    git: GitServer,
+    registry: Registry,
+    curl_image: str,
+    tls_server: TLSServer,
+    tmp_path: Path,
+) -> None:
+    """A ``RUN curl https://...`` to a server of a private CA succeeds with that CA as
+    ``staging.ca_certificates`` and fails on the certificate with the host's bundle instead;
+    the image's layers, history and config hold neither the CA nor the proxy."""
+    h = harness
+    ca_file = tmp_path / "corp-ca.pem"
+    ca_file.write_bytes(tls_server.ca_pem)
+    proxy = "http://builder:pw-4711@proxy.invalid:3128"
+    env = {
+        "LB_STAGING_CA_CERTIFICATES": str(ca_file),
+        "LB_STAGING_BUILD_ENV": "FTP_PROXY",
+        "FTP_PROXY": proxy,
+    }
+    daemon = h.start("daemon", etcd_server.endpoint, env=env)
+    await h.ready(daemon)
+    site = Site(h, daemon, git, registry)
+    steps = (
+        f"RUN curl -fsS {tls_server.url} -o /www/fetched.txt\n"
+        'RUN case "$FTP_PROXY" in *@proxy.invalid:3128) ;; *) exit 9 ;; esac\n'
+        'RUN for f in "$SSL_CERT_FILE" "$PIP_CERT" "$NODE_EXTRA_CA_CERTS" "$REQUESTS_CA_BUNDLE"; '
+        'do test -r "$f" || exit 8; done\n'
+    )
+    await site.setup({"Dockerfile": dockerfile(curl_image, steps), "index.html": "trusted\n"})
+    build = await site.ended(await site.start())
+    log = await site.logs(1)
+    assert build["status"] == "success", log
+    assert f"CA bundle for RUN steps: {ca_file} (kept out of the image)" in log
+    assert f"RUN curl -fsS {tls_server.url} -o /www/fetched.txt" in log  # the user's own line
+    ref = site.ref(1)
+    await site.answers(b"trusted\n")
+
+    files, history = _image_text(h.docker, ref)
+    assert tls_server.BODY in files  # the step really fetched it
+    body = b"".join(tls_server.ca_pem.splitlines()[1:-1])  # the CA's base64, without armour
+    for secret in (body[:64], b"pw-4711"):  # (the Dockerfile itself names proxy.invalid)
+        assert secret not in files
+        assert secret.decode() not in history
+    config = h.docker.inspect_image(ref)["Config"]
+    assert not [e for e in config["Env"] or [] if e.split("=")[0] in (*CA_VARIABLES, "FTP_PROXY")]
+    assert "pw-4711" not in json.dumps(config)
+
+    # the same build with the host's bundle, which does not hold the private CA (a new step:
+    # the bundle is not part of the build cache's key, as the proxies are not)
+    shutil.copyfile(HOST_BUNDLE, ca_file)
+    again = steps.replace("fetched.txt\n", "fetched.txt  # again\n", 1)
+    commit(git.root / "acme", site.repo, {"Dockerfile": dockerfile(curl_image, again)}, "again")
+    build = await site.ended(await site.start())
+    log = await site.logs(2)
+    assert build["status"] == "failed", log
+    assert "SSL certificate problem" in log, log
+    assert build["message"].startswith("docker build failed: The command '/bin/sh -c curl"), build
+
+
+def _context(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+async def test_python_pip_node_npm_and_apt_in_run_steps_verify_with_the_bundle_as_non_root(
+    runtime: DockerRuntime, debian_stack: str, tls_server: TLSServer, docker_api: docker.APIClient
+) -> None:
+    """The variables each tool reads, checked with the tools themselves (the debian stack's
+    build image, whose user is ``lb``): Python's ``ssl``, pip, node, npm and apt reach the
+    private CA's server with the bundle, and fail on its certificate with the host's bundle."""
+    url = tls_server.url
+    probes = (
+        f"RUN python3 -c \"import urllib.request as u; u.urlopen('{url}'); print('python: ok')\" "
+        "2>&1 | tail -1\n"
+        f"RUN python3 -m pip download --retries 0 --no-deps -d /tmp/x --index-url {url}simple/ "
+        "nothing-here 2>&1 | grep -i -m1 certificate; echo pip: done\n"
+        f"RUN node -e \"require('https').get('{url}', () => console.log('node: fetched'))"
+        ".on('error', e => console.log('node: ' + e.code))\"\n"
+        f"RUN npm view nothing-here --fetch-retries 0 --registry {url} 2>&1 | grep -m1 'ERR! code'"
+        "; echo npm: done\n"
+        # apt's https transport, as the non-root user: its lists and cache under /tmp
+        f"RUN echo 'deb [trusted=yes] {url} bookworm main' > /tmp/s.list && "
+        "mkdir -p /tmp/l/partial /tmp/c/archives/partial && apt-get -o Debug::NoLocking=1 "
+        "-o Dir::State::Lists=/tmp/l -o Dir::Cache=/tmp/c -o Dir::Etc::SourceList=/tmp/s.list "
+        "-o Dir::Etc::SourceParts=/nonexistent update 2>&1 "
+        "| grep -m1 'Certificate verification\\|GPG error'; "
+        "echo apt: done\n"
+    )
+    tag = f"lastbackend-test/ca-tools:{uuid.uuid4().hex[:8]}"
+    try:
+        host = await asyncio.to_thread(HOST_BUNDLE.read_bytes)
+        for ca, marker in ((tls_server.ca_pem, "with"), (host, "without")):
+            lines: list[str] = []
+            text = f"FROM lastbackend/stack-build:{debian_stack}\nRUN echo {marker} {tag}\n"
+            await runtime.build_image(
+                _context({"Dockerfile": text + probes}),
+                "Dockerfile",
+                tag,
+                labels={},
+                log=lines.append,
+                ca_bundle=ca,
+            )
+            log = "\n".join(lines)
+            failed = "CERTIFICATE_VERIFY_FAILED" in log, "UNABLE_TO_VERIFY_LEAF_SIGNATURE" in log
+            if marker == "with":
+                assert "python: ok" in log, log
+                assert "node: fetched" in log, log
+                assert not any(failed), log
+                assert "problem confirming the ssl certificate" not in log, log  # pip's words
+                assert "Certificate verification failed" not in log, log  # apt's
+                assert "Signed file isn't valid" in log, log  # apt got past TLS to the files
+            else:
+                assert "node: UNABLE_TO_VERIFY_LEAF_SIGNATURE" in log, log
+                assert all(failed), log
+                assert "There was a problem confirming the ssl certificate" in log, log
+                assert "Certificate verification failed: The certificate is NOT trusted" in log
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_api.remove_image(tag)

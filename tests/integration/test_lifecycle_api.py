@@ -116,3 +116,56 @@ async def test_buildpacks_is_503_without_a_catalog(etcd: RawEtcd, settings: Sett
         assert "buildpacks_dir" in (await resp.json())["errors"][0]["detail"]
     finally:
         await client.close()
+
+
+async def test_each_buildpack_says_what_it_detects_as_the_staging_error_does(
+    etcd: RawEtcd, settings: Settings, tmp_path: Path
+) -> None:
+    """``detects``: a buildpack's ``[metadata] detects``, or where to look when it says none,
+    word for word what "no buildpack detected" lists; and the OpenAPI document describes it."""
+    from lastbackend.lifecycle import buildpacks, staging
+
+    extra = tmp_path / "buildpacks"
+    for name, metadata in (("go", '[metadata]\ndetects = "go.mod"\n'), ("silent", "")):
+        (extra / name / "bin").mkdir(parents=True)
+        (extra / name / "buildpack.toml").write_text(
+            f'api = "0.10"\n[buildpack]\nid = "example/{name}"\nversion = "1.0.0"\n'
+            f'name = "{name}"\n{metadata}'
+        )
+        for script in ("detect", "build"):
+            (extra / name / "bin" / script).write_text("#!/bin/sh\nexit 100\n")
+    descriptor = lc.load()
+    found = buildpacks.discover(extra)
+    client = TestClient(
+        TestServer(make_app(settings, etcd, buildpacks=lambda: buildpacks.view(found, descriptor)))
+    )
+    await client.start_server()
+    try:
+        resp = await client.get("/api/buildpacks")
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        spec = await (await client.get("/openapi.json")).json()
+    finally:
+        await client.close()
+    detects = {bp["id"]: bp["detects"] for bp in body["buildpacks"]}
+    assert detects == {
+        "example/go": "go.mod",
+        "example/silent": "see its bin/detect",
+        "python": "requirements.txt, pyproject.toml or setup.py",
+        "node": "package.json",
+        "procfile": "a Procfile",
+        "static": "index.html or a Staticfile",
+    }
+    error = staging.nothing_detected(found, {})
+    for bp_id, words in detects.items():
+        assert f"{bp_id}: {words}" in error
+
+    ok = spec["paths"]["/api/buildpacks"]["get"]["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Buildpacks"
+    }
+    item = spec["components"]["schemas"]["Buildpacks"]["properties"]["buildpacks"]["items"]
+    assert item["properties"]["detects"]["type"] == "string"
+    assert "detects" in item["required"]
+    for bp in body["buildpacks"]:  # the answer has exactly the documented fields
+        assert set(bp) == set(item["properties"])

@@ -204,6 +204,7 @@ def test_the_view_lists_detection_order_api_status_and_problems(tmp_path: Path) 
         "homepage": "",
         "builtin": True,
         "position": 6,
+        "detects": "index.html or a Staticfile",
     }
     assert body["problems"] == [
         {
