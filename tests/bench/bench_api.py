@@ -137,9 +137,12 @@ def _api_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "lastbackend.cli"]
 
 
-def start_api(etcd_endpoint: str, listen: str, log: Path) -> subprocess.Popen[bytes]:
+def start_api(
+    etcd_endpoint: str, listen: str, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LB_")}
     env["LB_LOG_LEVEL"] = "warning"
+    env.update(extra_env or {})
     cmd = [*_api_command(), "api", "--etcd", etcd_endpoint, "--listen", listen]
     with open(log, "ab") as out:
         return subprocess.Popen(
