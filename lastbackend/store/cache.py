@@ -108,6 +108,9 @@ class Revisions:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        waiter, self._next = self._next, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(StoreUnavailable("the read cache is closed"))
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
