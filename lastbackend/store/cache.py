@@ -219,8 +219,10 @@ class ReadCache:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            (ended,) = await asyncio.gather(task, return_exceptions=True)
+            if not isinstance(ended, asyncio.CancelledError | None):
+                # Closing must finish whatever stopped the cache; say what it was.
+                log.warning("read cache had stopped", error=repr(ended))
         await self.revisions.close()
 
     async def fresh(self) -> bool:
