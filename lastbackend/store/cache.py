@@ -30,10 +30,11 @@ have been sent before the caller's write was acknowledged, so a caller arriving 
 for the one after it. At most one call is in flight, so N concurrent reads cost one etcd round
 trip per round, not N.
 
-What is served (:class:`LayoutCache`): projects by id or name and their name-ordered pages. The
-name index is derived from the metas (every create, rename and delete moves a project's index key
-and its meta in one transaction, so at every revision they agree) and kept sorted as they change,
-so a page is a slice, never a re-read of the index.
+What is served: projects by id or name and their name-ordered pages (:class:`LayoutCache`), and
+the build tags, every level and ``/api/data`` (:class:`RepoCache`). The projects' name index is
+derived from the metas (every create, rename and delete moves a project's index key and its meta
+in one transaction, so at every revision they agree) and kept sorted as they change, so a page is
+a slice, never a re-read of the index. Services and the other families read etcd.
 """
 
 from __future__ import annotations
