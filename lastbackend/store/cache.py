@@ -22,17 +22,19 @@ caught up from a progress notification: etcd sends those every 10 minutes by def
 asked for (``WatchProgressRequest``) may overtake events still queued on the stream before etcd
 3.4.31 / 3.5.13 (etcd-io/etcd#15220; this machine runs 3.4.23), so it proves nothing. Writes
 outside ``/lastbackend/`` (an etcd shared with something else) also move ``R``; those reads wait
-for a periodic progress notification or fall back to etcd after the bound.
+for a periodic progress notification or fall back to etcd after the bound, and for one bound
+after such a fallback reads wait only :data:`BRIEF` before going to etcd.
 
 **Step 1 is shared.** :meth:`Revisions.current` joins the next call: a call already in flight may
 have been sent before the caller's write was acknowledged, so a caller arriving meanwhile waits
 for the one after it. At most one call is in flight, so N concurrent reads cost one etcd round
 trip per round, not N.
 
-What is served (:class:`LayoutCache`): projects by id or name and their name-ordered pages. The
-name index is derived from the metas (every create, rename and delete moves a project's index key
-and its meta in one transaction, so at every revision they agree) and kept sorted as they change,
-so a page is a slice, never a re-read of the index.
+What is served: projects by id or name and their name-ordered pages (:class:`LayoutCache`), and
+the build tags, every level and ``/api/data`` (:class:`RepoCache`). The projects' name index is
+derived from the metas (every create, rename and delete moves a project's index key and its meta
+in one transaction, so at every revision they agree) and kept sorted as they change, so a page is
+a slice, never a re-read of the index. Services and the other families read etcd.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ CATCH_UP = 1.0
 instead. A cache that is keeping up applies it within milliseconds (the write's own event); one
 that is not (relisting 100,000 keys after a compaction, its watch reconnecting) answers from etcd
 meanwhile, one second slower."""
+
+
+BRIEF = 0.02
+"""Seconds a read waits instead, for one :data:`CATCH_UP` after a read found the cache behind:
+long enough for an event already on its way, so a lagging cache costs one read a second the
+whole bound rather than every read."""
 
 
 def served(key: str) -> bool:
@@ -108,6 +116,9 @@ class Revisions:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        waiter, self._next = self._next, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(StoreUnavailable("the read cache is closed"))
 
 
 def _retrieved(future: asyncio.Future[int]) -> None:
@@ -207,6 +218,7 @@ class ReadCache:
         self.fallbacks = 0
         """Reads answered from memory, and reads that went to etcd because the cache lagged."""
         self._task: asyncio.Task[None] | None = None
+        self._lagging_until = 0.0  # loop time: until then reads wait only BRIEF for the cache
 
     def start(self) -> None:
         if self._task is None:
@@ -216,8 +228,10 @@ class ReadCache:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            (ended,) = await asyncio.gather(task, return_exceptions=True)
+            if not isinstance(ended, asyncio.CancelledError | None):
+                # Closing must finish whatever stopped the cache; say what it was.
+                log.warning("read cache had stopped", error=repr(ended))
         await self.revisions.close()
 
     async def fresh(self) -> bool:
@@ -227,15 +241,23 @@ class ReadCache:
             self.fallbacks += 1
             return False
         revision = await self.revisions.current()
-        if await self.informer.wait_for(revision, self.catch_up):
+        loop = asyncio.get_running_loop()
+        lagging = loop.time() < self._lagging_until
+        if await self.informer.wait_for(revision, BRIEF if lagging else self.catch_up):
             self.hits += 1
+            self._lagging_until = 0.0
             return True
         self.fallbacks += 1
-        log.info(
-            "read cache behind, reading etcd",
-            revision=revision,
-            cache_revision=self.informer.revision,
-        )
+        if not lagging:
+            # Every read would wait the whole bound while the cache stays behind (an etcd shared
+            # with other writers moves the revision on where this watch sees nothing): for the
+            # next bound's worth of time, reads wait only briefly before reading etcd.
+            self._lagging_until = loop.time() + self.catch_up
+            log.info(
+                "read cache behind, reading etcd",
+                revision=revision,
+                cache_revision=self.informer.revision,
+            )
         return False
 
 

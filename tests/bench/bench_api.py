@@ -32,8 +32,8 @@ of what the API does on its own and a fair comparison only between rows of the s
 
 Run from the repository root::
 
-    .venv/bin/python tests/bench/bench_api.py           # ~1.5 minutes
-    .venv/bin/python tests/bench/bench_api.py --quick   # ~30 seconds
+    .venv/bin/python tests/bench/bench_api.py           # ~2.5 minutes
+    .venv/bin/python tests/bench/bench_api.py --quick   # ~1 minute
 """
 
 from __future__ import annotations

@@ -260,8 +260,10 @@ async def test_answers_stay_right_across_compaction_and_relist(private, private_
     cache = await synced(api)
     for n in range(10):
         await create(api, f"c{n}")
-    await etcd.compact((await etcd.range(keys.ROOT, count_only=True)).revision)
-    # Compacted under a running cache: it is caught up, so nothing changes for it.
+    now_at = (await etcd.range(keys.ROOT, count_only=True)).revision
+    await eventually(lambda: _async(cache.informer.revision >= now_at))
+    await etcd.compact(now_at)
+    # Compacted under a running cache that has caught up: nothing changes for it.
     resp = await api.get("/api/projects")
     assert [r["name"] for r in (await resp.json())["resources"]] == [f"c{n}" for n in range(10)]
     assert cache.informer.lists == 1
@@ -303,6 +305,42 @@ async def test_answers_stay_right_across_compaction_and_relist(private, private_
 
 async def _async(value: object) -> object:
     return value
+
+
+# --- writes the cache never sees --------------------------------------------------------------
+
+
+async def test_writes_outside_the_tree_cost_one_wait_a_second_not_every_read(
+    private, private_api
+) -> None:
+    """An etcd shared with another writer moves the revision where the cache's watch sees no
+    event: reads then go to etcd, right, and only one a second waits the whole bound."""
+    _, etcd, _ = private
+    api = private_api
+    cache = await synced(api)
+    await create(api, "shared")
+    stop = asyncio.Event()
+
+    async def elsewhere() -> None:
+        n = 0
+        while not stop.is_set():
+            await etcd.put(f"/someone-else/{n % 10}", str(n))
+            n += 1
+            await asyncio.sleep(0.005)
+
+    writer = asyncio.create_task(elsewhere())
+    try:
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        for _ in range(20):
+            resp = await api.get("/api/projects/shared")
+            assert resp.status == 200
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        stop.set()
+        await writer
+    assert cache.fallbacks >= 19
+    assert elapsed < 5.0, f"20 reads took {elapsed:.1f} s: each waited the whole bound"
 
 
 # --- etcd unreachable: 503, never a stale answer ------------------------------------------------

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from lastbackend.store.etcd import Compacted, Etcd, WatchBatch
+from lastbackend.store.embedded import EmbeddedEtcd
+from lastbackend.store.etcd import Compacted, Etcd, StoreUnavailable, WatchBatch
 from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
@@ -67,3 +68,17 @@ async def test_the_watch_thread_lives_as_long_as_the_client(etcd: RawEtcd) -> No
     assert watch_threads() == before + 1
     await client.close()
     assert watch_threads() == before
+
+
+@pytest.mark.parametrize("watch_thread", [True, False], ids=["thread", "loop"])
+async def test_a_watch_on_a_closed_client_is_store_unavailable(
+    etcd_server: EmbeddedEtcd, watch_thread: bool
+) -> None:
+    """What an informer retries on (an API closing its client before its cache, say), either
+    way: not a RuntimeError from a stopped thread, which would end the informer."""
+    client = RawEtcd([etcd_server.endpoint], watch_thread=watch_thread)
+    await client.connect()
+    await client.close()
+    with pytest.raises(StoreUnavailable):
+        async for _ in client.watch_batches(PREFIX, start_revision=1):
+            pass
