@@ -532,8 +532,6 @@ class Etcd:
         if self._watch_thread is None:
             async for batch in self._watch(*args):
                 yield batch
-        elif not self._watch_thread.running:  # closed (or never connected)
-            raise StoreUnavailable("etcd client is not connected")
         else:
             async for batch in self._watch_thread.iterate(lambda: self._watch(*args)):
                 yield batch
