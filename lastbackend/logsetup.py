@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 
 def setup(level: str = "info", fmt: str = "json") -> None:
@@ -28,6 +29,26 @@ def setup(level: str = "info", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientErrors) for f in server.filters):
+        server.addFilter(_ClientErrors())
+
+
+class _ClientErrors(logging.Filter):
+    """A request aiohttp could not parse (a NUL byte in a header, a bad request line) is answered
+    400 by aiohttp, yet logged at ERROR with a traceback, as if the server had failed: anyone who
+    can connect could fill the log with them. It is the client's error, so it becomes one info
+    line with the kind of error, like the access log's, and the traceback is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # The message goes on with the offending bytes (a header line: it may be an
+        # Authorization header), which are never logged: only what kind of error it is.
+        reason = str(exc.message).split("\n", 1)[0].split(":", 1)[0].strip()
+        log.info("request refused: it is not valid HTTP", status=exc.code, reason=reason)
+        return False
 
 
 log = structlog.get_logger("lastbackend")
