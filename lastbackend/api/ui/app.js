@@ -1,1 +1,167 @@
-export {};
+// The dashboard's entry: ask /api/whoami, sign in if a token is needed, then route by the
+// URL's hash to one module per page; every page updates itself from the one event stream.
+
+import { get, onUnauthorized, session } from "./api.js";
+import { alertBox, h } from "./dom.js";
+import { EventStream } from "./events.js";
+import * as signin from "./pages/signin.js";
+import * as projects from "./pages/projects.js";
+import * as project from "./pages/project.js";
+import * as service from "./pages/service.js";
+import * as app from "./pages/app.js";
+import * as vendors from "./pages/vendors.js";
+import * as registries from "./pages/registries.js";
+import * as repos from "./pages/repos.js";
+import * as system from "./pages/system.js";
+
+const view = document.getElementById("view");
+const nav = document.getElementById("nav");
+const readonly = document.getElementById("readonly");
+const signout = document.getElementById("signout");
+const stream = new EventStream(document.getElementById("live"));
+
+const ROUTES = [
+  [/^#\/projects$/, projects],
+  [/^#\/projects\/([^/]+)$/, project],
+  [/^#\/projects\/([^/]+)\/services\/([^/]+)$/, service],
+  [/^#\/apps\/([^/]+)$/, app],
+  [/^#\/vendors$/, vendors],
+  [/^#\/registries$/, registries],
+  [/^#\/repos$/, repos],
+  [/^#\/system$/, system],
+];
+
+let role = null;
+let current = null; // the page shown: {abort, cleanups}
+
+function leave() {
+  if (!current) return;
+  current.abort.abort();
+  for (const fn of current.cleanups) fn();
+  current = null;
+}
+
+/**
+ * What a page gets: the role (`canWrite`: render write controls at all), an AbortSignal
+ * that ends its requests and followed logs when it is left, and `live(match, refresh)`,
+ * which calls `refresh()` (coalesced) after each event whose key `match` accepts and after
+ * the stream had to start again.
+ */
+function context() {
+  const abort = new AbortController();
+  const cleanups = [];
+  current = { abort, cleanups };
+  const page = current;
+  const alert = alertBox();
+  return {
+    role,
+    canWrite: role === "admin",
+    signal: abort.signal,
+    alert,
+    get active() {
+      return current === page;
+    },
+    onLeave(fn) {
+      cleanups.push(fn);
+    },
+    live(match, refresh) {
+      let timer = null;
+      const schedule = () => {
+        if (timer === null) {
+          timer = setTimeout(async () => {
+            timer = null;
+            if (current !== page) return;
+            try {
+              await refresh();
+            } catch (error) {
+              if (error.name !== "AbortError") alert.show(error.message);
+            }
+          }, 60);
+        }
+      };
+      cleanups.push(stream.subscribe((event) => {
+        if (event === null || match(event.key, event)) schedule();
+      }));
+      cleanups.push(() => clearTimeout(timer));
+    },
+  };
+}
+
+async function route() {
+  if (role === null) return;
+  const hash = location.hash || "#/projects";
+  if (!location.hash) history.replaceState(null, "", "#/projects");
+  leave();
+  for (const link of nav.querySelectorAll("a")) {
+    const here = hash === link.getAttribute("href") || hash.startsWith(`${link.getAttribute("href")}/`)
+      || (link.getAttribute("href") === "#/projects" && hash.startsWith("#/apps/"));
+    if (here) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const ctx = context();
+  for (const [pattern, page] of ROUTES) {
+    const match = hash.match(pattern);
+    if (match) {
+      const params = match.slice(1).map(decodeURIComponent);
+      view.replaceChildren(ctx.alert);
+      try {
+        await page.render(ctx, view, ...params);
+      } catch (error) {
+        if (error.name === "AbortError" || !ctx.active) return;
+        ctx.alert.show(error.message);
+        if (!view.querySelector("h1")) view.prepend(h("h1", {}, "Not available"));
+      }
+      return;
+    }
+  }
+  view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/projects" }, "Projects")));
+}
+
+function start(found) {
+  role = found;
+  nav.hidden = false;
+  readonly.hidden = role !== "read";
+  signout.hidden = !session.token;
+  stream.start(); // before the page's first lists: both go out at once
+  route();
+}
+
+function showSignIn(message = "") {
+  leave();
+  role = null;
+  stream.stop();
+  nav.hidden = true;
+  readonly.hidden = true;
+  signout.hidden = true;
+  signin.render(view, message, (found) => start(found));
+}
+
+signout.addEventListener("click", () => {
+  session.token = "";
+  showSignIn();
+});
+
+onUnauthorized((error) => {
+  session.token = "";
+  showSignIn(error.message);
+});
+
+window.addEventListener("hashchange", route);
+
+async function boot() {
+  let who;
+  try {
+    who = await get("/api/whoami", { quiet: true });
+  } catch (error) {
+    if (error.status === 401) {
+      session.token = "";
+      return showSignIn(error.message);
+    }
+    view.replaceChildren(h("h1", {}, "The API does not answer"), h("p", { role: "alert" }, error.message));
+    return;
+  }
+  if (who.role === null) return showSignIn();
+  start(who.role);
+}
+
+boot();
