@@ -18,6 +18,12 @@ export function h(tag, props, ...children) {
   return el;
 }
 
+/** Append children to an element, skipping null, undefined and false (for `cond ? x : null`). */
+export function fill(el, ...children) {
+  add(el, children);
+  return el;
+}
+
 function add(el, children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;

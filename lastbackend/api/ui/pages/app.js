@@ -2,7 +2,7 @@
 // droplet, and a zip uploaded (dropped or chosen) and staged.
 
 import { enc, follow, get, list, patch, post, request } from "../api.js";
-import { action, alertBox, h, logView, short, table, uid, when } from "../dom.js";
+import { action, alertBox, fill, h, logView, short, table, uid, when } from "../dom.js";
 import { keys } from "../events.js";
 import { rollout, urls } from "./project.js";
 
@@ -14,6 +14,7 @@ export async function render(ctx, view, guid) {
   const prefix = keys.service(pid, guid);
   let current = null; // the current droplet's guid
   let status = null; // the service, for its rollout
+  let shown = []; // the droplets listed
 
   const summary = h("dl", { class: "summary" });
   const showSummary = () => {
@@ -82,14 +83,17 @@ export async function render(ctx, view, guid) {
       get(service, { signal: ctx.signal }),
     ]);
     app = found;
+    const was = current;
     current = droplet ? droplet.data.guid : null;
     status = svc;
     showSummary();
+    if (was !== current) droplets.update(shown); // the Current column and Assign buttons
   };
   const refreshPackages = async () => packages.update(await list(`/v3/apps/${enc(guid)}/packages`, { signal: ctx.signal }));
   const refreshDroplets = async () => {
     const items = await list(`/v3/apps/${enc(guid)}/droplets`, { signal: ctx.signal });
     items.reverse(); // newest first
+    shown = items;
     droplets.update(items);
     if (items.length && !stagingOf) followStaging(items[0].guid);
   };
@@ -110,7 +114,7 @@ export async function render(ctx, view, guid) {
       }, alert))
     : null;
 
-  view.append(
+  fill(view,
     h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ",
       h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
     h("h1", {}, app.name),

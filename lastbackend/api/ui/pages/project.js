@@ -2,7 +2,7 @@
 // forms to create either.
 
 import { enc, get, list, post } from "../api.js";
-import { form, h, link, table } from "../dom.js";
+import { fill, form, h, link, table } from "../dom.js";
 import { keys } from "../events.js";
 
 /** What the lists show changes with these keys of a service (and the project's meta). */
@@ -61,7 +61,7 @@ export async function render(ctx, view, name) {
   const prefix = keys.project(project.id);
   ctx.live((key) => key.startsWith(prefix) && PARTS.test(key), refresh);
 
-  view.append(
+  fill(view,
     h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / "),
     h("h1", {}, project.name),
     project.description ? h("p", {}, project.description) : null,

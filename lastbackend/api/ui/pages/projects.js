@@ -1,7 +1,7 @@
 // Projects: the list, live, and a form to create one.
 
 import { enc, list, post } from "../api.js";
-import { form, h, table, when } from "../dom.js";
+import { fill, form, h, table, when } from "../dom.js";
 import { keys } from "../events.js";
 
 const META = new RegExp(`^${keys.projects}[^/]+/meta$`);
@@ -14,7 +14,7 @@ export async function render(ctx, view) {
   ], "No projects yet.");
   const refresh = async () => rows.update(await list("/api/projects", { signal: ctx.signal }));
   ctx.live((key) => META.test(key), refresh);
-  view.append(
+  fill(view,
     h("h1", {}, "Projects"),
     rows,
     ctx.canWrite

@@ -2,7 +2,7 @@
 // (type=password) and never shown.
 
 import { del, enc, list, post } from "../api.js";
-import { action, form, h, table, when } from "../dom.js";
+import { action, fill, form, h, table, when } from "../dom.js";
 import { keys } from "../events.js";
 
 export async function render(ctx, view) {
@@ -18,7 +18,7 @@ export async function render(ctx, view) {
   ], "No registry accounts.");
   const refresh = async () => rows.update(await list("/api/registries", { signal: ctx.signal }));
   ctx.live((key) => key.startsWith(keys.registries), refresh);
-  view.append(
+  fill(view,
     h("h1", {}, "Registries"),
     rows,
     ctx.canWrite

@@ -1,7 +1,7 @@
 // Build tags: repos, their branches, tags and artifacts (seed 003), from /api/data, live.
 
 import { get } from "../api.js";
-import { h, link, table } from "../dom.js";
+import { fill, h, link, table } from "../dom.js";
 import { keys } from "../events.js";
 
 function artifact(id, a) {
@@ -34,7 +34,7 @@ export async function render(ctx, view) {
       Object.entries(b.tags || {}).map(([tag, t]) => ({ repo: r.id, branch, job_url: b.job_url, tag, ...t })))));
   };
   ctx.live((key) => key.startsWith(keys.repos), refresh);
-  view.append(
+  fill(view,
     h("h1", {}, "Build tags"),
     h("p", {}, "What CI and the platform's own builds recorded: each tag names a build and its artifacts."),
     h("h2", {}, "Repos"),

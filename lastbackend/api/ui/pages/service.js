@@ -2,7 +2,7 @@
 // rollback to a revision. Everything below the heading follows the event stream.
 
 import { ApiError, enc, follow, get, list, post, put } from "../api.js";
-import { action, form, h, logView, table, when } from "../dom.js";
+import { action, fill, form, h, logView, table, when } from "../dom.js";
 import { keys } from "../events.js";
 import { number, rollout, urls } from "./project.js";
 
@@ -119,7 +119,7 @@ export async function render(ctx, view, projectName, name) {
   ctx.live((key) => key.startsWith(prefix) && /\/(meta|config|status|image|domains|source)$/.test(key), refreshService);
 
   showSummary();
-  view.append(
+  fill(view,
     h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ",
       h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
     h("h1", {}, service.name),

@@ -1,7 +1,7 @@
 // System: /readyz, the nodes (/api/nodes) and the controllers' leaders (from /readyz).
 
 import { authHeaders, list } from "../api.js";
-import { h, table, when } from "../dom.js";
+import { fill, h, table, when } from "../dom.js";
 import { keys } from "../events.js";
 
 async function readiness(signal) {
@@ -41,6 +41,6 @@ export async function render(ctx, view) {
   ctx.live((key) => key.startsWith(keys.nodes) || key.startsWith(keys.pods), async () => {
     await Promise.all([refreshNodes(), refreshReady()]);
   });
-  view.append(h("h1", {}, "System"), ready, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Leaders"), leaders);
+  fill(view, h("h1", {}, "System"), ready, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Leaders"), leaders);
   await Promise.all([refreshReady(), refreshNodes()]);
 }

@@ -2,7 +2,7 @@
 // are entered (type=password) and never shown: the API answers *** for them.
 
 import { del, enc, get, put } from "../api.js";
-import { action, form, h, table, when } from "../dom.js";
+import { action, fill, form, h, table, when } from "../dom.js";
 import { keys } from "../events.js";
 
 export async function render(ctx, view) {
@@ -25,7 +25,7 @@ export async function render(ctx, view) {
     rows.update(Object.entries(map).map(([name, v]) => ({ name, ...v })));
   };
   ctx.live((key) => key.startsWith(keys.vendors), refresh);
-  view.append(
+  fill(view,
     h("h1", {}, "Vendors"),
     rows,
     ctx.canWrite
