@@ -21,7 +21,7 @@ import pytest_asyncio
 from playwright.async_api import Page, expect
 
 from tests.baseimage import BASE_IMAGE
-from tests.browser.conftest import (
+from tests.browser.dashboard import (
     ADMIN,
     Api,
     live,

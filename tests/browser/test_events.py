@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
 from lastbackend.store.embedded import EmbeddedEtcd
-from tests.browser.conftest import Api, live, rows, seen, sign_in, start_api, token_flags, unique
+from tests.browser.dashboard import Api, live, rows, seen, sign_in, start_api, token_flags, unique
 from tests.integration.test_daemon import Daemon
 
 pytestmark = [pytest.mark.etcd, pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Page, Route, expect
 
-from tests.browser.conftest import (
+from tests.browser.dashboard import (
     PAGES,
     READ_ONLY,
     READER,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import BrowserContext, Page, expect
 
-from tests.browser.conftest import ADMIN, UNAUTHORIZED, Api, live, seen, sign_in
+from tests.browser.dashboard import ADMIN, UNAUTHORIZED, Api, live, seen, sign_in
 
 pytestmark = [pytest.mark.etcd, pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
