@@ -6,15 +6,19 @@ processes they start, the tokens, a recording browser context, and what a user d
 
 from __future__ import annotations
 
+import json
 import secrets
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import attrs
+import docker
+import docker.errors
 from playwright.async_api import Browser, BrowserContext, Locator, Page, Request, expect
 
 from lastbackend.store.embedded import EmbeddedEtcd
+from tests.e2e.harness import SERVE
 from tests.integration.test_daemon import Daemon
 from tests.support import TEST_KEY, free_port
 
@@ -232,3 +236,27 @@ WRITE_CONTROLS = [
     ("button", "Rollback"),
 ]
 """The controls that write: a read-only token must see none of them on any page."""
+
+
+SERVED = "lastbackend-test/busybox-served:1"
+
+
+def ensure_served_image(api: docker.APIClient, base_image: str) -> str:
+    """:data:`SERVED`: the e2e tests' offline base image with a ``CMD`` serving ``/www`` on 8080,
+    since the New service form names an image and no command. Committed once, then kept on the
+    engine like the base image."""
+    try:
+        api.inspect_image(SERVED)
+    except docker.errors.ImageNotFound:
+        scratch = api.create_container(base_image, command="true")["Id"]
+        try:
+            repository, tag = SERVED.rsplit(":", 1)
+            api.commit(
+                scratch,
+                repository=repository,
+                tag=tag,
+                changes=[f"CMD {json.dumps(['sh', '-c', SERVE])}", "EXPOSE 8080/tcp"],
+            )
+        finally:
+            api.remove_container(scratch, force=True)
+    return SERVED

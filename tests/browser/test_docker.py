@@ -24,6 +24,7 @@ from tests.baseimage import BASE_IMAGE
 from tests.browser.dashboard import (
     ADMIN,
     Api,
+    ensure_served_image,
     live,
     rows,
     sign_in,
@@ -38,7 +39,7 @@ from tests.e2e.conftest import (  # the engine and the offline images, as the e2
     busybox_stack,  # noqa: F401
     dockerd,  # noqa: F401
 )
-from tests.e2e.harness import SERVE, Harness
+from tests.e2e.harness import Harness
 from tests.integration.test_daemon import Daemon
 from tests.support import free_port
 
@@ -49,30 +50,13 @@ pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
 ]
 
-SERVED = "lastbackend-test/busybox-served:1"
 SITE = b"<h1>hello from the dashboard</h1>\n"
 
 
 @pytest.fixture(scope="module")
 def served_image(dockerd: str, base_image: str) -> str:  # noqa: F811
-    """The base image with ``CMD`` serving ``/www`` on 8080: what the form's Image can name,
-    since the form has no command field. Kept on the engine like the base image."""
     with contextlib.closing(api_client(dockerd)) as api:
-        try:
-            api.inspect_image(SERVED)
-        except docker.errors.ImageNotFound:
-            scratch = api.create_container(base_image, command="true")["Id"]
-            try:
-                repository, tag = SERVED.rsplit(":", 1)
-                api.commit(
-                    scratch,
-                    repository=repository,
-                    tag=tag,
-                    changes=[f'CMD ["sh", "-c", "{SERVE}"]', "EXPOSE 8080/tcp"],
-                )
-            finally:
-                api.remove_container(scratch, force=True)
-    return SERVED
+        return ensure_served_image(api, base_image)
 
 
 @pytest.fixture(scope="module")
