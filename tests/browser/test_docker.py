@@ -92,6 +92,38 @@ async def platform(
         etcd.stop()
 
 
+async def test_a_service_made_in_the_form_shows_its_containers_as_they_start(
+    page: Page, platform: tuple[Api, Harness], served_image: str
+) -> None:
+    api, harness = platform
+    project = unique("live")
+    api.call("POST", "/api/projects", {"name": project}, expect=201)
+    await sign_in(page, api)
+    await visit(page, api, f"projects/{project}", project)
+    await live(page)
+    await page.evaluate("() => { window.notReloaded = true; }")
+
+    form = page.get_by_role("form", name="New service")
+    await form.get_by_label("Name").fill("web")
+    await form.get_by_label("Image").fill(served_image)
+    await form.get_by_label("Replicas").fill("2")
+    await form.get_by_role("button", name="Create service").click()
+    await rows(page, "Services").filter(has_text="web").get_by_role("link", name="web").click()
+    await expect(page.get_by_role("heading", level=1, name="web")).to_be_visible()
+
+    containers = rows(page, "Containers")
+    await expect(containers.filter(has_text="running")).to_have_count(2, timeout=60_000)
+    await expect(containers.filter(has_text=harness.node)).to_have_count(2)
+    assert await page.evaluate("() => window.notReloaded === true"), "they came live"
+    running = harness.running()
+    assert len(running) == 2, harness.explain()
+    for container in running:
+        await expect(containers.filter(has_text=container["Id"][:12])).to_have_count(1)
+
+    api.call("PATCH", f"/api/projects/{project}/services/web/config", {"replicas": 1}, expect=200)
+    await expect(containers).to_have_count(1, timeout=60_000)
+
+
 def zip_of(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
