@@ -8,8 +8,9 @@
 # Installs what is missing: Debian's etcd-server (the etcd binary the daemon and the tests start),
 # etcd-client (etcdctl, for admins), git, python3-venv, docker.io (the engine the node agent drives),
 # caddy (the router's proxy), mmdebstrap (builds the debian stack from this machine's apt sources),
-# and for the e2e tests busybox-static (the offline base image), docker-registry and apache2-utils
-# (htpasswd); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
+# for the e2e tests busybox-static (the offline base image), docker-registry and apache2-utils
+# (htpasswd), and for the dashboard's browser tests chromium (Playwright drives this one; it never
+# downloads a browser of its own); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
 # not running and they are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,7 @@ command -v caddy >/dev/null || missing+=(caddy)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v chromium >/dev/null || missing+=(chromium)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}" >&2
