@@ -38,6 +38,10 @@ export function onUnauthorized(fn) {
   listeners.add(fn);
 }
 
+export function notifyUnauthorized(error) {
+  for (const fn of listeners) fn(error);
+}
+
 export function authHeaders(extra = {}) {
   const headers = { ...extra };
   if (session.token && !headers.Authorization) headers.Authorization = `Bearer ${session.token}`;
@@ -58,7 +62,7 @@ export async function errorOf(resp) {
 async function checked(resp, quiet) {
   if (resp.ok) return resp;
   const error = await errorOf(resp);
-  if (resp.status === 401 && !quiet) for (const fn of listeners) fn(error);
+  if (resp.status === 401 && !quiet) notifyUnauthorized(error);
   throw error;
 }
 

@@ -1,7 +1,7 @@
 // The live event stream: /api/events read with fetch() (EventSource cannot send the bearer
 // header), parsed as server-sent events, resumed with Last-Event-ID after a drop.
 
-import { authHeaders, errorOf } from "./api.js";
+import { authHeaders, errorOf, notifyUnauthorized } from "./api.js";
 
 export const ROOT = "/lastbackend/";
 /** Key prefixes of the tree (docs/keytree.md): the pages match events against these. */
@@ -44,6 +44,8 @@ export class EventStream {
 
   stop() {
     this.running = false;
+    this.lastId = ""; // a later start (another sign-in) begins from then, not from here
+    this.wasLive = false;
     if (this.abort) this.abort.abort();
     this.setState("connecting");
   }
@@ -78,6 +80,10 @@ export class EventStream {
           signal: this.abort.signal,
           cache: "no-store",
         });
+        if (resp.status === 401) {
+          notifyUnauthorized(await errorOf(resp)); // the token was revoked: sign in again
+          return;
+        }
         if (!resp.ok) throw await errorOf(resp);
         opened = true;
         this.setState("live");

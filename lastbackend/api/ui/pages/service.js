@@ -64,6 +64,8 @@ export async function render(ctx, view, projectName, name) {
   ], "No builds: a service with a git source builds on each push.");
   const buildLog = logView("Build log");
   const buildTitle = h("h3", {}, "Build log");
+  buildLog.hidden = true; // until a build's Log button is pressed
+  buildTitle.hidden = true;
   let buildAbort = null;
   const showBuild = (n) => {
     if (buildAbort) buildAbort.abort();
@@ -71,6 +73,8 @@ export async function render(ctx, view, projectName, name) {
     ctx.signal.addEventListener("abort", () => buildAbort.abort());
     const mine = buildAbort;
     buildTitle.textContent = `Build log: #${n}`;
+    buildTitle.hidden = false;
+    buildLog.hidden = false;
     buildLog.reset();
     follow(`${base}/builds/${n}/logs?follow=true`, (t) => buildLog.write(t), mine.signal)
       .then(() => buildLog.flush())
