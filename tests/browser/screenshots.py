@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 from playwright.async_api import Browser, async_playwright, expect
@@ -47,7 +49,7 @@ from tests.browser.dashboard import (
     token_flags,
 )
 from tests.e2e.conftest import DEFAULT_URL, api_client
-from tests.e2e.harness import Harness, eventually
+from tests.e2e.harness import SERVE, Harness, eventually
 from tests.integration.test_daemon import Daemon
 from tests.support import free_port, run_cli
 
@@ -56,12 +58,22 @@ OUT = REPO / "docs" / "img"
 SIZES = {"desktop": DESKTOP, "phone": PHONE}
 
 
+def visit_page(url: str) -> None:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5):
+        pass
+
+
 async def seed(api: Api, harness: Harness, served: str, home: Path) -> Sample:
     """The platform the pictures show; the :class:`Sample` of its pages."""
-    for name in ("shop", "blog", "internal-tools"):
-        api.call("POST", "/api/projects", {"name": name}, expect=201)
+    for name, description in (
+        ("shop", "The web shop: storefront, order worker and the landing site"),
+        ("blog", "Company blog"),
+        ("internal-tools", "Dashboards for the support team"),
+    ):
+        api.call("POST", "/api/projects", {"name": name, "description": description}, expect=201)
     web = {
         "image": served,
+        "command": f"echo serving /www on :8080; {SERVE.replace('httpd -f', 'httpd -f -v')}",
         "replicas": 2,
         "memory": 64,
         "ports": {"8080/TCP": 0},
@@ -126,6 +138,9 @@ async def seed(api: Api, harness: Harness, served: str, home: Path) -> Sample:
         return sum(c["status"] == "running" and bool(c.get("ready")) for c in listed) == 2
 
     await eventually(running, 60, "web's two containers running", explain=harness.explain)
+    listed = api.call("GET", "/api/projects/shop/services/web/containers")["resources"]
+    for container in listed * 3:  # a few requests, for the access log the service page follows
+        visit_page(f"http://127.0.0.1:{container['ports']['8080/TCP']}/")
     return Sample(project="shop", service="web", app="site", app_guid=app["guid"])
 
 
@@ -148,6 +163,7 @@ async def photograph(browser: Browser, api: Api, shop: Sample) -> list[Path]:
                 await live(page)
                 if name == "service":
                     await expect(rows(page, "Containers")).to_have_count(2)
+                    await expect(page.get_by_role("log", name="Logs")).to_contain_text("response:200")
                 if name == "app":
                     await expect(rows(page, "Droplets").filter(has_text="STAGED")).to_have_count(1)
                 with contextlib.suppress(Exception):  # a page whose requests never settle
@@ -178,6 +194,7 @@ async def main() -> None:
         )
         etcd.start()
         harness = Harness(base, DEFAULT_URL, engine)
+        harness.node = f"docker-host-{secrets.token_hex(2)}"  # its containers' label, as shown
         port = free_port()
         argv = ["daemon", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}"]
         argv += ["--data-dir", str(base / "data"), "--name", harness.node, "--no-router"]
