@@ -163,7 +163,8 @@ async def photograph(browser: Browser, api: Api, shop: Sample) -> list[Path]:
                 await live(page)
                 if name == "service":
                     await expect(rows(page, "Containers")).to_have_count(2)
-                    await expect(page.get_by_role("log", name="Logs")).to_contain_text("response:200")
+                    logs = page.get_by_role("log", name="Logs")
+                    await expect(logs).to_contain_text("response:200")
                 if name == "app":
                     await expect(rows(page, "Droplets").filter(has_text="STAGED")).to_have_count(1)
                 with contextlib.suppress(Exception):  # a page whose requests never settle
