@@ -1,7 +1,7 @@
 // An app (/v3): packages, droplets, the staging log followed live, start and stop, assigning a
 // droplet, and a zip uploaded (dropped or chosen) and staged.
 
-import { enc, follow, get, list, patch, post, request } from "../api.js";
+import { del, enc, follow, get, list, patch, post, request } from "../api.js";
 import { action, alertBox, fill, h, logView, short, table, uid, when } from "../dom.js";
 import { keys } from "../events.js";
 import { rollout, urls } from "./project.js";
@@ -111,7 +111,12 @@ export async function render(ctx, view, guid) {
       action("Stop", async () => {
         app = await post(`/v3/apps/${enc(guid)}/actions/stop`);
         showSummary();
-      }, alert))
+      }, alert),
+      action("Delete app", async () => {
+        if (!confirm(`Delete app ${app.name} with its packages, droplets and containers?`)) return;
+        await del(`/v3/apps/${enc(guid)}`);
+        location.hash = `#/projects/${enc(project.name)}`;
+      }, alert, { class: "danger" }))
     : null;
 
   fill(view,

@@ -1,7 +1,7 @@
 // A service: its containers, logs followed live, builds with their logs, the config form and
 // rollback to a revision. Everything below the heading follows the event stream.
 
-import { ApiError, enc, follow, get, list, post, put } from "../api.js";
+import { ApiError, del, enc, follow, get, list, post, put } from "../api.js";
 import { action, fill, form, h, logView, table, when } from "../dom.js";
 import { keys } from "../events.js";
 import { number, rollout, urls } from "./project.js";
@@ -128,6 +128,13 @@ export async function render(ctx, view, projectName, name) {
       h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
     h("h1", {}, service.name),
     summary,
+    ctx.canWrite
+      ? h("div", { class: "actions" }, action("Delete service", async () => {
+        if (!confirm(`Delete service ${service.name} with its containers and builds?`)) return;
+        await del(base);
+        location.hash = `#/projects/${enc(project.name)}`;
+      }, ctx.alert, { class: "danger" }))
+      : null,
     h("h2", {}, "Containers"),
     containers,
     h("h2", {}, "Logs"),
