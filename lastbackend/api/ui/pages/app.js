@@ -9,7 +9,13 @@ import { rollout, urls } from "./project.js";
 export async function render(ctx, view, guid) {
   let app = await get(`/v3/apps/${enc(guid)}`, { signal: ctx.signal });
   const pid = app.relationships.space.guid;
-  const project = await get(`/api/projects/${enc(pid)}`, { signal: ctx.signal });
+  const project = { id: pid, name: "" }; // its name comes with the lists, for the crumbs
+  const crumb = h("a", { href: "#/projects" }, "project");
+  get(`/api/projects/${enc(pid)}`, { signal: ctx.signal }).then((found) => {
+    project.name = found.name;
+    crumb.textContent = found.name;
+    crumb.href = `#/projects/${enc(found.name)}`;
+  }, () => {});
   const service = `/api/projects/${enc(pid)}/services/${enc(guid)}`;
   const prefix = keys.service(pid, guid);
   let current = null; // the current droplet's guid
@@ -115,13 +121,12 @@ export async function render(ctx, view, guid) {
       action("Delete app", async () => {
         if (!confirm(`Delete app ${app.name} with its packages, droplets and containers?`)) return;
         await del(`/v3/apps/${enc(guid)}`);
-        location.hash = `#/projects/${enc(project.name)}`;
+        location.hash = project.name ? `#/projects/${enc(project.name)}` : "#/projects";
       }, alert, { class: "danger" }))
     : null;
 
   fill(view,
-    h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ",
-      h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
+    h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", crumb, " / "),
     h("h1", {}, app.name),
     summary,
     controls,

@@ -7,8 +7,9 @@ import { keys } from "../events.js";
 import { number, rollout, urls } from "./project.js";
 
 export async function render(ctx, view, projectName, name) {
-  const project = await get(`/api/projects/${enc(projectName)}`, { signal: ctx.signal });
-  const first = await get(`/api/projects/${enc(project.id)}/services/${enc(name)}`, { signal: ctx.signal });
+  // by names in one request (the API takes either); its answer names the ids the rest use
+  const first = await get(`/api/projects/${enc(projectName)}/services/${enc(name)}`, { signal: ctx.signal });
+  const project = { id: first.project, name: projectName };
   const base = `/api/projects/${enc(project.id)}/services/${enc(first.id)}`;
   const prefix = keys.service(project.id, first.id);
   let service = first;
@@ -143,7 +144,7 @@ export async function render(ctx, view, projectName, name) {
     builds,
     buildTitle,
     buildLog,
-    h("div", { class: "forms" }, ctx.canWrite ? await configForm(ctx, base, () => service) : configView(service), rollbackBox),
+    h("div", { class: "forms" }, ctx.canWrite ? configForm(ctx, base, () => service) : configView(service), rollbackBox),
   );
   await Promise.all([refreshContainers(), refreshBuilds(), refreshRevisions()]);
 }
@@ -187,8 +188,8 @@ function checkOf(text, endpoint) {
   return { type };
 }
 
-async function configForm(ctx, base, current) {
-  const config = await get(`${base}/config`, { signal: ctx.signal });
+function configForm(ctx, base, current) {
+  const config = current().config; // the service's answer carries its config
   const check = config.health_check;
   const el = form("Config", [
     { name: "replicas", label: "Replicas", type: "number", value: String(config.replicas), api: ["replicas", "config.replicas"] },
