@@ -98,8 +98,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def first_render(browser: Browser, url: str, table: str, wanted: int) -> float:
-    """One cold visit of ``url``: ms from navigation start to ``wanted`` rows in ``table``."""
+async def first_render(browser: Browser, url: str, table: str, wanted: int) -> tuple[float, float]:
+    """One cold visit of ``url``: ms from navigation start to ``wanted`` rows in ``table``, and
+    to the end of ``DOMContentLoaded`` (the modules loaded and run; the rest is the API's
+    answers and building the rows)."""
     context = await browser.new_context(viewport=DESKTOP)
     try:
         page = await context.new_page()
@@ -108,9 +110,14 @@ async def first_render(browser: Browser, url: str, table: str, wanted: int) -> f
         await page.goto(url)
         await page.wait_for_function("() => window.__rendered !== null", timeout=30_000)
         rendered = float(await page.evaluate("() => window.__rendered"))
+        loaded = float(
+            await page.evaluate(
+                "() => performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd"
+            )
+        )
         found = await rows(page, table).count()
         assert found == wanted, f"{table}: {found} rows, not {wanted}"
-        return rendered
+        return rendered, loaded
     finally:
         await context.close()
 
@@ -156,7 +163,10 @@ async def make_containers(api: Api, etcd: EmbeddedEtcd) -> str:
     return "projects/bench/services/web"
 
 
-async def measure(api: Api, etcd: EmbeddedEtcd, runs: int) -> list[tuple[str, list[float]]]:
+Result = tuple[str, list[float], list[float]]
+
+
+async def measure(api: Api, etcd: EmbeddedEtcd, runs: int) -> list[Result]:
     print(f"writing {PROJECTS} projects and {CONTAINERS} containers ...", file=sys.stderr)
     service = await make_containers(api, etcd)
     make_projects(api)
@@ -175,11 +185,13 @@ async def measure(api: Api, etcd: EmbeddedEtcd, runs: int) -> list[tuple[str, li
         try:
             for name, url, table, wanted in cases:
                 await first_render(browser, url, table, wanted)  # warm-up
-                times = []
+                times, loaded = [], []
                 for n in range(runs):
-                    times.append(await first_render(browser, url, table, wanted))
-                    print(f"  {name}: run {n + 1}: {times[-1]:.0f} ms", file=sys.stderr)
-                results.append((name, times))
+                    rendered, dcl = await first_render(browser, url, table, wanted)
+                    times.append(rendered)
+                    loaded.append(dcl)
+                    print(f"  {name}: run {n + 1}: {rendered:.0f} ms", file=sys.stderr)
+                results.append((name, times, loaded))
         finally:
             await browser.close()
     return results
@@ -202,21 +214,26 @@ def main() -> None:
         etcd.start()
         daemon = start_api(base, etcd)
         try:
+            load_before = os.getloadavg()[0]
             begun = time.monotonic()
             results = asyncio.run(measure(Api(daemon), etcd, runs))
             took = time.monotonic() - begun
+            load_after = os.getloadavg()[0]
         finally:
             daemon.cleanup()
             etcd.stop()
-    print(f"\n{platform.node()}: {os.cpu_count()} cores, {runs} runs per page, {took:.0f} s\n")
-    print("| page | runs | p50 ms | p99 ms | max ms | aim < 500 ms (p99) |")
-    print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for name, times in results:
-        p99 = percentile(times, 0.99)
-        verdict = "PASS" if p99 < AIM_MS else "MISS"
+    print(
+        f"\n{platform.node()}: {os.cpu_count()} cores, {runs} runs per page, {took:.0f} s, "
+        f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after\n"
+    )
+    print("| page | runs | p50 ms | p99 ms | max ms | DOMContentLoaded p50 ms | aim < 500 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name, times, loaded in results:
+        p50, p99 = percentile(times, 0.5), percentile(times, 0.99)
+        verdict = "PASS" if p99 < AIM_MS else ("p50 PASS, p99 MISS" if p50 < AIM_MS else "MISS")
         print(
-            f"| {name} | {len(times)} | {percentile(times, 0.5):.0f} | {p99:.0f} "
-            f"| {max(times):.0f} | {verdict} |"
+            f"| {name} | {len(times)} | {p50:.0f} | {p99:.0f} | {max(times):.0f} "
+            f"| {percentile(loaded, 0.5):.0f} | {verdict} |"
         )
 
 

@@ -32,9 +32,10 @@ from tests.browser.dashboard import (
     ADMIN,
     CHROMIUM,
     Api,
+    Apis,
     check_seen,
     new_context,
-    start_api,
+    spawn_api,
     token_flags,
 )
 from tests.conftest import new_etcd_server
@@ -49,19 +50,31 @@ def browser_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedE
 
 
 @pytest.fixture(scope="session")
-def guarded(browser_etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """The API with :data:`ADMIN` and :data:`READER`; calls go with the admin token."""
-    daemon = start_api(tmp_path_factory.mktemp("guarded"), browser_etcd, *token_flags())
-    yield Api(daemon, ADMIN)
-    daemon.cleanup()
+def apis(browser_etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Apis]:
+    """Both API processes, started side by side (a start is mostly Python importing, and the
+    two overlap on two cores)."""
+    tmp = tmp_path_factory.mktemp("apis")
+    guarded = spawn_api(tmp / "guarded", browser_etcd, *token_flags())
+    open_ = spawn_api(tmp / "open", browser_etcd)
+    try:
+        for daemon in (guarded, open_):
+            daemon.wait_ready()
+        yield Apis(Api(guarded, ADMIN), Api(open_))
+    finally:
+        guarded.cleanup()
+        open_.cleanup()
 
 
 @pytest.fixture(scope="session")
-def open_api(browser_etcd: EmbeddedEtcd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+def guarded(apis: Apis) -> Api:
+    """The API with :data:`ADMIN` and :data:`READER`; calls go with the admin token."""
+    return apis.guarded
+
+
+@pytest.fixture(scope="session")
+def open_api(apis: Apis) -> Api:
     """The API with no token configured (loopback): every caller is an admin."""
-    daemon = start_api(tmp_path_factory.mktemp("open"), browser_etcd)
-    yield Api(daemon)
-    daemon.cleanup()
+    return apis.open
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -36,12 +36,18 @@ expect.set_options(timeout=10_000)
 # processes --------------------------------------------------------------------------------------
 
 
-def start_api(tmp: Path, etcd: EmbeddedEtcd, *flags: str, port: int | None = None) -> Daemon:
-    """``lastbackend api`` on ``etcd`` with ``flags``, once ``/readyz`` answers 200."""
+def spawn_api(tmp: Path, etcd: EmbeddedEtcd, *flags: str, port: int | None = None) -> Daemon:
+    """``lastbackend api`` on ``etcd`` with ``flags``, just started (``wait_ready`` next)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = ["api", "--etcd", etcd.endpoint, "--listen", f"127.0.0.1:{port}"]
     argv += ["--data-dir", str(tmp / "data"), *flags]
-    daemon = Daemon(tmp, argv, port, env={"LB_SECRET_KEY": TEST_KEY})
+    return Daemon(tmp, argv, port, env={"LB_SECRET_KEY": TEST_KEY})
+
+
+def start_api(tmp: Path, etcd: EmbeddedEtcd, *flags: str, port: int | None = None) -> Daemon:
+    """:func:`spawn_api`, once ``/readyz`` answers 200."""
+    daemon = spawn_api(tmp, etcd, *flags, port=port)
     try:
         daemon.wait_ready()
     except BaseException:
@@ -167,6 +173,12 @@ async def visit(page: Page, api: Api, fragment: str, heading: str) -> None:
 def rows(page: Page, table: str) -> Locator:
     """The body rows of the table named ``table``."""
     return page.get_by_role("table", name=table, exact=True).locator("tbody tr")
+
+
+@attrs.frozen
+class Apis:
+    guarded: Api
+    open: Api
 
 
 @attrs.frozen

@@ -13,9 +13,19 @@ pytestmark = [pytest.mark.etcd, pytest.mark.browser, pytest.mark.asyncio(loop_sc
 async def test_sign_in_keeps_the_token_for_the_tab_and_sends_it_as_a_bearer_header(
     page: Page, context: BrowserContext, guarded: Api
 ) -> None:
-    await sign_in(page, guarded)
+    """Before sign-in the page may ask ``/api/whoami`` whether a token is needed at all; from
+    the click on, and after a reload of the tab, every API request carries the token."""
+    await page.goto(guarded.ui)
+    form = page.get_by_role("form", name="Sign in")
+    await form.get_by_label("Token").fill(ADMIN)
+    clicked = len(seen(context).requests)
+    await form.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", level=1, name="Projects")).to_be_visible()
     await live(page)
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    reloaded = len(seen(context).requests)
+    await page.reload()
+    await live(page)
 
     stored = await page.evaluate(
         "() => Object.keys(sessionStorage).map((k) => sessionStorage.getItem(k))"
@@ -24,7 +34,9 @@ async def test_sign_in_keeps_the_token_for_the_tab_and_sends_it_as_a_bearer_head
     assert await page.evaluate("() => Object.values(localStorage)") == [], "not beyond the tab"
     assert await context.cookies() == [], "no cookie: a cookie would be sent by any page's form"
 
-    api_calls = [r for r in seen(context).requests if "/api/" in r.url or "/v3/" in r.url]
+    after = seen(context).requests[clicked:]
+    api_calls = [r for r in after if "/api/" in r.url or "/v3/" in r.url]
+    assert any(r for r in seen(context).requests[reloaded:] if "/api/" in r.url), "reloaded"
     assert api_calls, "the page called the API"
     for request in api_calls:
         headers = await request.all_headers()
