@@ -87,8 +87,9 @@ function context() {
   };
 }
 
-async function route() {
+async function route(event) {
   if (role === null) return;
+  const moved = Boolean(event); // a hashchange, not the first page of the visit
   const hash = location.hash || "#/projects";
   if (!location.hash) history.replaceState(null, "", "#/projects");
   leave();
@@ -106,6 +107,12 @@ async function route() {
       view.replaceChildren(ctx.alert);
       try {
         await page.render(ctx, view, ...params);
+        const heading = view.querySelector("h1");
+        document.title = heading ? `${heading.textContent} · lastbackend` : "lastbackend";
+        if (moved) {
+          view.focus({ preventScroll: true }); // a screen reader starts at the new page
+          window.scrollTo(0, 0);
+        }
       } catch (error) {
         if (error.name === "AbortError" || !ctx.active) return;
         ctx.alert.show(error.message);

@@ -138,9 +138,22 @@ function setError(f, message) {
   else f.control.removeAttribute("aria-invalid");
 }
 
-/** Whether the API's error path names this field (`config.env['A']` names `config.env`). */
+/** How closely the API's error path names this field (`config.env['A']` names `config.env`):
+ * the length of the longest of its paths that the error's path starts with, 0 for none. */
 function names(paths, path) {
-  return paths.some((p) => path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`));
+  const hits = paths.filter((p) => path === p || path.startsWith(`${p}.`) || path.startsWith(`${p}[`));
+  return Math.max(0, ...hits.map((p) => p.length));
+}
+
+/** The field an error's path names most closely (`health_check.data.endpoint`: Endpoint). */
+function named(fields, path) {
+  let best = null;
+  let score = 0;
+  for (const f of fields) {
+    const found = f.spec.api ? names(f.spec.api, path) : 0;
+    if (found > score) [best, score] = [f, found];
+  }
+  return best;
 }
 
 /**
@@ -172,7 +185,7 @@ export function form(name, specs, button, submit, { reset = true, extra = null }
     const rest = [];
     if (error.status === 422 && error.fields) {
       for (const [path, message] of error.fields()) {
-        const f = fields.find((x) => x.spec.api && names(x.spec.api, path));
+        const f = named(fields, path);
         if (f) setError(f, f.error.hidden ? message : `${f.error.textContent}; ${message}`);
         else rest.push(message);
       }

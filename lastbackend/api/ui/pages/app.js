@@ -1,7 +1,7 @@
 // An app (/v3): packages, droplets, the staging log followed live, start and stop, assigning a
 // droplet, and a zip uploaded (dropped or chosen) and staged.
 
-import { enc, follow, get, list, patch, post, request } from "../api.js";
+import { del, enc, follow, get, list, patch, post, request } from "../api.js";
 import { action, alertBox, fill, h, logView, short, table, uid, when } from "../dom.js";
 import { keys } from "../events.js";
 import { rollout, urls } from "./project.js";
@@ -9,7 +9,13 @@ import { rollout, urls } from "./project.js";
 export async function render(ctx, view, guid) {
   let app = await get(`/v3/apps/${enc(guid)}`, { signal: ctx.signal });
   const pid = app.relationships.space.guid;
-  const project = await get(`/api/projects/${enc(pid)}`, { signal: ctx.signal });
+  const project = { id: pid, name: "" }; // its name comes with the lists, for the crumbs
+  const crumb = h("a", { href: "#/projects" }, "project");
+  get(`/api/projects/${enc(pid)}`, { signal: ctx.signal }).then((found) => {
+    project.name = found.name;
+    crumb.textContent = found.name;
+    crumb.href = `#/projects/${enc(found.name)}`;
+  }, () => {});
   const service = `/api/projects/${enc(pid)}/services/${enc(guid)}`;
   const prefix = keys.service(pid, guid);
   let current = null; // the current droplet's guid
@@ -111,12 +117,16 @@ export async function render(ctx, view, guid) {
       action("Stop", async () => {
         app = await post(`/v3/apps/${enc(guid)}/actions/stop`);
         showSummary();
-      }, alert))
+      }, alert),
+      action("Delete app", async () => {
+        if (!confirm(`Delete app ${app.name} with its packages, droplets and containers?`)) return;
+        await del(`/v3/apps/${enc(guid)}`);
+        location.hash = project.name ? `#/projects/${enc(project.name)}` : "#/projects";
+      }, alert, { class: "danger" }))
     : null;
 
   fill(view,
-    h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ",
-      h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
+    h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / ", crumb, " / "),
     h("h1", {}, app.name),
     summary,
     controls,

@@ -1,8 +1,8 @@
 // A project: its services (run from an image) and its apps (staged from packages), live, and
 // forms to create either.
 
-import { enc, get, list, post } from "../api.js";
-import { fill, form, h, link, table } from "../dom.js";
+import { del, enc, get, list, post } from "../api.js";
+import { action, fill, form, h, link, table } from "../dom.js";
 import { keys } from "../events.js";
 
 /** What the lists show changes with these keys of a service (and the project's meta). */
@@ -65,6 +65,13 @@ export async function render(ctx, view, name) {
     h("p", { class: "crumbs" }, h("a", { href: "#/projects" }, "Projects"), " / "),
     h("h1", {}, project.name),
     project.description ? h("p", {}, project.description) : null,
+    ctx.canWrite
+      ? h("div", { class: "actions" }, action("Delete project", async () => {
+        if (!confirm(`Delete project ${project.name} with all its services, apps and containers?`)) return;
+        await del(base);
+        location.hash = "#/projects";
+      }, ctx.alert, { class: "danger" }))
+      : null,
     h("h2", {}, "Services"),
     services,
     h("h2", {}, "Apps"),

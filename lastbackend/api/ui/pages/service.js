@@ -1,14 +1,15 @@
 // A service: its containers, logs followed live, builds with their logs, the config form and
 // rollback to a revision. Everything below the heading follows the event stream.
 
-import { ApiError, enc, follow, get, list, post, put } from "../api.js";
+import { ApiError, del, enc, follow, get, list, post, put } from "../api.js";
 import { action, fill, form, h, logView, table, when } from "../dom.js";
 import { keys } from "../events.js";
 import { number, rollout, urls } from "./project.js";
 
 export async function render(ctx, view, projectName, name) {
-  const project = await get(`/api/projects/${enc(projectName)}`, { signal: ctx.signal });
-  const first = await get(`/api/projects/${enc(project.id)}/services/${enc(name)}`, { signal: ctx.signal });
+  // by names in one request (the API takes either); its answer names the ids the rest use
+  const first = await get(`/api/projects/${enc(projectName)}/services/${enc(name)}`, { signal: ctx.signal });
+  const project = { id: first.project, name: projectName };
   const base = `/api/projects/${enc(project.id)}/services/${enc(first.id)}`;
   const prefix = keys.service(project.id, first.id);
   let service = first;
@@ -128,6 +129,13 @@ export async function render(ctx, view, projectName, name) {
       h("a", { href: `#/projects/${enc(project.name)}` }, project.name), " / "),
     h("h1", {}, service.name),
     summary,
+    ctx.canWrite
+      ? h("div", { class: "actions" }, action("Delete service", async () => {
+        if (!confirm(`Delete service ${service.name} with its containers and builds?`)) return;
+        await del(base);
+        location.hash = `#/projects/${enc(project.name)}`;
+      }, ctx.alert, { class: "danger" }))
+      : null,
     h("h2", {}, "Containers"),
     containers,
     h("h2", {}, "Logs"),
@@ -136,7 +144,7 @@ export async function render(ctx, view, projectName, name) {
     builds,
     buildTitle,
     buildLog,
-    h("div", { class: "forms" }, ctx.canWrite ? await configForm(ctx, base, () => service) : configView(service), rollbackBox),
+    h("div", { class: "forms" }, ctx.canWrite ? configForm(ctx, base, () => service) : configView(service), rollbackBox),
   );
   await Promise.all([refreshContainers(), refreshBuilds(), refreshRevisions()]);
 }
@@ -180,8 +188,8 @@ function checkOf(text, endpoint) {
   return { type };
 }
 
-async function configForm(ctx, base, current) {
-  const config = await get(`${base}/config`, { signal: ctx.signal });
+function configForm(ctx, base, current) {
+  const config = current().config; // the service's answer carries its config
   const check = config.health_check;
   const el = form("Config", [
     { name: "replicas", label: "Replicas", type: "number", value: String(config.replicas), api: ["replicas", "config.replicas"] },
