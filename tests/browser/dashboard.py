@@ -7,6 +7,7 @@ processes they start, the tokens, a recording browser context, and what a user d
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import urllib.parse
 from pathlib import Path
@@ -246,8 +247,13 @@ WRITE_CONTROLS = [
     ("button", "Stop"),
     ("button", "Upload and stage"),
     ("button", "Rollback"),
+    ("form", "New registry account"),
+    ("button", "Add account"),
+    ("form", "Connect a vendor"),
 ]
-"""The controls that write: a read-only token must see none of them on any page."""
+"""The controls that write: a read-only token must see none of them on any page (nor a button
+named ``Delete ...`` or ``Disconnect ...``: :data:`WRITE_PREFIXES`)."""
+WRITE_PREFIXES = re.compile(r"^(Delete|Disconnect|Remove|Assign)\b")
 
 
 SERVED = "lastbackend-test/busybox-served:1"

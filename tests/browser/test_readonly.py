@@ -6,10 +6,12 @@ import pytest
 from playwright.async_api import Page, Route, expect
 
 from tests.browser.dashboard import (
+    ADMIN,
     PAGES,
     READ_ONLY,
     READER,
     WRITE_CONTROLS,
+    WRITE_PREFIXES,
     Api,
     Sample,
     fragment,
@@ -26,6 +28,13 @@ pytestmark = [pytest.mark.etcd, pytest.mark.browser, pytest.mark.asyncio(loop_sc
 
 @pytest.fixture(scope="module")
 def shop(guarded: Api) -> Sample:
+    """The sample, and a registry account and a vendor, so those pages have rows whose
+    delete or disconnect button a read-only token must not get."""
+    account = {"host": "registry.readable.test", "username": "ci", "password": "pw-0123"}
+    guarded.daemon.request(  # 201, or 409 when a rerun finds it
+        "POST", "/api/registries", account, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    guarded.call("PUT", "/api/vendors/gitlab", {"username": "ci", "token": "glpat-0123"})
     return sample(guarded, "readable")
 
 
@@ -44,6 +53,8 @@ async def test_a_read_only_token_sees_every_page_and_no_write_control(
                 found.setdefault(name, []).append(f"{role} {label!r}")
         if await page.get_by_label("Zip file").count():
             found.setdefault(name, []).append("file input 'Zip file'")
+        for button in await page.get_by_role("button", name=WRITE_PREFIXES).all():
+            found.setdefault(name, []).append(f"button {await button.inner_text()!r}")
     assert not found, f"write controls shown to a read-only token: {found}"
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
