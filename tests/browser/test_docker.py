@@ -8,6 +8,7 @@ Nothing is pulled: the service runs the offline busybox image of the e2e tests, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -120,8 +121,22 @@ async def test_a_service_made_in_the_form_shows_its_containers_as_they_start(
     for container in running:
         await expect(containers.filter(has_text=container["Id"][:12])).to_have_count(1)
 
-    api.call("PATCH", f"/api/projects/{project}/services/web/config", {"replicas": 1}, expect=200)
+    base = f"/api/projects/{project}/services/web"
+    api.call("PATCH", f"{base}/config", {"replicas": 1}, expect=200)
     await expect(containers).to_have_count(1, timeout=60_000)
+
+    # a second revision (another command), then back to the first from the Rollback control
+    api.call("PATCH", f"{base}/config", {"command": "sleep 3600"}, expect=200)
+    choice = page.get_by_role("group", name="Rollback").get_by_label("Revision")
+    await expect(choice.locator("option[value='2']")).to_be_attached(timeout=30_000)
+    await choice.select_option("1")
+    await page.get_by_role("button", name="Rollback", exact=True).click()
+    await expect(page.get_by_role("alert")).to_have_count(0)
+    for _ in range(100):
+        if api.call("GET", f"{base}/config")["command"] == "":
+            break
+        await asyncio.sleep(0.1)
+    assert api.call("GET", f"{base}/config")["command"] == "", "rolled back to revision 1"
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:
