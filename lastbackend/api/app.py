@@ -9,9 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from lastbackend.api import (
     apps,
+    cluster,
     dashboard,
     middlewares,
-    nodes,
     projects,
     registries,
     repos,
@@ -101,7 +101,7 @@ def make_app(
             builds_family,
             certificates_family,
             discovery_family,
-            nodes,
+            cluster,
         ):
             app.router.add_routes(family.routes)
         dashboard.install(app)

@@ -224,7 +224,8 @@ def schemas() -> dict[str, Any]:
 
 
 def _system_schemas() -> dict[str, Any]:
-    """``/api/whoami`` and ``/api/nodes``: what a dashboard asks first, and the nodes."""
+    """``/api/whoami``, ``/api/nodes`` and ``/api/leaders``: what a dashboard asks first, and
+    who runs what."""
     node = schema_of(pods.Node)
     node["properties"]["state"] = {
         "type": "string",
@@ -244,6 +245,19 @@ def _system_schemas() -> dict[str, Any]:
             "required": ["auth", "role"],
         },
         "Node": node,
+        "Leader": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "description": "services, gc, ..., node-<name>"},
+                "leader": {"type": "string", "description": "the holder's host/pid/random"},
+                "since_revision": {
+                    "type": "integer",
+                    "description": "the etcd revision its term began at",
+                },
+            },
+            "required": ["name", "leader", "since_revision"],
+        },
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from lastbackend import codec
 from lastbackend.api.dashboard import CSP
+from lastbackend.controllers.leader import LeaderElection
 from lastbackend.model.pods import Node
 from lastbackend.store import keys
 
@@ -160,3 +161,24 @@ async def test_nodes_lists_agents_and_lost_ones(secured, etcd):
 async def test_nodes_empty(api):
     body = await (await api.get("/api/nodes")).json()
     assert body["resources"] == []
+
+
+# --- leaders -------------------------------------------------------------------------------------
+
+
+async def test_leaders_are_read_from_the_election_keys(secured, etcd):
+    election = LeaderElection(etcd, "services", identity="host-a/42/cafe", ttl=5)
+    await election.campaign()
+    try:
+        resp = await secured.get("/api/leaders", headers=READ)
+        assert resp.status == 200
+        body = await resp.json()
+        assert [(x["name"], x["leader"]) for x in body["resources"]] == [
+            ("services", "host-a/42/cafe")
+        ]
+        assert body["resources"][0]["since_revision"] == election.term
+    finally:
+        await election.resign()
+    after = await (await secured.get("/api/leaders", headers=READ)).json()
+    assert after["resources"] == []  # a resigned leader's key goes with its lease
+    assert (await secured.get("/api/leaders")).status == 401

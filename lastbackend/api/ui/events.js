@@ -14,6 +14,7 @@ export const keys = {
   repos: `${ROOT}repos/`,
   nodes: `${ROOT}nodes/`,
   pods: `${ROOT}pods/`,
+  leaders: `${ROOT}system/leader/`,
 };
 
 const HEARTBEAT = 10; // seconds between the server's heartbeats
@@ -21,9 +22,15 @@ const SILENT = (HEARTBEAT * 2 + 5) * 1000; // no byte for this long: the connect
 const BACKOFF_MIN = 250;
 const BACKOFF_MAX = 8000;
 
+/**
+ * One followed stream. The page-wide one has the header's indicator and no prefix (every key
+ * but `system/`, which the server leaves out unless asked); a page may open one of its own
+ * with a prefix (the System page: `system/`, for the leaders).
+ */
 export class EventStream {
-  constructor(indicator) {
+  constructor(indicator, prefix = "") {
     this.indicator = indicator;
+    this.prefix = prefix;
     this.listeners = new Set();
     this.lastId = "";
     this.running = false;
@@ -51,6 +58,7 @@ export class EventStream {
   }
 
   setState(state) {
+    if (!this.indicator) return;
     this.indicator.dataset.state = state;
     this.indicator.querySelector(".text").textContent = state;
     this.indicator.title = `Event stream: ${state}`;
@@ -75,7 +83,8 @@ export class EventStream {
       try {
         const headers = authHeaders();
         if (this.lastId) headers["Last-Event-ID"] = this.lastId;
-        const resp = await fetch(`/api/events?heartbeat=${HEARTBEAT}`, {
+        const query = `heartbeat=${HEARTBEAT}${this.prefix ? `&prefix=${encodeURIComponent(this.prefix)}` : ""}`;
+        const resp = await fetch(`/api/events?${query}`, {
           headers,
           signal: this.abort.signal,
           cache: "no-store",

@@ -1,9 +1,15 @@
-"""``GET /api/nodes``: the node agents the key tree knows of, for dashboards (read-only).
+"""``GET /api/nodes`` and ``GET /api/leaders``: who runs what, from the key tree (read-only).
 
+Nodes.
 A node agent keeps ``nodes/<name>`` on its lease, so the key exists while the agent lives; the
 pods the services controller assigned stay at ``pods/<node>/<pod>`` for ``node.eviction_timeout``
 after it is gone. A node is therefore ``ready`` (its key is there) or ``lost`` (only pods of it
 are left: they move elsewhere once the eviction timeout passes).
+
+Leaders. Each controller (and each node agent, ``node-<name>``) is elected at
+``system/leader/<name>``, whose value is the leader's identity (host, pid, a random part) and
+which lives on the leader's lease: a name with no key has no leader now. Any API process can
+tell, whichever processes run the controllers; ``/readyz`` tells only about its own.
 """
 
 from __future__ import annotations
@@ -47,6 +53,35 @@ async def index(request: web.Request) -> web.Response:
         {**nodes[name], "pods": counts.get(name, 0)}
         for name in sorted(nodes, reverse=pg.descending)
     ]
+    chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    return json_response(
+        page_body(request, pg, len(items), chosen),
+        headers={"X-Etcd-Revision": str(found.revision)},
+    )
+
+
+@routes.get("/api/leaders")
+@doc(
+    "The elected leaders: each controller's and node agent's election key and who holds it",
+    response="Leader",
+    paginated=True,
+)
+async def leaders(request: web.Request) -> web.Response:
+    pg = paging(request)
+    found = await request.app[STATE].etcd.range(keys.LEADERS)
+    items = sorted(
+        (
+            {
+                "name": name,
+                "leader": kv.value.decode(errors="replace"),
+                "since_revision": kv.create_revision,
+            }
+            for kv in found.kvs
+            if (name := keys.entry_of(keys.LEADERS, kv.key)) is not None
+        ),
+        key=lambda item: item["name"],
+        reverse=pg.descending,
+    )
     chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
     return json_response(
         page_body(request, pg, len(items), chosen),
