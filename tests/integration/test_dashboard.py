@@ -81,6 +81,9 @@ async def test_every_module_imported_is_served_and_nothing_is_external(api):
                     path.append(part)
             todo.append("/".join(path))
     assert len(seen) > 5, seen
+    index = await (await api.get("/ui/")).text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="([^"]+)">', index))
+    assert preloaded == seen - {"app.js"}, "index.html preloads every module, and only those"
 
 
 @pytest.mark.parametrize(

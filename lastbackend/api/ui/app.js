@@ -46,6 +46,11 @@ function leave() {
  * that ends its requests and followed logs when it is left, and `live(match, refresh)`,
  * which calls `refresh()` (coalesced) after each event whose key `match` accepts and after
  * the stream had to start again.
+ *
+ * Events are kept from the moment the page is entered until its first render is done
+ * (`settle`), then offered to every `live` the page registered: a page learns the ids its keys
+ * hold only from its first answers, and a change made while those were on their way must not
+ * be lost.
  */
 function context() {
   const abort = new AbortController();
@@ -53,6 +58,12 @@ function context() {
   current = { abort, cleanups };
   const page = current;
   const alert = alertBox();
+  const watchers = [];
+  let early = [];
+  cleanups.push(stream.subscribe((event) => {
+    if (early !== null) early.push(event);
+    else for (const watch of watchers) watch(event);
+  }));
   return {
     role,
     canWrite: role === "admin",
@@ -79,10 +90,15 @@ function context() {
           }, 60);
         }
       };
-      cleanups.push(stream.subscribe((event) => {
+      watchers.push((event) => {
         if (event === null || match(event.key, event)) schedule();
-      }));
+      });
       cleanups.push(() => clearTimeout(timer));
+    },
+    settle() {
+      const kept = early || [];
+      early = null;
+      for (const event of kept) for (const watch of watchers) watch(event);
     },
   };
 }
@@ -117,10 +133,13 @@ async function route(event) {
         if (error.name === "AbortError" || !ctx.active) return;
         ctx.alert.show(error.message);
         if (!view.querySelector("h1")) view.prepend(h("h1", {}, "Not available"));
+      } finally {
+        ctx.settle();
       }
       return;
     }
   }
+  ctx.settle();
   view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/projects" }, "Projects")));
 }
 

@@ -7,6 +7,12 @@ import { keys } from "../events.js";
 import { rollout, urls } from "./project.js";
 
 export async function render(ctx, view, guid) {
+  // the lists are by the app's guid: they go out with the app's own request
+  const firstLists = Promise.all([
+    list(`/v3/apps/${enc(guid)}/packages`, { signal: ctx.signal }),
+    list(`/v3/apps/${enc(guid)}/droplets`, { signal: ctx.signal }),
+  ]);
+  firstLists.catch(() => {}); // a failure is the app's 404, reported by its own request
   let app = await get(`/v3/apps/${enc(guid)}`, { signal: ctx.signal });
   const pid = app.relationships.space.guid;
   const project = { id: pid, name: "" }; // its name comes with the lists, for the crumbs
@@ -95,9 +101,9 @@ export async function render(ctx, view, guid) {
     showSummary();
     if (was !== current) droplets.update(shown); // the Current column and Assign buttons
   };
-  const refreshPackages = async () => packages.update(await list(`/v3/apps/${enc(guid)}/packages`, { signal: ctx.signal }));
-  const refreshDroplets = async () => {
-    const items = await list(`/v3/apps/${enc(guid)}/droplets`, { signal: ctx.signal });
+  const refreshPackages = async (given) => packages.update(given || (await list(`/v3/apps/${enc(guid)}/packages`, { signal: ctx.signal })));
+  const refreshDroplets = async (given) => {
+    const items = given || (await list(`/v3/apps/${enc(guid)}/droplets`, { signal: ctx.signal }));
     items.reverse(); // newest first
     shown = items;
     droplets.update(items);
@@ -138,7 +144,8 @@ export async function render(ctx, view, guid) {
     stagingTitle,
     staging,
   );
-  await Promise.all([refreshApp(), refreshPackages(), refreshDroplets()]);
+  const [pkgs, drops] = await firstLists;
+  await Promise.all([refreshApp(), refreshPackages(pkgs), refreshDroplets(drops)]);
 }
 
 /** The drop zone: a zip (or tar.gz) dropped or chosen becomes a bits package, then a droplet. */

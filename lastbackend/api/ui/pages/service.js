@@ -7,8 +7,17 @@ import { keys } from "../events.js";
 import { number, rollout, urls } from "./project.js";
 
 export async function render(ctx, view, projectName, name) {
-  // by names in one request (the API takes either); its answer names the ids the rest use
-  const first = await get(`/api/projects/${enc(projectName)}/services/${enc(name)}`, { signal: ctx.signal });
+  // The first requests go out together, by names (the API takes names or ids); the service's
+  // answer names the ids that every later request and the event keys use.
+  const named = `/api/projects/${enc(projectName)}/services/${enc(name)}`;
+  const opts = { signal: ctx.signal };
+  const firstLists = Promise.all([
+    list(`${named}/containers`, opts),
+    list(`${named}/builds?order_by=-number`, opts),
+    list(`${named}/revisions`, opts),
+  ]);
+  firstLists.catch(() => {}); // a failure is the service's 404, reported by its own request
+  const first = await get(named, opts);
   const project = { id: first.project, name: projectName };
   const base = `/api/projects/${enc(project.id)}/services/${enc(first.id)}`;
   const prefix = keys.service(project.id, first.id);
@@ -109,14 +118,14 @@ export async function render(ctx, view, projectName, name) {
     service = await get(base, { signal: ctx.signal });
     showSummary();
   };
-  const refreshContainers = async () => {
-    const items = await list(`${base}/containers`, { signal: ctx.signal });
+  const refreshContainers = async (given) => {
+    const items = given || (await list(`${base}/containers`, { signal: ctx.signal }));
     items.sort((a, b) => String(a.created).localeCompare(String(b.created)) || a.id.localeCompare(b.id));
     containers.update(items);
     followLogs(items.filter((c) => c.status === "running"));
   };
-  const refreshBuilds = async () => builds.update(await list(`${base}/builds?order_by=-number`, { signal: ctx.signal }));
-  const refreshRevisions = async () => showRevisions(await list(`${base}/revisions`, { signal: ctx.signal }));
+  const refreshBuilds = async (given) => builds.update(given || (await list(`${base}/builds?order_by=-number`, { signal: ctx.signal })));
+  const refreshRevisions = async (given) => showRevisions(given || (await list(`${base}/revisions`, { signal: ctx.signal })));
 
   ctx.live((key) => key.startsWith(`${prefix}containers/`), refreshContainers);
   ctx.live((key) => key.startsWith(`${prefix}builds/`), refreshBuilds);
@@ -146,7 +155,8 @@ export async function render(ctx, view, projectName, name) {
     buildLog,
     h("div", { class: "forms" }, ctx.canWrite ? configForm(ctx, base, () => service) : configView(service), rollbackBox),
   );
-  await Promise.all([refreshContainers(), refreshBuilds(), refreshRevisions()]);
+  const [found, built, deployed] = await firstLists;
+  await Promise.all([refreshContainers(found), refreshBuilds(built), refreshRevisions(deployed)]);
 }
 
 const lines = (text) => text.split(/[\n,]/).map((l) => l.trim()).filter(Boolean);
