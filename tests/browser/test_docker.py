@@ -125,10 +125,14 @@ async def test_a_service_made_in_the_form_shows_its_containers_as_they_start(
     api.call("PATCH", f"{base}/config", {"replicas": 1}, expect=200)
     await expect(containers).to_have_count(1, timeout=60_000)
 
-    # a second revision (another command), then back to the first from the Rollback control
-    api.call("PATCH", f"{base}/config", {"command": "sleep 3600"}, expect=200)
+    # a second revision whose container logs a line: the page follows it live; then back to
+    # the first revision from the Rollback control
+    command = "echo logged by revision 2; exec sleep 3600"
+    api.call("PATCH", f"{base}/config", {"command": command}, expect=200)
     choice = page.get_by_role("group", name="Rollback").get_by_label("Revision")
     await expect(choice.locator("option[value='2']")).to_be_attached(timeout=30_000)
+    logs = page.get_by_role("log", name="Logs")
+    await expect(logs).to_contain_text("logged by revision 2", timeout=30_000)
     await choice.select_option("1")
     await page.get_by_role("button", name="Rollback", exact=True).click()
     await expect(page.get_by_role("alert")).to_have_count(0)
