@@ -162,6 +162,12 @@ function showSignIn(message = "") {
   signin.render(view, message, (found) => start(found));
 }
 
+// The skip link must not change the hash: that is the router's.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  view.focus();
+});
+
 signout.addEventListener("click", () => {
   session.token = "";
   showSignIn();
