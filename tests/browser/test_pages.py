@@ -59,7 +59,12 @@ async def test_the_project_and_service_pages_show_their_objects(
     await project_row.get_by_role("link", name=shop.project).click()
     await expect(page).to_have_url(f"{guarded.ui}#/projects/{shop.project}")
     await expect(page.get_by_role("heading", level=1, name=shop.project)).to_be_visible()
-    await expect(rows(page, "Services").filter(has_text=shop.service)).to_have_count(1)
+    service_row = rows(page, "Services").filter(has_text=shop.service)
+    await expect(service_row).to_have_count(1)
+    await expect(service_row).to_contain_text("busybox:1.36")  # its image
+    await expect(service_row.get_by_role("link", name=shop.service)).to_have_attribute(
+        "href", f"#/projects/{shop.project}/services/{shop.service}"
+    )
     await expect(rows(page, "Apps").filter(has_text=shop.app)).to_have_count(1)
 
     await visit(page, guarded, fragment("service", shop), shop.service)
