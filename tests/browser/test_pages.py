@@ -157,6 +157,11 @@ async def test_every_page_fits_the_screen_width(
     try:
         page = await context.new_page()
         await sign_in(page, guarded)
+        nav = page.get_by_role("navigation", name="Main")
+        for name in NAV:  # every link on the screen, none pushed past its edge
+            box = await nav.get_by_role("link", name=name, exact=True).bounding_box()
+            assert box is not None, name
+            assert 0 <= box["x"] <= box["x"] + box["width"] <= viewport["width"], (name, box)
         overflowing = {}
         for name, template in PAGES:
             await visit(page, guarded, fragment(name, shop), heading(template, shop))
