@@ -174,3 +174,25 @@ async def test_every_page_fits_the_screen_width(
     finally:
         await context.close()
     check_seen(context)
+
+
+async def test_build_tags_show_repos_tags_and_artifacts_as_they_are_recorded(
+    page: Page, guarded: Api
+) -> None:
+    repo = unique("repo")
+    guarded.call("PUT", f"/api/repos/{repo}", {"source_url": f"https://git.example/{repo}"})
+    await sign_in(page, guarded)
+    await visit(page, guarded, "repos", "Build tags")
+    await expect(rows(page, "Repos").filter(has_text=repo)).to_have_count(1)
+    await live(page)
+
+    tag = {
+        "build_id": "4321",
+        "commit_id": "5e8f1a7",
+        "artifacts": {"client-jar": {"type": "file", "url": "https://files.example/c.jar"}},
+    }
+    guarded.call("PUT", f"/api/repos/{repo}/branches/main/tags/untested", tag)
+    row = rows(page, "Tags").filter(has_text=repo)
+    await expect(row).to_have_count(1)
+    for shown in ("main", "untested", "4321", "client-jar"):
+        await expect(row).to_contain_text(shown)
