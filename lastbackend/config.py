@@ -67,6 +67,8 @@ class Settings:
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
     etcd_timeout: float = 5.0
+    etcd_watch_thread: bool = True
+    """Read watches on a thread of their own (:meth:`lastbackend.store.etcd.Etcd.watch_batches`)."""
     embedded_client: str = "127.0.0.1:23790"
     embedded_peer: str = "127.0.0.1:23800"
     # [api]
@@ -95,6 +97,8 @@ class Settings:
     refuses to start; an API reads no node's logs."""
     # [daemon]
     data_dir: Path = attrs.field(factory=_default_data_dir)
+    event_loop: str = "asyncio"
+    """``asyncio`` or ``uvloop``: the event loop every process runs on (docs/benchmarks.md)."""
     # [log]
     log_level: str = "info"
     log_format: str = "json"
@@ -280,6 +284,10 @@ class Settings:
             )
         if self.node_eviction_timeout < 0:
             raise ConfigError("node.eviction_timeout must be 0 or more seconds")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"daemon.event_loop (LB_EVENT_LOOP) must be asyncio or uvloop: {self.event_loop!r}"
+            )
         if self.log_level not in {"debug", "info", "warning", "error"}:
             raise ConfigError(f"log level must be debug, info, warning or error: {self.log_level}")
         if self.log_format not in {"json", "console"}:
@@ -480,6 +488,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "cert": "etcd_cert",
         "key": "etcd_key",
         "timeout": "etcd_timeout",
+        "watch_thread": "etcd_watch_thread",
         "embedded_client": "embedded_client",
         "embedded_peer": "embedded_peer",
     },
@@ -497,7 +506,7 @@ FILE_KEYS: Mapping[str, Mapping[str, str]] = {
         "read_tokens": "read_tokens",
         "node_token": "node_token",
     },
-    "daemon": {"data_dir": "data_dir"},
+    "daemon": {"data_dir": "data_dir", "event_loop": "event_loop"},
     "log": {"level": "log_level", "format": "log_format"},
     "node": {
         "name": "node_name",
@@ -541,6 +550,8 @@ ENV_KEYS: Mapping[str, str] = {
     "LB_ETCD_CA": "etcd_ca",
     "LB_ETCD_CERT": "etcd_cert",
     "LB_ETCD_KEY": "etcd_key",
+    "LB_ETCD_WATCH_THREAD": "etcd_watch_thread",
+    "LB_EVENT_LOOP": "event_loop",
     "LB_LISTEN": "listen",
     "LB_API_HOSTS": "api_hosts",
     "LB_API_CORS_ORIGINS": "cors_origins",
@@ -582,6 +593,12 @@ ENV_KEYS: Mapping[str, str] = {
 }
 
 
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+"""How an environment variable spells a boolean (a file uses TOML's own)."""
+
+
 def _coerce(field: str, value: Any, source: str) -> Any:
     kind = attrs.fields_dict(Settings)[field].type
     if "tuple" in str(kind):
@@ -594,6 +611,12 @@ def _coerce(field: str, value: Any, source: str) -> Any:
         if not isinstance(value, str | Path):
             raise ConfigError(f"{source}: must be a path")
         return Path(value).expanduser() if str(value) else None
+    if kind in ("bool", bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOLS:
+            return _BOOLS[value.lower()]
+        raise ConfigError(f"{source}: must be true or false, got {value!r}")
     if kind in ("float", float):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"{source}: must be a number")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from lastbackend.api import (
     apps,
@@ -31,6 +31,7 @@ from lastbackend.api import packages as packages_family
 from lastbackend.api import vendors as vendors_family
 from lastbackend.api.state import STATE, LogSource, State
 from lastbackend.config import Settings
+from lastbackend.store.cache import ReadCache
 from lastbackend.store.etcd import Etcd
 
 
@@ -84,6 +85,9 @@ def make_app(
     app.router.add_routes(system.routes)
     app.router.add_routes(logs_family.node_routes)
     if families:
+        app[STATE].cache = ReadCache(etcd)
+        _cache_metrics(registry, app[STATE].cache)
+        app.on_startup.append(_start_cache)
         for family in (
             projects,
             services,
@@ -106,6 +110,39 @@ def make_app(
             app.router.add_routes(family.routes)
         dashboard.install(app)
     return app
+
+
+def _cache_metrics(registry: CollectorRegistry, cache: ReadCache) -> None:
+    """The read cache on ``/metrics``: how reads were answered, and how far it has got."""
+    reads = Gauge(
+        "lastbackend_api_cache_reads",
+        "Reads of cached families since start, by what answered them: memory (the cache had "
+        "caught up) or etcd (it had not, within the bound).",
+        ["answer"],
+        registry=registry,
+    )
+    reads.labels("memory").set_function(lambda: cache.hits)
+    reads.labels("etcd").set_function(lambda: cache.fallbacks)
+    Gauge(
+        "lastbackend_api_cache_revision_reads",
+        "etcd calls made for the current revision (one serves every read waiting at the time).",
+        registry=registry,
+    ).set_function(lambda: cache.revisions.calls)
+    Gauge(
+        "lastbackend_api_cache_revision",
+        "The revision the read cache has applied.",
+        registry=registry,
+    ).set_function(lambda: cache.informer.revision)
+    Gauge(
+        "lastbackend_api_cache_keys", "Keys held in the read cache.", registry=registry
+    ).set_function(lambda: len(cache.informer.cache))
+
+
+async def _start_cache(app: web.Application) -> None:
+    """Start filling the read cache; reads go to etcd until it has synced."""
+    cache = app[STATE].cache
+    if cache is not None:
+        cache.start()
 
 
 async def _closing(app: web.Application) -> None:

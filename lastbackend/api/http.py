@@ -153,15 +153,26 @@ def if_match(request: web.Request) -> int | None:
     return value
 
 
+def encode(data: Any) -> bytes:
+    """A JSON body as every response writes it: compact, UTF-8."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def json_response(
-    data: Any, *, status: int = 200, revision: int | None = None, headers: Mapping[str, str] = {}
+    data: Any,
+    *,
+    status: int = 200,
+    revision: int | None = None,
+    headers: Mapping[str, str] = {},
+    encoded: bytes | None = None,
 ) -> web.Response:
+    """``data`` as JSON (or ``encoded``, a body :func:`encode` already made)."""
     out = dict(headers)
     if revision is not None:
         out["ETag"] = etag(revision)
     return web.Response(
         status=status,
-        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        body=encoded if encoded is not None else encode(data),
         content_type="application/json",
         headers=out,
     )
@@ -210,6 +221,15 @@ def list_filter(request: web.Request, name: str, kind: Any) -> set[str] | None:
             reason = exc.errors[0].reason
             raise bad_query(name, f"{reason} (a comma-separated list)") from None
     return set(values)
+
+
+def page_json(
+    request: web.Request, paging: Paging, total: int, resources: Sequence[bytes]
+) -> bytes:
+    """:func:`page_body` encoded, from resources already encoded (each made once per version of
+    its object): the same bytes :func:`encode` would write for the whole page."""
+    pagination = encode(page_body(request, paging, total, [])["pagination"])
+    return b'{"pagination":' + pagination + b',"resources":[' + b",".join(resources) + b"]}"
 
 
 def page_body(

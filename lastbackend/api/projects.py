@@ -11,9 +11,10 @@ from lastbackend.api.http import (
     body,
     decode,
     doc,
+    encode,
     if_match,
     json_response,
-    page_body,
+    page_json,
     paging,
     read_object,
 )
@@ -33,6 +34,17 @@ def view(record: Record) -> dict[str, Any]:
         **codec.unstructure(meta),
         "links": {"self": {"href": href}, "services": {"href": f"{href}/services"}},
     }
+
+
+def shown(request: web.Request, record: Record) -> bytes:
+    """:func:`view` encoded, made once per version of the project (``State.views``)."""
+    views = request.app[STATE].views
+    token = ("project", record.id, record.revision)
+    made = views.get(token)
+    if made is None:
+        made = encode(view(record))
+        views.put(token, made)
+    return made  # type: ignore[no-any-return]
 
 
 def _spec(record: Record) -> dict[str, Any]:
@@ -69,7 +81,8 @@ async def index(request: web.Request) -> web.Response:
         page=pg.page, per_page=pg.per_page, descending=pg.descending
     )
     return json_response(
-        page_body(request, pg, page.total, [view(r) for r in page.records]),
+        None,
+        encoded=page_json(request, pg, page.total, [shown(request, r) for r in page.records]),
         headers={"X-Etcd-Revision": str(page.revision)},
     )
 
@@ -78,7 +91,7 @@ async def index(request: web.Request) -> web.Response:
 @doc("Get a project by id or name", response="Project")
 async def show(request: web.Request) -> web.Response:
     record = await request.app[STATE].projects.get(request.match_info["project"])
-    return json_response(view(record), revision=record.revision)
+    return json_response(None, encoded=shown(request, record), revision=record.revision)
 
 
 @routes.patch("/api/projects/{project}")

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from lastbackend import codec
 from lastbackend.api.errors import ApiError, bad_query
-from lastbackend.api.http import Handler, doc, json_response, read_json
+from lastbackend.api.http import Handler, doc, encode, json_response, read_json
 from lastbackend.api.state import STATE
 from lastbackend.model import repos as model
 from lastbackend.store.repos import Repos, Snapshot, TooLarge
@@ -46,7 +46,8 @@ _TRUE, _FALSE = ("1", "true"), ("0", "false")
 
 
 def _store(request: web.Request) -> Repos:
-    return Repos(request.app[STATE].etcd)
+    state = request.app[STATE]
+    return Repos(state.etcd, state.cache.repos if state.cache is not None else None)
 
 
 def ids_of(request: web.Request, depth: int) -> tuple[str, ...]:
@@ -85,20 +86,20 @@ def not_modified(request: web.Request, tag: str) -> bool:
     return "*" in offered or tag in offered
 
 
-def _view(value: Any) -> Any:
-    return codec.unstructure(value)
-
-
-def answer(request: web.Request, snap: Snapshot, data: Any = None) -> web.Response:
-    """200 with the value (or ``data``) and its ETag; 304 if the client has that version."""
+def answer(
+    request: web.Request, snap: Snapshot, data: Any = None, *, encoded: bytes | None = None
+) -> web.Response:
+    """200 with the value (or ``data``, or the ``encoded`` body) and its ETag; 304 if the client
+    has that version."""
     headers = {}
     if snap.version is not None:
         tag = etag(snap.version)
         if request.method in ("GET", "HEAD") and not_modified(request, tag):
             return web.Response(status=304, headers={"ETag": tag})
         headers["ETag"] = tag
-    body = _view(snap.value) if data is None else data
-    return json_response(body, headers=headers)
+    if encoded is not None:
+        return json_response(None, headers=headers, encoded=encoded)
+    return json_response(snap.view if data is None else data, headers=headers)
 
 
 def _getter(depth: int) -> Handler:
@@ -197,4 +198,13 @@ async def repo_tags(request: web.Request) -> web.Response:
 @doc("Everything: {repos: {<repo-id>: Repo}, revision: <etcd revision>}", response="Data")
 async def data(request: web.Request) -> web.Response:
     snap = await _store(request).data()
-    return answer(request, snap, {"repos": _view(snap.value), "revision": snap.revision})
+    # The repos' JSON is made once per version of the whole tree (``State.views``): the version
+    # names its keys exactly (store/repos.py), so equal versions are equal bodies.
+    views = request.app[STATE].views
+    token = ("data", snap.version)
+    repos = views.get(token)
+    if repos is None:
+        repos = encode(snap.view)
+        views.put(token, repos)
+    body = b'{"repos":' + repos + b',"revision":' + str(snap.revision).encode() + b"}"
+    return answer(request, snap, encoded=body)

@@ -17,9 +17,10 @@ from lastbackend.store import images as image_store
 from lastbackend.store import projects, services
 from lastbackend.store.apps import Apps
 from lastbackend.store.builds import Builds
+from lastbackend.store.cache import ReadCache
 from lastbackend.store.droplets import Droplets
 from lastbackend.store.etcd import Etcd
-from lastbackend.store.objects import NameCache, Objects
+from lastbackend.store.objects import LRU, NameCache, Objects
 from lastbackend.store.packages import Packages
 from lastbackend.store.registries import Registries
 from lastbackend.store.vendors import Vendors
@@ -32,6 +33,9 @@ raises ``LookupError`` for a container that is not this node's (404) and ``Conne
 the engine cannot answer (503). A callable, not the agent: ``api`` imports nothing from ``node``.
 """
 
+VIEWS = 20_000
+"""Views kept by :attr:`State.views` (about 1 KB each)."""
+
 CONNECT_TIMEOUT = 5.0
 """Seconds to connect to a node; reads have no limit, since a followed log may idle for hours."""
 
@@ -41,6 +45,12 @@ class State:
     settings: Settings
     etcd: Etcd
     names: NameCache = attrs.Factory(NameCache)
+    cache: ReadCache | None = None
+    """The read cache (``store.cache``), where this process serves the API families; started
+    and closed with the app. Without it every read goes to etcd."""
+    views: LRU = attrs.Factory(lambda: LRU(VIEWS))
+    """(kind, id, version) -> an object's encoded JSON view: a version never changes, so one made
+    once serves every later read of it (a page of 50 from the cache is then 50 lookups)."""
     controllers: Callable[[], Mapping[str, Mapping[str, object]]] | None = None
     """Per in-process controller: {"ready": bool, ...}; ``/readyz`` is 503 until all are ready.
     A callable, not the manager: ``api`` imports nothing from ``controllers``."""
@@ -102,6 +112,8 @@ class State:
         return self._http
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -120,7 +132,9 @@ class State:
 
     @property
     def projects(self) -> Objects:
-        return projects.projects(self.etcd, self.names)
+        return projects.projects(
+            self.etcd, self.names, self.cache.projects if self.cache is not None else None
+        )
 
     def services(self, pid: str) -> Objects:
         return services.services(self.etcd, self.names, pid)

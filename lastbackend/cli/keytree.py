@@ -28,7 +28,12 @@ def connect(settings: Settings) -> Etcd:
         tls = etcd_tls.client_tls(settings.embedded_tls_dir)
     else:
         tls = TLS(settings.etcd_ca, settings.etcd_cert, settings.etcd_key)
-    return Etcd(settings.endpoints, tls=tls, timeout=settings.etcd_timeout)
+    return Etcd(
+        settings.endpoints,
+        tls=tls,
+        timeout=settings.etcd_timeout,
+        watch_thread=settings.etcd_watch_thread,
+    )
 
 
 def _render(value: bytes) -> Any:

@@ -173,6 +173,7 @@ async def _run_roles(
         etcd=",".join(settings.endpoints),
         roles=sorted(roles),
         node=settings.node if "node" in roles else None,
+        event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
     )
     if manager is not None:
         manager.start()
@@ -276,9 +277,10 @@ def run(command: str, settings: Settings, roles: frozenset[str], *, generated: b
         error(str(exc))
         return 2
     try:
-        return asyncio.run(
-            serve(settings, roles=roles, embedded=command == "daemon", descriptor=descriptor)
-        )
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            return runner.run(
+                serve(settings, roles=roles, embedded=command == "daemon", descriptor=descriptor)
+            )
     except (EtcdNotFound, etcd_tls.CredentialsError) as exc:
         error(str(exc))
         return 2
@@ -287,3 +289,12 @@ def run(command: str, settings: Settings, roles: frozenset[str], *, generated: b
         return 1
     except asyncio.CancelledError:
         return 1
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``daemon.event_loop`` names; ``None`` is asyncio's own."""
+    if name == "uvloop":
+        import uvloop  # only when asked for: an optional dependency
+
+        return uvloop.new_event_loop
+    return None

@@ -2,8 +2,9 @@
 
 The framework, in the client-go / controller-runtime shape, on asyncio:
 
-- :mod:`~lastbackend.controllers.informer`: list + watch a prefix into an in-memory cache, with
-  exactly-once delivery across etcd restarts and a relist (deletes included) after compaction;
+- :mod:`~lastbackend.store.informer` (in the store layer, so the API's read cache uses the same
+  code): list + watch a prefix into an in-memory cache, with exactly-once delivery across etcd
+  restarts and a relist (deletes included) after compaction;
 - :mod:`~lastbackend.controllers.queue`: the de-duplicating work queue with per-key backoff, a
   global rate limit and periodic resync;
 - :mod:`~lastbackend.controllers.leader`: one leader per controller on an etcd lease, with
@@ -16,7 +17,6 @@ A controller module (``services``, ``builds``, ...) subclasses :class:`Controlle
 from ``model`` and ``store``, never from ``api``.
 """
 
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.leader import LeaderElection, NotLeader
 from lastbackend.controllers.queue import QueueShutDown, WorkQueue, resync
 from lastbackend.controllers.runner import (
@@ -32,7 +32,6 @@ __all__ = [
     "Controller",
     "ControllerMetrics",
     "ControllerRunner",
-    "Informer",
     "LeaderElection",
     "Manager",
     "NotLeader",

@@ -12,12 +12,25 @@ asyncio side hands it plain :class:`Outgoing` values through an
 revision's messages, in order; the injector keeps the order of events.
 
 **Receivers** attach a receiving link (our sending link) whose source address is an object's
-address; they get the messages published to exactly that address from then on: no replay, no
-wildcards. A link with no source address, a dynamic one, or one that does not start with
+address; they get the messages published to exactly that address from then on, no wildcards.
+A link with no source address, a dynamic one, or one that does not start with
 :data:`ADDRESS_PREFIX` is refused (``amqp:not-found``), and so is a link that tries to send to us
 (``amqp:not-allowed``): the tree is written through the API only. There is no authentication
 (SASL ANONYMOUS): anyone who can connect reads every build tag, so the listener belongs on
 loopback or a private network.
+
+**Resuming.** A receiver that names, in its link's source filter, the last revision it has seen
+(:data:`AFTER_REVISION` -> an integer, plain or described) first gets the messages of its address
+with a greater ``revision`` property that this hub still holds, in order, then the later ones: a
+receiver that reconnects, to this process or to the next leader, loses and repeats nothing. The
+hub keeps the last :data:`REPLAY` messages it published, and knows from which revision on it holds
+every one (``complete_after``: where the events controller started publishing, moved up as old
+messages are dropped); a receiver asking for an older revision cannot be served exactly and is
+refused with ``lastbackend:replay-unavailable``, saying from which revision on it can be (read
+the objects through the API, then attach from a revision after that). The filter is echoed in
+the attach, as AMQP says a sender does with the filters it applies. A receiver without the filter
+gets live messages only: not those a new leader sends first to catch up on revisions made
+before its term (``live_after``).
 
 **Flow control.** A message goes out when the link has credit; up to :data:`BACKLOG` wait per
 link and older ones are dropped beyond that (logged), so a stalled receiver costs bounded memory
@@ -57,7 +70,19 @@ from typing import Any
 
 import attrs
 import structlog
-from proton import Condition, Connection, Delivery, Endpoint, Link, Message, Sender, Url
+from proton import (
+    Condition,
+    Connection,
+    Delivery,
+    Described,
+    Endpoint,
+    Link,
+    Message,
+    Sender,
+    Url,
+    symbol,
+    ulong,
+)
 from proton.handlers import MessagingHandler
 from proton.reactor import ApplicationEvent, Container, EventInjector
 
@@ -65,6 +90,10 @@ log = structlog.get_logger("lastbackend.controllers.amqp")
 
 ADDRESS_PREFIX = "repos/"
 """The addresses a receiver may attach to (seed 003's AMQP events)."""
+AFTER_REVISION = "lastbackend:after-revision"
+"""The source filter a resuming receiver names its last seen revision with (see Resuming)."""
+REPLAY = 10_000
+"""Messages published kept for resuming receivers; the oldest are dropped beyond this."""
 BACKLOG = 1000
 """Messages kept per link while it has no credit; the oldest are dropped beyond this."""
 FORWARD_LINKS = 256
@@ -106,6 +135,9 @@ class AmqpHub:
         *,
         backlog: int = BACKLOG,
         name: str = "events",
+        complete_after: int = 0,
+        live_after: int = 0,
+        replay: int = REPLAY,
     ) -> None:
         self.listen = listen
         self.forward = forward or None
@@ -116,7 +148,7 @@ class AmqpHub:
         self._started = threading.Event()
         self._lock = threading.Lock()  # orders triggers before the injector's pipe is closed
         self._pipe_closed = False
-        self._handler = _Hub(self, backlog)
+        self._handler = _Hub(self, backlog, replay, complete_after, live_after)
         self._thread = threading.Thread(target=self._run, name=f"amqp-{name}", daemon=True)
         self._done: asyncio.Future[None] | None = None
         self._stopping = False
@@ -127,6 +159,11 @@ class AmqpHub:
     def __repr__(self) -> str:
         forward = _hidden_userinfo(self.forward) if self.forward else None
         return f"<AmqpHub listen={self.listen} forward={forward} listening={self.listening}>"
+
+    @property
+    def complete_after(self) -> int:
+        """The revision after which this hub holds every message it published (see Resuming)."""
+        return self._handler.complete_after
 
     async def start(self) -> None:
         """Start the reactor thread; returns once it has tried to listen (see :attr:`listening`)."""
@@ -202,6 +239,28 @@ def _resolve(future: asyncio.Future[None] | None) -> None:
         future.set_result(None)
 
 
+def _after_revision(source: Any) -> int | None:
+    """The revision a receiver's source filter resumes after, if it names one."""
+    data = source.filter if source is not None else None
+    if data is None:
+        return None
+    data.rewind()
+    if not data.next():
+        return None
+    try:
+        filters = data.get_object()
+    except Exception:
+        return None
+    if not isinstance(filters, dict):
+        return None
+    value = filters.get(symbol(AFTER_REVISION), filters.get(AFTER_REVISION))
+    if isinstance(value, Described):
+        value = value.value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return int(value)
+
+
 def _open(endpoint: Endpoint) -> bool:
     return not endpoint.state & (Endpoint.LOCAL_CLOSED | Endpoint.REMOTE_CLOSED)
 
@@ -209,10 +268,22 @@ def _open(endpoint: Endpoint) -> bool:
 class _Hub(MessagingHandler):
     """The reactor's handler. Every method runs on the reactor thread."""
 
-    def __init__(self, hub: AmqpHub, backlog: int) -> None:
+    def __init__(
+        self, hub: AmqpHub, backlog: int, replay: int, complete_after: int, live_after: int
+    ) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
         self.hub = hub
         self.backlog = backlog
+        self.replay = replay
+        self.recent: collections.deque[tuple[int, Message]] = collections.deque()
+        self.complete_after = complete_after
+        """Every message of a revision after this one is in :attr:`recent`."""
+        self.live_after = live_after
+        """Messages of revisions up to this one catch up on what happened before the term: they
+        go to resuming receivers (and the broker), not to those that asked for live ones only."""
+        self.floors: dict[Sender, int] = {}
+        """Per receiver, the revision after which it gets messages: the one it resumed after,
+        else :attr:`live_after`."""
         self.container: Container | None = None
         self.acceptor: Any = None
         self.listen_task: Any = None
@@ -287,9 +358,23 @@ class _Hub(MessagingHandler):
                 link, "amqp:not-found", f"attach to an address {ADDRESS_PREFIX}<repo>[/...]"
             )
             return
+        after = _after_revision(source)
+        if after is not None and after < self.complete_after:
+            self._refuse(
+                link,
+                "lastbackend:replay-unavailable",
+                f"messages after revision {after} are not all kept here; they are from revision "
+                f"{self.complete_after}: read {address} through the API and attach from there",
+            )
+            return
         self.subscribers.setdefault(address, set()).add(link)
         self.queues[link] = collections.deque()
-        log.debug("AMQP receiver attached", address=address)
+        self.floors[link] = self.live_after if after is None else after
+        if after is not None:
+            for revision, message in self.recent:
+                if revision > after and message.address == address:
+                    self._offer(link, message)
+        log.debug("AMQP receiver attached", address=address, after_revision=after)
 
     def on_link_opening(self, event: Any) -> None:
         link = event.link
@@ -297,6 +382,9 @@ class _Hub(MessagingHandler):
             # Echo what the receiver asked for: its address and its settlement mode.
             link.source.address = link.remote_source.address
             link.snd_settle_mode = link.remote_snd_settle_mode
+            after = _after_revision(link.remote_source)
+            if after is not None:
+                link.source.filter.put_dict({symbol(AFTER_REVISION): ulong(after)})
         elif link.is_receiver and link.remote_target is not None:
             link.target.address = link.remote_target.address
 
@@ -325,6 +413,7 @@ class _Hub(MessagingHandler):
         self.connections.discard(event.connection)
 
     def _forget(self, link: Link) -> None:
+        self.floors.pop(link, None)
         self.queues.pop(link, None)
         self.dropped.pop(link, None)
         address = link.source.address if link.source is not None else None
@@ -350,7 +439,15 @@ class _Hub(MessagingHandler):
                 creation_time=time.time(),
                 properties=dict(out.properties),
             )
+            revision = out.properties.get("revision")
+            if isinstance(revision, int):
+                self.recent.append((revision, message))
+                while len(self.recent) > self.replay:
+                    dropped, _ = self.recent.popleft()
+                    self.complete_after = max(self.complete_after, dropped)
             for link in list(self.subscribers.get(out.address, ())):
+                if isinstance(revision, int) and revision <= self.floors.get(link, 0):
+                    continue  # sent from the replay, or catching up for a live-only receiver
                 self._offer(link, message)
             if self.forward is not None:
                 self._offer(self._forward_link(out.address), message)

@@ -28,11 +28,23 @@ revision + 1; after a compaction it relists and sends the difference (``created`
 and ``deleted`` as of the new list's revision).
 
 **Leadership.** Only the leader lists, watches, listens and forwards (:mod:`.amqp`), so several
-processes send exactly one message per change. When a term ends the listener closes (receivers
-see their connection drop) and the next leader opens its own on *its* configured address; a
-receiver reconnects there. There is no replay: changes made while nobody leads, or before a
-receiver attached, are not sent to it, and a paused ex-leader may send a change its successor
-also sends (at most until its lease runs out).
+processes send one message per change. When a term ends the listener closes (receivers see
+their connection drop) and the next leader opens its own on *its* configured address; a
+receiver reconnects there.
+
+**Nothing missed across a failover.** The leader keeps, in ``system/events/published`` (fenced:
+only while it leads), the revision up to which it has published, written every
+:data:`PUBLISHED_EVERY` seconds and one period behind, so what it had handed over but not yet
+written to its sockets when it died is counted as not published. A new leader lists the tree *as
+it was at that revision* and publishes every change after it: what was written while nobody led,
+and what the old leader may not have got out. A receiver that resumes after the last revision it
+saw (:mod:`.amqp`, Resuming) gets each message exactly once; one that attaches without a
+revision gets the live messages only (not those catching up on revisions made before the term
+began), and the forward broker gets both, so around a failover it may get a message twice (with
+the same ``message_id``). If that history is compacted (etcd keeps 100,000 revisions), the
+leader starts from the present and logs how many revisions were lost; receivers asking to resume
+before it are refused and read the tree through the API. A paused ex-leader may send a change
+its successor also sends, at most until its lease runs out.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from lastbackend.controllers.amqp import AmqpHub, Outgoing
 from lastbackend.controllers.runner import LeaderTask
 from lastbackend.model import repos as model
 from lastbackend.store import keys
-from lastbackend.store.etcd import Compacted, Store, StoreError, list_prefix
+from lastbackend.store.etcd import Compacted, Op, Store, StoreError, list_prefix
 from lastbackend.store.repos import decode, objects
 
 log = structlog.get_logger("lastbackend.controllers.build_tag_events")
@@ -59,6 +71,9 @@ Ids = tuple[str, ...]
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
 RETRY_MIN = 0.1
 RETRY_MAX = 5.0
+PUBLISHED_EVERY = 0.5
+"""Seconds between writes of ``system/events/published``; each writes what was published a
+period before."""
 
 
 @attrs.frozen
@@ -179,18 +194,41 @@ def _valid(ids: Ids, key: str, raw: bytes) -> bool:
     return True
 
 
-async def list_tree(etcd: Store) -> tuple[int, list[tuple[str, bytes]]]:
-    """Every key under ``repos/`` at one revision."""
-    revision, kvs = await list_prefix(etcd, keys.REPOS)
+async def list_tree(etcd: Store, revision: int = 0) -> tuple[int, list[tuple[str, bytes]]]:
+    """Every key under ``repos/`` at one revision (``revision``, or now)."""
+    revision, kvs = await list_prefix(etcd, keys.REPOS, revision=revision)
     return revision, [(kv.key, kv.value) for kv in kvs]
 
 
+async def resume_point(etcd: Store) -> tuple[int, list[tuple[str, bytes]], int, int]:
+    """The tree to publish from: (revision, its keys, revisions lost to compaction, the revision
+    ``system/events/published`` holds or 0).
+
+    The tree as ``system/events/published`` says it was last published, so every change after
+    it is sent again; the present when nothing was published yet, or when that history is gone.
+    """
+    kv = await etcd.get(keys.EVENTS_PUBLISHED)
+    published = int(kv.value) if kv is not None and kv.value.isdigit() else 0
+    if published:
+        try:
+            revision, pairs = await list_tree(etcd, published)
+            return revision, pairs, 0, published
+        except Compacted:
+            pass
+    revision, pairs = await list_tree(etcd)
+    return revision, pairs, max(0, revision - published) if published else 0, published
+
+
 async def follow(
-    etcd: Store, tree: RepoTree, publish: Callable[[Sequence[Outgoing]], None]
+    etcd: Store,
+    tree: RepoTree,
+    publish: Callable[[Sequence[Outgoing]], None],
+    published: Callable[[int], None] = lambda revision: None,
 ) -> None:
     """Watch ``repos/`` from ``tree.revision`` + 1 and publish every revision's changes, forever.
 
     A broken stream is resumed by the store; a compaction relists and publishes the difference.
+    ``published`` is told each revision up to which everything is published.
     """
     delay = RETRY_MIN
     relist = False
@@ -215,6 +253,7 @@ async def follow(
                     if changes:
                         publish([change.message() for change in changes])
                 tree.revision = max(tree.revision, batch.revision)
+                published(tree.revision)
                 delay = RETRY_MIN
         except Compacted as exc:
             log.info("events watch compacted, relisting", revision=tree.revision, error=str(exc))
@@ -242,12 +281,23 @@ class EventsController(LeaderTask):
         """The current term's hub (``None`` between terms): for status and tests."""
 
     async def run(self) -> None:
-        """List, then follow the tree with a watch of its own, a revision at a time."""
+        """List where the last leader stopped, then follow the tree a revision at a time."""
         etcd = self.store
         tree = RepoTree()
-        revision, pairs = await list_tree(etcd)
-        tree.load(pairs, revision)  # the state receivers start from: nothing is replayed
-        hub = AmqpHub(self.listen, self.forward, name=self.name)
+        now = await etcd.status()  # what happened up to here is catching up, not live
+        revision, pairs, lost, recorded = await resume_point(etcd)
+        tree.load(pairs, revision)  # the state of the last message sent: from here on, all
+        if lost:
+            log.warning(
+                "the history since the last published revision is compacted: changes made in "
+                "those revisions were not sent",
+                revisions=lost,
+                revision=revision,
+            )
+        hub = AmqpHub(
+            self.listen, self.forward, name=self.name, complete_after=revision, live_after=now
+        )
+        progress = _Progress(self, revision, recorded)
         try:
             await hub.start()
             self.hub = hub
@@ -260,7 +310,36 @@ class EventsController(LeaderTask):
             )
             async with asyncio.TaskGroup() as group:
                 group.create_task(hub.closed(), name="events-amqp")
-                group.create_task(follow(etcd, tree, hub.publish), name="events-watch")
+                group.create_task(
+                    follow(etcd, tree, hub.publish, progress.advance), name="events-watch"
+                )
+                group.create_task(progress.record(), name="events-published")
         finally:
             self.hub = None
             await hub.stop()
+
+
+class _Progress:
+    """Writes ``system/events/published`` one :data:`PUBLISHED_EVERY` behind what was published."""
+
+    def __init__(self, controller: EventsController, revision: int, recorded: int) -> None:
+        self.controller = controller
+        self.latest = revision
+        self.written = recorded
+
+    def advance(self, revision: int) -> None:
+        self.latest = max(self.latest, revision)
+
+    async def record(self) -> None:
+        """At once the revision the term starts from (a first term's successor must not start
+        from the present), then every period what was published a period before."""
+        due = self.latest
+        while True:
+            if due > self.written:
+                try:
+                    await self.controller.txn([], [Op.put(keys.EVENTS_PUBLISHED, str(due))])
+                    self.written = due
+                except StoreError as exc:  # etcd away: the next tick tries again
+                    log.warning("recording the published revision failed", error=str(exc))
+            due = self.latest
+            await asyncio.sleep(PUBLISHED_EVERY)

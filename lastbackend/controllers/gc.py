@@ -43,7 +43,6 @@ import attrs
 import structlog
 
 from lastbackend import codec
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.runner import Controller, Watch
 from lastbackend.model.apps import Package
 from lastbackend.model.common import now
@@ -53,6 +52,7 @@ from lastbackend.sources.blobs import BUILD_LOGS, BlobStore
 from lastbackend.store import keys
 from lastbackend.store.builds import build_of
 from lastbackend.store.etcd import KV, Cmp, Op
+from lastbackend.store.informer import KeyedView
 from lastbackend.store.packages import upload_stale
 
 log = structlog.get_logger("lastbackend.controllers.gc")
@@ -132,7 +132,7 @@ class GarbageCollector(Controller):
             await self._sweep_blobs(self.blobs, projects)
         return None
 
-    def _lost_helpers(self, projects: Informer) -> list[tuple[KV, str]]:
+    def _lost_helpers(self, projects: KeyedView) -> list[tuple[KV, str]]:
         """Helper keys of apps, packages and droplets whose object is not in the tree, and host
         claims no service's ``domains`` lists (a project delete too large for one txn)."""
         garbage: list[tuple[KV, str]] = []
@@ -158,7 +158,7 @@ class GarbageCollector(Controller):
                 garbage.append((kv, "no service lists the host"))
         return garbage
 
-    async def _fail_interrupted_uploads(self, projects: Informer) -> None:
+    async def _fail_interrupted_uploads(self, projects: KeyedView) -> None:
         at = now()
         for raw, kv in list(projects.cache.items()):
             if keys.package_of(raw) is None:
@@ -173,7 +173,7 @@ class GarbageCollector(Controller):
             if result.succeeded:
                 log.info("interrupted upload failed", key=kv.key, since=str(package.updated))
 
-    async def _sweep_blobs(self, blobs: BlobStore, projects: Informer) -> None:
+    async def _sweep_blobs(self, blobs: BlobStore, projects: KeyedView) -> None:
         alive: dict[str, set[str]] = {"packages": set(), "droplets": set(), BUILD_LOGS: set()}
         for raw in itertools.chain(projects.cache, self.informer(keys.IMAGES).cache):
             owned = _blob_of(raw)

@@ -221,7 +221,7 @@ async def resync(queue: WorkQueue, keys: Callable[[], Iterable[str]], every: flo
     """Every ``every`` seconds, :meth:`WorkQueue.add` each key ``keys()`` returns; runs until
     cancelled or the queue shuts down.
 
-    Pass an informer's :meth:`~lastbackend.controllers.informer.Informer.work_keys`: every
+    Pass an informer's :meth:`~lastbackend.store.informer.Informer.work_keys`: every
     object it caches is reconciled at least once per period even if no event arrives.
     """
     if every <= 0:

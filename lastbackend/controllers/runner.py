@@ -5,10 +5,13 @@ A controller says *what* it watches (:meth:`Controller.watches`) and *how* to ma
 
 1. campaign for the controller's election (:mod:`lastbackend.controllers.leader`); a process that
    does not lead runs nothing but a watch on the election key;
-2. once leading, start one :class:`~lastbackend.controllers.informer.Informer` per watch, their
-   handlers adding *work keys* to a fresh :class:`~lastbackend.controllers.queue.WorkQueue`;
+2. once leading, take a view per watch from the process's shared
+   :class:`~lastbackend.store.informer.Informers` (one list + watch per prefix, however many
+   controllers watch it), their handlers adding *work keys* to a fresh
+   :class:`~lastbackend.controllers.queue.WorkQueue`;
 3. wait until every informer has delivered its first list, so the first reconciles see a whole
-   cache, not a partial one that would make existing objects look deleted;
+   cache, not a partial one that would make existing objects look deleted, then queue every
+   cached work key (a view of an informer that was already running heard no first list);
 4. run ``workers`` tasks that take keys from the queue and reconcile them: an exception is
    counted and the key retried with per-key backoff, success forgets the backoff, a number
    returned by ``reconcile`` asks for another look after that many seconds;
@@ -17,8 +20,9 @@ A controller says *what* it watches (:meth:`Controller.watches`) and *how* to ma
 
 When the term ends (lease lost, key deleted, a fenced write refused) everything of steps 2-5 is
 cancelled inside one :class:`asyncio.TaskGroup` and the runner campaigns again; a reconcile cut
-off mid-way is safe because reconciles are idempotent. A new term starts from a fresh list: a
-cache kept from an old term could be arbitrarily stale.
+off mid-way is safe because reconciles are idempotent. A new term never reuses a cache that
+stopped watching (it could be arbitrarily stale): it gets an informer that has been watching
+without a break since its list, another controller's, or a fresh one.
 
 ``reconcile`` runs on the event loop; it may ``await`` I/O freely (workers run concurrently, but
 never two on the same key). A controller holds no etcd client of its own: it reads and writes
@@ -49,7 +53,6 @@ import attrs
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lastbackend.controllers.informer import Informer, KeyMap
 from lastbackend.controllers.leader import DEFAULT_TTL, Fenced, LeaderElection, NotLeader
 from lastbackend.controllers.queue import (
     DEFAULT_BASE_DELAY,
@@ -61,6 +64,7 @@ from lastbackend.controllers.queue import (
     resync,
 )
 from lastbackend.store.etcd import Cmp, Etcd, Op, TxnResult
+from lastbackend.store.informer import Informers, KeyedView, KeyMap
 
 log = structlog.get_logger("lastbackend.controllers")
 
@@ -128,7 +132,7 @@ class Controller(Elected):
     def __init__(self) -> None:
         super().__init__()
         # Set by the runner for the duration of each leadership term.
-        self.informers: dict[str, Informer] = {}
+        self.informers: dict[str, KeyedView] = {}
         self.queue: WorkQueue | None = None
 
     @abc.abstractmethod
@@ -156,7 +160,7 @@ class Controller(Elected):
         """
         return []
 
-    def informer(self, prefix: str | None = None) -> Informer:
+    def informer(self, prefix: str | None = None) -> KeyedView:
         """The informer of ``prefix`` (the only or first one when not given)."""
         if not self.informers:
             raise RuntimeError(f"controller {self.name!r} is not running")
@@ -240,6 +244,7 @@ class ControllerRunner:
         identity: str | None = None,
         lease_ttl: int = DEFAULT_TTL,
         queue: QueueSettings | None = None,
+        informers: Informers | None = None,
     ) -> None:
         if not controller.name:
             raise ValueError(f"{type(controller).__name__} has no name")
@@ -250,7 +255,9 @@ class ControllerRunner:
         self.election = LeaderElection(etcd, controller.name, identity=identity, ttl=lease_ttl)
         self.metrics = ControllerMetrics.for_registry(registry or CollectorRegistry())
         self.queue: WorkQueue | None = None
-        self._informers: list[Informer] = []
+        self.shared = informers or Informers(etcd)
+        """The informers this runner's views come from (a :class:`Manager` shares one)."""
+        self._informers: list[KeyedView] = []
         self._workers: list[asyncio.Task[None]] = []
         self._synced = False
         self._task: asyncio.Task[None] | None = None
@@ -333,21 +340,27 @@ class ControllerRunner:
 
     async def _lead_controller(self, controller: Controller) -> None:
         queue = WorkQueue(name=self.name, **attrs.asdict(self.queue_settings))
-        informers = {
-            w.prefix: Informer(self.etcd, w.prefix, to_key=w.to_key, name=f"{self.name}:{w.prefix}")
-            for w in controller.watches()
-        }
-        for informer in informers.values():
-            informer.add_handler(self._enqueuer(informer, queue))
-        self.queue = queue
-        self._informers = list(informers.values())
-        controller.informers, controller.queue = informers, queue
+        informers: dict[str, KeyedView] = {}
         try:
+            for w in controller.watches():
+                informers[w.prefix] = self.shared.acquire(
+                    w.prefix, to_key=w.to_key, name=f"{self.name}:{w.prefix}"
+                )
+            for informer in informers.values():
+                informer.add_handler(self._enqueuer(informer, queue))
+            self.queue = queue
+            self._informers = list(informers.values())
+            controller.informers, controller.queue = informers, queue
             async with asyncio.TaskGroup() as group:
-                for informer in informers.values():
-                    group.create_task(informer.run(), name=f"informer-{informer.name}")
+                for prefix in informers:
+                    # A shared informer that fails ends this term (shielded: cancelling the
+                    # term must not stop an informer other controllers still read).
+                    group.create_task(self._supervise(self.shared.task(prefix)))
                 for informer in informers.values():
                     await informer.synced.wait()
+                for informer in informers.values():
+                    for work_key in informer.work_keys():
+                        queue.add(work_key)
                 self._log.info("controller synced", keys=sum(len(i.cache) for i in self._informers))
                 await controller.started()
                 self._synced = True
@@ -373,20 +386,26 @@ class ControllerRunner:
             self._informers = []
             self.queue = None
             controller.informers, controller.queue = {}, None
+            for informer in informers.values():
+                await self.shared.release(informer)
+
+    @staticmethod
+    async def _supervise(task: asyncio.Task[None]) -> None:
+        await asyncio.shield(task)
 
     @staticmethod
     def _resync(controller: Controller) -> float:
         return controller.resync_period if controller.resync_period > 0 else 300.0
 
     @staticmethod
-    def _work_keys(informers: Iterable[Informer]) -> list[str]:
+    def _work_keys(informers: Iterable[KeyedView]) -> list[str]:
         seen: dict[str, None] = {}
         for informer in informers:
             seen.update(dict.fromkeys(informer.work_keys()))
         return list(seen)
 
     @staticmethod
-    def _enqueuer(informer: Informer, queue: WorkQueue) -> Callable[..., None]:
+    def _enqueuer(informer: KeyedView, queue: WorkQueue) -> Callable[..., None]:
         def enqueue(key: str, old: object, new: object) -> None:
             work = informer.work_key(key)
             if work is not None:
@@ -441,6 +460,8 @@ class Manager:
     ) -> None:
         self.etcd = etcd
         self.registry = registry or CollectorRegistry()
+        self.informers = Informers(etcd)
+        """Shared by every controller here: one list + watch per prefix for the process."""
         self.runners = [
             ControllerRunner(
                 c,
@@ -449,6 +470,7 @@ class Manager:
                 identity=identity,
                 lease_ttl=lease_ttl,
                 queue=queue,
+                informers=self.informers,
             )
             for c in controllers
         ]
@@ -479,6 +501,7 @@ class Manager:
     async def stop(self, grace: float = 5.0) -> None:
         """Stop every controller (concurrently) and resign their elections."""
         await asyncio.gather(*(r.stop(grace) for r in self.runners))
+        await self.informers.close()
 
     async def run(self) -> None:
         """Run until cancelled, then stop cleanly."""

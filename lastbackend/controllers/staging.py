@@ -81,7 +81,7 @@ from lastbackend.runtime.base import (
 from lastbackend.secrets import Secrets
 from lastbackend.sources import git
 from lastbackend.sources.blobs import BlobStore
-from lastbackend.store import keys
+from lastbackend.store import installation, keys
 from lastbackend.store.etcd import KV, Cmp, Op
 from lastbackend.store.packages import Packages
 from lastbackend.store.registries import registry_auth
@@ -128,12 +128,18 @@ class StagingController(Controller):
         self.descriptor = descriptor
         self.environ = dict(environ or {})
         self.jobs: Jobs[None] = Jobs(self.name, settings.staging_concurrency)
+        self.installation = ""  # read at each term's start: see started()
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.HELPER_DROPLETS, to_key=keys.leaf)]
 
     async def started(self) -> None:
-        """Publish the descriptor staging judges API versions by, for admins reading the tree."""
+        """Publish the descriptor staging judges API versions by, for admins reading the tree.
+
+        And read the installation id, which labels the droplet images this installation makes
+        so that its sweep never removes another's on a shared engine.
+        """
+        self.installation = await installation.ensure(self.store)
         view = json.dumps(descriptor_view(self.descriptor), separators=(",", ":"))
         current = await self.store.get(keys.LIFECYCLE_DESCRIPTOR)
         if current is None or current.value != view.encode():
@@ -249,7 +255,8 @@ class StagingController(Controller):
         orphans = [
             image
             for image in await self.runtime.images({}, keys=[engine.LABEL_DROPLET])
-            if informer.get(keys.droplet_owner(image.labels[engine.LABEL_DROPLET])) is None
+            if installation.ours(image.labels, self.installation)
+            and informer.get(keys.droplet_owner(image.labels[engine.LABEL_DROPLET])) is None
             and (image.created is None or image.created <= cutoff)
         ]
         await self._remove_images(orphans)
@@ -318,6 +325,7 @@ class StagingController(Controller):
                 if name in os.environ
             },
             "cache": await asyncio.to_thread(self._read_cache, job.sid),
+            "labels": {installation.LABEL: self.installation},
         }
         if stack in stacks.BUILT_HERE:  # an admin's stack is checked by the engine
             await stacks.ensure_stack(self.runtime, stack, self.descriptor, log=sink)

@@ -281,7 +281,8 @@ async def stage_buildpack(
     environment, given to detect and build (not baked into the image). ``platform_api`` is the
     configured one (``""``: the newest the descriptor supports) and ``environ`` holds the
     deprecation mode variables. ``target`` is :func:`droplet_image`'s; it is pushed (with
-    ``push_auth``) when it names a registry. ``labels`` are added to the staging containers.
+    ``push_auth``) when it names a registry. ``labels`` are added to the staging containers and
+    the droplet image (the installation id: :mod:`lastbackend.store.installation`).
     ``ca_bundle`` (PEM) replaces the stack's CA bundle in the detect and build containers, with
     the variables that point pip, requests and node at it; ``build_env`` (the host's proxy
     variables) is in their environment, under the droplet's own. ``cache`` is the previous
@@ -300,6 +301,7 @@ async def stage_buildpack(
                 environ=dict(environ or {}),
                 log=log,
                 labels={**(labels or {}), STAGING_LABEL: droplet},
+                image_labels=dict(labels or {}),
                 ca_bundle=ca_bundle,
                 build_env=dict(build_env or {}),
                 cache=cache,
@@ -326,6 +328,7 @@ class _Buildpack:
     environ: dict[str, str]
     log: Log
     labels: dict[str, str]
+    image_labels: dict[str, str] = attrs.Factory(dict)
     ca_bundle: bytes | None = None
     build_env: dict[str, str] = attrs.Factory(dict)
     cache: bytes | None = None
@@ -666,6 +669,7 @@ class _Buildpack:
             env={**env, "PORT": str(PORT)},
             labels={
                 **launch_labels,
+                **self.image_labels,
                 LABEL_PROCESS_TYPES: _json({kind: p.line for kind, p in processes.items()}),
                 LABEL_DROPLET: self.droplet,
                 LABEL_APP: self.app,

@@ -56,7 +56,7 @@ from lastbackend.runtime.base import (
     Runtime,
 )
 from lastbackend.secrets import Secrets
-from lastbackend.store import keys
+from lastbackend.store import installation, keys
 from lastbackend.store.etcd import Cmp, Op, StoreError
 from lastbackend.store.registries import registry_auth
 
@@ -119,6 +119,9 @@ class NodeAgent(Controller):
         self._reported: dict[str, bytes] = {}  # container id -> last value written
         self._readiness: dict[str, health.Readiness] = {}  # running container id -> checks
         self._restarts: dict[str, health.Restarts] = {}  # pod id -> crash-loop backoff
+        self.installation = ""
+        """This installation's id (:mod:`lastbackend.store.installation`), read at each term's
+        start; until then only unlabelled containers count as ours."""
 
     def watches(self) -> Sequence[Watch]:
         return [Watch(keys.node_pods(self.node), to_key=keys.leaf)]
@@ -127,12 +130,20 @@ class NodeAgent(Controller):
         return [self._register(), self._follow_events(), self._check_health()]
 
     async def started(self) -> None:
-        """Adopt or remove whatever this node already runs: queue every labelled container's pod."""
+        """Adopt or remove whatever this node already runs: queue every labelled container's pod.
+
+        Only this installation's: another one sharing the engine may run a node of the same
+        name, and its pods are not in this tree, so reconciling them would remove them.
+        """
         assert self.queue is not None
+        self.installation = await installation.ensure(self.store)
         for state in await self.runtime.list({LABEL_NODE: self.node}):
             pod_id = state.labels.get(LABEL_POD)
-            if pod_id:
+            if pod_id and self._ours(state.labels):
                 self.queue.add(pod_id)
+
+    def _ours(self, labels: Mapping[str, str]) -> bool:
+        return installation.ours(labels, self.installation)
 
     # the node key ------------------------------------------------------------------------------
 
@@ -180,7 +191,9 @@ class NodeAgent(Controller):
         assert self.queue is not None
         async for event in self.runtime.events({LABEL_NODE: self.node}):
             pod_id = event.labels.get(LABEL_POD)
-            if pod_id and event.action in {"die", "stop", "destroy", "oom", "start"}:
+            if not pod_id or not self._ours(event.labels):
+                continue
+            if event.action in {"die", "stop", "destroy", "oom", "start"}:
                 self.queue.add(pod_id)
 
     # logs --------------------------------------------------------------------------------------
@@ -200,7 +213,11 @@ class NodeAgent(Controller):
             state = await self.runtime.inspect(container_id)
         except ContainerRuntimeError as exc:
             raise ConnectionError(f"the container engine did not answer: {exc}") from exc
-        if state is None or state.labels.get(LABEL_NODE) != self.node:
+        if (
+            state is None
+            or state.labels.get(LABEL_NODE) != self.node
+            or not self._ours(state.labels)
+        ):
             raise UnknownContainer(f"container {container_id!r} is not on node {self.node}")
         return self._read_logs(state.id, follow, tail)
 
@@ -225,7 +242,7 @@ class NodeAgent(Controller):
 
     async def reconcile(self, key: str) -> float | None:
         pod = self._pod(key)
-        states = await self.runtime.list({LABEL_POD: key})
+        states = [s for s in await self.runtime.list({LABEL_POD: key}) if self._ours(s.labels)]
         if pod is None:
             for state in states:
                 await self._remove(state)
@@ -296,6 +313,7 @@ class NodeAgent(Controller):
             ports=pod.spec.ports,
             volumes={volume_name(pod.service, v): path for v, path in pod.spec.volumes.items()},
             labels={
+                installation.LABEL: self.installation,
                 LABEL_NODE: self.node,
                 LABEL_POD: pod.id,
                 LABEL_PROJECT: pod.project,
@@ -401,7 +419,7 @@ class NodeAgent(Controller):
         if await self.store.get(keys.service_part(project, service, "meta")) is not None:
             return
         mine = {LABEL_NODE: self.node, LABEL_SERVICE: service}
-        if await self.runtime.list(mine):
+        if await self.runtime.list(mine):  # a service id is one installation's: no filter
             return
         for name in await self.runtime.volumes(mine):
             with contextlib.suppress(ContainerRuntimeError):

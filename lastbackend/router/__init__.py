@@ -2,5 +2,6 @@
 
 :mod:`.table` computes the route table from the key tree (pure), :mod:`.caddy` turns it into
 Caddy's JSON config and runs Caddy, :mod:`.daemon` ties them to informers (``lastbackend
-router``). It imports from ``controllers`` (the informer) and below, never from ``node`` or ``api``.
+router``). It imports the informer from ``store``, nothing above ``controllers``, never from
+``node`` or ``api``.
 """

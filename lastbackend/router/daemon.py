@@ -35,13 +35,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lastbackend.codec import format_time
 from lastbackend.config import Settings
-from lastbackend.controllers.informer import Informer
 from lastbackend.model.common import now
 from lastbackend.router import caddy, table
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.store import keys
 from lastbackend.store.certificates import certificates_for_router, ensure_ca
 from lastbackend.store.etcd import Etcd, StoreError, list_prefix
+from lastbackend.store.informer import Informer
 
 log = structlog.get_logger("lastbackend.router")
 

@@ -35,6 +35,12 @@ from lastbackend.store.etcd import TLS
 
 _PR_SET_PDEATHSIG = 1
 
+# Revisions of history kept: enough for every watch and informer to resume after a pause (a
+# relist past it is correct, only slower), and a bound on the backend's growth. deploy/compose.yaml
+# gives its members the same two settings (tests/unit/test_compose.py holds them together).
+AUTO_COMPACTION_RETENTION = 100_000
+QUOTA_BACKEND_BYTES = 4 * 1024**3
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     with contextlib.suppress(OSError):
@@ -98,8 +104,8 @@ class EmbeddedEtcd:
             f"--initial-advertise-peer-urls={s}://{self.peer}",
             f"--initial-cluster=lastbackend={s}://{self.peer}",
             "--auto-compaction-mode=revision",
-            "--auto-compaction-retention=100000",
-            "--quota-backend-bytes=4294967296",
+            f"--auto-compaction-retention={AUTO_COMPACTION_RETENTION}",
+            f"--quota-backend-bytes={QUOTA_BACKEND_BYTES}",
         ]
         if self.credentials is not None:
             c = self.credentials

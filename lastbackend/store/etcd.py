@@ -51,6 +51,7 @@ from etcd3aio._protobuf import (
 )
 
 from lastbackend.store.keys import prefix_end
+from lastbackend.store.loop_thread import LoopThread
 
 _log = logging.getLogger(__name__)
 
@@ -283,7 +284,12 @@ class Etcd:
     """One long-lived etcd client for the process."""
 
     def __init__(
-        self, endpoints: Sequence[str], *, tls: TLS | None = None, timeout: float = 5.0
+        self,
+        endpoints: Sequence[str],
+        *,
+        tls: TLS | None = None,
+        timeout: float = 5.0,
+        watch_thread: bool = True,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
@@ -296,14 +302,11 @@ class Etcd:
         server_name = None
         if tls.ca and len(self.endpoints) > 1:
             server_name = self.endpoints[0].rsplit(":", 1)[0]
-        self._client = Etcd3Client(list(self.endpoints), tls_server_name=server_name, **conn)
-        # gRPC's default reconnect backoff grows to 120 s: after an etcd outage of a minute the
-        # channel could stay down for two more. Controllers must notice a restarted etcd within
-        # seconds, so cap it (etcd3aio builds the channel from these options on connect()).
-        manager = getattr(self._client, "_manager", None)
-        options = getattr(manager, "grpc_options", None)
-        if isinstance(options, list):
-            options.extend(_CHANNEL_OPTIONS)
+        self._new_client = lambda: _client(self.endpoints, server_name, conn)
+        self._client = self._new_client()
+        self._watch_thread = LoopThread("etcd-watch") if watch_thread else None
+        """Where watches are read (see :meth:`watch_batches`); ``None``: on the caller's loop."""
+        self._watch_client: Etcd3Client | None = None
         self._watch_stub: Any = None
         self._lease_stub: Any = None
         self._connected = False
@@ -311,15 +314,33 @@ class Etcd:
     async def connect(self) -> None:
         if not self._connected:
             await self._client.connect()
-            # Our own watch and keep-alive loops (see the module docstring) use stubs on the
-            # same channel.
-            self._watch_stub = WatchStub(self._client._channel)
+            # Our own keep-alive loop (see the module docstring) uses a stub on the same channel,
+            # and so do the watches, unless they are read on a thread with a channel of its own.
             self._lease_stub = LeaseStub(self._client._channel)
+            if self._watch_thread is None:
+                self._watch_stub = WatchStub(self._client._channel)
+            else:
+                self._watch_thread.start()
+                self._watch_stub = await self._watch_thread.call(self._connect_watch_client())
             self._connected = True
+
+    async def _connect_watch_client(self) -> Any:
+        """On the watch thread: its own channel (a gRPC channel belongs to one event loop)."""
+        client = self._new_client()
+        await client.connect()
+        self._watch_client = client
+        return WatchStub(client._channel)
 
     async def close(self) -> None:
         if self._connected:
+            self._watch_stub = None  # first: a watch between retries stops instead of reopening
             await self._client.close()
+            if self._watch_thread is not None:
+                if self._watch_client is not None:
+                    with contextlib.suppress(Exception):  # closing: a broken channel is fine
+                        await self._watch_thread.call(self._watch_client.close())
+                    self._watch_client = None
+                self._watch_thread.stop()
             self._watch_stub = None
             self._lease_stub = None
             self._connected = False
@@ -499,7 +520,25 @@ class Etcd:
         :class:`Compacted` (with etcd's compact revision) when the revision it needs is gone; the
         consumer then relists. ``progress_notify`` asks etcd for periodic empty batches that only
         advance :attr:`WatchBatch.revision`.
+
+        With ``watch_thread`` (the default) the stream is read, decoded and resumed on the
+        client's watch thread (:mod:`lastbackend.store.loop_thread`) and only whole batches are
+        handed to the caller's loop: a process busy answering requests still takes each batch as
+        soon as etcd sends it, and a burst of events does not hold up its requests.
         """
+        args = (key, start_revision, prefix, prev_kv, progress_notify)
+        if self._watch_stub is None:  # closed, or never connected: as any call then
+            raise StoreUnavailable("etcd client is not connected")
+        if self._watch_thread is None:
+            async for batch in self._watch(*args):
+                yield batch
+        else:
+            async for batch in self._watch_thread.iterate(lambda: self._watch(*args)):
+                yield batch
+
+    async def _watch(
+        self, key: str, start_revision: int, prefix: bool, prev_kv: bool, progress_notify: bool
+    ) -> AsyncIterator[WatchBatch]:
         range_end = prefix_end(key) if prefix else b""
         next_revision = start_revision
         backoff = WATCH_RETRY_MIN
@@ -523,7 +562,10 @@ class Etcd:
                 yield WatchRequest(create_request=create)
                 await closed.wait()
 
-            call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+            try:
+                call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+            except grpc.aio.UsageError as exc:  # the channel closed under us: closing
+                raise StoreUnavailable(f"etcd client is closed: {exc}") from exc
             try:
                 async for resp in call:
                     if resp.compact_revision:
@@ -560,6 +602,18 @@ class Etcd:
                 call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, WATCH_RETRY_MAX)
+
+
+def _client(endpoints: Sequence[str], server_name: str | None, conn: dict[str, Any]) -> Etcd3Client:
+    client = Etcd3Client(list(endpoints), tls_server_name=server_name, **conn)
+    # gRPC's default reconnect backoff grows to 120 s: after an etcd outage of a minute the
+    # channel could stay down for two more. Controllers must notice a restarted etcd within
+    # seconds, so cap it (etcd3aio builds the channel from these options on connect()).
+    manager = getattr(client, "_manager", None)
+    options = getattr(manager, "grpc_options", None)
+    if isinstance(options, list):
+        options.extend(_CHANNEL_OPTIONS)
+    return client
 
 
 class Store(Protocol):
@@ -607,16 +661,20 @@ PAGE = 1000
 
 
 async def list_prefix(
-    store: Store, prefix: str, *, keep: Callable[[str], bool] | None = None
+    store: Store,
+    prefix: str,
+    *,
+    keep: Callable[[str], bool] | None = None,
+    revision: int = 0,
 ) -> tuple[int, list[KV]]:
     """Every key under ``prefix`` at one revision, and that revision.
 
     Read in pages of :data:`PAGE` keys, all pinned to the first page's revision, so the result is
     one moment of the tree however large it is (a watch from revision + 1 continues it exactly).
     ``keep`` filters page by page, so a caller that wants a few keys of a large subtree never
-    holds the rest.
+    holds the rest. ``revision`` lists the tree as it was then (:class:`Compacted` if that history
+    is gone); 0: now.
     """
-    revision = 0
     start: str | None = None
     found: list[KV] = []
     while True:

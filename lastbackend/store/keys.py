@@ -405,6 +405,15 @@ def hook_delivery(vendor: str, delivery: str) -> str:
 
 LEADERS = f"{ROOT}system/leader/"
 
+EVENTS_PUBLISHED = f"{ROOT}system/events/published"
+"""``system/events/published``: the revision of the build-tag tree up to which the events leader
+has published AMQP messages (a decimal number, written fenced about twice a second), where the
+next leader starts publishing from (:mod:`lastbackend.controllers.build_tag_events`)."""
+
+INSTALLATION = f"{ROOT}system/installation"
+"""``system/installation``: this installation's id (32 hex digits, made once by the first
+process that asks; :mod:`lastbackend.store.installation`)."""
+
 
 def leader(controller: str) -> str:
     """``system/leader/<controller>``: the election key of one controller, on the leader's lease."""

@@ -33,7 +33,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -214,13 +214,33 @@ class NameCache:
         self.ids.drop(key)
 
 
-class Objects:
-    """The transactions for one layout (one project's services, or all projects)."""
+class Cached(Protocol):
+    """A layout's objects in the API's read cache (``store.cache.LayoutCache``)."""
 
-    def __init__(self, etcd: Etcd, layout: Layout, cache: NameCache) -> None:
+    async def fresh(self) -> bool:
+        """True when the cache may answer a read begun before the call (it has caught up with
+        etcd's current revision); False: read etcd instead."""
+        ...
+
+    def find(self, ref: str) -> Record | None: ...
+
+    def page(self, *, page: int, per_page: int, descending: bool = False) -> Page: ...
+
+
+class Objects:
+    """The transactions for one layout (one project's services, or all projects).
+
+    With ``reads``, :meth:`get` and :meth:`list` answer from the API's read cache whenever it
+    has caught up (see ``store.cache``); writes always read etcd themselves.
+    """
+
+    def __init__(
+        self, etcd: Etcd, layout: Layout, cache: NameCache, reads: Cached | None = None
+    ) -> None:
         self.etcd = etcd
         self.layout = layout
         self.cache = cache
+        self.reads = reads
 
     # reads --------------------------------------------------------------------------------------
 
@@ -252,6 +272,15 @@ class Objects:
 
     async def get(self, ref: str) -> Record:
         """By id or by name; :class:`NotFound` if neither names a live object."""
+        if self.reads is not None and await self.reads.fresh():
+            found = self.reads.find(ref)
+            if found is None:
+                raise NotFound(f"{self.layout.kind} {ref!r} not found")
+            return found
+        return await self._fetch(ref)
+
+    async def _fetch(self, ref: str) -> Record:
+        """:meth:`get` from etcd."""
         if is_uuid(ref):
             record = await self._read(ref)
             if record is None:
@@ -278,6 +307,8 @@ class Objects:
 
     async def list(self, *, page: int, per_page: int, descending: bool = False) -> Page:
         """One page in name order, every record read at the same revision as the index."""
+        if self.reads is not None and await self.reads.fresh():
+            return self.reads.page(page=page, per_page=per_page, descending=descending)
         index = self.layout.index
         if index is None:
             raise ValueError(f"{self.layout.kind}s have no name index to list")
@@ -374,7 +405,7 @@ class Objects:
         they were (``updated`` is to the second), so its etcd version counts every update.
         """
         async for _ in retries():
-            current = await self.get(ref)
+            current = await self._fetch(ref)
             require_version(self.layout.kind, current.revision, if_match)
             wanted_parts, guards = await change(current)
             wanted = dict(wanted_parts)
@@ -501,7 +532,7 @@ class Objects:
     async def delete(self, ref: str, *, if_match: int | None = None) -> Record:
         """Remove the object, its subtrees and its index key in one transaction."""
         async for _ in retries():
-            current = await self.get(ref)
+            current = await self._fetch(ref)
             require_version(self.layout.kind, current.revision, if_match)
             # Every part as read: a part can change without meta's bytes changing, and
             # If-Match promised the whole object is at the version the client saw.

@@ -9,7 +9,7 @@ from __future__ import annotations
 from lastbackend.model.platform import Meta
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd
-from lastbackend.store.objects import Layout, NameCache, Objects, Part
+from lastbackend.store.objects import Cached, Layout, NameCache, Objects, Part
 from lastbackend.store.services import contained_helpers
 
 
@@ -30,5 +30,5 @@ LAYOUT = Layout(
 )
 
 
-def projects(etcd: Etcd, cache: NameCache) -> Objects:
-    return Objects(etcd, LAYOUT, cache)
+def projects(etcd: Etcd, cache: NameCache, reads: Cached | None = None) -> Objects:
+    return Objects(etcd, LAYOUT, cache, reads)

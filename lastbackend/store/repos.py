@@ -33,8 +33,8 @@ a subset of the earlier ones with the same values, and the same count makes them
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol
 
 import attrs
 
@@ -63,6 +63,13 @@ class Snapshot:
     value: Any
     version: str | None
     revision: int
+    shown: Any = None
+    """The value in the document's shape, when already made (the read cache keeps it)."""
+
+    @property
+    def view(self) -> Any:
+        """The value in the document's shape (plain maps and lists)."""
+        return self.shown if self.shown is not None else codec.unstructure(self.value)
 
 
 def version(kvs: Iterable[KV]) -> str:
@@ -72,6 +79,40 @@ def version(kvs: Iterable[KV]) -> str:
         newest = max(newest, kv.mod_revision)
         count += 1
     return f"{newest}-{count}"
+
+
+@attrs.frozen
+class Built:
+    """What a read of some keys gives: every object among them nested whole, their version and
+    the revision read at; :meth:`memo` keeps what is made from it (a read from the cache shares
+    one per change of its keys between requests, so nothing is rebuilt per request)."""
+
+    objects: dict[Ids, Any]
+    version: str
+    revision: int
+    made: dict[Hashable, Any] = attrs.field(factory=dict, eq=False)
+
+    def memo(self, what: Hashable, make: Callable[[], Any]) -> Any:
+        if what not in self.made:
+            self.made[what] = make()
+        return self.made[what]
+
+
+def build(kvs: Iterable[KV], revision: int) -> Built:
+    kvs = list(kvs)
+    return Built(objects(_pairs(kvs)), version(kvs), revision)
+
+
+class Cached(Protocol):
+    """The build tags in the API's read cache (``store.cache.RepoCache``)."""
+
+    async def fresh(self) -> bool:
+        """True when the cache may answer a read begun before the call; False: read etcd."""
+        ...
+
+    def read(self, ids: Ids) -> Built:
+        """What :meth:`Repos._read` of ``ids`` reads, built, at the cache's revision."""
+        ...
 
 
 def describe(ids: Sequence[str]) -> str:
@@ -181,8 +222,9 @@ class PlannedPut:
 class Repos:
     """The transactions of the build-tag family; on a leader's fenced store, fenced ones."""
 
-    def __init__(self, etcd: Store) -> None:
+    def __init__(self, etcd: Store, reads: Cached | None = None) -> None:
         self.etcd = etcd
+        self.reads = reads
 
     async def _read(self, ids: Ids) -> tuple[list[KV], int]:
         """The keys of an object (or of everything, for ``()``) at one revision."""
@@ -190,17 +232,25 @@ class Repos:
         result = await self.etcd.txn([], [op])
         return result.reads[0], result.revision
 
-    async def _existing(self, ids: Ids) -> tuple[Any, list[KV], int]:
+    async def _built(self, ids: Ids) -> Built:
+        """:meth:`_read`, built: from the read cache when it has caught up, else from etcd."""
+        if self.reads is not None and await self.reads.fresh():
+            return self.reads.read(ids)
         kvs, revision = await self._read(ids)
-        node = objects(_pairs(kvs)).get(ids)
+        return build(kvs, revision)
+
+    async def _existing(self, ids: Ids) -> tuple[Any, Built]:
+        built = await self._built(ids)
+        node = built.objects.get(ids)
         if node is None:
             raise NotFound(f"{describe(ids)} not found")
-        return node, kvs, revision
+        return node, built
 
     async def get(self, ids: Ids) -> Snapshot:
         """One object nested whole; :class:`NotFound` if its own key is absent."""
-        node, kvs, revision = await self._existing(ids)
-        return Snapshot(node, version(kvs), revision)
+        node, built = await self._existing(ids)
+        shown = built.memo(("view", ids), lambda: codec.unstructure(node))
+        return Snapshot(node, built.version, built.revision, shown)
 
     async def children(self, ids: Ids) -> Snapshot:
         """The children of a repo, branch or tag by id (every repo for ``()``), nested whole.
@@ -208,13 +258,16 @@ class Repos:
         The version is the parent's: a child's change is a change of its parent.
         """
         if not ids:
-            kvs, revision = await self._read(())
-            top = {
-                found[0]: node for found, node in objects(_pairs(kvs)).items() if len(found) == 1
-            }
-            return Snapshot(top, version(kvs), revision)
-        node, kvs, revision = await self._existing(ids)
-        return Snapshot(model.children(node), version(kvs), revision)
+            built = await self._built(())
+            top = built.memo(
+                "top", lambda: {ids[0]: n for ids, n in built.objects.items() if len(ids) == 1}
+            )
+            shown = built.memo("top view", lambda: codec.unstructure(top))
+            return Snapshot(top, built.version, built.revision, shown)
+        node, built = await self._existing(ids)
+        kids = model.children(node)
+        shown = built.memo(("children", ids), lambda: codec.unstructure(kids))
+        return Snapshot(kids, built.version, built.revision, shown)
 
     async def repo_tags(self, repo: str) -> Snapshot:
         """Every tag of every branch of a repo, keyed ``<branch>/<tag>``.
@@ -223,13 +276,13 @@ class Repos:
         tag id alone is not unique in a repo (``untested`` is on every branch), and ids hold no
         ``/``, so ``<branch>/<tag>`` names each tag once and says where it lives.
         """
-        node, kvs, revision = await self._existing((repo,))
+        node, built = await self._existing((repo,))
         flat = {
             f"{branch_id}/{tag_id}": tag
             for branch_id, branch in node.branches.items()
             for tag_id, tag in branch.tags.items()
         }
-        return Snapshot(flat, version(kvs), revision)
+        return Snapshot(flat, built.version, built.revision)
 
     async def data(self) -> Snapshot:
         """Every repo nested whole: ``GET /api/data``."""

@@ -752,9 +752,11 @@ def breakdowns(cluster: Cluster, runs: list[Created], kills: list[Kill], results
 # phase 4: controller cold start -----------------------------------------------------------------
 
 
-async def seed(endpoint: str) -> tuple[str, str]:
-    """Write the 10,000 services as the API's store lays them out; one project and service name
-    to check them by."""
+async def seed(
+    endpoint: str, projects: int = COLD_PROJECTS, per_project: int = COLD_PER_PROJECT
+) -> tuple[str, str]:
+    """Write ``projects`` x ``per_project`` services as the API's store lays them out; one
+    project and service name to check them by."""
     stamp = codec.format_time(datetime.now(UTC))
     config = codec.structure(
         {
@@ -776,8 +778,8 @@ async def seed(endpoint: str) -> tuple[str, str]:
             batch = []
         batch.extend(ops)
 
-    for p in range(COLD_PROJECTS):
-        pid, pname = new_id(), f"cold-{p:03d}"
+    for p in range(projects):
+        pid, pname = new_id(), f"cold-{p:06d}"
         meta = codec.structure({"name": pname, "created": stamp, "updated": stamp}, Meta)
         add(
             [
@@ -786,7 +788,7 @@ async def seed(endpoint: str) -> tuple[str, str]:
             ]
         )
         layout = service_store.layout(pid)
-        for s in range(COLD_PER_PROJECT):
+        for s in range(per_project):
             sid, sname = new_id(), f"svc-{s:04d}"
             values: dict[str, Any] = {
                 "meta": codec.structure(
@@ -817,17 +819,25 @@ async def seed(endpoint: str) -> tuple[str, str]:
 
         await asyncio.gather(*(write(b) for b in batches))
         # Read one back through the API's own store: the layout is what the API would read.
-        pid = await etcd.get(keys.project_name("cold-099"))
+        project, service = f"cold-{projects - 1:06d}", f"svc-{per_project - 1:04d}"
+        pid = await etcd.get(keys.project_name(project))
         assert pid is not None
         store = service_store.services(etcd, NameCache(), pid.value.decode())
-        record = await store.get("svc-0099")
+        record = await store.get(service)
         page = await store.list(page=1, per_page=1)
-        if record.values["config"].replicas != 0 or page.total != COLD_PER_PROJECT:
+        if record.values["config"].replicas != 0 or page.total != per_project:
             raise RuntimeError(f"seeded services do not read back: {record}, total {page.total}")
-    return "cold-099", "svc-0099"
+    return project, service
 
 
-def cold_start(work: Path, etcd: str, etcd_pids: Sequence[int], run: int) -> ColdStart:
+def cold_start(
+    work: Path,
+    etcd: str,
+    etcd_pids: Sequence[int],
+    run: int,
+    expected: int = COLD_SERVICES,
+    within: float = 60.0,
+) -> ColdStart:
     listen = f"{HOST}:{free_port()}"
     log = work / f"controller-{run}.log"
     args = ["controller", "--etcd", etcd, "--listen", listen]
@@ -854,19 +864,19 @@ def cold_start(work: Path, etcd: str, etcd_pids: Sequence[int], run: int) -> Col
                 other = meter.cores([proc.pid])
             if status == 200:
                 all_ready = now - spawned
-            elif now - spawned > 60:
-                raise TimeoutError(f"the controller is not ready after 60 s:\n{tail(log)}")
+            elif now - spawned > within:
+                raise TimeoutError(f"the controller is not ready after {within:g} s:\n{tail(log)}")
             else:
                 time.sleep(0.01)
         metrics = Http(listen, timeout=30)
         try:
-            while time.perf_counter() - spawned < 90:
+            while time.perf_counter() - spawned < within * 1.5:
                 asked = time.perf_counter()
                 status, raw = metrics.request("GET", "/metrics")
                 stall = max(stall, time.perf_counter() - asked)
                 m = controller_metrics(raw, "services")
                 count = m.get(f"{RECONCILE_METRIC}_count", 0.0)
-                if count >= COLD_SERVICES and m.get("lastbackend_controller_queue_depth") == 0:
+                if count >= expected and m.get("lastbackend_controller_queue_depth") == 0:
                     drained = time.perf_counter() - spawned
                     break
                 time.sleep(0.05)

@@ -8,9 +8,10 @@
   (:data:`READER`), for the session; ``open_api``: one with no token (the loopback default), where
   the dashboard skips its sign-in form. Both on ``browser_etcd``, a server of the browser tests'
   own, so the other suites emptying theirs between tests never pulls data from under a page.
-- ``page``: a page in a new context at 1280x800 that records every request it makes; when the
-  test ends it fails the test on a request to anything but the API under test (the dashboard
-  must work air-gapped), an uncaught script error, or a Content-Security-Policy violation.
+- ``context`` and its ``page``: a new context at 1280x800 that records every request its pages
+  make; when the test ends it fails the test on a request to anything off this machine (the
+  dashboard must work air-gapped: no CDN, font or script from elsewhere), an uncaught script
+  error, or a Content-Security-Policy violation.
 
 The async API, under pytest-asyncio with one event loop for the session: Playwright's sync API
 leaves an event loop set on the main thread that breaks the pytest-asyncio tests collected after

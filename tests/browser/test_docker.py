@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import re
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +22,6 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Page, expect
 
-from tests.baseimage import BASE_IMAGE
 from tests.browser.dashboard import (
     ADMIN,
     Api,
@@ -125,10 +125,14 @@ async def test_a_service_made_in_the_form_shows_its_containers_as_they_start(
     api.call("PATCH", f"{base}/config", {"replicas": 1}, expect=200)
     await expect(containers).to_have_count(1, timeout=60_000)
 
-    # a second revision (another command), then back to the first from the Rollback control
-    api.call("PATCH", f"{base}/config", {"command": "sleep 3600"}, expect=200)
+    # a second revision whose container logs a line: the page follows it live; then back to
+    # the first revision from the Rollback control
+    command = "echo logged by revision 2; exec sleep 3600"
+    api.call("PATCH", f"{base}/config", {"command": command}, expect=200)
     choice = page.get_by_role("group", name="Rollback").get_by_label("Revision")
     await expect(choice.locator("option[value='2']")).to_be_attached(timeout=30_000)
+    logs = page.get_by_role("log", name="Logs")
+    await expect(logs).to_contain_text("logged by revision 2", timeout=30_000)
     await choice.select_option("1")
     await page.get_by_role("button", name="Rollback", exact=True).click()
     await expect(page.get_by_role("alert")).to_have_count(0)
@@ -137,6 +141,19 @@ async def test_a_service_made_in_the_form_shows_its_containers_as_they_start(
             break
         await asyncio.sleep(0.1)
     assert api.call("GET", f"{base}/config")["command"] == "", "rolled back to revision 1"
+
+
+async def test_the_system_page_shows_the_node_agent_and_the_leaders(
+    page: Page, platform: tuple[Api, Harness]
+) -> None:
+    api, harness = platform
+    await sign_in(page, api)
+    await visit(page, api, "system", "System")
+    node = rows(page, "Nodes").filter(has_text=harness.node)
+    await expect(node).to_have_count(1)
+    await expect(node).to_contain_text("ready")
+    for controller in ("services", "gc", "staging", "builds", "events"):
+        await expect(rows(page, "Leaders").filter(has_text=controller)).not_to_have_count(0)
 
 
 def zip_of(files: dict[str, bytes]) -> bytes:
@@ -186,4 +203,12 @@ async def test_a_zip_dropped_on_the_app_page_stages_and_its_log_follows_to_stage
     staged = api.call("GET", f"/v3/apps/{app['guid']}/droplets")["resources"]
     assert [d["state"] for d in staged] == ["STAGED"], staged
     harness.images += [d["image"] for d in staged if d.get("image") and "@" not in d["image"]]
-    assert BASE_IMAGE  # the stack and base image stay on the engine for the next run
+
+    # assign the droplet and start the app from the page: one instance comes up, then stop it
+    await page.get_by_role("button", name=re.compile(r"^Assign droplet ")).click()
+    await expect(droplets.filter(has_text="current")).to_have_count(1)
+    await page.get_by_role("button", name="Start", exact=True).click()
+    await expect(page.get_by_text("1/1 ready")).to_be_visible(timeout=60_000)
+    assert api.call("GET", f"/v3/apps/{app['guid']}")["desired_state"] == "STARTED"
+    await page.get_by_role("button", name="Stop", exact=True).click()
+    await expect(page.get_by_text("STOPPED", exact=True)).to_be_visible()

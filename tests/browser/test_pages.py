@@ -59,7 +59,12 @@ async def test_the_project_and_service_pages_show_their_objects(
     await project_row.get_by_role("link", name=shop.project).click()
     await expect(page).to_have_url(f"{guarded.ui}#/projects/{shop.project}")
     await expect(page.get_by_role("heading", level=1, name=shop.project)).to_be_visible()
-    await expect(rows(page, "Services").filter(has_text=shop.service)).to_have_count(1)
+    service_row = rows(page, "Services").filter(has_text=shop.service)
+    await expect(service_row).to_have_count(1)
+    await expect(service_row).to_contain_text("busybox:1.36")  # its image
+    await expect(service_row.get_by_role("link", name=shop.service)).to_have_attribute(
+        "href", f"#/projects/{shop.project}/services/{shop.service}"
+    )
     await expect(rows(page, "Apps").filter(has_text=shop.app)).to_have_count(1)
 
     await visit(page, guarded, fragment("service", shop), shop.service)
@@ -152,6 +157,11 @@ async def test_every_page_fits_the_screen_width(
     try:
         page = await context.new_page()
         await sign_in(page, guarded)
+        nav = page.get_by_role("navigation", name="Main")
+        for name in NAV:  # every link on the screen, none pushed past its edge
+            box = await nav.get_by_role("link", name=name, exact=True).bounding_box()
+            assert box is not None, name
+            assert 0 <= box["x"] <= box["x"] + box["width"] <= viewport["width"], (name, box)
         overflowing = {}
         for name, template in PAGES:
             await visit(page, guarded, fragment(name, shop), heading(template, shop))

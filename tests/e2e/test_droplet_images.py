@@ -10,9 +10,11 @@ import docker
 import pytest
 
 from lastbackend.lifecycle.staging import LABEL_DROPLET
+from lastbackend.store import installation, keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.e2e.harness import Harness, eventually
 from tests.e2e.test_apps import SITE, V3, zip_of
+from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.docker, pytest.mark.etcd]
 
@@ -24,7 +26,7 @@ def tags(api: docker.APIClient, droplet: str) -> list[str]:
 
 
 async def test_deleting_a_droplet_removes_its_image(
-    harness: Harness, etcd_server: EmbeddedEtcd, docker_api: docker.APIClient
+    harness: Harness, etcd: RawEtcd, etcd_server: EmbeddedEtcd, docker_api: docker.APIClient
 ) -> None:
     h = harness
     daemon = h.start("daemon", etcd_server.endpoint)
@@ -38,6 +40,10 @@ async def test_deleting_a_droplet_removes_its_image(
     assert staged["state"] == "STAGED", staged
     assert tags(docker_api, droplet["guid"]) == [staged["image"]]
     assert docker_api.images(name=staged["image"])  # `docker images <tag>` lists it
+    labels = docker_api.inspect_image(staged["image"])["Config"]["Labels"]
+    made_by = await etcd.get(keys.INSTALLATION)
+    assert made_by is not None
+    assert labels[installation.LABEL] == made_by.value.decode(), "the sweep's way to tell it ours"
 
     await v3.call("DELETE", f"/v3/droplets/{droplet['guid']}", expect=204)
 

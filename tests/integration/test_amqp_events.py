@@ -21,13 +21,13 @@ from typing import Any
 import attrs
 import pytest
 from aiohttp.test_utils import TestClient
-from proton import Message, Timeout
+from proton import Message, Timeout, symbol, ulong
 from proton.handlers import MessagingHandler
-from proton.reactor import ApplicationEvent, Container, EventInjector
+from proton.reactor import ApplicationEvent, Container, EventInjector, Filter
 from proton.utils import BlockingConnection, LinkDetached
 
 from lastbackend.config import ConfigError, Settings
-from lastbackend.controllers.amqp import AmqpHub, Outgoing
+from lastbackend.controllers.amqp import AFTER_REVISION, AmqpHub, Outgoing
 from lastbackend.controllers.build_tag_events import (
     CREATED,
     DELETED,
@@ -111,8 +111,12 @@ class Got:
 class Receiver:
     """One AMQP receiver on one address, in a thread of its own (proton is not thread-safe)."""
 
-    def __init__(self, port: int, address: str, *, credit: int = 1000) -> None:
+    def __init__(
+        self, port: int, address: str, *, credit: int = 1000, after: int | None = None
+    ) -> None:
         self.address = address
+        self.after = after
+        """The revision to resume after (the hub's source filter), or None: live only."""
         self.messages: list[Got] = []
         self.error: BaseException | None = None
         self.ended: BaseException | None = None
@@ -130,7 +134,10 @@ class Receiver:
         try:
             conn = BlockingConnection(f"127.0.0.1:{port}", timeout=5)
             try:
-                link = conn.create_receiver(self.address, credit=credit)
+                options = None
+                if self.after is not None:
+                    options = Filter({symbol(AFTER_REVISION): ulong(self.after)})
+                link = conn.create_receiver(self.address, credit=credit, options=options)
             except BaseException:
                 with contextlib.suppress(Exception):
                     conn.close()
@@ -695,3 +702,104 @@ def test_event_settings() -> None:
     assert Settings(events_amqp_listen="").amqp_listen is None
     Settings(events_forward="amqp://user:pw@broker.example.com:5672").check()
     Settings(events_forward="amqps://broker.example.com").check()
+
+
+# resuming across reconnects and failovers -----------------------------------------------------
+
+
+def _revisions(got: list[Got]) -> list[int]:
+    return [int(g.properties["revision"]) for g in got]
+
+
+async def _put_repo(api: Client, n: int) -> None:
+    await call(api, "PUT", R, {"source_url": f"https://example.com/{n}"})
+
+
+async def test_a_receiver_resuming_after_a_revision_gets_what_it_missed_once(
+    api: Client, events: tuple[ControllerRunner, int]
+) -> None:
+    _, port = events
+    first = await Receiver.attach(port, R)
+    for n in range(4):
+        await _put_repo(api, n)
+    seen = _revisions(await first.wait(4))
+    await first.close()  # it read the first two, say, and its connection dropped
+    for n in range(4, 6):
+        await _put_repo(api, n)  # made while it was away
+
+    resumed = await Receiver.attach(port, R, after=seen[1])
+    await _put_repo(api, 6)
+    got = await resumed.wait(5)
+    assert [g.json["source_url"] for g in got] == [f"https://example.com/{n}" for n in range(2, 7)]
+    assert _revisions(got)[:2] == seen[2:]
+    assert len(set(_revisions(got))) == 5, "none twice"
+    await resumed.close()
+
+
+async def test_resuming_from_before_what_the_hub_holds_is_refused_with_the_reason(
+    api: Client, etcd: RawEtcd
+) -> None:
+    await _put_repo(api, 0)
+    port = free_port()
+    runner = ControllerRunner(EventsController(("127.0.0.1", port)), etcd, lease_ttl=2)
+    runner.start()
+    try:
+        hub = (await leading(runner)).hub
+        assert hub is not None
+        start = hub.complete_after  # the revision its term started publishing from
+        assert start >= await etcd.status() - 1
+        with pytest.raises(LinkDetached, match="replay-unavailable"):
+            await Receiver.attach(port, R, after=start - 1)
+        ok = await Receiver.attach(port, R, after=start)
+        await _put_repo(api, 1)
+        (got,) = await ok.wait(1)
+        assert got.json["source_url"] == "https://example.com/1"
+        await ok.close()
+    finally:
+        await runner.stop(grace=1)
+
+
+async def test_a_new_leader_publishes_what_was_written_while_nobody_led(
+    api: Client, etcd: RawEtcd
+) -> None:
+    ports = {"a": free_port(), "b": free_port()}
+
+    def manager(name: str) -> Manager:
+        controller = EventsController(("127.0.0.1", ports[name]))
+        return Manager(etcd, [controller], identity=f"proc-{name}", lease_ttl=2)
+
+    a = manager("a")
+    a.start()
+    b: Manager | None = None
+    try:
+        await leading(a.runners[0])
+        receiver = await Receiver.attach(ports["a"], R)
+        for n in range(5):
+            await _put_repo(api, n)
+        last = max(_revisions(await receiver.wait(5)))
+        await a.stop()  # at once: its record of what it published may lag behind the sends
+        for n in range(5, 8):
+            await _put_repo(api, n)  # nobody leads: before, these were never sent
+
+        b = manager("b")
+        b.start()
+        await leading(b.runners[0])
+        moved = await Receiver.attach(ports["b"], R, after=last)
+        await _put_repo(api, 8)
+        got = await moved.wait(4)
+        assert [g.json["source_url"] for g in got] == [
+            f"https://example.com/{n}" for n in range(5, 9)
+        ]
+        assert min(_revisions(got)) > last
+
+        async def recorded() -> bool:  # one or two periods behind what it sent
+            kv = await etcd.get(keys.EVENTS_PUBLISHED)
+            return kv is not None and int(kv.value) >= max(_revisions(got))
+
+        await eventually(recorded, 5)
+        await receiver.close()
+        await moved.close()
+    finally:
+        await a.stop()
+        if b is not None:
+            await b.stop()

@@ -17,7 +17,6 @@ from lastbackend import codec
 from lastbackend.config import Settings
 from lastbackend.controllers.builds import BuildsController, _Job
 from lastbackend.controllers.gc import GarbageCollector
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.leader import Fenced, LeaderElection, NotLeader
 from lastbackend.controllers.queue import WorkQueue
 from lastbackend.controllers.runner import Controller, Elected
@@ -35,6 +34,7 @@ from lastbackend.sources.blobs import BlobStore
 from lastbackend.store import keys
 from lastbackend.store.builds import Target
 from lastbackend.store.etcd import Op
+from lastbackend.store.informer import Informer
 from lastbackend.store.repos import Repos
 from tests.conftest import dump
 from tests.fakeruntime import FakeRuntime

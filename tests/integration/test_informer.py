@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from lastbackend.controllers.informer import Informer
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import KV, Cmp, Compacted, Etcd, Op
+from lastbackend.store.informer import Informer
 from tests.conftest import new_etcd_server
 from tests.support import RawEtcd
 

@@ -15,7 +15,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from lastbackend import codec
-from lastbackend.controllers.informer import Informer
 from lastbackend.controllers.leader import LeaderElection
 from lastbackend.controllers.queue import WorkQueue
 from lastbackend.controllers.runner import ControllerRunner
@@ -25,6 +24,7 @@ from lastbackend.node.agent import LABEL_POD, NodeAgent
 from lastbackend.runtime.base import NodeCapacity
 from lastbackend.secrets import Secrets
 from lastbackend.store import keys
+from lastbackend.store.informer import Informer
 from tests.fakeruntime import FakeRuntime
 from tests.support import TEST_KEY, RawEtcd, eventually
 
@@ -224,7 +224,8 @@ async def test_deleting_the_service_removes_pods_and_containers(cluster: Cluster
 
     async def gone() -> bool:
         left = await cluster.etcd.range(keys.ROOT)
-        stray = [kv.key for kv in left.kvs if not kv.key.startswith((keys.NODES, keys.LEADERS))]
+        kept = (keys.NODES, keys.LEADERS, keys.INSTALLATION)  # the platform's, not the service's
+        stray = [kv.key for kv in left.kvs if not kv.key.startswith(kept)]
         return not stray and not await cluster.running()
 
     await eventually(gone)

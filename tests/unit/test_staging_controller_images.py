@@ -20,7 +20,7 @@ from lastbackend.lifecycle.staging import LABEL_APP, LABEL_DROPLET, droplet_imag
 from lastbackend.runtime.base import ContainerSpec, ImageConfig
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.sources.blobs import BlobStore
-from lastbackend.store import keys
+from lastbackend.store import installation, keys
 from lastbackend.store.etcd import Op
 from tests.fakeruntime import FakeRuntime
 from tests.support import RawEtcd, eventually
@@ -32,10 +32,14 @@ OWNER = f"0b3a2f2e-8f5e-4a4b-9a55-5d0b7f7a1c11:{APP}"
 LIVE, GONE, USED = "d-live", "d-gone", "d-used"
 
 
-def droplet(rt: FakeRuntime, guid: str) -> str:
-    """A droplet image as staging exports it: tagged by guid, labelled with droplet and app."""
+def droplet(rt: FakeRuntime, guid: str, *, of: str | None = None) -> str:
+    """A droplet image as staging exports it: tagged by guid, labelled with droplet and app,
+    and with the id of the installation ``of`` unless it is ``None`` (made before ids)."""
     ref = droplet_image("", APP, guid)
-    rt.add_image(ref, ImageConfig(labels={LABEL_DROPLET: guid, LABEL_APP: APP}))
+    labels = {LABEL_DROPLET: guid, LABEL_APP: APP}
+    if of is not None:
+        labels[installation.LABEL] = of
+    rt.add_image(ref, ImageConfig(labels=labels))
     return ref
 
 
@@ -150,3 +154,20 @@ async def test_an_apps_cache_is_kept_within_its_bound_and_goes_with_the_app(
     await etcd.txn([], [Op.delete(keys.app_owner(APP))])  # what DELETE /v3/apps does
     await controller.sweep_caches()
     assert controller._read_cache(APP) is None
+
+
+async def test_the_sweep_never_takes_another_installations_droplet(
+    etcd: RawEtcd, rt: FakeRuntime, controller: StagingController, runner: ControllerRunner
+) -> None:
+    """On a shared engine an image labelled with another installation's id is not ours, however
+    old; one of our own and an unlabelled one (made before ids existed) are swept."""
+    theirs, legacy = droplet(rt, "d-theirs", of="another"), droplet(rt, GONE)
+    await lead(runner)
+    ours = droplet(rt, "d-ours", of=controller.installation)
+    await controller.sweep()
+    stored = await etcd.get(keys.INSTALLATION)
+    assert stored is not None
+    assert controller.installation == stored.value.decode()
+    assert await present(rt, theirs)
+    assert not await present(rt, legacy)
+    assert not await present(rt, ours)
