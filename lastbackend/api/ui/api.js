@@ -86,10 +86,19 @@ export const put = (path, body, options) => request("PUT", path, { ...options, b
 export const patch = (path, body, options) => request("PATCH", path, { ...options, body });
 export const del = (path, options) => request("DELETE", path, options);
 
-/** Every item of a paginated list (one page of up to 5,000: the API's maximum). */
+/** Every item of a paginated list: pages of 5,000 (the API's maximum), following `next`. */
 export async function list(path, options) {
   const sep = path.includes("?") ? "&" : "?";
-  return (await get(`${path}${sep}per_page=5000`, options)).resources;
+  let url = `${path}${sep}per_page=5000`;
+  const items = [];
+  for (;;) {
+    const page = await get(url, options);
+    items.push(...page.resources);
+    const next = page.pagination && page.pagination.next;
+    if (!next) return items;
+    const found = new URL(next.href, location.href); // same origin: only its path is used
+    url = `${found.pathname}${found.search}`;
+  }
 }
 
 /** A text stream (a followed log): `onText` gets each piece as it arrives, until it ends. */

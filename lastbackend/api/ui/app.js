@@ -180,7 +180,7 @@ onUnauthorized((error) => {
 
 window.addEventListener("hashchange", route);
 
-async function boot() {
+async function boot(delay = 500) {
   let who;
   try {
     who = await get("/api/whoami", { quiet: true });
@@ -189,7 +189,12 @@ async function boot() {
       session.token = "";
       return showSignIn(error.message);
     }
-    view.replaceChildren(h("h1", {}, "The API does not answer"), h("p", { role: "alert" }, error.message));
+    // not up yet, or restarting: say so and ask again
+    view.replaceChildren(
+      h("h1", {}, "Waiting for the API"),
+      h("p", { role: "alert" }, `${error.message}; trying again in ${Math.round(delay / 1000)} s.`),
+    );
+    setTimeout(() => boot(Math.min(delay * 2, 8000)), delay);
     return;
   }
   if (who.role === null) return showSignIn();

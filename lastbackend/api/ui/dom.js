@@ -201,7 +201,8 @@ export function form(name, specs, button, submit, { reset = true, extra = null }
       fields.map((f) => [f.spec.name, f.spec.type === "file" ? f.control.files : f.control.value]),
     );
     submitButton.disabled = true;
-    status.textContent = "Working…";
+    status.textContent = ""; // it speaks once the API has answered, not before
+    el.setAttribute("aria-busy", "true");
     try {
       const done = await submit(values, el);
       status.textContent = done || "Done.";
@@ -211,6 +212,7 @@ export function form(name, specs, button, submit, { reset = true, extra = null }
       el.showError(error);
     } finally {
       submitButton.disabled = false;
+      el.removeAttribute("aria-busy");
     }
   });
   return el;

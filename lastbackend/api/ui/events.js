@@ -35,6 +35,7 @@ export class EventStream {
     this.lastId = "";
     this.running = false;
     this.wasLive = false;
+    this.generation = 0; // each start's loop runs only while it is the latest
   }
 
   /** `fn(event)` for each change; `fn(null)` when everything must be listed again. */
@@ -46,7 +47,7 @@ export class EventStream {
   start() {
     if (this.running) return;
     this.running = true;
-    this.loop();
+    this.loop(++this.generation);
   }
 
   stop() {
@@ -74,9 +75,10 @@ export class EventStream {
     }
   }
 
-  async loop() {
+  async loop(generation) {
     let delay = BACKOFF_MIN;
-    while (this.running) {
+    const current = () => this.running && this.generation === generation;
+    while (current()) {
       this.setState(this.wasLive ? "reconnecting" : "connecting");
       this.abort = new AbortController();
       let opened = false;
@@ -100,10 +102,10 @@ export class EventStream {
         this.wasLive = true;
         await this.read(resp.body);
       } catch (error) {
-        if (!this.running) return;
+        if (!current()) return;
         if (error.status === 400 && this.lastId) this.lastId = ""; // an id it no longer takes
       }
-      if (!this.running) return;
+      if (!current()) return;
       delay = opened ? BACKOFF_MIN : Math.min(delay * 2, BACKOFF_MAX);
       this.setState("reconnecting");
       await new Promise((done) => setTimeout(done, delay * (0.75 + Math.random() / 2)));
