@@ -6,7 +6,6 @@ import pytest
 from playwright.async_api import Page, Route, expect
 
 from tests.browser.dashboard import (
-    ADMIN,
     PAGES,
     READ_ONLY,
     READER,
@@ -31,9 +30,7 @@ def shop(guarded: Api) -> Sample:
     """The sample, and a registry account and a vendor, so those pages have rows whose
     delete or disconnect button a read-only token must not get."""
     account = {"host": "registry.readable.test", "username": "ci", "password": "pw-0123"}
-    guarded.daemon.request(  # 201, or 409 when a rerun finds it
-        "POST", "/api/registries", account, headers={"Authorization": f"Bearer {ADMIN}"}
-    )
+    guarded.call("POST", "/api/registries", account, expect=201)
     guarded.call("PUT", "/api/vendors/gitlab", {"username": "ci", "token": "glpat-0123"})
     return sample(guarded, "readable")
 
@@ -82,7 +79,4 @@ async def test_a_write_the_api_refuses_shows_its_403_and_writes_nothing(
 
     await expect(page.get_by_role("alert")).to_contain_text(READ_ONLY)
     await expect(rows(page, "Projects").filter(has_text=name)).to_have_count(0)
-    status, _ = guarded.daemon.request(
-        "GET", f"/api/projects/{name}", headers={"Authorization": f"Bearer {guarded.token}"}
-    )
-    assert status == 404, "nothing was written"
+    guarded.call("GET", f"/api/projects/{name}", expect=404)  # nothing was written
