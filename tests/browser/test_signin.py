@@ -33,6 +33,8 @@ async def test_sign_in_keeps_the_token_for_the_tab_and_sends_it_as_a_bearer_head
     assert ADMIN in stored, "the token is kept in sessionStorage"
     assert await page.evaluate("() => Object.values(localStorage)") == [], "not beyond the tab"
     assert await context.cookies() == [], "no cookie: a cookie would be sent by any page's form"
+    assert ADMIN not in await page.content(), "the token is never shown in the page"
+    assert ADMIN not in page.url, "nor put in the address bar (history, Referer)"
 
     after = seen(context).requests[clicked:]
     api_calls = [r for r in after if "/api/" in r.url or "/v3/" in r.url]
