@@ -9,7 +9,9 @@
 # etcd-client (etcdctl, for admins), git, python3-venv, docker.io (the engine the node agent drives),
 # caddy (the router's proxy), mmdebstrap (builds the debian stack from this machine's apt sources),
 # and for the e2e tests busybox-static (the offline base image), curl (a TLS client for the offline
-# image that checks builds' CA bundle), docker-registry and apache2-utils (htpasswd); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
+# image that checks builds' CA bundle), docker-registry and apache2-utils (htpasswd), and for the
+# dashboard's browser tests chromium (Playwright drives this one; it never downloads a browser of
+# its own); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
 # not running and they are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+command -v chromium >/dev/null || missing+=(chromium)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}" >&2

@@ -7,7 +7,17 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
-from lastbackend.api import apps, middlewares, projects, registries, repos, services, system
+from lastbackend.api import (
+    apps,
+    cluster,
+    dashboard,
+    middlewares,
+    projects,
+    registries,
+    repos,
+    services,
+    system,
+)
 from lastbackend.api import builds as builds_family
 from lastbackend.api import certificates as certificates_family
 from lastbackend.api import container_logs as logs_family
@@ -95,8 +105,10 @@ def make_app(
             builds_family,
             certificates_family,
             discovery_family,
+            cluster,
         ):
             app.router.add_routes(family.routes)
+        dashboard.install(app)
     return app
 
 

@@ -41,11 +41,25 @@ SIGNED_ROUTES = frozenset({("POST", "/api/hooks/{vendor}")})
 instead of a bearer token: git providers cannot send ours. Matched on the resolved route, so no
 path spelling can reach another handler through the exemption."""
 
+SELF_CHECKED_ROUTES = frozenset({"/api/whoami"})
+"""Routes that check the bearer token themselves: answered without one (so a dashboard can ask
+whether it needs one), 401 for a token that is not valid."""
+
+DASHBOARD = "/ui"
+"""The dashboard's static files (``api/dashboard.py``): public, they hold no data; every byte of
+data the page shows comes from the API with the bearer token. Matched on the resolved route."""
+
+
+def is_dashboard(route: str) -> bool:
+    """Whether a route template is one of the dashboard's (``/ui``, ``/ui/``, ``/ui/{path}``)."""
+    return route == DASHBOARD or route.startswith(DASHBOARD + "/")
+
+
 NODE_ROUTES = "/node/"
 """Routes an API process calls on a node agent: matched on the resolved route, they take the
 node token (``auth.node_token``) and no user token; no other route takes the node token."""
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lastbackend"'}
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lastbackend"'}
 _NODE_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="lastbackend-node"'}
 
 
@@ -419,19 +433,22 @@ def auth(settings: Settings) -> web.middleware:  # type: ignore[valid-type]
             return await handler(request)
         if not settings.auth_enabled or request.path in PUBLIC_PATHS:
             return await handler(request)
+        route = _route(request)
+        if is_dashboard(route) or route in SELF_CHECKED_ROUTES:
+            return await handler(request)
         if (request.method, _route(request)) in SIGNED_ROUTES:
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "send Authorization: Bearer <token>", headers=_CHALLENGE)
+            raise ApiError(401, "send Authorization: Bearer <token>", headers=CHALLENGE)
         if _matches(token, settings.admin_tokens):
             pass
         elif _matches(token, settings.read_tokens):
             if request.method not in SAFE_METHODS:
                 raise ApiError(403, "this token is read-only; writes need an admin token")
         else:
-            raise ApiError(401, "the bearer token is not valid", headers=_CHALLENGE)
+            raise ApiError(401, "the bearer token is not valid", headers=CHALLENGE)
         return await handler(request)
 
     return middleware

@@ -17,7 +17,12 @@ import attrs
 from aiohttp import web
 
 from lastbackend.api.http import MAX_PAGE, MAX_PER_PAGE, Doc
-from lastbackend.api.middlewares import NODE_ROUTES, PUBLIC_PATHS
+from lastbackend.api.middlewares import (
+    NODE_ROUTES,
+    PUBLIC_PATHS,
+    SELF_CHECKED_ROUTES,
+    is_dashboard,
+)
 from lastbackend.codec import CHECKS, RELATIONSHIPS
 from lastbackend.model import (
     apps,
@@ -208,6 +213,7 @@ def schemas() -> dict[str, Any]:
         **_event_schemas(),
         **_vendor_image_schemas(),
         **_certificate_schemas(),
+        **_system_schemas(),
         "Error": {
             "type": "object",
             "properties": {
@@ -223,6 +229,44 @@ def schemas() -> dict[str, Any]:
                     },
                 }
             },
+        },
+    }
+
+
+def _system_schemas() -> dict[str, Any]:
+    """``/api/whoami``, ``/api/nodes`` and ``/api/leaders``: what a dashboard asks first, and
+    who runs what."""
+    node = schema_of(pods.Node)
+    node["properties"]["state"] = {
+        "type": "string",
+        "enum": ["ready", "lost"],
+        "description": "ready: its agent holds its key; lost: gone, only its pods are left",
+    }
+    node["properties"]["pods"] = {"type": "integer", "minimum": 0}
+    node["required"] = ["name", "state", "pods"]
+    return {
+        "WhoAmI": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "auth": {"type": "boolean", "description": "whether requests need a token"},
+                "role": {"type": ["string", "null"], "enum": ["admin", "read", None]},
+            },
+            "required": ["auth", "role"],
+        },
+        "Node": node,
+        "Leader": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string", "description": "services, gc, ..., node-<name>"},
+                "leader": {"type": "string", "description": "the holder's host/pid/random"},
+                "since_revision": {
+                    "type": "integer",
+                    "description": "the etcd revision its term began at",
+                },
+            },
+            "required": ["name", "leader", "since_revision"],
         },
     }
 
@@ -541,6 +585,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "host": schema_of(hosts.RouteHost),
     "vendor": {"type": "string", "enum": list(vendor_model.VENDORS)},
     **{name: schema_of(build_tags.PathId) for name in ("repo", "branch", "tag", "artifact")},
+    "path": {"type": "string", "minLength": 1, "description": "a file of the dashboard"},
 }
 """Schemas of path parameters by name; a :class:`Doc` names the odd one out in ``params``."""
 
@@ -623,7 +668,7 @@ def _operation(spec: Doc, method: str, path: str) -> dict[str, Any]:
         )
         media = _MEDIA_TYPES.get(spec.response, "application/json")
         ok["content"] = {media: {"schema": schema}}
-    public = path in PUBLIC_PATHS
+    public = path in PUBLIC_PATHS or is_dashboard(path)
     codes = [c for c in _ERRORS if not (public and c in (401, 403, 404))]
     if spec.body is None:
         codes = [c for c in codes if c not in (413, 415, 422)]
@@ -656,8 +701,10 @@ def build(app: web.Application) -> dict[str, Any]:
     for method, path, spec in documented_routes(app):
         if spec is not None:
             paths.setdefault(path, {})[method.lower()] = _operation(spec, method, path)
-            if (method.lower(), path) in UNSIGNED or path in PUBLIC_PATHS:
+            if (method.lower(), path) in UNSIGNED or path in PUBLIC_PATHS or is_dashboard(path):
                 paths[path][method.lower()]["security"] = []
+            if path in SELF_CHECKED_ROUTES:  # a token is optional: none, or a valid one
+                paths[path][method.lower()]["security"] = [{}, {"bearer": []}]
             if path.startswith(NODE_ROUTES):
                 paths[path][method.lower()]["security"] = [{"node": []}]
     return {

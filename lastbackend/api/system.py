@@ -1,4 +1,4 @@
-"""Liveness, readiness, Prometheus metrics and the OpenAPI document.
+"""Liveness, readiness, Prometheus metrics, the OpenAPI document and ``/api/whoami``.
 
 ``/readyz`` needs no token (probes send none), so with auth on it tells an unauthenticated caller
 only its ``status``: leader identities (host names and pids), node and router details and etcd's
@@ -11,7 +11,8 @@ import attrs
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from lastbackend.api import openapi
+from lastbackend.api import middlewares, openapi
+from lastbackend.api.errors import ApiError
 from lastbackend.api.http import doc, json_response
 from lastbackend.api.roles import role
 from lastbackend.api.state import STATE, State
@@ -37,6 +38,26 @@ async def readyz(request: web.Request) -> web.Response:
     if role(state.settings, request.headers.get("Authorization", "")) is None:
         return json_response({"status": response.body["status"]}, status=response.status)
     return json_response(response.body, status=response.status)
+
+
+@routes.get("/api/whoami")
+@doc(
+    "Whether a token is needed and the role of the one sent (none: role null); a token that "
+    "is not valid is a 401",
+    response="WhoAmI",
+)
+async def whoami(request: web.Request) -> web.Response:
+    """For a dashboard's first call: show a sign-in form or not, and which controls to render.
+
+    Answered without a token (``role: null``), so a page can ask before it has one; a token
+    sent must be valid, so signing in with a wrong one gets the same 401 as any other call.
+    """
+    settings = request.app[STATE].settings
+    sent = request.headers.get("Authorization", "")
+    found = role(settings, sent)
+    if sent and found is None:
+        raise ApiError(401, "the bearer token is not valid", headers=middlewares.CHALLENGE)
+    return json_response({"auth": settings.auth_enabled, "role": found})
 
 
 @attrs.frozen

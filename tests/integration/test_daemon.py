@@ -136,10 +136,17 @@ class Daemon:
         return self.log.read_text(errors="replace")[-4000:]
 
     def request(
-        self, method: str, path: str, body: Any = None, timeout: float = 5
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 5,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:

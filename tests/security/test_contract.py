@@ -10,7 +10,9 @@ per operation; ``test_the_exceptions_name_documented_operations`` keeps that lis
 
 Left out: the streams (``/api/events``, ``.../logs``: a follow never ends, so every request
 would be one timeout) and the node routes (the admin token is refused there by design; see
-``test_node_credential.py``). Schemathesis' ``filter_too_much`` health check is about how
+``test_node_credential.py``) and the dashboard's static files under ``/ui`` (HTML, CSS and
+JavaScript, not the JSON API: ``tests/integration/test_dashboard.py`` checks their headers and
+that no path reaches another file). Schemathesis' ``filter_too_much`` health check is about how
 fast it can generate host names from their pattern, not about the API: it is suppressed.
 
 The seed is fixed so a CI run is repeatable; ``LB_CONTRACT_SEED=<n>`` explores others, and
@@ -36,7 +38,7 @@ from tests.support import free_ports
 pytestmark = pytest.mark.etcd
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXCLUDED_PATHS = r"^/api/events|/logs$|^/api/node/"
+EXCLUDED_PATHS = r"^/api/events|/logs$|^/api/node/|^/ui"
 SEED = os.environ.get("LB_CONTRACT_SEED", "20261203")
 EXAMPLES = os.environ.get("LB_CONTRACT_EXAMPLES", "20")
 
