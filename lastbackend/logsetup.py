@@ -47,8 +47,14 @@ class _ClientErrors(logging.Filter):
         # The message goes on with the offending bytes (a header line: it may be an
         # Authorization header), which are never logged: only what kind of error it is.
         reason = str(exc.message).split("\n", 1)[0].split(":", 1)[0].strip()
-        log.info("request refused: it is not valid HTTP", status=exc.code, reason=reason)
+        _http_log().info("request refused: it is not valid HTTP", status=exc.code, reason=reason)
         return False
 
 
 log = structlog.get_logger("lastbackend")
+
+
+def _http_log() -> structlog.typing.FilteringBoundLogger:
+    """A logger bound at each use, not cached like :data:`log`: it is first used from inside
+    aiohttp's own logging call, whose stream a test may swap out."""
+    return structlog.get_logger("lastbackend.http")  # type: ignore[no-any-return]

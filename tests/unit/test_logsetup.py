@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
+import structlog
 from aiohttp.http_exceptions import BadHttpMessage
 
 from lastbackend import logsetup
+
+
+@pytest.fixture(autouse=True)
+def restored() -> Iterator[None]:
+    """setup() binds structlog to this test's captured stderr, which is closed after it: every
+    later test would then log into a closed file. Put the configuration back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def test_a_malformed_request_is_one_info_line_not_an_error(
