@@ -33,7 +33,7 @@ cores. The aim (issue 16): under 500 ms each, judged on p99.
 
 Run from the repository root (needs ``etcd`` and ``/usr/bin/chromium``)::
 
-    .venv/bin/python tests/bench/bench_dashboard.py           # ~70 seconds
+    .venv/bin/python tests/bench/bench_dashboard.py           # ~40 s quiet, ~70 s busy
     .venv/bin/python tests/bench/bench_dashboard.py --quick   # ~25 seconds
 """
 
