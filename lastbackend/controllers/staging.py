@@ -322,6 +322,7 @@ class StagingController(Controller):
             "build_env": hostenv.build_env(self.settings.staging_build_env),
             "cache": await asyncio.to_thread(self._read_cache, job.sid),
             "labels": {installation.LABEL: self.installation},
+            "image_labels": {installation.LABEL: self.installation},
         }
         if stack in stacks.BUILT_HERE:  # an admin's stack is checked by the engine
             await stacks.ensure_stack(self.runtime, stack, self.descriptor, log=sink)

@@ -269,6 +269,7 @@ async def stage_buildpack(
     log: Log = _discard,
     timeout_s: float | None = None,
     labels: Mapping[str, str] | None = None,
+    image_labels: Mapping[str, str] | None = None,
     ca_bundle: bytes | None = None,
     build_env: Mapping[str, str] | None = None,
     cache: bytes | None = None,
@@ -280,8 +281,10 @@ async def stage_buildpack(
     environment, given to detect and build (not baked into the image). ``platform_api`` is the
     configured one (``""``: the newest the descriptor supports) and ``environ`` holds the
     deprecation mode variables. ``target`` is :func:`droplet_image`'s; it is pushed (with
-    ``push_auth``) when it names a registry. ``labels`` are added to the staging containers and
-    the droplet image (the installation id: :mod:`lastbackend.store.installation`).
+    ``push_auth``) when it names a registry. ``labels`` are added to the staging containers,
+    ``image_labels`` to the droplet image (the installation id:
+    :mod:`lastbackend.store.installation`); only those, since every container run from the image
+    inherits its labels.
     ``ca_bundle`` (PEM) replaces the stack's CA bundle in the detect and build containers, with
     the variables that point pip, requests and node at it; ``build_env`` (the host's proxy
     variables) is in their environment, under the droplet's own. ``cache`` is the previous
@@ -300,7 +303,7 @@ async def stage_buildpack(
                 environ=dict(environ or {}),
                 log=log,
                 labels={**(labels or {}), STAGING_LABEL: droplet},
-                image_labels=dict(labels or {}),
+                image_labels=dict(image_labels or {}),
                 ca_bundle=ca_bundle,
                 build_env=dict(build_env or {}),
                 cache=cache,
