@@ -35,10 +35,12 @@ from bench_containers import (
     cold_start,
     get_json,
     proc_status_kb,
+    say,
     seed,
     spawn,
     stop_process,
     tail,
+    verdict,
 )
 
 from lastbackend.store.embedded import EmbeddedEtcd
@@ -49,10 +51,6 @@ from tests.support import free_port
 SERVICES = 100_000
 AIM_SYNCED_S = 15.0
 AIM_RSS_MB = 1024.0
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def api_start(work: Path, etcd: str, projects: int) -> dict[str, float]:
@@ -92,10 +90,6 @@ def api_start(work: Path, etcd: str, projects: int) -> dict[str, float]:
         return timings
     finally:
         stop_process(proc)
-
-
-def verdict(value: float, limit: float) -> str:
-    return "PASS" if value < limit else "MISS"
 
 
 def main(argv: list[str] | None = None) -> int:
