@@ -149,7 +149,7 @@ class Cluster:
         return next(p for p in self.apis if p.alive)
 
     async def leader(self, name: str) -> str:
-        """Who holds the election ``name`` (``services``, ``staging``, ...): ``GET /api/leaders``."""
+        """Who holds the election ``name`` (``services``, ``staging``...): ``GET /api/leaders``."""
         _, body = await self.h.call(self.api(), "GET", "/api/leaders", expect=200, record=False)
         return next((i["leader"] for i in body["resources"] if i["name"] == name), "")
 
@@ -159,7 +159,9 @@ class Cluster:
         for proc in self.controllers:
             if proc.alive and str(proc.port) in holder:
                 return proc
-        raise AssertionError(f"no live controller is {holder!r}: {[p.port for p in self.controllers]}")
+        raise AssertionError(
+            f"no live controller is {holder!r}: {[p.port for p in self.controllers]}"
+        )
 
     # what Docker shows
 
@@ -196,7 +198,9 @@ class Cluster:
         return time.monotonic() - started
 
     def explain(self) -> str:
-        lines = [f"{c['engine']} {c['Id'][:12]} {c['Labels'].get(LABEL_POD)}" for c in self.containers()]
+        lines = [
+            f"{c['engine']} {c['Id'][:12]} {c['Labels'].get(LABEL_POD)}" for c in self.containers()
+        ]
         for proc in self.h.procs:
             lines.append(f"--- {proc.log.name} alive={proc.alive}\n{proc.tail(1500)}")
         return "\n".join(lines)
@@ -204,7 +208,9 @@ class Cluster:
     def cleanup(self) -> None:
         self.h.cleanup()
         for engine in self.engines:
-            for c in engine.api.containers(all=True, filters={"label": [f"{LABEL_NODE}={engine.node}"]}):
+            for c in engine.api.containers(
+                all=True, filters={"label": [f"{LABEL_NODE}={engine.node}"]}
+            ):
                 with contextlib.suppress(docker.errors.APIError):
                     engine.api.remove_container(c["Id"], force=True)
 
@@ -392,7 +398,8 @@ class Writer:
 
 async def _helper_names(etcd: RawEtcd) -> dict[str, str]:
     found = await etcd.range(keys.HELPER_PROJECTS)
-    return {kv.key.removeprefix(keys.HELPER_PROJECTS): kv.value.decode() for kv in found.kvs}
+    named = {kv.key.removeprefix(keys.HELPER_PROJECTS): kv.value.decode() for kv in found.kvs}
+    return {name: pid for name, pid in named.items() if "/" not in name}  # not service names
 
 
 async def _project_metas(etcd: RawEtcd) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,109 @@
+"""Faults of every lastbackend process kind in the whole cluster, under writes and routed load.
+
+One :class:`~tests.cluster.harness.Cluster` for the module, on the 3-member TLS etcd cluster.
+Each test breaks one process while :class:`~tests.cluster.harness.Writer` writes through both
+API processes and :class:`~tests.cluster.harness.RouterLoad` sends requests through both
+routers, then checks what a user would: every acknowledged write is in the tree exactly once and
+nothing else is half there, no pod runs twice on the two engines, the containers converge to the
+desired count (the time is printed), and >= 99.9% of the requests were answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+
+import docker
+import pytest
+
+from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
+from tests.cluster.etcd_cluster import EtcdCluster
+from tests.cluster.harness import Cluster, Engine, RouterLoad, Writer
+from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
+from tests.e2e.harness import Harness
+from tests.support import RawEtcd
+
+pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.etcd]
+
+BRIDGE, ADDRESS = "lbcl0", "10.213.9.1/24"
+AIM = 0.999
+
+
+@pytest.fixture(scope="module")
+def engines(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[tuple[str, docker.APIClient]]]:
+    """This machine's engine and one more of the cluster's own, both holding the base image."""
+    url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    if not _answers(url):
+        pytest.skip(f"no Docker engine answers at {url}")
+    if shutil.which("caddy") is None:
+        pytest.skip("caddy is not installed (Debian: caddy)")
+    with contextlib.closing(api_client(url)) as first:
+        try:
+            ensure_base_image(first)
+        except NoStaticBusybox as exc:
+            pytest.skip(str(exc))
+        with (
+            extra_engine(url, [BASE_IMAGE], BRIDGE, ADDRESS) as second_url,
+            contextlib.closing(api_client(second_url)) as second,
+        ):
+            yield [(url, first), (second_url, second)]
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    etcd_cluster_module: EtcdCluster,
+    engines: list[tuple[str, docker.APIClient]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    h = Harness(tmp, engines[0][0], engines[0][1])
+    nodes = [Engine(url, api, f"{h.node}-{i}") for i, (url, api) in enumerate(engines)]
+    flags = etcd_cluster_module.flags()
+    c = Cluster(h, flags[1], nodes, flags[2:])
+    try:
+        asyncio.run(c.start())
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[RawEtcd]:
+    async with RawEtcd(etcd_cluster.endpoints, tls=etcd_cluster.tls) as client:
+        yield client
+
+
+def report(what: str, load: RouterLoad, writer: Writer | None, converged: float) -> None:
+    wrote = f"; {writer.figure()}" if writer is not None else ""
+    print(f"\n{what}: {load.figure()}{wrote}; converged in {converged:.1f} s")
+
+
+def check_load(load: RouterLoad) -> None:
+    assert load.sent > 100, "the load was steady"
+    assert load.answered >= AIM, f"{load.figure()}: {load.failures[:10]}"
+
+
+async def test_kill_9_of_an_api_process_mid_writes_loses_no_acknowledged_write(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "api-kill") as writer:
+        await asyncio.sleep(3)
+        victim = c.apis[0]
+        victim.kill()
+        await asyncio.sleep(4)  # writes go on, on the other API alone
+        c.apis[0] = c.start_api()
+        await c.h.ready(c.apis[0], within=60)
+        await asyncio.sleep(3)  # and on both again
+    await writer.verify(etcd)
+    converged = await c.converge(30)
+    report("kill -9 api", load, writer, converged)
+    assert writer.acknowledged > 50, writer.figure()
+    assert writer.failovers >= 1, "a write went to the killed API and failed over"
+    assert not c.twice()
+    check_load(load)
