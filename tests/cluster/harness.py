@@ -153,15 +153,30 @@ class Cluster:
         _, body = await self.h.call(self.api(), "GET", "/api/leaders", expect=200, record=False)
         return next((i["leader"] for i in body["resources"] if i["name"] == name), "")
 
-    async def leading(self, name: str) -> Proc:
-        """The controller process leading ``name``, matched by the ``listen`` it reports."""
-        holder = await eventually(lambda: self.leader(name), 30, f"a leader of {name}")
+    async def leading(self, name: str, not_pid: int = 0) -> Proc | None:
+        """The live controller process leading ``name`` (its identity is ``host/pid/nonce``),
+        other than ``not_pid``; None while there is none."""
+        holder = await self.leader(name)
         for proc in self.controllers:
-            if proc.alive and str(proc.port) in holder:
+            if proc.alive and proc.pid != not_pid and f"/{proc.pid}/" in holder:
                 return proc
-        raise AssertionError(
-            f"no live controller is {holder!r}: {[p.port for p in self.controllers]}"
-        )
+        return None
+
+    async def service(self) -> dict[str, Any]:
+        path = f"/api/projects/{PROJECT}/services/{SERVICE}"
+        _, body = await self.h.call(self.api(), "GET", path, expect=200, record=False)
+        return dict(body)
+
+    async def rollout(self) -> dict[str, Any]:
+        return dict((await self.service())["status"]["rollout"] or {})
+
+    async def rollout_is(self, state: str, revision: int) -> bool:
+        found = await self.rollout()
+        return (found.get("state"), found.get("revision")) == (state, revision)
+
+    async def patch(self, changes: dict[str, Any]) -> None:
+        path = f"/api/projects/{PROJECT}/services/{SERVICE}/config"
+        await self.h.call(self.api(), "PATCH", path, changes, expect=200)
 
     # what Docker shows
 
@@ -179,10 +194,12 @@ class Cluster:
         counts = Counter(c["Labels"][LABEL_POD] for c in self.containers())
         return sorted(pod for pod, n in counts.items() if n > 1)
 
-    async def converge(self, within: float, replicas: int = REPLICAS) -> float:
-        """Seconds until exactly ``replicas`` containers run, no pod twice, each answering
-        through every live router."""
-        started = time.monotonic()
+    async def converge(
+        self, within: float, replicas: int = REPLICAS, since: float | None = None
+    ) -> float:
+        """Seconds from ``since`` (a ``time.monotonic()``; default now) until exactly
+        ``replicas`` containers run, no pod twice, each answering through every live router."""
+        started = time.monotonic() if since is None else since
 
         async def probe() -> bool:
             running = self.containers()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import docker
@@ -23,7 +24,7 @@ from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
 from tests.cluster.etcd_cluster import EtcdCluster
 from tests.cluster.harness import Cluster, Engine, RouterLoad, Writer
 from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
-from tests.e2e.harness import Harness
+from tests.e2e.harness import LABEL_TEMPLATE, Harness, eventually
 from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.etcd]
@@ -96,14 +97,45 @@ async def test_kill_9_of_an_api_process_mid_writes_loses_no_acknowledged_write(
         await asyncio.sleep(3)
         victim = c.apis[0]
         victim.kill()
+        fault = time.monotonic()
         await asyncio.sleep(4)  # writes go on, on the other API alone
         c.apis[0] = c.start_api()
         await c.h.ready(c.apis[0], within=60)
         await asyncio.sleep(3)  # and on both again
     await writer.verify(etcd)
-    converged = await c.converge(30)
+    converged = await c.converge(30, since=fault)
     report("kill -9 api", load, writer, converged)
     assert writer.acknowledged > 50, writer.figure()
     assert writer.failovers >= 1, "a write went to the killed API and failed over"
+    assert not c.twice()
+    check_load(load)
+
+
+async def test_kill_9_of_the_leading_controller_mid_rollout_the_standby_completes_it(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    leader = await eventually(lambda: c.leading("services"), 30, "a services leader")
+    before = {cid["Labels"][LABEL_TEMPLATE] for cid in c.containers()}
+    revision = (await c.rollout()).get("revision", 0)
+    async with RouterLoad(c.router_ports) as load, Writer(c, "rollout-kill") as writer:
+        await c.patch({"env": {"VERSION": "rollout-kill"}})
+        await eventually(lambda: c.rollout_is("progressing", revision + 1), 10, "the rollout")
+        leader.kill()
+        fault = time.monotonic()
+        c.controllers[c.controllers.index(leader)] = c.start_controller()
+        standby = await eventually(
+            lambda: c.leading("services", not_pid=leader.pid), 30, "the standby to lead"
+        )
+        await eventually(
+            lambda: c.rollout_is("complete", revision + 1), 60, "the rollout to complete"
+        )
+        converged = await c.converge(60, since=fault)
+    await writer.verify(etcd)
+    report("kill -9 services leader mid-rollout", load, writer, converged)
+    after = {cid["Labels"][LABEL_TEMPLATE] for cid in c.containers()}
+    assert len(after) == 1, after
+    assert after != before, before
+    assert standby.pid != leader.pid
     assert not c.twice()
     check_load(load)
