@@ -174,6 +174,12 @@ class Cluster:
         found = await self.rollout()
         return (found.get("state"), found.get("revision")) == (state, revision)
 
+    async def reported(self) -> list[dict[str, Any]]:
+        """The containers API: what the node agents report for the app."""
+        path = f"/api/projects/{PROJECT}/services/{SERVICE}/containers?per_page=100"
+        _, body = await self.h.call(self.api(), "GET", path, expect=200, record=False)
+        return list(body["resources"])
+
     async def patch(self, changes: dict[str, Any]) -> None:
         path = f"/api/projects/{PROJECT}/services/{SERVICE}/config"
         await self.h.call(self.api(), "PATCH", path, changes, expect=200)
@@ -330,9 +336,10 @@ class Writer:
         assert self._task is not None
         await self._task
 
-    async def _send(self, method: str, path: str, body: Any) -> int | None:
-        """The status of the first answer that is not a 5xx, trying each live API once; None
-        when no API gave one (the write may or may not have happened)."""
+    async def _send(self, method: str, path: str, body: Any) -> tuple[int | None, bool]:
+        """The status of the first answer that is not a 5xx, trying each live API once (None
+        when none gave one), and whether an earlier try failed without a clear answer (it may
+        have been done: a kill between the commit and the answer)."""
         apis = [p for p in self.cluster.apis if p.alive] or self.cluster.apis
         start = self.acknowledged + self.unacknowledged
         order = apis[start % len(apis) :] + apis[: start % len(apis)]
@@ -344,29 +351,33 @@ class Writer:
                     async with http.request(method, proc.url + path, json=body) as resp:
                         await resp.read()
                         if resp.status < 500:
-                            return resp.status
+                            return resp.status, attempt > 0
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     pass
-        return None
+        return None, True
 
     async def write(self, name: str, op: str) -> None:
         entry = self.ledger.setdefault(name, Entry())
         if op == "create":
             want: str | None = "v0"
-            status = await self._send("POST", "/api/projects", {"name": name, "description": want})
-            ok = status == 201 or (status == 409 and bool(entry.doubt))  # our earlier try landed
+            body = {"name": name, "description": want}
+            status, unsure = await self._send("POST", "/api/projects", body)
+            # a 409 on a name only we write: an earlier try of ours was done after all
+            ok = status == 201 or (status == 409 and (unsure or bool(entry.doubt)))
         elif op == "update":
             want = f"v{len(self.ledger) + self.acknowledged}"
-            status = await self._send("PATCH", f"/api/projects/{name}", {"description": want})
+            status, unsure = await self._send(
+                "PATCH", f"/api/projects/{name}", {"description": want}
+            )
             ok = status == 200
         else:
             want = None
-            status = await self._send("DELETE", f"/api/projects/{name}", None)
-            ok = status == 204 or (status == 404 and bool(entry.doubt))
+            status, unsure = await self._send("DELETE", f"/api/projects/{name}", None)
+            ok = status == 204 or (status == 404 and (unsure or bool(entry.doubt)))
         if ok:
             self.acknowledged += 1
             entry.state, entry.doubt = want, set()
-        elif status is None or (status >= 400 and entry.doubt):
+        elif status is None or (status >= 400 and (unsure or entry.doubt)):
             self.unacknowledged += 1
             entry.doubt.add(want)
         else:
