@@ -24,10 +24,19 @@ import pytest
 
 from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
 from tests.cluster.etcd_cluster import EtcdCluster
-from tests.cluster.harness import EVICTION, REPLICAS, Cluster, Engine, RouterLoad, Writer
+from tests.cluster.harness import (
+    EVICTION,
+    REPLICAS,
+    Cluster,
+    Engine,
+    RouterLoad,
+    Writer,
+    answered_by,
+)
 from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
 from tests.e2e.harness import LABEL_TEMPLATE, Harness, eventually
 from tests.e2e.test_nodes import NODE_TTL, pods_of
+from tests.integration.test_daemon import alive, children
 from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.etcd]
@@ -207,4 +216,62 @@ async def test_sigstop_past_the_eviction_timeout_moves_pods_and_the_agent_back_r
     )
     assert all(con["engine"] == other.node for con in c.containers()), c.explain()
     assert not c.twice()
+    check_load(load)
+
+
+async def test_kill_9_of_a_routers_caddy_the_router_starts_it_again(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    router, port = c.routers[0], c.router_ports[0]
+    (caddy,) = children(router.pid, "caddy")
+    wanted = {con["Id"][:12] for con in c.containers()}
+    async with RouterLoad(c.router_ports) as load, Writer(c, "caddy-kill") as writer:
+        await asyncio.sleep(2)
+        os.kill(caddy, signal.SIGKILL)
+        fault = time.monotonic()
+        again = await eventually(
+            lambda: [p for p in children(router.pid, "caddy") if p != caddy], 30, "a new Caddy"
+        )
+
+        async def serving() -> bool:
+            return await answered_by(port) == wanted
+
+        await eventually(serving, 30, "the router to serve again", explain=router.tail)
+        back = time.monotonic() - fault
+        await asyncio.sleep(2)
+    await writer.verify(etcd)
+    report(f"kill -9 caddy (back after {back:.1f} s)", load, writer, back)
+    assert again, "the router started Caddy again"
+    assert router.alive
+    check_load(load)
+
+
+async def test_kill_9_of_a_router_process_the_other_router_answers(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    router, port = c.routers[1], c.router_ports[1]
+    (caddy,) = children(router.pid, "caddy")
+    wanted = {con["Id"][:12] for con in c.containers()}
+    async with RouterLoad(c.router_ports) as load, Writer(c, "router-kill") as writer:
+        await asyncio.sleep(2)
+        router.kill()
+        fault = time.monotonic()
+        await eventually(lambda: not alive(caddy), 10, "its Caddy to go with it")
+        await asyncio.sleep(3)  # the other router alone
+        alone = await answered_by(c.router_ports[0])
+        c.routers[1] = c.start_router(1)
+        await c.h.ready(c.routers[1], within=60)
+
+        async def serving() -> bool:
+            return await answered_by(port) == wanted
+
+        await eventually(serving, 30, "the restarted router to serve", explain=c.routers[1].tail)
+        back = time.monotonic() - fault
+        await asyncio.sleep(2)
+    await writer.verify(etcd)
+    report(f"kill -9 router (back after {back:.1f} s)", load, writer, back)
+    assert alone == wanted, "the other router answered from every container meanwhile"
+    assert load.retried > 0, "requests sent to the killed router were retried"
     check_load(load)
