@@ -35,6 +35,7 @@ from tests.cluster.harness import (
 )
 from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
 from tests.e2e.harness import LABEL_TEMPLATE, Harness, eventually
+from tests.e2e.test_apps import SITE, V3, zip_of
 from tests.e2e.test_nodes import NODE_TTL, pods_of
 from tests.integration.test_daemon import alive, children
 from tests.support import RawEtcd
@@ -274,4 +275,37 @@ async def test_kill_9_of_a_router_process_the_other_router_answers(
     report(f"kill -9 router (back after {back:.1f} s)", load, writer, back)
     assert alone == wanted, "the other router answered from every container meanwhile"
     assert load.retried > 0, "requests sent to the killed router were retried"
+    check_load(load)
+
+
+async def test_kill_9_of_the_staging_leader_mid_staging_the_standby_stages_it_again(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    v3 = V3(c.h, c.api())
+    _, app = await v3.app("stage-kill")
+    body = {"type": "bits", "relationships": {"app": {"guid": app}}}
+    package = await v3.call("POST", "/v3/packages", body, 201)
+    await v3.upload(package["guid"], zip_of({"index.html": SITE}))
+    leader = await eventually(lambda: c.leading("staging"), 30, "a staging leader")
+    async with RouterLoad(c.router_ports) as load, Writer(c, "staging-kill") as writer:
+        droplet = await v3.call("POST", f"/v3/packages/{package['guid']}/droplets", {}, 201)
+        path = f"/v3/droplets/{droplet['guid']}"
+
+        async def staging() -> bool:
+            return bool((await v3.call("GET", path))["state"] == "STAGING")
+
+        await eventually(staging, 30, "the droplet staging", interval=0.02)
+        leader.kill()
+        fault = time.monotonic()
+        c.controllers[c.controllers.index(leader)] = c.start_controller()
+        staged = await v3.staged(droplet["guid"], within=120)
+        took = time.monotonic() - fault
+    await writer.verify(etcd)
+    report(f"kill -9 staging leader mid-staging (staged after {took:.1f} s)", load, writer, took)
+    assert staged["state"] == "STAGED", staged
+    assert "Staging restarted (the previous run was cut off)" in await v3.logs(droplet["guid"])
+    standby = await c.leading("staging")
+    assert standby is not None
+    assert standby.pid != leader.pid
     check_load(load)
