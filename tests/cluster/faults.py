@@ -12,14 +12,19 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.baseimage import BASE_IMAGE
 from tests.cluster.harness import EVICTION, REPLICAS, Cluster, Engine, answered_by
+from tests.e2e.conftest import Registry
 from tests.e2e.harness import LABEL_TEMPLATE, eventually
 from tests.e2e.test_apps import SITE, V3, zip_of
+from tests.e2e.test_builds import TOKEN, USER, Site, dockerfile
 from tests.e2e.test_nodes import NODE_TTL, pods_of
+from tests.gitserver import GitServer, commit, make_repo
 from tests.integration.test_daemon import alive, children
 from tests.support import RawEtcd
 
@@ -171,3 +176,41 @@ async def kill_staging_leader_mid_staging(c: Cluster, name: str) -> Healed:
     seen = {"staged": staged, "log": await v3.logs(droplet["guid"]), "leader": leader.pid}
     seen["standby"] = standby.pid if standby is not None else None
     return Healed(seconds, seen)
+
+
+async def kill_builds_leader_mid_build(c: Cluster, git: GitServer) -> Healed:
+    """Build a service from git with a slow RUN step, kill -9 the builds leader while the step
+    runs: the next leader ends the build ``failed`` (interrupted), and a build after it works."""
+    site = Site(c.h, c.api(), git, NO_REGISTRY)  # type: ignore[arg-type]  # any Harness does
+    marker = f"lb-kill-{uuid.uuid4().hex[:8]}"
+    files = {"Dockerfile": dockerfile(BASE_IMAGE, f"RUN sleep 120 && true # {marker}\n")}
+    make_repo(git.root / "acme", site.repo, {**files, "index.html": "x\n"})
+    vendor = {"host": f"127.0.0.1:{git.port}", "scheme": "http", "username": USER, "token": TOKEN}
+    status, _ = await c.h.call(site.proc, "PUT", "/api/vendors/github", vendor)
+    assert status in (200, 201), status
+    await site.call("POST", "/api/projects", {"name": site.project}, 201)
+    service = {
+        "name": "web",
+        "source": {"hub": "github", "owner": "acme", "repo": site.repo, "branch": "main"},
+        "config": {"replicas": 0, "memory": 32},  # built, never run: the fault is the build's
+    }
+    await site.call("POST", f"/api/projects/{site.project}/services", service, 201)
+    number = await site.start()
+    await eventually(lambda: site.step_containers(marker), 60, "the RUN step running")
+    leader = await eventually(lambda: c.leading("builds"), 30, "a builds leader")
+    leader.kill()
+    fault = time.monotonic()
+    c.controllers[c.controllers.index(leader)] = c.start_controller()
+    await eventually(lambda: not site.step_containers(marker), 30, "the step to stop")
+    interrupted = await site.ended(number, within=90)  # after the dead leader's lease expires
+    seconds = time.monotonic() - fault
+    commit(git.root / "acme", site.repo, {"Dockerfile": dockerfile(BASE_IMAGE)}, "fast")
+    again = await site.ended(await site.start())
+    c.h.images.append(f"lastbackend-builds/{site.project}/web:2")
+    seen = {"interrupted": interrupted, "again": again, "leader": leader.pid}
+    seen["log"] = await site.logs(number)
+    return Healed(seconds, seen)
+
+
+NO_REGISTRY = Registry(host="", username="", password="")
+"""Builds here are tagged locally (no ``registry.platform``), so no registry is needed."""

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import docker
 import pytest
@@ -30,6 +31,8 @@ from tests.cluster.harness import (
 )
 from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
 from tests.e2e.harness import Harness
+from tests.e2e.test_builds import INTERRUPTED, TOKEN, USER
+from tests.gitserver import GitServer
 from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.etcd]
@@ -137,6 +140,32 @@ async def test_kill_9_of_the_staging_leader_mid_staging_the_standby_stages_it_ag
     assert seen["staged"]["state"] == "STAGED", seen["staged"]
     assert "Staging restarted (the previous run was cut off)" in seen["log"]
     assert seen["standby"] not in (None, seen["leader"]), seen
+    check_load(load)
+
+
+@pytest.fixture
+async def git(tmp_path: Path) -> AsyncIterator[GitServer]:
+    server = GitServer(tmp_path / "git", USER, TOKEN)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_kill_9_of_the_builds_leader_mid_build_ends_it_failed_and_the_next_one_builds(
+    cluster: Cluster, etcd: RawEtcd, git: GitServer
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "build-kill") as writer:
+        healed = await faults.kill_builds_leader_mid_build(c, git)
+    await writer.verify(etcd)
+    report("kill -9 builds leader mid-build", load, writer, healed)
+    seen = healed.seen
+    assert (seen["interrupted"]["status"], seen["interrupted"]["message"]) == (
+        "failed",
+        INTERRUPTED,
+    )
+    assert "Build failed: interrupted" in seen["log"]
+    assert seen["again"]["status"] == "success", seen["again"]
     check_load(load)
 
 
