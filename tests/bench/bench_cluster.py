@@ -21,7 +21,8 @@ through every router). Then the SSE clients' totals: events, repeated, out of or
 Run from the repository root, as root (the second engine), when nobody else benchmarks::
 
     .venv/bin/python tests/bench/bench_cluster.py            # ~3 minutes, every fault
-    .venv/bin/python tests/bench/bench_cluster.py --quick    # ~1.5 minutes, no eviction, no staging
+    .venv/bin/python tests/bench/bench_cluster.py --quick    # ~1.5 minutes: no eviction,
+                                                              # staging or build fault
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from tests.cluster.etcd_cluster import EtcdCluster
 from tests.cluster.harness import Cluster, Engine, Reader, RouterLoad, Stream, Writer
 from tests.e2e.conftest import DEFAULT_URL, api_client, extra_engine
 from tests.e2e.harness import Harness
+from tests.e2e.test_builds import TOKEN, USER
+from tests.gitserver import GitServer
 from tests.support import RawEtcd
 
 
@@ -99,10 +102,19 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
                 lambda etcd: faults.kill_staging_leader_mid_staging(c, "bench-stage"),
             ),
         )
+        plan.insert(
+            3,
+            (
+                "kill -9 builds leader mid-build",
+                lambda etcd: faults.kill_builds_leader_mid_build(c, git),
+            ),
+        )
         plan.append(
             ("SIGSTOP node past eviction", lambda etcd: faults.freeze_node_past_eviction(c, etcd))
         )
     rows: list[Row] = []
+    git = GitServer(c.h.tmp / "git", USER, TOKEN)
+    await git.start()
     async with (
         RawEtcd(etcd_cluster.endpoints, tls=etcd_cluster.tls) as etcd,
         Stream(c, 0) as one,
@@ -136,6 +148,7 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
             )
             say(f"  {load.figure()}; {writer.figure()}; converged in {healed.seconds:.1f} s")
         await asyncio.sleep(2)  # the streams catch up
+    await git.stop()
     streams = (
         f"SSE clients: {one.events + two.events} events, {one.repeated + two.repeated} "
         f"repeated, {one.disordered + two.disordered} out of revision order, "
@@ -146,7 +159,7 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="no eviction and no staging fault")
+    parser.add_argument("--quick", action="store_true", help="no eviction, staging or build fault")
     args = parser.parse_args()
     if os.geteuid() != 0:
         say("needs root (a second dockerd)")
