@@ -113,6 +113,7 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
             ("SIGSTOP node past eviction", lambda etcd: faults.freeze_node_past_eviction(c, etcd))
         )
     rows: list[Row] = []
+    writers: list[Writer] = []
     git = GitServer(c.h.tmp / "git", USER, TOKEN)
     await git.start()
     async with (
@@ -130,6 +131,7 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
                 await asyncio.sleep(3)
                 healed = await fault(etcd)
                 await asyncio.sleep(2)
+            writers.append(writer)
             lost = await writer.problems(etcd)
             for problem in lost[:5]:
                 say(f"  lost: {problem}")
@@ -149,8 +151,11 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
             say(f"  {load.figure()}; {writer.figure()}; converged in {healed.seconds:.1f} s")
         await asyncio.sleep(2)  # the streams catch up
     await git.stop()
+    missed = sum(len(s.missed(w)) for s in (one, two) for w in writers)
+    creates = sum(len(w.created) for w in writers)
     streams = (
-        f"SSE clients: {one.events + two.events} events, {one.repeated + two.repeated} "
+        f"SSE clients: {one.events + two.events} events, {missed} of the {creates} acknowledged "
+        f"creates missed (by either), {one.repeated + two.repeated} "
         f"repeated, {one.disordered + two.disordered} out of revision order, "
         f"{one.reconnects + two.reconnects} reconnects, {one.relists + two.relists} relists"
     )

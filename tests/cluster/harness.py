@@ -331,6 +331,7 @@ class Writer:
         self.acknowledged = 0
         self.unacknowledged = 0
         self.failovers = 0
+        self.created: list[str] = []  # names whose create was acknowledged
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -383,6 +384,8 @@ class Writer:
             ok = status == 204 or (status == 404 and (unsure or bool(entry.doubt)))
         if ok:
             self.acknowledged += 1
+            if op == "create":
+                self.created.append(name)
             entry.state, entry.doubt = want, set()
         elif status is None or (status >= 400 and (unsure or entry.doubt)):
             self.unacknowledged += 1
@@ -518,6 +521,7 @@ class Stream:
         self.reconnects = 0
         self.relists = 0
         self._seen: set[tuple[int, str]] = set()
+        self.created: set[str] = set()  # project names it saw created (their meta key)
         self._revision = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -560,6 +564,10 @@ class Stream:
                 self._event(event_id, kind, data)
                 event_id, kind, data = "", "", ""
 
+    def missed(self, writer: Writer) -> list[str]:
+        """The writer's acknowledged creates this stream never saw created."""
+        return [name for name in writer.created if name not in self.created]
+
     def _event(self, event_id: str, kind: str, data: str) -> None:
         if event_id:
             self.last_id = event_id
@@ -571,6 +579,9 @@ class Stream:
         body = json.loads(data)
         seen = (int(body["revision"]), str(body["key"]))
         self.events += 1
+        obj = body.get("object")
+        if kind == "created" and seen[1].endswith("/meta") and isinstance(obj, dict):
+            self.created.add(str(obj.get("name")))
         if seen in self._seen:
             self.repeated += 1
         if seen[0] < self._revision:
