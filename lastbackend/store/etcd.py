@@ -395,6 +395,11 @@ class Etcd:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def member(self) -> str:
+        """The endpoint the next request goes to (the member this client sticks to)."""
+        return self._members.order()[0].endpoint
+
     # sending -----------------------------------------------------------------------------------
 
     def _channel(self, member: Member) -> grpc.aio.Channel:
