@@ -10,12 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import attrs
 import pytest
 
+from lastbackend.store import keys
 from lastbackend.store.etcd import Cmp, Op, StoreUnavailable
+from tests.cluster.apis import Ledger as ApiLedger
+from tests.cluster.apis import problems, projects_in_etcd, start_apis, write_steadily
 from tests.cluster.etcd_cluster import EtcdCluster
+from tests.integration.test_daemon import Daemon
 from tests.support import RawEtcd, eventually
 
 pytestmark = [pytest.mark.etcd, pytest.mark.cluster]
@@ -152,3 +157,43 @@ async def test_writes_through_a_leader_kill_and_a_freeze_apply_once(
     assert [int(v) for v in history] == list(range(1, len(history) + 1))
     assert ledger.increments <= len(history) <= ledger.increments + ledger.unknown
     assert ledger.unknown == 0
+
+
+# --- through real API processes -----------------------------------------------------------------
+
+
+def _stop_apis(apis: list[Daemon]) -> None:
+    for api in apis:
+        api.cleanup()
+
+
+async def test_api_creates_through_a_leader_kill_and_a_20s_freeze_are_answered(
+    etcd_cluster: EtcdCluster, etcd: RawEtcd, tmp_path: Path
+) -> None:
+    await etcd.delete_prefix(keys.ROOT)
+    apis = await asyncio.to_thread(start_apis, etcd_cluster, tmp_path, 2)
+    ledger, stop = ApiLedger(), asyncio.Event()
+    writer = asyncio.create_task(write_steadily([a.url for a in apis], ledger, stop))
+    try:
+        await asyncio.sleep(2)
+        # (a) kill -9 of the leader member, then its restart
+        leader = etcd_cluster.leader()
+        etcd_cluster.kill(leader)
+        await asyncio.sleep(5)
+        await asyncio.to_thread(etcd_cluster.start, leader)
+        await asyncio.sleep(3)
+        after_kill = ledger.sent
+        # (b) SIGSTOP of a member (the leader: the cluster must elect another) for 20 s
+        frozen = await asyncio.to_thread(etcd_cluster.leader)
+        etcd_cluster.freeze(frozen)
+        await asyncio.sleep(20)
+        etcd_cluster.thaw(frozen)
+        await asyncio.sleep(3)
+    finally:
+        stop.set()
+        await writer
+        await asyncio.to_thread(_stop_apis, apis)
+    print(f"\nacross the kill ({after_kill} sent) and the freeze: {ledger.summary()}")
+    by_index, metas = await projects_in_etcd(etcd)
+    assert list(problems(ledger, by_index, metas)) == []
+    assert ledger.answered >= 0.999, (ledger.summary(), ledger.failed)
