@@ -80,6 +80,7 @@ class Ledger:
     created: dict[str, bytes] = attrs.field(factory=dict)
     increments: int = 0
     unknown: int = 0
+    errors: list[str] = attrs.field(factory=list)
     sent: int = 0
     slowest: float = 0.0
 
@@ -97,8 +98,9 @@ async def _writer(etcd: RawEtcd, ledger: Ledger, stop: asyncio.Event) -> None:
             result = await etcd.txn([Cmp.absent(key)], [Op.put(key, value)])
             assert result.succeeded, f"{key} answered as taken: an attempt counted as a conflict"
             ledger.created[key] = value
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             ledger.unknown += 1
+            ledger.errors.append(f"{time.monotonic() - started:.2f}s: {exc}")
         ledger.sent += 1
         try:
             while True:  # a conflict is retried as a caller would: re-read, write again
@@ -108,8 +110,9 @@ async def _writer(etcd: RawEtcd, ledger: Ledger, stop: asyncio.Event) -> None:
                 if done.succeeded:
                     ledger.increments += 1
                     break
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             ledger.unknown += 1
+            ledger.errors.append(f"{time.monotonic() - started:.2f}s: {exc}")
         ledger.slowest = max(ledger.slowest, time.monotonic() - started)
         await asyncio.sleep(0.05)
 
@@ -156,7 +159,7 @@ async def test_writes_through_a_leader_kill_and_a_freeze_apply_once(
     history = await eventually(lambda: _history(etcd, COUNTER))
     assert [int(v) for v in history] == list(range(1, len(history) + 1))
     assert ledger.increments <= len(history) <= ledger.increments + ledger.unknown
-    assert ledger.unknown == 0
+    assert ledger.unknown == 0, ledger.errors
 
 
 # --- through real API processes -----------------------------------------------------------------
