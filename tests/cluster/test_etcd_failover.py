@@ -200,3 +200,73 @@ async def test_api_creates_through_a_leader_kill_and_a_20s_freeze_are_answered(
     by_index, metas = await projects_in_etcd(etcd)
     assert list(problems(ledger, by_index, metas)) == []
     assert ledger.answered >= 0.999, (ledger.summary(), ledger.failed)
+
+
+async def test_a_watch_and_a_lease_move_off_a_frozen_member(
+    etcd_cluster: EtcdCluster, etcd: RawEtcd
+) -> None:
+    async with RawEtcd(etcd_cluster.endpoints, tls=etcd_cluster.tls) as watcher:
+        start = await watcher.status()
+        lease = await watcher.grant(5)
+        lease.keep_alive()
+        seen: list[tuple[str, float]] = []
+
+        async def watch() -> None:
+            async for batch in watcher.watch(PREFIX, start_revision=start + 1):
+                seen.extend((ev.kv.key, time.monotonic()) for ev in batch)
+
+        task = asyncio.create_task(watch())
+        await etcd.put(PREFIX + "w-before", "1")
+        await eventually(lambda: _has(seen, PREFIX + "w-before"))
+        frozen = etcd_cluster.member(watcher.member)
+        etcd_cluster.freeze(frozen)
+        written: dict[str, float] = {}
+        try:
+            for i in range(8):  # 8 s frozen: longer than the lease's TTL
+                key = f"{PREFIX}w{i}"
+                await etcd.put(key, "1")
+                written[key] = time.monotonic()
+                await asyncio.sleep(1)
+            assert not lease.lost.is_set(), lease.lost_reason
+            assert await watcher.time_to_live(lease.id) > 0
+        finally:
+            etcd_cluster.thaw(frozen)
+        await eventually(lambda: _has(seen, f"{PREFIX}w7"))
+        task.cancel()
+        await lease.revoke()
+    keys_seen = [k for k, _ in seen]
+    assert keys_seen == [PREFIX + "w-before", *written], "every change once, in order"
+    delays = {k: at - written[k] for k, at in seen if k in written}
+    print(f"\nwatch delivery during the freeze: slowest {max(delays.values()):.2f}s")
+    assert max(delays.values()) < 3.0
+
+
+async def _has(seen: list[tuple[str, float]], key: str) -> bool:
+    return any(k == key for k, _ in seen)
+
+
+async def test_a_txn_sent_to_a_member_as_it_freezes_is_applied_once_even_after_the_thaw(
+    etcd_cluster: EtcdCluster, etcd: RawEtcd
+) -> None:
+    """The request sits unread in the frozen member's socket; the client gives up on it, finds
+    it not applied, and sends it to another member. On SIGCONT the member reads the first copy
+    and hands it to the cluster: its comparison fails, so nothing is applied twice."""
+    await etcd.put(COUNTER, "0")
+    kv = await etcd.get(COUNTER)
+    frozen = etcd_cluster.member(etcd.member)
+    etcd_cluster.freeze(frozen)  # before the prober can notice: the txn goes to it
+    try:
+        create = etcd.txn([Cmp.absent(PREFIX + "once")], [Op.put(PREFIX + "once", "x")])
+        increment = etcd.txn([Cmp.unchanged(kv, COUNTER)], [Op.put(COUNTER, "1")])
+        started = time.monotonic()
+        created, incremented = await asyncio.gather(create, increment)
+        took = time.monotonic() - started
+        assert took > 0.9, f"answered in {took:.2f}s: the frozen member was not asked"
+        assert created.succeeded
+        assert incremented.succeeded
+    finally:
+        etcd_cluster.thaw(frozen)
+    await asyncio.to_thread(etcd_cluster.wait_healthy, frozen)
+    await asyncio.sleep(2)  # time for the thawed member to propose what it had read
+    assert await _history(etcd, PREFIX + "once") == [b"x"]
+    assert await _history(etcd, COUNTER) == [b"0", b"1"]
