@@ -2,7 +2,10 @@
 
 Repositories speak in :class:`KV`, :class:`Op` and :class:`Cmp` values and one call,
 :meth:`Etcd.txn`, so every API call maps to exactly one etcd transaction and tests can read what
-was written with the same small vocabulary. One :class:`Etcd` (one gRPC channel) lives per process.
+was written with the same small vocabulary. One :class:`Etcd` lives per process, with one gRPC
+channel per member: which member a call goes to, and how a call moves off a member that stops
+answering, is :mod:`lastbackend.store.members`; what a write whose answer was lost does is
+:mod:`lastbackend.store.txn_outcome`.
 
 Reads are linearizable (etcd's default). A read can be pinned to a revision so that a list made
 of several round trips still describes one moment of the tree.
