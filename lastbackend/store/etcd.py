@@ -360,10 +360,11 @@ class Etcd:
                 self._watch_channels = await self._watch_thread.call(self._connect_watch())
             else:
                 self._watch_channels = self._channels
-            self._prober = asyncio.create_task(
-                self._members.probe_forever(lambda m: self._channels[m.endpoint]),
-                name="etcd-member-probe",
-            )
+            if len(self.endpoints) > 1:  # with one member there is nothing to choose
+                self._prober = asyncio.create_task(
+                    self._members.probe_forever(lambda m: self._channels[m.endpoint]),
+                    name="etcd-member-probe",
+                )
             self._connected = True
 
     async def _connect_watch(self) -> dict[str, grpc.aio.Channel]:
