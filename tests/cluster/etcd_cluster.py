@@ -9,6 +9,7 @@ embedded etcd's auto-compaction and quota (:mod:`lastbackend.store.embedded`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -30,7 +31,7 @@ from tests.tls import issue, make_ca
 HOST = "127.0.0.1"
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Member:
     name: str
     client_port: int
@@ -76,6 +77,7 @@ class EtcdCluster:
             )
             for i in range(size)
         ]
+        atexit.register(self.close)
         self._initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         self._token = f"lastbackend-test-{os.getpid()}-{ports[0]}"
 
@@ -129,9 +131,10 @@ class EtcdCluster:
             f"--peer-cert-file={c / 'server.crt'}",
             f"--peer-key-file={c / 'server.key'}",
         ]
-        # The members die with the test run, even one killed with kill -9 (see embedded.py).
-        setpriv = shutil.which("setpriv")
-        return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd
+        # No PR_SET_PDEATHSIG here (embedded.py's way): it fires when the *thread* that
+        # started the child ends, and tests restart members from worker threads
+        # (asyncio.to_thread). close() and an atexit hook stop the members instead.
+        return cmd
 
     def _spawn(self, m: Member) -> None:
         if m.running:
