@@ -20,7 +20,7 @@ through every router). Then the SSE clients' totals: events, repeated, out of or
 
 Run from the repository root, as root (the second engine), when nobody else benchmarks::
 
-    .venv/bin/python tests/bench/bench_cluster.py            # ~3 minutes, every fault
+    .venv/bin/python tests/bench/bench_cluster.py            # ~5 minutes, every fault
     .venv/bin/python tests/bench/bench_cluster.py --quick    # ~1.5 minutes: no eviction,
                                                               # staging or build fault
 """
@@ -93,6 +93,8 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
         ("SIGSTOP node 10 s", lambda etcd: faults.freeze_node(c, 10)),
         ("kill -9 caddy", lambda etcd: faults.kill_caddy(c, 0)),
         ("kill -9 router", lambda etcd: faults.kill_router(c, 1)),
+        ("kill -9 etcd leader", lambda etcd: faults.kill_etcd_leader(c, etcd_cluster)),
+        ("SIGSTOP etcd leader 20 s", lambda etcd: faults.freeze_etcd_leader(c, etcd_cluster)),
     ]
     if not quick:
         plan.insert(
