@@ -99,7 +99,7 @@ class Informer:
         self._cache: dict[str, KV] = {}
         self._work: dict[str, str] = {}  # raw key -> work key
         self._groups: dict[str, dict[str, KV]] = {}  # work key -> raw key -> KV
-        self._decoded: dict[str, tuple[int, Any]] = {}  # raw key -> (mod revision, value)
+        self._decoded: dict[str, tuple[int, Any, Any]] = {}  # raw key -> (mod revision, cls, value)
         self._needs_list = True
         self._applied = 0  # events past self.revision already applied (a batch cut short)
         self._skip = 0  # events still to skip on a reopened watch
@@ -133,10 +133,10 @@ class Informer:
         same unchanged values over and over, and decoding them again each time is most of the
         cost of a reconcile over many pods. Treat the result as immutable."""
         hit = self._decoded.get(kv.key)
-        if hit is not None and hit[0] == kv.mod_revision and isinstance(hit[1], cls):
-            return hit[1]
+        if hit is not None and hit[0] == kv.mod_revision and hit[1] is cls:
+            return hit[2]  # type: ignore[no-any-return]
         value = codec.loads(kv.value, cls)
-        self._decoded[kv.key] = (kv.mod_revision, value)
+        self._decoded[kv.key] = (kv.mod_revision, cls, value)
         return value
 
     def work_key(self, key: str) -> str | None:
