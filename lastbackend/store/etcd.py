@@ -36,36 +36,35 @@ from typing import Any, Protocol
 
 import attrs
 import grpc
-from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio import EtcdError
 from etcd3aio._protobuf import (
     Compare,
     DeleteRangeRequest,
+    KVStub,
+    LeaseGrantRequest,
     LeaseKeepAliveRequest,
+    LeaseRevokeRequest,
     LeaseStub,
+    LeaseTimeToLiveRequest,
     PutRequest,
     RangeRequest,
     RequestOp,
+    TxnRequest,
     WatchCreateRequest,
     WatchRequest,
     WatchStub,
 )
+from etcd3aio.kv import KVService
 
+from lastbackend.store import members, txn_outcome
 from lastbackend.store.keys import prefix_end
 from lastbackend.store.loop_thread import LoopThread
+from lastbackend.store.members import Member, Members
 
 _log = logging.getLogger(__name__)
 
 # etcd's default --max-txn-ops; a transaction with more operations is refused by the server.
 MAX_TXN_OPS = 128
-
-_CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    # gRPC refuses responses over 4 MB by default; a watch catching up over many revisions (etcd
-    # batches up to 1000 of them) can exceed that, and would then fail again on every retry.
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-]
 
 # Watch streams are re-opened after a transient failure with this backoff (seconds).
 WATCH_RETRY_MIN = 0.05
@@ -273,6 +272,15 @@ def _kv(raw: Any) -> KV:
     )
 
 
+def _txn_result(resp: Any) -> TxnResult:
+    reads = [
+        [_kv(kv) for kv in r.response_range.kvs]
+        for r in resp.responses
+        if r.WhichOneof("response") == "response_range"
+    ]
+    return TxnResult(succeeded=resp.succeeded, revision=resp.header.revision, reads=reads)
+
+
 @attrs.frozen
 class TLS:
     ca: Path | None = None
@@ -280,8 +288,30 @@ class TLS:
     key: Path | None = None
 
 
+class _Failed(Exception):
+    """One attempt on one member failed in a way another member may not."""
+
+    def __init__(self, member: Member, code: str, sent: bool) -> None:
+        super().__init__(f"{member.endpoint}: {code}")
+        self.sent = sent  # the request may have reached etcd (a txn's outcome is unknown)
+
+
+# Failures after which another member is tried. Any other status (bad argument, permission,
+# a full database, too many operations) would be the same on every member.
+_TRANSIENT = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# gRPC's words for "no connection to that member": the request was never sent.
+_NOT_SENT = ("failed to connect to all addresses", "connection refused", "connect failed")
+
+
+def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(w in details for w in _NOT_SENT)
+
+
 class Etcd:
-    """One long-lived etcd client for the process."""
+    """One long-lived etcd client for the process (see :mod:`lastbackend.store.members`)."""
 
     def __init__(
         self,
@@ -293,57 +323,70 @@ class Etcd:
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
-        tls = tls or TLS()
-        conn: dict[str, bytes | None] = {}
-        if tls.ca:
-            conn["ca_cert"] = tls.ca.read_bytes()
-            conn["cert_chain"] = tls.cert.read_bytes() if tls.cert else None
-            conn["cert_key"] = tls.key.read_bytes() if tls.key else None
-        server_name = None
-        if tls.ca and len(self.endpoints) > 1:
-            server_name = self.endpoints[0].rsplit(":", 1)[0]
-        self._new_client = lambda: _client(self.endpoints, server_name, conn)
-        self._client = self._new_client()
+        self._tls = tls or TLS()
+        self._members = Members(self.endpoints)
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._watch_thread = LoopThread("etcd-watch") if watch_thread else None
         """Where watches are read (see :meth:`watch_batches`); ``None``: on the caller's loop."""
-        self._watch_client: Etcd3Client | None = None
-        self._watch_stub: Any = None
-        self._lease_stub: Any = None
+        self._watch_channels: dict[str, grpc.aio.Channel] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._connected = False
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        tls = self._tls
+        if not tls.ca:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=tls.ca.read_bytes(),
+            private_key=tls.key.read_bytes() if tls.key else None,
+            certificate_chain=tls.cert.read_bytes() if tls.cert else None,
+        )
+
+    def _open_channels(self) -> dict[str, grpc.aio.Channel]:
+        credentials = self._credentials()
+        return {e: members.channel(e, credentials) for e in self.endpoints}
 
     async def connect(self) -> None:
         if not self._connected:
-            await self._client.connect()
-            # Our own keep-alive loop (see the module docstring) uses a stub on the same channel,
-            # and so do the watches, unless they are read on a thread with a channel of its own.
-            self._lease_stub = LeaseStub(self._client._channel)
-            if self._watch_thread is None:
-                self._watch_stub = WatchStub(self._client._channel)
-            else:
+            self._channels = self._open_channels()
+            if self._watch_thread is not None:
                 self._watch_thread.start()
-                self._watch_stub = await self._watch_thread.call(self._connect_watch_client())
+                self._watch_channels = await self._watch_thread.call(self._connect_watch())
+            else:
+                self._watch_channels = self._channels
+            self._prober = asyncio.create_task(
+                self._members.probe_forever(lambda m: self._channels[m.endpoint]),
+                name="etcd-member-probe",
+            )
             self._connected = True
 
-    async def _connect_watch_client(self) -> Any:
-        """On the watch thread: its own channel (a gRPC channel belongs to one event loop)."""
-        client = self._new_client()
-        await client.connect()
-        self._watch_client = client
-        return WatchStub(client._channel)
+    async def _connect_watch(self) -> dict[str, grpc.aio.Channel]:
+        """On the watch thread: channels of its own (a gRPC channel belongs to one event loop)."""
+        return self._open_channels()
 
     async def close(self) -> None:
         if self._connected:
-            self._watch_stub = None  # first: a watch between retries stops instead of reopening
-            await self._client.close()
-            if self._watch_thread is not None:
-                if self._watch_client is not None:
-                    with contextlib.suppress(Exception):  # closing: a broken channel is fine
-                        await self._watch_thread.call(self._watch_client.close())
-                    self._watch_client = None
-                self._watch_thread.stop()
-            self._watch_stub = None
-            self._lease_stub = None
             self._connected = False
+            watch_channels, self._watch_channels = self._watch_channels, None  # first: a watch
+            # between retries stops instead of reopening
+            if self._prober is not None:
+                self._prober.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._prober
+                self._prober = None
+            for chan in self._channels.values():
+                await chan.close()
+            self._channels = {}
+            if self._watch_thread is not None:
+                if watch_channels is not None:
+
+                    async def close_all(chans: dict[str, grpc.aio.Channel]) -> None:
+                        for chan in chans.values():
+                            await chan.close()
+
+                    with contextlib.suppress(Exception):  # closing: a broken channel is fine
+                        await self._watch_thread.call(close_all(watch_channels))
+                self._watch_thread.stop()
 
     async def __aenter__(self) -> Etcd:
         await self.connect()
@@ -353,10 +396,21 @@ class Etcd:
         await self.close()
 
     @property
-    def _kv(self) -> Any:
-        if self._client.kv is None:
+    def member(self) -> str:
+        """The endpoint the next request goes to (the member this client sticks to)."""
+        return self._members.order()[0].endpoint
+
+    # sending -----------------------------------------------------------------------------------
+
+    def _channel(self, member: Member) -> grpc.aio.Channel:
+        if not self._connected:
             raise StoreUnavailable("etcd client is not connected")
-        return self._client.kv
+        return self._channels[member.endpoint]
+
+    @property
+    def _kv(self) -> Any:
+        """etcd3aio's KV service on the preferred member, for the rare raw call (tests)."""
+        return KVService(self._channel(self._members.order()[0]), max_attempts=1)
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -368,8 +422,57 @@ class Etcd:
                 raise Compacted(0, 0) from exc
             raise StoreUnavailable(f"etcd error: {exc.code().name}: {exc.details()}") from exc
 
+    async def _send(
+        self, member: Member, stub: type, method: str, request: Any, within: float
+    ) -> Any:
+        """One attempt on one member; :class:`_Failed` if another member might do better."""
+        call = getattr(stub(self._channel(member)), method)(request, timeout=within)
+        with self._members.track(member, call):
+            try:
+                resp = await call
+            except asyncio.CancelledError:
+                if not members.cancelled_by_member():
+                    raise
+                self._members.failed(member)
+                raise _Failed(member, "member stopped answering", sent=True) from None
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.OUT_OF_RANGE:
+                    raise Compacted(0, 0) from exc
+                if code == grpc.StatusCode.NOT_FOUND and method == "LeaseRevoke":
+                    raise
+                if code not in _TRANSIENT:
+                    raise StoreUnavailable(f"etcd error: {code.name}: {exc.details()}") from exc
+                self._members.failed(member)
+                sent = not _never_sent(exc)
+                raise _Failed(member, f"{code.name}: {exc.details()}", sent) from exc
+        header = getattr(resp, "header", None)
+        self._members.succeeded(member, int(header.revision) if header is not None else 0)
+        return resp
+
+    async def _retrying(self, stub: type, method: str, request: Any) -> Any:
+        """A call that is safe to repeat (a read, a lease call): on each member in turn until
+        one answers or :attr:`timeout` has passed."""
+        deadline = time.monotonic() + self.timeout
+        last = "no member tried"
+        while True:
+            for member in self._members.order():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreUnavailable(f"etcd unavailable: {last}")
+                try:
+                    return await self._send(member, stub, method, request, remaining)
+                except _Failed as exc:
+                    last = str(exc)
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    async def _range(self, request: RangeRequest) -> Any:
+        return await self._retrying(KVStub, "Range", request)
+
+    # reads -------------------------------------------------------------------------------------
+
     async def get(self, key: str, *, revision: int = 0) -> KV | None:
-        resp = await self._call(self._kv.get(key, revision=revision, timeout=self.timeout))
+        resp = await self._range(RangeRequest(key=key.encode(), revision=revision))
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(
@@ -383,15 +486,14 @@ class Etcd:
         count_only: bool = False,
     ) -> Range:
         """Keys under ``prefix`` (from ``start`` on, if given), in key order."""
-        resp = await self._call(
-            self._kv.get(
-                start or prefix,
-                prefix_end(prefix),
+        resp = await self._range(
+            RangeRequest(
+                key=(start or prefix).encode(),
+                range_end=prefix_end(prefix),
                 revision=revision,
                 limit=limit,
                 keys_only=keys_only,
                 count_only=count_only,
-                timeout=self.timeout,
             )
         )
         return Range(
@@ -406,28 +508,59 @@ class Etcd:
 
         For large indexes: building a :class:`KV` per entry costs more than the read itself.
         """
-        resp = await self._call(self._kv.get(prefix, prefix_end(prefix), timeout=self.timeout))
+        resp = await self._range(RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix)))
         return int(resp.header.revision), [(kv.key, kv.value) for kv in resp.kvs]
+
+    # transactions ------------------------------------------------------------------------------
 
     async def txn(
         self, compare: Sequence[Cmp], success: Sequence[Op], failure: Sequence[Op] = ()
     ) -> TxnResult:
+        """One transaction. A read-only one is retried on another member like any read; one
+        that writes follows the rules of :mod:`lastbackend.store.txn_outcome`."""
         if len(success) > MAX_TXN_OPS or len(failure) > MAX_TXN_OPS:
             raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations")
-        resp = await self._call(
-            self._kv.txn(
-                [c.to_proto() for c in compare],
-                [o.to_proto() for o in success],
-                [o.to_proto() for o in failure],
-                timeout=self.timeout,
-            )
+        request = TxnRequest(
+            compare=[c.to_proto() for c in compare],
+            success=[o.to_proto() for o in success],
+            failure=[o.to_proto() for o in failure],
         )
-        reads = [
-            [_kv(kv) for kv in r.response_range.kvs]
-            for r in resp.responses
-            if r.WhichOneof("response") == "response_range"
-        ]
-        return TxnResult(succeeded=resp.succeeded, revision=resp.header.revision, reads=reads)
+        if not any(o.kind != "get" for o in (*success, *failure)):
+            return _txn_result(await self._retrying(KVStub, "Txn", request))
+        floor = self._members.revision  # before anything is sent
+        for _ in range(txn_outcome.MAX_ROUNDS):
+            resp = await self._write_once(request)
+            if resp is not None:
+                return _txn_result(resp)
+            # An attempt may have been applied: look, on a member that answers.
+            try:
+                found = await txn_outcome.applied(self, compare, success, failure, floor)
+            except Compacted as exc:
+                raise StoreUnavailable("a lost write's outcome is past etcd's history") from exc
+            if found is not None:
+                _log.info("a txn whose answer was lost had been applied at %d", found.revision)
+                return found
+            if not txn_outcome.retry_is_safe(compare, success, failure):
+                raise StoreUnavailable("etcd did not answer a write; its outcome is unknown")
+        raise StoreUnavailable("etcd did not answer a write after several attempts")
+
+    async def _write_once(self, request: TxnRequest) -> Any:
+        """Send a writing txn until a member answers (its response), or until an attempt may
+        have reached etcd without an answer (None: the caller must find out what happened)."""
+        deadline = time.monotonic() + self.timeout
+        last = "no member tried"
+        while True:
+            for member in self._members.order():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreUnavailable(f"etcd unavailable: {last}")
+                try:
+                    return await self._send(member, KVStub, "Txn", request, remaining)
+                except _Failed as exc:
+                    if exc.sent:
+                        return None
+                    last = str(exc)
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     async def read_many(self, keys: Sequence[str], *, revision: int = 0) -> dict[str, KV]:
         """Several single keys read at one revision, in as few round trips as etcd allows."""
@@ -444,7 +577,7 @@ class Etcd:
 
     async def status(self) -> int:
         """The current revision; raises :class:`StoreUnavailable` if etcd does not answer."""
-        resp = await self._call(self._kv.get("/lastbackend", count_only=True, timeout=self.timeout))
+        resp = await self._range(RangeRequest(key=b"/lastbackend", count_only=True))
         return int(resp.header.revision)
 
     # leases ------------------------------------------------------------------------------------
@@ -453,54 +586,67 @@ class Etcd:
         """A new lease of ``ttl`` seconds (etcd may round it up), not yet kept alive.
 
         Call :meth:`Lease.keep_alive` (or use it as ``async with``) to renew it in the background.
+        A grant whose answer is lost is simply asked again: the lease nobody holds expires.
         """
-        if self._client.lease is None:
-            raise StoreUnavailable("etcd client is not connected")
         sent = time.monotonic()
-        resp = await self._call(self._client.lease.grant(ttl, timeout=self.timeout))
+        resp = await self._retrying(LeaseStub, "LeaseGrant", LeaseGrantRequest(TTL=ttl))
         if resp.error:
             raise StoreError(f"lease grant refused: {resp.error}")
         return Lease(self, int(resp.ID), int(resp.TTL), sent + int(resp.TTL))
 
     async def revoke(self, lease_id: int) -> bool:
         """Revoke a lease and delete every key attached to it; False if it was already gone."""
-        if self._client.lease is None:
-            raise StoreUnavailable("etcd client is not connected")
         try:
-            await self._client.lease.revoke(lease_id, timeout=self.timeout)
-        except grpc.aio.AioRpcError as exc:
+            await self._retrying(LeaseStub, "LeaseRevoke", LeaseRevokeRequest(ID=lease_id))
+        except grpc.aio.AioRpcError as exc:  # NOT_FOUND: gone (perhaps by our lost first try)
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return False
             raise StoreUnavailable(f"etcd error: {exc.code().name}: {exc.details()}") from exc
-        except (EtcdError, TimeoutError) as exc:
-            raise StoreUnavailable(f"etcd unavailable: {exc}") from exc
         return True
 
     async def time_to_live(self, lease_id: int) -> int:
         """Seconds the lease has left on the server; -1 if it has expired or never existed."""
-        if self._client.lease is None:
-            raise StoreUnavailable("etcd client is not connected")
-        resp = await self._call(self._client.lease.time_to_live(lease_id, timeout=self.timeout))
+        resp = await self._retrying(
+            LeaseStub, "LeaseTimeToLive", LeaseTimeToLiveRequest(ID=lease_id)
+        )
         return int(resp.TTL)
 
     async def keep_alive_once(self, lease_id: int) -> int:
         """Renew a lease once; the TTL etcd granted, 0 if the lease no longer exists."""
-        if self._lease_stub is None:
-            raise StoreUnavailable("etcd client is not connected")
+        last = "no member tried"
+        for member in self._members.order():
+            try:
+                return await self._keep_alive_on(member, lease_id)
+            except _Failed as exc:
+                last = str(exc)
+        raise StoreUnavailable(f"lease keep-alive failed: {last}")
+
+    async def _keep_alive_on(self, member: Member, lease_id: int) -> int:
         # A plain list, not an async generator: gRPC stops reading the requests when the call
         # fails, and a generator left suspended would be finalized after its loop is gone.
-        call = self._lease_stub.LeaseKeepAlive([LeaseKeepAliveRequest(ID=lease_id)])
+        stub = LeaseStub(self._channel(member))
+        call = stub.LeaseKeepAlive([LeaseKeepAliveRequest(ID=lease_id)])
         try:
-            async with asyncio.timeout(self.timeout):
-                async for resp in call:
-                    return int(resp.TTL)
+            with self._members.track(member, call):
+                async with asyncio.timeout(self.timeout):
+                    async for resp in call:
+                        self._members.succeeded(member, int(resp.header.revision))
+                        return int(resp.TTL)
+        except asyncio.CancelledError:
+            if not members.cancelled_by_member():
+                raise
+            self._members.failed(member)
+            raise _Failed(member, "member stopped answering", sent=True) from None
         except grpc.aio.AioRpcError as exc:
-            raise StoreUnavailable(f"lease keep-alive failed: {exc.code().name}") from exc
+            self._members.failed(member)
+            raise _Failed(member, exc.code().name, sent=True) from exc
         except TimeoutError as exc:
-            raise StoreUnavailable("lease keep-alive timed out") from exc
+            self._members.failed(member)
+            raise _Failed(member, "keep-alive timed out", sent=True) from exc
         finally:
             call.cancel()
-        raise StoreUnavailable("lease keep-alive stream closed without an answer")
+        self._members.failed(member)
+        raise _Failed(member, "keep-alive stream closed without an answer", sent=True)
 
     # watches -----------------------------------------------------------------------------------
 
@@ -527,7 +673,7 @@ class Etcd:
         soon as etcd sends it, and a burst of events does not hold up its requests.
         """
         args = (key, start_revision, prefix, prev_kv, progress_notify)
-        if self._watch_stub is None:  # closed, or never connected: as any call then
+        if self._watch_channels is None:  # closed, or never connected: as any call then
             raise StoreUnavailable("etcd client is not connected")
         if self._watch_thread is None:
             async for batch in self._watch(*args):
@@ -543,8 +689,10 @@ class Etcd:
         next_revision = start_revision
         backoff = WATCH_RETRY_MIN
         while True:
-            if self._watch_stub is None:
+            channels = self._watch_channels
+            if channels is None:
                 raise StoreUnavailable("etcd client is not connected")
+            member = self._members.order()[0]
             create = WatchCreateRequest(
                 key=key.encode(),
                 range_end=range_end,
@@ -563,57 +711,56 @@ class Etcd:
                 await closed.wait()
 
             try:
-                call = self._watch_stub.Watch(requests(), metadata=_WATCH_METADATA)
+                call = WatchStub(channels[member.endpoint]).Watch(
+                    requests(), metadata=_WATCH_METADATA
+                )
             except grpc.aio.UsageError as exc:  # the channel closed under us: closing
                 raise StoreUnavailable(f"etcd client is closed: {exc}") from exc
             try:
-                async for resp in call:
-                    if resp.compact_revision:
-                        raise Compacted(next_revision, int(resp.compact_revision))
-                    if resp.canceled:
-                        raise StoreUnavailable(f"watch cancelled by etcd: {resp.cancel_reason}")
-                    if resp.created:
-                        continue
-                    backoff = WATCH_RETRY_MIN
-                    if resp.events:
-                        events = [
-                            WatchEvent(
-                                kind="delete" if ev.type == ev.DELETE else "put",
-                                kv=_kv(ev.kv),
-                                prev=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
-                            )
-                            for ev in resp.events
-                        ]
-                        revision = events[-1].kv.mod_revision
-                    else:  # a progress notification: everything up to the header is delivered
-                        events = []
-                        revision = max(int(resp.header.revision), next_revision - 1)
-                    next_revision = revision + 1
-                    yield WatchBatch(events=events, revision=revision)
+                with self._members.track(member, call):
+                    async for resp in call:
+                        if resp.compact_revision:
+                            raise Compacted(next_revision, int(resp.compact_revision))
+                        if resp.canceled:
+                            raise StoreUnavailable(f"watch cancelled by etcd: {resp.cancel_reason}")
+                        if resp.created:
+                            continue
+                        backoff = WATCH_RETRY_MIN
+                        if resp.events:
+                            events = [
+                                WatchEvent(
+                                    kind="delete" if ev.type == ev.DELETE else "put",
+                                    kv=_kv(ev.kv),
+                                    prev=_kv(ev.prev_kv) if ev.HasField("prev_kv") else None,
+                                )
+                                for ev in resp.events
+                            ]
+                            revision = events[-1].kv.mod_revision
+                        else:  # a progress notification: everything up to it is delivered
+                            events = []
+                            revision = max(int(resp.header.revision), next_revision - 1)
+                        next_revision = revision + 1
+                        yield WatchBatch(events=events, revision=revision)
+            except asyncio.CancelledError:
+                if not members.cancelled_by_member():
+                    raise
+                _log.info("watch on %s: %s stopped answering, resuming at %d on another member",
+                          key, member.endpoint, next_revision)  # fmt: skip
+                self._members.failed(member)
+                backoff = WATCH_RETRY_MIN
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.OUT_OF_RANGE:
                     raise Compacted(next_revision, 0) from exc
                 if code in _WATCH_FATAL:
                     raise StoreUnavailable(f"watch failed: {code.name}: {exc.details()}") from exc
+                self._members.failed(member)
                 _log.info("watch on %s broken (%s), resuming at %d", key, code.name, next_revision)
             finally:
                 closed.set()
                 call.cancel()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, WATCH_RETRY_MAX)
-
-
-def _client(endpoints: Sequence[str], server_name: str | None, conn: dict[str, Any]) -> Etcd3Client:
-    client = Etcd3Client(list(endpoints), tls_server_name=server_name, **conn)
-    # gRPC's default reconnect backoff grows to 120 s: after an etcd outage of a minute the
-    # channel could stay down for two more. Controllers must notice a restarted etcd within
-    # seconds, so cap it (etcd3aio builds the channel from these options on connect()).
-    manager = getattr(client, "_manager", None)
-    options = getattr(manager, "grpc_options", None)
-    if isinstance(options, list):
-        options.extend(_CHANNEL_OPTIONS)
-    return client
 
 
 class Store(Protocol):

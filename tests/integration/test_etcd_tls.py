@@ -13,31 +13,18 @@ import pytest
 
 from lastbackend.store.etcd import TLS, Etcd, StoreUnavailable
 from tests.support import RawEtcd, free_port
+from tests.tls import issue, make_ca
 
 pytestmark = pytest.mark.etcd
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(name: str, cn: str, san: str, cwd: Path) -> None:
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-             "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=cwd)  # fmt: skip
-    (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "1", "-out", f"{name}.crt",
-             "-extfile", f"{name}.ext", cwd=cwd)  # fmt: skip
 
 
 @pytest.fixture
 def tls_etcd(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     if shutil.which("openssl") is None or shutil.which("etcd") is None:
         pytest.skip("needs openssl and etcd")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-             "ca.crt", "-subj", "/CN=lastbackend-test-ca", "-days", "1", cwd=tmp_path)  # fmt: skip
-    _issue("server", "localhost", "IP:127.0.0.1,DNS:localhost", tmp_path)
-    _issue("client", "lastbackend", "DNS:lastbackend", tmp_path)
+    make_ca(tmp_path)
+    issue("server", "localhost", "IP:127.0.0.1,DNS:localhost", tmp_path)
+    issue("client", "lastbackend", "DNS:lastbackend", tmp_path)
     client, peer = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
         [
