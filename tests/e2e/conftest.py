@@ -244,37 +244,47 @@ SECOND_BRIDGE = "lbe2e0"
 SECOND_ADDRESS = "10.213.7.1/24"
 
 
-@pytest.fixture(scope="session")
-def second_dockerd(dockerd: str, base_image: str) -> Iterator[str]:
-    """A second engine's URL (see the module docstring), stopped and removed at the end."""
+@contextlib.contextmanager
+def extra_engine(first: str, images: list[str], bridge: str, address: str) -> Iterator[str]:
+    """Another ``dockerd`` as another host would have it (see the module docstring): its own
+    socket, roots, pid file and ``bridge`` (made here at ``address``), with ``images`` copied in
+    from the engine at ``first``; its URL. Stopped and removed, bridge and all, afterwards."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("a second dockerd needs root and iproute2")
     root = Path(tempfile.mkdtemp(prefix="lbd2-", dir="/tmp"))  # short: socket paths are bounded
     url = f"unix://{root}/docker.sock"
-    subprocess.run(["ip", "link", "del", SECOND_BRIDGE], capture_output=True)  # a stale one
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)  # a stale one
     for argv in (
-        ["ip", "link", "add", SECOND_BRIDGE, "type", "bridge"],
-        ["ip", "addr", "add", SECOND_ADDRESS, "dev", SECOND_BRIDGE],
-        ["ip", "link", "set", SECOND_BRIDGE, "up"],
+        ["ip", "link", "add", bridge, "type", "bridge"],
+        ["ip", "addr", "add", address, "dev", bridge],
+        ["ip", "link", "set", bridge, "up"],
     ):
         subprocess.run(argv, check=True, capture_output=True)
     argv = ["dockerd", "--host", url, "--data-root", str(root / "data")]
     argv += ["--exec-root", str(root / "exec"), "--pidfile", str(root / "docker.pid")]
-    argv += ["--bridge", SECOND_BRIDGE, "--iptables=false", "--ip-masq=false"]
+    argv += ["--bridge", bridge, "--iptables=false", "--ip-masq=false"]
     proc: subprocess.Popen[bytes] | None = None
     try:
         proc = _start_dockerd(argv, url, root / "dockerd.log")
         with (
-            contextlib.closing(api_client(dockerd)) as first,
-            contextlib.closing(api_client(url)) as second,
+            contextlib.closing(api_client(first)) as source,
+            contextlib.closing(api_client(url)) as target,
         ):
-            second.load_image(b"".join(first.get_image(base_image)))
+            for image in images:
+                target.load_image(b"".join(source.get_image(image)))
         yield url
     finally:
         if proc is not None:
             _stop(proc, 30)
-        subprocess.run(["ip", "link", "del", SECOND_BRIDGE], capture_output=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def second_dockerd(dockerd: str, base_image: str) -> Iterator[str]:
+    """A second engine's URL (see the module docstring), stopped and removed at the end."""
+    with extra_engine(dockerd, [base_image], SECOND_BRIDGE, SECOND_ADDRESS) as url:
+        yield url
 
 
 @pytest.fixture
