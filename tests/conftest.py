@@ -45,6 +45,19 @@ def new_etcd_server(base: Path) -> EmbeddedEtcd:
     )
 
 
+@pytest.fixture
+async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, RawEtcd]]:
+    """An etcd of the test's own, which it may stop and compact (or count the watchers of),
+    and a client on it."""
+    server = new_etcd_server(tmp_path)
+    server.start()
+    try:
+        async with RawEtcd([server.endpoint]) as client:
+            yield server, client
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedEtcd]:
     """One real etcd for the whole run; tests that stop it must start it again."""
