@@ -224,7 +224,8 @@ async def test_a_watch_and_a_lease_move_off_a_frozen_member(
         try:
             for i in range(8):  # 8 s frozen: longer than the lease's TTL
                 key = f"{PREFIX}w{i}"
-                await etcd.put(key, "1")
+                # guarded as the product's writes are (an unguarded one is not resent)
+                await etcd.txn([Cmp.absent(key)], [Op.put(key, "1")])
                 written[key] = time.monotonic()
                 await asyncio.sleep(1)
             assert not lease.lost.is_set(), lease.lost_reason
