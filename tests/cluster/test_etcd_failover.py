@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from lastbackend.controllers.leader import LeaderElection
 from lastbackend.store import keys
 from lastbackend.store.etcd import Cmp, Op, StoreUnavailable
 from tests.cluster.apis import Ledger as ApiLedger
@@ -271,3 +272,43 @@ async def test_a_txn_sent_to_a_member_as_it_freezes_is_applied_once_even_after_t
     await asyncio.sleep(2)  # time for the thawed member to propose what it had read
     assert await _history(etcd, PREFIX + "once") == [b"x"]
     assert await _history(etcd, COUNTER) == [b"0", b"1"]
+
+
+async def test_a_controllers_leadership_outlives_a_freeze_of_its_member_and_a_leader_kill(
+    etcd_cluster: EtcdCluster, etcd: RawEtcd
+) -> None:
+    """A 5 s term (the product's is 15 s) through an 8 s freeze of the member its process uses
+    and a kill -9 of the etcd leader: the same candidate leads all along, the other waits."""
+    async with (
+        RawEtcd(etcd_cluster.endpoints, tls=etcd_cluster.tls) as one,
+        RawEtcd(etcd_cluster.endpoints, tls=etcd_cluster.tls) as two,
+    ):
+        a = LeaderElection(one, "failover", identity="a", ttl=5)
+        b = LeaderElection(two, "failover", identity="b", ttl=5)
+        await a.campaign()
+        other = asyncio.create_task(b.campaign())
+        flaps: list[str] = []
+
+        async def watch_leadership() -> None:
+            while True:
+                if not a.is_leader or b.is_leader:
+                    flaps.append(f"a={a.is_leader} b={b.is_leader} ({a.lost.is_set()})")
+                await asyncio.sleep(0.1)
+
+        checker = asyncio.create_task(watch_leadership())
+        try:
+            frozen = etcd_cluster.member(one.member)
+            etcd_cluster.freeze(frozen)
+            await asyncio.sleep(8)
+            etcd_cluster.thaw(frozen)
+            leader = await asyncio.to_thread(etcd_cluster.leader)
+            etcd_cluster.kill(leader)
+            await asyncio.sleep(4)
+            await asyncio.to_thread(etcd_cluster.start, leader)
+            result = await a.txn([], [Op.put(PREFIX + "fenced", "a")])
+            assert result.succeeded
+        finally:
+            checker.cancel()
+            other.cancel()
+            await a.resign()
+        assert flaps == [], flaps[:5]
