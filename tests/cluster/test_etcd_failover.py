@@ -17,7 +17,7 @@ import pytest
 
 from lastbackend.controllers.leader import LeaderElection
 from lastbackend.store import keys
-from lastbackend.store.etcd import Cmp, Op, StoreUnavailable
+from lastbackend.store.etcd import KV, Cmp, Op, StoreUnavailable
 from tests.cluster.apis import Ledger as ApiLedger
 from tests.cluster.apis import problems, projects_in_etcd, start_apis, write_steadily
 from tests.cluster.etcd_cluster import EtcdCluster
@@ -254,24 +254,43 @@ async def test_a_txn_sent_to_a_member_as_it_freezes_is_applied_once_even_after_t
     it not applied, and sends it to another member. On SIGCONT the member reads the first copy
     and hands it to the cluster: its comparison fails, so nothing is applied twice."""
     await etcd.put(COUNTER, "0")
+    await etcd.put(PREFIX + "gone", "y")
     kv = await etcd.get(COUNTER)
     frozen = etcd_cluster.member(etcd.member)
     etcd_cluster.freeze(frozen)  # before the prober can notice: the txn goes to it
     try:
         create = etcd.txn([Cmp.absent(PREFIX + "once")], [Op.put(PREFIX + "once", "x")])
         increment = etcd.txn([Cmp.unchanged(kv, COUNTER)], [Op.put(COUNTER, "1")])
+        delete = etcd.txn([Cmp.present(PREFIX + "gone")], [Op.delete(PREFIX + "gone")])
         started = time.monotonic()
-        created, incremented = await asyncio.gather(create, increment)
+        created, incremented, deleted = await asyncio.gather(create, increment, delete)
         took = time.monotonic() - started
         assert took > 0.9, f"answered in {took:.2f}s: the frozen member was not asked"
         assert created.succeeded
         assert incremented.succeeded
+        assert deleted.succeeded
     finally:
         etcd_cluster.thaw(frozen)
     await asyncio.to_thread(etcd_cluster.wait_healthy, frozen)
     await asyncio.sleep(2)  # time for the thawed member to propose what it had read
     assert await _history(etcd, PREFIX + "once") == [b"x"]
     assert await _history(etcd, COUNTER) == [b"0", b"1"]
+    assert await etcd.get(PREFIX + "gone") is None
+    revisions = [kv.mod_revision async for kv in _versions(etcd, PREFIX + "gone")]
+    assert len(revisions) == 1, "put once, deleted once, never put again"
+
+
+async def _versions(etcd: RawEtcd, key: str) -> AsyncIterator[KV]:
+    """The versions ``key`` had before its current state (newest first)."""
+    current = await etcd.range(PREFIX, count_only=True)
+    kv = await etcd.get(key, revision=current.revision)
+    revision = current.revision
+    while kv is None and revision > 1:  # walk back to the last version before the delete
+        revision -= 1
+        kv = await etcd.get(key, revision=revision)
+    while kv is not None:
+        yield kv
+        kv = await etcd.get(key, revision=kv.mod_revision - 1)
 
 
 async def test_a_controllers_leadership_outlives_a_freeze_of_its_member_and_a_leader_kill(
