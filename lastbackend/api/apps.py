@@ -94,8 +94,7 @@ def view(pid: str, record: Record, urls: list[str], env: EnvView) -> dict[str, A
 
 
 def _apps(request: web.Request) -> Apps:
-    state = request.app[STATE]
-    return Apps(state.etcd, state.names, lambda: state.secrets)  # starting reads $PORT
+    return request.app[STATE].apps
 
 
 def _refused(exc: Refused) -> ApiError:

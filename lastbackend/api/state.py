@@ -137,11 +137,13 @@ class State:
         )
 
     def services(self, pid: str) -> Objects:
-        return services.services(self.etcd, self.names, pid)
+        reads = self.cache.services.of(pid) if self.cache is not None else None
+        return services.services(self.etcd, self.names, pid, reads)
 
     @property
     def apps(self) -> Apps:
-        return Apps(self.etcd, self.names)
+        reads = self.cache.services if self.cache is not None else None
+        return Apps(self.etcd, self.names, lambda: self.secrets, reads)  # starting reads $PORT
 
     @property
     def blobs(self) -> BlobStore:

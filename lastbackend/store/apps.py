@@ -22,7 +22,7 @@ Environment values are stored encrypted, so reading ``PORT`` takes the secrets k
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -34,6 +34,11 @@ from lastbackend.secrets import Secrets, is_token
 from lastbackend.store import keys, services
 from lastbackend.store.etcd import KV, Cmp, Etcd
 from lastbackend.store.objects import Guarded, NameCache, NotFound, Objects, Page, Record
+
+if TYPE_CHECKING:
+    from lastbackend.store.cache import LayoutCache
+
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 DEFAULT_PORT = 8080
 """The port a buildpack app listens on when its environment sets no ``PORT``."""
@@ -98,18 +103,32 @@ Change = Callable[[str, Record], Awaitable[Guarded]]
 """(pid, record) -> (new values of some parts, extra guards for the txn); may raise."""
 
 
+def _ordered(rows: list[_Row], order: str, descending: bool) -> list[_Row]:
+    """Rows of (id, project id, ..., meta) in a list's order: by the field, then by id."""
+    field = {"created_at": "created", "updated_at": "updated", "name": "name"}[order]
+    return sorted(rows, key=lambda row: (getattr(row[3], field), row[0]), reverse=descending)
+
+
 class Apps:
     """The app transactions on one etcd client, sharing the services' read caches."""
 
     def __init__(
-        self, etcd: Etcd, cache: NameCache, secrets: Callable[[], Secrets] | None = None
+        self,
+        etcd: Etcd,
+        cache: NameCache,
+        secrets: Callable[[], Secrets] | None = None,
+        reads: LayoutCache | None = None,
     ) -> None:
         self.etcd = etcd
         self.cache = cache
         self.secrets = secrets  # only starting a buildpack droplet needs it: $PORT
+        self.reads = reads
+        """The API's read cache of services (``store.cache``): gets and lists answer from it
+        whenever it has caught up, as ``Objects`` reads do."""
 
     def services(self, pid: str) -> Objects:
-        return services.services(self.etcd, self.cache, pid)
+        reads = self.reads.of(pid) if self.reads is not None else None
+        return services.services(self.etcd, self.cache, pid, reads)
 
     # reads --------------------------------------------------------------------------------------
 
@@ -121,6 +140,12 @@ class Apps:
         return kv.value.decode()
 
     async def get(self, guid: str) -> tuple[str, Record]:
+        if self.reads is not None and await self.reads.fresh():
+            pid = self.reads.group_of(guid) if is_uuid(guid) else None
+            record = self.reads.record(pid, guid) if pid is not None else None
+            if pid is None or record is None:
+                raise NotFound(f"app {guid!r} not found")
+            return pid, record
         pid = await self.owner(guid)
         try:
             return pid, await self.services(pid).get(guid)
@@ -146,6 +171,8 @@ class Apps:
         The app index gives every (guid, project); the metas of those in ``spaces`` are read to
         filter by name and sort, then the other parts of the page's apps only.
         """
+        if self.reads is not None and await self.reads.fresh():
+            return self._list_cached(self.reads, page, per_page, order, descending, names, spaces)
         revision, pairs = await self.etcd.pairs(keys.HELPER_APPS)
         owners = [(keys.leaf(key.decode()), pid.decode()) for key, pid in pairs]
         if spaces is not None:
@@ -160,9 +187,7 @@ class Apps:
             meta: Meta = self._decode("meta", kv)
             if names is None or meta.name in names:
                 rows.append((sid, pid, kv, meta))
-        field = {"created_at": "created", "updated_at": "updated", "name": "name"}[order]
-        rows.sort(key=lambda row: (getattr(row[3], field), row[0]), reverse=descending)
-        chosen = rows[(page - 1) * per_page : page * per_page]
+        chosen = _ordered(rows, order, descending)[(page - 1) * per_page : page * per_page]
         part_keys = {
             sid: {p: keys.service_part(pid, sid, p) for p in services.PARTS if p != "meta"}
             for sid, pid, _, _ in chosen
@@ -178,6 +203,33 @@ class Apps:
             records.append(Record(sid, values, kvs))
         pids = [pid for _, pid, _, _ in chosen]
         return Page(records=records, total=len(rows), revision=revision), pids
+
+    @staticmethod
+    def _list_cached(
+        reads: LayoutCache,
+        page: int,
+        per_page: int,
+        order: str,
+        descending: bool,
+        names: Collection[str] | None,
+        spaces: Collection[str] | None,
+    ) -> tuple[Page, list[str]]:
+        """:meth:`list` from the read cache: the same rows, with no ``await`` between them (one
+        revision, the cache's)."""
+        rows: list[tuple[str, str, Record, Meta]] = []
+        for pid, sid in reads.everything():
+            if spaces is not None and pid not in spaces:
+                continue
+            record = reads.record(pid, sid)
+            if record is None:
+                continue
+            meta: Meta = record.values["meta"]
+            if names is None or meta.name in names:
+                rows.append((sid, pid, record, meta))
+        chosen = _ordered(rows, order, descending)[(page - 1) * per_page : page * per_page]
+        records = [record for _, _, record, _ in chosen]
+        pids = [pid for _, pid, _, _ in chosen]
+        return Page(records=records, total=len(rows), revision=reads.revision), pids
 
     def _decode(self, part: str, kv: KV) -> Any:
         """Decoded once per (key, mod revision), in the cache the services store uses."""

@@ -30,11 +30,13 @@ have been sent before the caller's write was acknowledged, so a caller arriving 
 for the one after it. At most one call is in flight, so N concurrent reads cost one etcd round
 trip per round, not N.
 
-What is served: projects by id or name and their name-ordered pages (:class:`LayoutCache`), and
-the build tags, every level and ``/api/data`` (:class:`RepoCache`). The projects' name index is
-derived from the metas (every create, rename and delete moves a project's index key and its meta
-in one transaction, so at every revision they agree) and kept sorted as they change, so a page is
-a slice, never a re-read of the index. Services and the other families read etcd.
+What is served: projects and services by id or name and their name-ordered pages
+(:class:`LayoutCache`; a service with every part, its rollout ``status`` included), the apps of
+``/v3`` over them (``store.apps``), and the build tags, every level and ``/api/data``
+(:class:`RepoCache`). A name index is derived from the metas (every create, rename and delete
+moves an object's index key and its meta in one transaction, so at every revision they agree)
+and kept sorted as they change, so a page is a slice, never a re-read of the index. The other
+families (containers, builds, packages, droplets, images, registries...) read etcd.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import structlog
@@ -52,9 +55,10 @@ from lastbackend.model.platform import Meta
 from lastbackend.store import keys
 from lastbackend.store import projects as project_store
 from lastbackend.store import repos as repo_store
+from lastbackend.store import services as service_store
 from lastbackend.store.etcd import KV, Etcd, StoreUnavailable
 from lastbackend.store.informer import Informer
-from lastbackend.store.objects import Layout, Page, Record
+from lastbackend.store.objects import Page, Part, Record
 
 log = structlog.get_logger("lastbackend.store.cache")
 
@@ -69,11 +73,6 @@ BRIEF = 0.02
 """Seconds a read waits instead, for one :data:`CATCH_UP` after a read found the cache behind:
 long enough for an event already on its way, so a lagging cache costs one read a second the
 whole bound rather than every read."""
-
-
-def served(key: str) -> bool:
-    """The keys the cache keeps: what :class:`LayoutCache` and :class:`RepoCache` answer from."""
-    return key.startswith(keys.REPOS) or keys.project_meta_of(key) is not None
 
 
 class Revisions:
@@ -128,80 +127,182 @@ def _retrieved(future: asyncio.Future[int]) -> None:
         future.exception()
 
 
-class LayoutCache:
-    """One layout's objects from the cache: by id, by name, and pages in name order.
+PartOf = Callable[[str], tuple[str, str, str] | None]
+"""A raw key -> (group, object id, part) for the part keys of one kind; ``None`` for others."""
 
-    Only for layouts whose parts are all kept by :func:`served` (projects: one ``meta``).
+
+def _project_part(key: str) -> tuple[str, str, str] | None:
+    pid = keys.project_meta_of(key)
+    return ("", pid, "meta") if pid is not None else None
+
+
+def _service_part(key: str) -> tuple[str, str, str] | None:
+    found = keys.service_part_of(key)
+    if found is None:
+        return None
+    ref, part = found
+    return ref.project, ref.service, part
+
+
+def served(key: str) -> bool:
+    """The keys the cache keeps: what :class:`LayoutCache` and :class:`RepoCache` answer from."""
+    return (
+        key.startswith(keys.REPOS)
+        or keys.project_meta_of(key) is not None
+        or keys.service_part_of(key) is not None
+    )
+
+
+def _service_parts(pid: str, sid: str) -> dict[str, str]:
+    return {part: keys.service_part(pid, sid, part) for part in service_store.PARTS}
+
+
+class _Names:
+    """One group's name index, kept sorted: a page is a slice."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}  # name -> id
+        self.order: list[str] = []  # names in index-key order
+
+    def add(self, name: str, oid: str) -> None:
+        self.ids[name] = oid
+        # An index key is the index prefix + the name, and str order is UTF-8 byte order, so
+        # names sort as etcd sorts their index keys.
+        bisect.insort(self.order, name)
+
+    def remove(self, name: str, oid: str) -> None:
+        # Guarded: within one batch another object may already hold the name (a delete and a
+        # create of the same name applied in the other order).
+        if self.ids.get(name) == oid:
+            del self.ids[name]
+        del self.order[bisect.bisect_left(self.order, name)]
+
+
+class LayoutCache:
+    """One kind of object from the cache: by id, by name, and pages in name order, per group.
+
+    A group is what one name index covers: every project (one group, ``""``), or the services
+    of one project (a group per project id). Only for kinds whose parts are all kept by
+    :func:`served`. A record is made on first read and dropped when any of its parts changes.
     """
 
     def __init__(
-        self, cache: ReadCache, layout: Layout, meta_of: Callable[[str], str | None]
+        self,
+        cache: ReadCache,
+        part_of: PartOf,
+        parts: Callable[[str, str], Mapping[str, str]],
+        codecs: Mapping[str, Part],
     ) -> None:
         self.cache = cache
-        self.layout = layout
-        self._meta_of = meta_of
-        self._ids: dict[str, str] = {}  # name -> id
+        self._part_of = part_of
+        self._parts = parts  # (group, id) -> {part: key}
+        self._codecs = codecs
+        self._groups: dict[str, _Names] = {}
         self._names: dict[str, str] = {}  # id -> name
-        self._order: list[str] = []  # names in index-key order
-        self._records: dict[str, Record] = {}  # id -> the record, made on first read
+        self._group_of: dict[str, str] = {}  # id -> group
+        self._records: dict[tuple[str, str], Record] = {}  # made on first read
         cache.informer.add_handler(self._changed)
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._names)
+
+    def _changed(self, key: str, old: KV | None, new: KV | None) -> None:
+        found = self._part_of(key)
+        if found is None:
+            return
+        group, oid, part = found
+        self._records.pop((group, oid), None)
+        if part != "meta":
+            return
+        gone = self._names.pop(oid, None)
+        self._group_of.pop(oid, None)
+        if gone is not None:
+            names = self._groups[group]
+            names.remove(gone, oid)
+            if not names.order:
+                del self._groups[group]
+        if new is not None:
+            name = self.cache.informer.decoded(new, Meta).name
+            self._names[oid] = name
+            self._group_of[oid] = group
+            self._groups.setdefault(group, _Names()).add(name, oid)
+
+    @property
+    def revision(self) -> int:
+        return self.cache.informer.revision
 
     async def fresh(self) -> bool:
         return await self.cache.fresh()
 
-    def _changed(self, key: str, old: KV | None, new: KV | None) -> None:
-        oid = self._meta_of(key)
-        if oid is None:
-            return
-        self._records.pop(oid, None)
-        gone = self._names.pop(oid, None)
-        if gone is not None:
-            # Guarded: within one batch another object may already hold the name (a delete
-            # and a create of the same name applied in the other order).
-            if self._ids.get(gone) == oid:
-                del self._ids[gone]
-            del self._order[bisect.bisect_left(self._order, gone)]
-        if new is not None:
-            name = self.cache.informer.decoded(new, Meta).name
-            self._names[oid] = name
-            self._ids[name] = oid
-            # An index key is the index prefix + the name, and str order is UTF-8 byte order, so
-            # names sort as etcd sorts their index keys.
-            bisect.insort(self._order, name)
+    def group_of(self, oid: str) -> str | None:
+        """The group of object ``oid`` (a service's project id); ``None``: no such object."""
+        return self._group_of.get(oid)
 
-    def record(self, oid: str) -> Record | None:
-        made = self._records.get(oid)
+    def everything(self) -> list[tuple[str, str]]:
+        """(group, id) of every object, at the cache's revision."""
+        return [(group, oid) for oid, group in self._group_of.items()]
+
+    def of(self, group: str) -> CachedGroup:
+        """The objects of one group, as ``store.objects.Objects`` reads them."""
+        return CachedGroup(self, group)
+
+    def record(self, group: str, oid: str) -> Record | None:
+        made = self._records.get((group, oid))
         if made is not None:
             return made
-        kvs = {part: self.cache.informer.get(key) for part, key in self.layout.parts(oid).items()}
-        meta = kvs.get("meta")
-        if meta is None:
+        kvs = {part: self.cache.informer.get(key) for part, key in self._parts(group, oid).items()}
+        if kvs.get("meta") is None:
             return None
-        values = {
-            part: self.cache.informer.decoded(kv, self.layout.codecs[part].cls)
-            for part, kv in kvs.items()
-            if kv is not None
-        }
-        made = self._records[oid] = Record(oid, values, kvs)
+        values = {part: self._decoded(part, kv) for part, kv in kvs.items() if kv is not None}
+        made = self._records[group, oid] = Record(oid, values, kvs)
         return made
 
-    def find(self, ref: str) -> Record | None:
-        """By id or name; ``None``: no such object (at the cache's revision)."""
-        oid = ref if is_uuid(ref) else self._ids.get(ref)
-        return self.record(oid) if oid is not None else None
+    def _decoded(self, part: str, kv: KV) -> Any:
+        codec = self._codecs[part]
+        return kv.value.decode() if codec.bare else self.cache.informer.decoded(kv, codec.cls)
 
-    def page(self, *, page: int, per_page: int, descending: bool = False) -> Page:
-        total = len(self._order)
+    def find(self, group: str, ref: str) -> Record | None:
+        if is_uuid(ref):
+            oid: str | None = ref
+        else:
+            names = self._groups.get(group)
+            oid = names.ids.get(ref) if names is not None else None
+        return self.record(group, oid) if oid is not None else None
+
+    def page(self, group: str, *, page: int, per_page: int, descending: bool = False) -> Page:
+        names = self._groups.get(group)
+        order = names.order if names is not None else []
+        total = len(order)
         start = (page - 1) * per_page
         if descending:
-            names = self._order[max(0, total - start - per_page) : max(0, total - start)][::-1]
+            chosen = order[max(0, total - start - per_page) : max(0, total - start)][::-1]
         else:
-            names = self._order[start : start + per_page]
-        records = [r for r in (self.record(self._ids[n]) for n in names) if r is not None]
+            chosen = order[start : start + per_page]
+        ids = names.ids if names is not None else {}
+        records = [r for r in (self.record(group, ids[n]) for n in chosen) if r is not None]
         return Page(records=records, total=total, revision=self.cache.informer.revision)
+
+
+@attrs.frozen
+class CachedGroup:
+    """One group of a :class:`LayoutCache`: the ``store.objects.Cached`` that ``Objects`` reads."""
+
+    kind: LayoutCache
+    group: str
+
+    def __len__(self) -> int:
+        names = self.kind._groups.get(self.group)
+        return len(names.order) if names is not None else 0
+
+    async def fresh(self) -> bool:
+        return await self.kind.cache.fresh()
+
+    def find(self, ref: str) -> Record | None:
+        """By id or name; ``None``: no such object in this group (at the cache's revision)."""
+        return self.kind.find(self.group, ref)
+
+    def page(self, *, page: int, per_page: int, descending: bool = False) -> Page:
+        return self.kind.page(self.group, page=page, per_page=per_page, descending=descending)
 
 
 class ReadCache:
@@ -212,7 +313,14 @@ class ReadCache:
         self.catch_up = catch_up
         self.informer = Informer(etcd, keys.ROOT, keep=served, name="api-cache")
         self.revisions = Revisions(etcd)
-        self.projects = LayoutCache(self, project_store.LAYOUT, keys.project_meta_of)
+        self.projects = LayoutCache(
+            self,
+            _project_part,
+            lambda _, pid: project_store.LAYOUT.parts(pid),
+            project_store.LAYOUT.codecs,
+        ).of("")
+        self.services = LayoutCache(self, _service_part, _service_parts, service_store.CODECS)
+        """Services by project: ``services.of(pid)``."""
         self.repos = RepoCache(self)
         self.hits = 0
         self.fallbacks = 0

@@ -28,6 +28,7 @@ APP_PARTS = ("lifecycle", "app")
 STATUS_PARTS = ("status",)
 """The services controller's report on a service (its rollout): read with it, never written by
 the API."""
+_PARTS = frozenset(SERVICE_PARTS + APP_PARTS + STATUS_PARTS)
 
 
 def prefix_end(prefix: str) -> bytes:
@@ -141,7 +142,7 @@ def service(pid: str, sid: str) -> str:
 
 
 def service_part(pid: str, sid: str, part: str) -> str:
-    if part not in SERVICE_PARTS and part not in APP_PARTS and part not in STATUS_PARTS:
+    if part not in _PARTS:
         raise ValueError(f"unknown service part {part!r}")
     return f"{service(pid, sid)}{part}"
 
@@ -491,6 +492,15 @@ def service_of(key: str) -> ServiceRef | None:
     match _segments(PROJECTS, key):
         case [pid, "services", sid, _, *_]:
             return ServiceRef(pid, sid)
+    return None
+
+
+def service_part_of(key: str) -> tuple[ServiceRef, str] | None:
+    """The service and part of a ``projects/<pid>/services/<sid>/<part>`` key (a part in
+    :data:`SERVICE_PARTS`, :data:`APP_PARTS` or :data:`STATUS_PARTS`); ``None`` for any other."""
+    match _segments(PROJECTS, key):
+        case [pid, "services", sid, part] if part in _PARTS:
+            return ServiceRef(pid, sid), part
     return None
 
 

@@ -22,7 +22,7 @@ from lastbackend.model.platform import Domains, Meta, ServiceConfig, ServiceSour
 from lastbackend.model.pods import ServiceStatus
 from lastbackend.store import keys
 from lastbackend.store.etcd import Etcd, Store
-from lastbackend.store.objects import Layout, NameCache, Objects, Part
+from lastbackend.store.objects import Cached, Layout, NameCache, Objects, Part
 from lastbackend.store.owned import helper_of
 
 CODECS: Mapping[str, Part] = {
@@ -92,5 +92,5 @@ def layout(pid: str) -> Layout:
     )
 
 
-def services(etcd: Etcd, cache: NameCache, pid: str) -> Objects:
-    return Objects(etcd, layout(pid), cache)
+def services(etcd: Etcd, cache: NameCache, pid: str, reads: Cached | None = None) -> Objects:
+    return Objects(etcd, layout(pid), cache, reads)

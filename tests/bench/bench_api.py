@@ -67,11 +67,10 @@ from lastbackend import codec
 from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Meta
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Cmp, Op
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, free_port, local_etcd
 
 HOST = "127.0.0.1"
 PROJECTS = 1000
@@ -316,6 +315,8 @@ API_LIST = f"GET /api/projects?page=N&per_page={PER_PAGE}"
 API_LIST_MANY = f"{API_LIST} (10,000)"
 API_TAG = "GET /api/repos/{r}/branches/{b}/tags/{t}"
 API_DATA = "GET /api/data (300 tags, 600 artifacts)"
+API_SERVICE = "GET /api/projects/{p}/services/{name}"
+SERVICES = 50
 TAG_SHAPE = (10, 3, 10)  # repos, branches per repo, tags per branch: 300 tags
 ARTIFACT = {"type": "file", "url": "https://files.example.com/bench.zip"}
 API_POST = "POST /api/projects"
@@ -471,6 +472,31 @@ class ApiOps:
         found = sum(len(b["tags"]) for r in data["repos"].values() for b in r["branches"].values())
         if found < len(paths):
             raise RuntimeError(f"/api/data has {found} tags, not {len(paths)}")
+
+    async def add_services(self) -> None:
+        """The services the service row reads: one project's, with an env, through the API."""
+        project = self.names[0]
+        base = self.base / "api/projects" / project / "services"
+        async with session_for(16) as session:
+            for n in range(SERVICES):
+                body = {"name": f"s{n}", "config": {"env": {"GREETING": "hello"}}}
+                async with session.post(base, json=body) as resp:
+                    if resp.status != 201:
+                        raise RuntimeError(f"POST {base}: {resp.status} {await resp.text()}")
+            async with session.get(base / f"s{SERVICES - 1}") as resp:
+                if resp.status != 200 or (await resp.json())["name"] != f"s{SERVICES - 1}":
+                    raise RuntimeError(f"GET of a service answered {resp.status}")
+        self.service_urls = [URL(str(base / f"s{n}"), encoded=True) for n in range(SERVICES)]
+
+    def get_service(self, session: aiohttp.ClientSession) -> Operation:
+        urls = self.service_urls
+
+        async def op(n: int) -> bool:
+            async with session.get(urls[n % SERVICES]) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        return op
 
     def get_tag(self, session: aiohttp.ClientSession) -> Operation:
         urls = self.tag_urls
@@ -673,7 +699,16 @@ async def run(
     # repeat.
     counters = {
         name: itertools.count()
-        for name in (*RAW_OPERATIONS, API_GET, API_LIST, API_LIST_MANY, API_TAG, API_DATA, API_POST)
+        for name in (
+            *RAW_OPERATIONS,
+            API_GET,
+            API_LIST,
+            API_LIST_MANY,
+            API_TAG,
+            API_DATA,
+            API_SERVICE,
+            API_POST,
+        )
     }
     async with RawEtcd([etcd_endpoint]) as etcd:
         raw = RawOps(etcd, tag)
@@ -695,6 +730,8 @@ async def run(
         await raw_row(RAW_GET_AGAIN, raw.get, counters[RAW_GET], 16)
         await api_row(API_TAG, api.get_tag, counters[API_TAG], 16, RAW_GET_AGAIN)
         await api_row(API_DATA, api.get_data, counters[API_DATA], 1, None)
+        await api.add_services()
+        await api_row(API_SERVICE, api.get_service, counters[API_SERVICE], 16, RAW_GET_AGAIN)
         await api.add_many(etcd)
         await api_row(API_LIST_MANY, api.list_many, counters[API_LIST_MANY], 16, None)
         for c in RAW_CONCURRENCY:
@@ -702,7 +739,16 @@ async def run(
         for c in RAW_CONCURRENCY:
             await raw_row(RAW_TXN, raw.txn, counters[RAW_TXN], c)
             await api_row(API_POST, api.post, counters[API_POST], c, RAW_TXN)
-    order = [*RAW_OPERATIONS, API_GET, API_POST, API_LIST, API_LIST_MANY, API_TAG, API_DATA]
+    order = [
+        *RAW_OPERATIONS,
+        API_GET,
+        API_POST,
+        API_LIST,
+        API_LIST_MANY,
+        API_TAG,
+        API_DATA,
+        API_SERVICE,
+    ]
     return sorted(results, key=lambda r: (order.index(r.operation), r.concurrency))
 
 
@@ -722,12 +768,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd-data",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd-data", work / "etcd.log")
         api_log = work / "api.log"
         api: subprocess.Popen[bytes] | None = None
         try:

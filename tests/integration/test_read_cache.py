@@ -23,6 +23,7 @@ from lastbackend.api.state import STATE
 from lastbackend.config import Settings
 from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Meta
+from lastbackend.model.pods import Rollout, ServiceStatus
 from lastbackend.store import keys
 from lastbackend.store import repos as repo_store
 from lastbackend.store.cache import ReadCache
@@ -523,3 +524,113 @@ async def test_a_tag_written_on_one_api_is_read_on_another(make_client, etcd) ->
 
     await asyncio.gather(*(one(n) for n in range(20)))
     assert cache.hits >= hits + 40
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+async def test_a_service_written_on_one_api_is_read_on_another(make_client, etcd) -> None:
+    first, second = await make_client(), await make_client()
+    await synced(first)
+    cache = await synced(second)
+    other = await create(first, "svc-other")
+    await create(first, "svc-ryw")
+    hits = cache.hits
+
+    async def one(n: int) -> None:
+        base = "/api/projects/svc-ryw/services"
+        resp = await first.post(base, json={"name": f"s{n}", "image": "busybox:1"})
+        assert resp.status == 201, await resp.text()
+        made = await resp.json()
+        for ref in (f"s{n}", made["id"]):
+            seen = await second.get(f"{base}/{ref}")
+            assert seen.status == 200, ref
+            assert seen.headers["ETag"] == resp.headers["ETag"]
+        # A service id is found only under its own project.
+        assert (
+            await second.get(f"/api/projects/{other['id']}/services/{made['id']}")
+        ).status == 404
+        resp = await second.patch(f"{base}/s{n}", json={"name": f"t{n}", "description": "moved"})
+        assert resp.status == 200, await resp.text()
+        seen = await first.get(f"{base}/{made['id']}")
+        assert (await seen.json())["name"] == f"t{n}"
+        assert seen.headers["ETag"] == resp.headers["ETag"]
+        assert (await first.get(f"{base}/s{n}")).status == 404, "the old name is gone"
+        names = {s["name"] for s in (await (await first.get(base)).json())["resources"]}
+        assert f"t{n}" in names
+        assert f"s{n}" not in names
+        assert (await first.delete(f"{base}/t{n}")).status in (200, 204)
+        assert (await second.get(f"{base}/{made['id']}")).status == 404
+
+    await asyncio.gather(*(one(n) for n in range(12)))
+    assert cache.hits >= hits + 12 * 3, "the second API answered from its cache"
+    assert (await (await second.get("/api/projects/svc-ryw/services")).json())["resources"] == []
+
+
+async def test_a_status_written_by_a_controller_is_in_the_next_read(make_client, etcd) -> None:
+    """The controller writes ``status`` straight into etcd: a read after that write sees it."""
+    api = await make_client()
+    cache = await synced(api)
+    project = await create(api, "svc-status")
+    resp = await api.post("/api/projects/svc-status/services", json={"name": "web"})
+    assert resp.status == 201, await resp.text()
+    sid = (await resp.json())["id"]
+    path = f"/api/projects/svc-status/services/{sid}"
+    assert (await (await api.get(path)).json())["status"]["rollout"] is None
+    hits = cache.hits
+    status_key = keys.service_part(project["id"], sid, "status")
+    for n in range(5):
+        rollout = Rollout("progressing", revision=n + 1, ready=n, desired=5, started=now())
+        await etcd.put(status_key, codec.dumps(ServiceStatus(rollout)))
+        seen = await api.get(path)
+        assert seen.status == 200
+        assert (await seen.json())["status"]["rollout"]["revision"] == n + 1
+    assert cache.hits >= hits + 5
+
+
+async def test_apps_from_the_cache_are_what_etcd_gives(make_client, etcd) -> None:
+    """``/v3/apps`` (one app, and lists across spaces, filtered and ordered) from the cache of
+    a second API, read-your-writes while a first one writes, then equal to an etcd read."""
+    first, second = await make_client(), await make_client()
+    await synced(first)
+    cache = await synced(second)
+    spaces = [(await create(first, f"space-{n}"))["id"] for n in range(3)]
+    hits = cache.hits
+
+    async def writer(n: int) -> None:
+        body = {"name": f"app-{n}", "relationships": {"space": {"guid": spaces[n % 3]}}}
+        resp = await first.post("/v3/apps", json=body)
+        assert resp.status == 201, await resp.text()
+        guid = (await resp.json())["guid"]
+        seen = await second.get(f"/v3/apps/{guid}")
+        assert seen.status == 200
+        assert (await seen.json())["name"] == f"app-{n}"
+        resp = await first.patch(f"/v3/apps/{guid}", json={"name": f"renamed-{n}"})
+        assert resp.status == 200, await resp.text()
+        listed = await (await second.get(f"/v3/apps?names=renamed-{n}")).json()
+        assert [a["guid"] for a in listed["resources"]] == [guid]
+        if n % 4 == 0:
+            assert (await first.delete(f"/v3/apps/{guid}")).status == 204
+            assert (await second.get(f"/v3/apps/{guid}")).status == 404
+
+    await asyncio.gather(*(writer(n) for n in range(16)))
+    assert cache.hits >= hits + 16 * 2
+
+    direct = await make_client()
+    await cache_of(direct).close()
+    direct.server.app[STATE].cache = None  # this one reads etcd
+    for query in (
+        "",
+        "?order_by=name&per_page=5&page=2",
+        "?order_by=-created_at&per_page=4",
+        f"?space_guids={spaces[1]},{spaces[2]}&order_by=-name",
+        "?names=renamed-3,renamed-5,nothing",
+    ):
+        cached, fallback = (
+            await second.get(f"/v3/apps{query}"),
+            await direct.get(f"/v3/apps{query}"),
+        )
+        assert cached.status == fallback.status == 200, query
+        mine, theirs = await cached.json(), await fallback.json()
+        assert mine["resources"] == theirs["resources"], query
+        assert mine["pagination"]["total_results"] == theirs["pagination"]["total_results"]
