@@ -153,6 +153,10 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
             say(f"  {load.figure()}; {writer.figure()}; converged in {healed.seconds:.1f} s")
         await asyncio.sleep(2)  # the streams catch up
     await git.stop()
+    for number, stream in enumerate((one, two)):
+        for w in writers:
+            for name in stream.missed(w):
+                say(f"  SSE client {number} (on API {stream.index % 2} at the end) missed {name}")
     missed = sum(len(s.missed(w)) for s in (one, two) for w in writers)
     creates = sum(len(w.created) for w in writers)
     streams = (
