@@ -49,7 +49,7 @@ from tests.cluster import faults
 from tests.cluster.etcd_cluster import EtcdCluster
 from tests.cluster.harness import Cluster, Engine, Reader, RouterLoad, Stream, Writer
 from tests.e2e.conftest import DEFAULT_URL, api_client, extra_engine
-from tests.e2e.harness import Harness
+from tests.e2e.harness import Harness, eventually
 from tests.e2e.test_builds import TOKEN, USER
 from tests.gitserver import GitServer
 from tests.support import RawEtcd
@@ -153,9 +153,10 @@ async def run(c: Cluster, etcd_cluster: EtcdCluster, quick: bool) -> str:
             )
             say(f"  {load.figure()}; {writer.figure()}; converged in {healed.seconds:.1f} s")
         # the streams catch up: a create still missing 15 s after the last write is lost
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(s.missed(w) for s in (one, two) for w in writers):
-            await asyncio.sleep(0.2)
+        with contextlib.suppress(AssertionError):
+            await eventually(
+                lambda: not any(s.missed(w) for s in (one, two) for w in writers), 15, "caught up"
+            )
     await git.stop()
     for number, stream in enumerate((one, two)):
         for w in writers:
