@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import attrs
@@ -85,28 +86,38 @@ async def write_steadily(
         await asyncio.gather(*tasks)
 
 
-async def projects_in_etcd(etcd: RawEtcd) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """(name -> pid from the name index, name -> pids of every project meta with that name)."""
+async def project_tree(etcd: RawEtcd) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """The projects as etcd holds them now: (name -> pid from the name index, pid -> meta)."""
     _, index = await etcd.pairs(keys.HELPER_PROJECTS)
-    by_index = {k.decode()[len(keys.HELPER_PROJECTS) :]: v.decode() for k, v in index}
-    metas: dict[str, list[str]] = {}
-    for kv in (await etcd.range(f"{keys.ROOT}projects/")).kvs:
-        if kv.key.endswith("/meta"):
-            pid = kv.key.split("/")[-2]
-            metas.setdefault(json.loads(kv.value)["name"], []).append(pid)
-    return by_index, metas
+    named = {k.decode().removeprefix(keys.HELPER_PROJECTS): v.decode() for k, v in index}
+    metas: dict[str, dict[str, Any]] = {}
+    for kv in (await etcd.range(keys.PROJECTS)).kvs:
+        pid, _, leaf = kv.key.removeprefix(keys.PROJECTS).partition("/")
+        if leaf == "meta":
+            metas[pid] = json.loads(kv.value)
+    return {name: pid for name, pid in named.items() if "/" not in name}, metas  # not services
+
+
+def half_there(index: dict[str, str], metas: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """Every project the tree holds half: a meta without its name index, or an index entry
+    without its project (one txn writes and deletes both, so no write may leave either)."""
+    for pid, meta in metas.items():
+        if index.get(meta["name"]) != pid:
+            yield f"project {pid} {meta['name']} without its name index"
+    for name, pid in index.items():
+        if pid not in metas:
+            yield f"name {name} -> {pid}, no such project"
 
 
 def problems(
-    ledger: Ledger, by_index: dict[str, str], metas: dict[str, list[str]]
+    ledger: Ledger, index: dict[str, str], metas: dict[str, dict[str, Any]]
 ) -> Iterator[str]:
     """Every way the tree disagrees with the ledger: an acknowledged project missing or there
-    twice, an unacknowledged one half there (index without meta, or meta without index)."""
+    twice, or anything half there."""
+    yield from half_there(index, metas)
+    by_name: dict[str, list[str]] = {}
+    for pid, meta in metas.items():
+        by_name.setdefault(meta["name"], []).append(pid)
     for name in ledger.acknowledged:
-        if name not in by_index:
-            yield f"{name}: acknowledged, not in the name index"
-        if metas.get(name) != [by_index.get(name)]:
-            yield f"{name}: acknowledged, metas {metas.get(name)} for index {by_index.get(name)}"
-    for name in ledger.failed:
-        if (name in by_index) != (name in metas) or len(metas.get(name, [])) > 1:
-            yield f"{name}: not acknowledged, half there: {by_index.get(name)} {metas.get(name)}"
+        if by_name.get(name) != [index.get(name)]:
+            yield f"{name}: acknowledged, projects {by_name.get(name)}, index {index.get(name)}"

@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import docker
 
-from lastbackend.store import keys
+from tests.cluster.apis import half_there, project_tree
 from tests.e2e.harness import (
     LABEL_NODE,
     LABEL_POD,
@@ -419,16 +419,9 @@ class Writer:
 
     async def problems(self, etcd: RawEtcd) -> list[str]:
         """What :meth:`verify` finds wrong, one line each."""
-        names = await _helper_names(etcd)
-        metas = await _project_metas(etcd)
+        names, metas = await project_tree(etcd)
         by_name = Counter(meta["name"] for meta in metas.values())
-        problems = []
-        for pid, meta in metas.items():  # nothing half there: the index and the object agree
-            if names.get(meta["name"]) != pid:
-                problems.append(f"project {pid} {meta['name']} without its name index")
-        for name, pid in names.items():
-            if pid not in metas:
-                problems.append(f"name {name} -> {pid}, no such project")
+        problems = list(half_there(names, metas))
         for name, entry in self.ledger.items():
             present = {meta.get("description") for meta in metas.values() if meta["name"] == name}
             if by_name[name] > 1:
@@ -443,23 +436,6 @@ class Writer:
             f"{self.acknowledged} writes acknowledged, {self.unacknowledged} not, "
             f"{self.failovers} failed over to the other API"
         )
-
-
-async def _helper_names(etcd: RawEtcd) -> dict[str, str]:
-    found = await etcd.range(keys.HELPER_PROJECTS)
-    named = {kv.key.removeprefix(keys.HELPER_PROJECTS): kv.value.decode() for kv in found.kvs}
-    return {name: pid for name, pid in named.items() if "/" not in name}  # not service names
-
-
-async def _project_metas(etcd: RawEtcd) -> dict[str, dict[str, Any]]:
-    found = await etcd.range(keys.PROJECTS)
-    metas = {}
-    for kv in found.kvs:
-        rest = kv.key.removeprefix(keys.PROJECTS)
-        pid, _, leaf = rest.partition("/")
-        if leaf == "meta":
-            metas[pid] = json.loads(kv.value)
-    return metas
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from lastbackend.controllers.leader import LeaderElection
 from lastbackend.store import keys
 from lastbackend.store.etcd import KV, Cmp, Op, StoreUnavailable
 from tests.cluster.apis import Ledger as ApiLedger
-from tests.cluster.apis import problems, projects_in_etcd, start_apis, write_steadily
+from tests.cluster.apis import problems, project_tree, start_apis, write_steadily
 from tests.cluster.etcd_cluster import EtcdCluster
 from tests.integration.test_daemon import Daemon
 from tests.support import RawEtcd, eventually
@@ -198,7 +198,7 @@ async def test_api_creates_through_a_leader_kill_and_a_20s_freeze_are_answered(
         await writer
         await asyncio.to_thread(_stop_apis, apis)
     print(f"\nacross the kill ({after_kill} sent) and the freeze: {ledger.summary()}")
-    by_index, metas = await projects_in_etcd(etcd)
+    by_index, metas = await project_tree(etcd)
     assert list(problems(ledger, by_index, metas)) == []
     assert ledger.answered >= 0.999, (ledger.summary(), ledger.failed)
 

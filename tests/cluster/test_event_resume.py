@@ -19,7 +19,7 @@ import attrs
 import pytest
 
 from lastbackend.store import keys
-from tests.cluster.apis import Ledger, problems, projects_in_etcd, start_apis, write_steadily
+from tests.cluster.apis import Ledger, problems, project_tree, start_apis, write_steadily
 from tests.cluster.etcd_cluster import EtcdCluster
 from tests.integration.test_daemon import Daemon
 from tests.support import RawEtcd, eventually
@@ -114,7 +114,7 @@ async def test_a_stream_resumed_on_the_other_api_after_kills_misses_and_repeats_
             stop_writing.set()
             await asyncio.to_thread(_stop, [read_api, write_api])
         history = await _history(etcd, start + 1, end)
-        by_index, metas = await projects_in_etcd(etcd)
+        by_index, metas = await project_tree(etcd)
     print(f"\n{ledger.summary()}; events seen {len(reader.seen)}, etcd's {len(history)}")
     assert len(history) >= 2 * len(ledger.acknowledged)  # two keys per project
     assert reader.seen == history
