@@ -11,7 +11,8 @@
 # and for the e2e tests busybox-static (the offline base image), curl (a TLS client for the offline
 # image that checks builds' CA bundle), docker-registry and apache2-utils (htpasswd), and for the
 # dashboard's browser tests chromium (Playwright drives this one; it never downloads a browser of
-# its own); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
+# its own), and systemd for systemd-analyze (the cluster tests verify deploy/systemd/'s units; no
+# systemd needs to run); then a virtualenv in .venv with the package. The e2e fixtures start dockerd when it is
 # not running and they are root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]}" >&2

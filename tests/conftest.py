@@ -19,7 +19,7 @@ from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
-from tests.support import TEST_KEY, RawEtcd, free_port
+from tests.support import TEST_KEY, RawEtcd, local_etcd
 
 CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parent.parent
@@ -37,12 +37,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def new_etcd_server(base: Path) -> EmbeddedEtcd:
     if shutil.which("etcd") is None:
         pytest.skip("the etcd binary is not installed (Debian: etcd-server)")
-    return EmbeddedEtcd(
-        base / "etcd-data",
-        client=f"127.0.0.1:{free_port()}",
-        peer=f"127.0.0.1:{free_port()}",
-        log=base / "etcd.log",
-    )
+    return local_etcd(base / "etcd-data", base / "etcd.log")
+
+
+@pytest.fixture
+async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, RawEtcd]]:
+    """An etcd of the test's own, which it may stop and compact (or count the watchers of),
+    and a client on it."""
+    server = new_etcd_server(tmp_path)
+    server.start()
+    try:
+        async with RawEtcd([server.endpoint]) as client:
+            yield server, client
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lastbackend.secrets import generate_key
+from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd, Op, WatchEvent
 from lastbackend.store.keys import prefix_end
 
@@ -69,6 +70,13 @@ class RawEtcd(Etcd):
         ):
             if batch.events:
                 yield batch.events
+
+
+def local_etcd(data_dir: Path, log: Path) -> EmbeddedEtcd:
+    """An etcd of a test's or a benchmark's own on loopback ports (not started yet)."""
+    return EmbeddedEtcd(
+        data_dir, client=f"127.0.0.1:{free_port()}", peer=f"127.0.0.1:{free_port()}", log=log
+    )
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

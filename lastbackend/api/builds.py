@@ -138,7 +138,7 @@ async def _list(
     pg = paging(request, ("number",))
     items, revision = await request.app[STATE].builds.list(await target_of(request))
     items.sort(key=lambda b: b.number, reverse=pg.descending)
-    chosen = [view(b.number, b.build) for b in items[(pg.page - 1) * pg.per_page :][: pg.per_page]]
+    chosen = [view(b.number, b.build) for b in pg.of(items)]
     return json_response(
         page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
     )

@@ -53,7 +53,7 @@ async def index(request: web.Request) -> web.Response:
         {**nodes[name], "pods": counts.get(name, 0)}
         for name in sorted(nodes, reverse=pg.descending)
     ]
-    chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    chosen = pg.of(items)
     return json_response(
         page_body(request, pg, len(items), chosen),
         headers={"X-Etcd-Revision": str(found.revision)},
@@ -82,7 +82,7 @@ async def leaders(request: web.Request) -> web.Response:
         key=lambda item: item["name"],
         reverse=pg.descending,
     )
-    chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    chosen = pg.of(items)
     return json_response(
         page_body(request, pg, len(items), chosen),
         headers={"X-Etcd-Revision": str(found.revision)},

@@ -184,6 +184,10 @@ class Paging:
     per_page: int
     descending: bool
 
+    def of(self, items: list[T]) -> list[T]:
+        """This page of ``items`` (all of them, in the list's order)."""
+        return items[(self.page - 1) * self.per_page : self.page * self.per_page]
+
 
 def paging(request: web.Request, order_fields: Sequence[str] = ("name",)) -> Paging:
     def number(name: str, default: int, high: int) -> int:

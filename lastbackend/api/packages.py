@@ -159,7 +159,7 @@ def listing(
     field = request.query.get("order_by", ORDER[0]).lstrip("-")
     index = ORDER.index(field)
     ordered = sorted(items, key=lambda item: stamps(item)[index], reverse=pg.descending)
-    chosen = ordered[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    chosen = pg.of(ordered)
     return json_response(
         page_body(request, pg, len(items), [render(i) for i in chosen]),
         headers={"X-Etcd-Revision": str(revision)},

@@ -372,7 +372,7 @@ async def revisions(request: web.Request) -> web.Response:
     env = env_view(request)
     chosen = [
         {**codec.unstructure(r), "spec": {**codec.unstructure(r.spec), "env": env.show(r.spec.env)}}
-        for r in items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+        for r in pg.of(items)
     ]
     return json_response(
         page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
@@ -436,7 +436,7 @@ async def containers(request: web.Request) -> web.Response:
     kvs, revision = await _children(request, keys.containers)
     items = [codec.unstructure(codec.loads(kv.value, Container)) for kv in kvs]
     items.sort(key=lambda c: c["id"], reverse=pg.descending)
-    chosen = items[(pg.page - 1) * pg.per_page : pg.page * pg.per_page]
+    chosen = pg.of(items)
     return json_response(
         page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
     )

@@ -2,7 +2,10 @@
 
 Repositories speak in :class:`KV`, :class:`Op` and :class:`Cmp` values and one call,
 :meth:`Etcd.txn`, so every API call maps to exactly one etcd transaction and tests can read what
-was written with the same small vocabulary. One :class:`Etcd` (one gRPC channel) lives per process.
+was written with the same small vocabulary. One :class:`Etcd` lives per process, with one gRPC
+channel per member: which member a call goes to, and how a call moves off a member that stops
+answering, is :mod:`lastbackend.store.members`; what a write whose answer was lost does is
+:mod:`lastbackend.store.txn_outcome`.
 
 Reads are linearizable (etcd's default). A read can be pinned to a revision so that a list made
 of several round trips still describes one moment of the tree.
@@ -296,6 +299,9 @@ class _Failed(Exception):
         self.sent = sent  # the request may have reached etcd (a txn's outcome is unknown)
 
 
+FIRST_TRY = 2.0
+"""Seconds the first attempt of a retryable call waits for its member, with several members."""
+
 # Failures after which another member is tried. Any other status (bad argument, permission,
 # a full database, too many operations) would be the same on every member.
 _TRANSIENT = frozenset(
@@ -354,10 +360,11 @@ class Etcd:
                 self._watch_channels = await self._watch_thread.call(self._connect_watch())
             else:
                 self._watch_channels = self._channels
-            self._prober = asyncio.create_task(
-                self._members.probe_forever(lambda m: self._channels[m.endpoint]),
-                name="etcd-member-probe",
-            )
+            if len(self.endpoints) > 1:  # with one member there is nothing to choose
+                self._prober = asyncio.create_task(
+                    self._members.probe_forever(lambda m: self._channels[m.endpoint]),
+                    name="etcd-member-probe",
+                )
             self._connected = True
 
     async def _connect_watch(self) -> dict[str, grpc.aio.Channel]:
@@ -452,16 +459,21 @@ class Etcd:
 
     async def _retrying(self, stub: type, method: str, request: Any) -> Any:
         """A call that is safe to repeat (a read, a lease call): on each member in turn until
-        one answers or :attr:`timeout` has passed."""
+        one answers or :attr:`timeout` has passed. With several members the first attempt
+        waits at most :data:`FIRST_TRY`: a read a follower cannot serve (its leader just died)
+        is answered sooner by asking again than by waiting for etcd's own 7 s timeout."""
         deadline = time.monotonic() + self.timeout
         last = "no member tried"
+        first = len(self.endpoints) > 1
         while True:
             for member in self._members.order():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StoreUnavailable(f"etcd unavailable: {last}")
+                within = min(remaining, FIRST_TRY) if first else remaining
+                first = False
                 try:
-                    return await self._send(member, stub, method, request, remaining)
+                    return await self._send(member, stub, method, request, within)
                 except _Failed as exc:
                     last = str(exc)
             await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
@@ -528,11 +540,15 @@ class Etcd:
         if not any(o.kind != "get" for o in (*success, *failure)):
             return _txn_result(await self._retrying(KVStub, "Txn", request))
         floor = self._members.revision  # before anything is sent
+        safe = txn_outcome.retry_is_safe(compare, success, failure)
+        unsure = False  # an earlier attempt may have been applied
         for _ in range(txn_outcome.MAX_ROUNDS):
-            resp = await self._write_once(request)
+            resp = await self._write_once(request, first_try=FIRST_TRY if safe else None)
             if resp is not None:
-                return _txn_result(resp)
-            # An attempt may have been applied: look, on a member that answers.
+                result = _txn_result(resp)
+                if result.succeeded or not unsure:
+                    return result
+                # Our retry's comparison failed: perhaps because the first attempt landed late.
             try:
                 found = await txn_outcome.applied(self, compare, success, failure, floor)
             except Compacted as exc:
@@ -540,13 +556,21 @@ class Etcd:
             if found is not None:
                 _log.info("a txn whose answer was lost had been applied at %d", found.revision)
                 return found
-            if not txn_outcome.retry_is_safe(compare, success, failure):
+            if resp is not None:
+                return result
+            if not safe:
                 raise StoreUnavailable("etcd did not answer a write; its outcome is unknown")
+            unsure = True
         raise StoreUnavailable("etcd did not answer a write after several attempts")
 
-    async def _write_once(self, request: TxnRequest) -> Any:
+    async def _write_once(self, request: TxnRequest, *, first_try: float | None) -> Any:
         """Send a writing txn until a member answers (its response), or until an attempt may
-        have reached etcd without an answer (None: the caller must find out what happened)."""
+        have reached etcd without an answer (None: the caller must find out what happened).
+
+        ``first_try`` bounds the wait for an answer (with several members): a txn a follower
+        forwarded to a leader that then died is never answered, and etcd itself gives up on it
+        only after 7 s. Only for a txn that may safely be sent again (see txn_outcome).
+        """
         deadline = time.monotonic() + self.timeout
         last = "no member tried"
         while True:
@@ -554,6 +578,8 @@ class Etcd:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StoreUnavailable(f"etcd unavailable: {last}")
+                if first_try is not None and len(self.endpoints) > 1:
+                    remaining = min(remaining, first_try)
                 try:
                     return await self._send(member, KVStub, "Txn", request, remaining)
                 except _Failed as exc:

@@ -122,7 +122,9 @@ class Members:
     def _set(self, member: Member, state: str) -> None:
         if state == member.state:
             return
-        _log.info("etcd member %s is %s (was %s)", member.endpoint, state, member.state)
+        # An operator must hear of a member that stops answering (stdlib logs show warnings).
+        say = _log.warning if state == DOWN else _log.info
+        say("etcd member %s is %s (was %s)", member.endpoint, state, member.state)
         member.state = state
         if state == DOWN and len(self.members) > 1:
             for loop, call in list(member.calls):

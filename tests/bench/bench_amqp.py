@@ -54,10 +54,8 @@ import aiohttp
 from proton import Timeout
 from proton.utils import BlockingConnection
 
-from lastbackend.store.embedded import EmbeddedEtcd
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import free_port
+from tests.support import free_port, local_etcd
 
 HOST = "127.0.0.1"
 WARMUP = 20
@@ -300,12 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lb-bench-amqp-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd-data",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd-data", work / "etcd.log")
         logs = {"api": work / "api.log", "controller": work / "controller.log"}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         amqp_port = free_port()

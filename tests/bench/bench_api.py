@@ -67,11 +67,10 @@ from lastbackend import codec
 from lastbackend.model.common import new_id, now
 from lastbackend.model.platform import Meta
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Cmp, Op
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, free_port, local_etcd
 
 HOST = "127.0.0.1"
 PROJECTS = 1000
@@ -769,12 +768,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd-data",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd-data", work / "etcd.log")
         api_log = work / "api.log"
         api: subprocess.Popen[bytes] | None = None
         try:

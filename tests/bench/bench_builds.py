@@ -69,7 +69,6 @@ from cryptography.fernet import Fernet
 # Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lastbackend.api.hooks import sign
-from lastbackend.store.embedded import EmbeddedEtcd
 from tests.baseimage import BASE_IMAGE
 from tests.bench.bench_containers import (
     _die_with_parent,
@@ -83,7 +82,7 @@ from tests.bench.bench_containers import (
     tail,
 )
 from tests.gitserver import GitServer, commit, make_repo
-from tests.support import free_port
+from tests.support import free_port, local_etcd
 
 HOST = "127.0.0.1"
 POLL = 0.02
@@ -266,12 +265,7 @@ async def bench(work: Path, runs: int) -> list[Run]:
     client = docker_api()
     say(f"base image: {ensure_image(client)}")
     node = f"bench-{uuid.uuid4().hex[:8]}"
-    etcd = EmbeddedEtcd(
-        work / "etcd",
-        client=f"{HOST}:{free_port()}",
-        peer=f"{HOST}:{free_port()}",
-        log=work / "etcd.log",
-    )
+    etcd = local_etcd(work / "etcd", work / "etcd.log")
     registry_proc: subprocess.Popen[bytes] | None = None
     daemon: subprocess.Popen[bytes] | None = None
     registry = ""

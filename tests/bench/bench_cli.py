@@ -71,8 +71,7 @@ from lastbackend.cli import pack
 from lastbackend.lifecycle import descriptor as lifecycle_descriptor
 from lastbackend.lifecycle import stacks
 from lastbackend.runtime.docker import DockerRuntime
-from lastbackend.store.embedded import EmbeddedEtcd
-from tests.support import free_port
+from tests.support import free_port, local_etcd
 
 HOST = "127.0.0.1"
 AIM_WARM_S = 3.0
@@ -281,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         say("stack: busybox (built if missing, not timed)")
         ensure_stack()
-        server = EmbeddedEtcd(
-            work / "etcd", client=f"{HOST}:{free_port()}", peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )  # fmt: skip
+        server = local_etcd(work / "etcd", work / "etcd.log")
         stack.callback(server.stop)
         server.start(timeout=30)
         daemon, url, router = start_daemon(work, server.endpoint, node)

@@ -64,7 +64,7 @@ from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.browser.dashboard import CHROMIUM, DESKTOP, Api, rows, start_api
 from tests.integration.test_daemon import children
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, local_etcd
 
 PROJECTS = 1000
 CONTAINERS = 50
@@ -244,12 +244,7 @@ def main() -> None:
     runs = args.runs or (5 if args.quick else 20)
     with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
         base = Path(tmp)
-        etcd = EmbeddedEtcd(
-            base / "etcd",
-            client=f"127.0.0.1:{free_port()}",
-            peer=f"127.0.0.1:{free_port()}",
-            log=base / "etcd.log",
-        )
+        etcd = local_etcd(base / "etcd", base / "etcd.log")
         etcd.start()
         daemon = start_api(base, etcd)
         try:

@@ -47,7 +47,6 @@ import aiohttp
 # Run as a script from tests/bench/: make the repository's tests package importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from lastbackend.node.agent import LABEL_SERVICE
-from lastbackend.store.embedded import EmbeddedEtcd
 from tests.bench.bench_containers import (
     Http,
     docker_api,
@@ -58,7 +57,7 @@ from tests.bench.bench_containers import (
     sweep_node,
 )
 from tests.bench.bench_router import HOST, IMAGE, start_daemon
-from tests.support import free_port
+from tests.support import local_etcd
 
 RATE = 200
 """Requests a second through the router, in every scenario."""
@@ -246,12 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     daemon: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="lb-bench-deploys-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd", work / "etcd.log")
         try:
             ensure_image(client)
             server.start(timeout=30)

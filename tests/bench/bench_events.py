@@ -51,7 +51,7 @@ from bench_api import cpu_seconds, machine_busy, start_api, stop_process, wait_r
 from lastbackend.store.embedded import EmbeddedEtcd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, free_port, local_etcd
 
 HOST = "127.0.0.1"
 CHANGES = 500
@@ -312,12 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lb-bench-events-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd-data",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd-data", work / "etcd.log")
         rows: list[Row] = []
         try:
             server.start(timeout=30)

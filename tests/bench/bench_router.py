@@ -121,7 +121,6 @@ from lastbackend.router import caddy as caddy_config
 from lastbackend.router import table
 from lastbackend.router.daemon import routed_key
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import MAX_TXN_OPS, Op, list_prefix
 from tests.baseimage import BASE_IMAGE as IMAGE
 from tests.baseimage import INDEX_HTML
@@ -146,7 +145,7 @@ from tests.bench.bench_containers import (
     sweep_node,
     tail,
 )
-from tests.support import RawEtcd, free_port
+from tests.support import RawEtcd, free_port, local_etcd
 
 HOST = "127.0.0.1"
 HTTPD = "httpd -f -p 8080 -h /www"
@@ -1182,12 +1181,7 @@ def run(work: Path, plan: Plan, results: Results, stack: contextlib.ExitStack) -
     results.image = ensure_image(client)
     node = results.node = f"bench-{uuid.uuid4().hex[:8]}"
     stack.callback(sweep_node, client, node)  # runs after the daemon is stopped (LIFO)
-    server = EmbeddedEtcd(
-        work / "etcd",
-        client=f"{HOST}:{free_port()}",
-        peer=f"{HOST}:{free_port()}",
-        log=work / "etcd.log",
-    )
+    server = local_etcd(work / "etcd", work / "etcd.log")
     stack.callback(server.stop)
     server.start(timeout=30)
     daemon: subprocess.Popen[bytes] | None = None

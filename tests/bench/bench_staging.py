@@ -129,12 +129,11 @@ from lastbackend.lifecycle import stacks
 from lastbackend.lifecycle.staging import LABEL_APP, STAGING_LABEL, container_name
 from lastbackend.node.agent import LABEL_SERVICE
 from lastbackend.store import keys
-from lastbackend.store.embedded import EmbeddedEtcd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.baseimage import BASE_IMAGE, INDEX_HTML, ensure_base_image
 from tests.e2e.test_debian_stack import EXPRESS_APP, FLASK_APP
-from tests.support import free_port
+from tests.support import free_port, local_etcd
 
 HOST = "127.0.0.1"
 PORT = "8080/TCP"
@@ -1165,12 +1164,7 @@ def run(
     results.served = make_served_image(client, registry)
     say(f"registry {registry.host}, image {results.served}")
 
-    server = EmbeddedEtcd(
-        work / "etcd",
-        client=f"{HOST}:{free_port()}",
-        peer=f"{HOST}:{free_port()}",
-        log=work / "etcd.log",
-    )
+    server = local_etcd(work / "etcd", work / "etcd.log")
     stack.callback(server.stop)
     server.start(timeout=30)
     daemon: subprocess.Popen[bytes] | None = None

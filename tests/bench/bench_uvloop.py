@@ -39,10 +39,8 @@ from bench_api import (
 )
 from yarl import URL
 
-from lastbackend.store.embedded import EmbeddedEtcd
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.support import free_port
+from tests.support import free_port, local_etcd
 
 LOOPS = ("asyncio", "uvloop")
 ROWS: tuple[tuple[str, int], ...] = (("get", 64), ("list", 16), ("post", 64))
@@ -95,12 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="lb-bench-uvloop-") as tmp:
         work = Path(tmp)
-        server = EmbeddedEtcd(
-            work / "etcd-data",
-            client=f"{HOST}:{free_port()}",
-            peer=f"{HOST}:{free_port()}",
-            log=work / "etcd.log",
-        )
+        server = local_etcd(work / "etcd-data", work / "etcd.log")
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             server.start(timeout=30)

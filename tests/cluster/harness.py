@@ -33,7 +33,14 @@ import aiohttp
 import docker
 
 from lastbackend.store import keys
-from tests.e2e.harness import LABEL_NODE, LABEL_POD, LABEL_SERVICE, Harness, Proc, eventually
+from tests.e2e.harness import (
+    LABEL_NODE,
+    LABEL_POD,
+    LABEL_SERVICE,
+    Harness,
+    Proc,
+    eventually,
+)
 from tests.e2e.test_routing import SERVE_ID
 from tests.support import RawEtcd, free_ports
 
@@ -324,6 +331,7 @@ class Writer:
         self.acknowledged = 0
         self.unacknowledged = 0
         self.failovers = 0
+        self.created: list[str] = []  # names whose create was acknowledged
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -376,6 +384,8 @@ class Writer:
             ok = status == 204 or (status == 404 and (unsure or bool(entry.doubt)))
         if ok:
             self.acknowledged += 1
+            if op == "create":
+                self.created.append(name)
             entry.state, entry.doubt = want, set()
         elif status is None or (status >= 400 and (unsure or entry.doubt)):
             self.unacknowledged += 1
@@ -398,6 +408,11 @@ class Writer:
     async def verify(self, etcd: RawEtcd) -> None:
         """Every acknowledged write is in the tree exactly once, and what was not acknowledged
         is there whole or not at all."""
+        problems = await self.problems(etcd)
+        assert not problems, "\n".join(problems[:20])
+
+    async def problems(self, etcd: RawEtcd) -> list[str]:
+        """What :meth:`verify` finds wrong, one line each."""
         names = await _helper_names(etcd)
         metas = await _project_metas(etcd)
         by_name = Counter(meta["name"] for meta in metas.values())
@@ -415,7 +430,7 @@ class Writer:
             found = present.pop() if present else None
             if found != entry.state and found not in entry.doubt:
                 problems.append(f"{name}: {found!r}, acknowledged {entry.state!r} ({entry.doubt})")
-        assert not problems, "\n".join(problems[:20])
+        return problems
 
     def figure(self) -> str:
         return (
@@ -454,3 +469,122 @@ def timed() -> Iterator[list[float]]:
 
 def log_dir(h: Harness) -> Path:
     return h.tmp
+
+
+class Reader:
+    """``GET /api/projects`` through both API processes, one at a time, failing over."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.sent = 0
+        self.failed = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Reader:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    async def _run(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            while not self._stop.is_set():
+                self.sent += 1
+                apis = self.cluster.apis[self.sent % 2 :] + self.cluster.apis[: self.sent % 2]
+                for proc in apis:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        async with http.get(proc.url + "/api/projects?per_page=20") as resp:
+                            await resp.read()
+                            if resp.status == 200:
+                                break
+                else:
+                    self.failed += 1
+                await asyncio.sleep(0.05)
+
+
+class Stream:
+    """An SSE client of ``/api/events?prefix=projects/`` that reconnects to the other API
+    process with ``Last-Event-ID`` when its stream ends, as EventSource does: the events it
+    saw, and how many came twice or out of revision order."""
+
+    def __init__(self, cluster: Cluster, first: int) -> None:
+        self.cluster = cluster
+        self.index = first
+        self.last_id = ""
+        self.events = 0
+        self.repeated = 0
+        self.disordered = 0
+        self.reconnects = 0
+        self.relists = 0
+        self._seen: set[tuple[int, str]] = set()
+        self.created: set[str] = set()  # project names it saw created (their meta key)
+        self._revision = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Stream:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=30)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                proc = self.cluster.apis[self.index % len(self.cluster.apis)]
+                headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+                url = proc.url + "/api/events?prefix=projects/&heartbeat=1"
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with http.get(url, headers=headers) as resp:
+                        if resp.status == 200:
+                            await self._read(resp)
+                self.reconnects += 1
+                self.index += 1
+                await asyncio.sleep(0.2)
+
+    async def _read(self, resp: aiohttp.ClientResponse) -> None:
+        event_id, kind, data = "", "", ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("id: "):
+                event_id = line[4:]
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif line == "" and kind:
+                self._event(event_id, kind, data)
+                event_id, kind, data = "", "", ""
+
+    def missed(self, writer: Writer) -> list[str]:
+        """The writer's acknowledged creates this stream never saw created."""
+        return [name for name in writer.created if name not in self.created]
+
+    def _event(self, event_id: str, kind: str, data: str) -> None:
+        if event_id:
+            self.last_id = event_id
+        if kind == "relist":
+            self.relists += 1
+            return
+        if kind not in ("created", "updated", "deleted"):
+            return
+        body = json.loads(data)
+        seen = (int(body["revision"]), str(body["key"]))
+        self.events += 1
+        obj = body.get("object")
+        if kind == "created" and seen[1].endswith("/meta") and isinstance(obj, dict):
+            self.created.add(str(obj.get("name")))
+        if seen in self._seen:
+            self.repeated += 1
+        if seen[0] < self._revision:
+            self.disordered += 1
+        self._seen.add(seen)
+        self._revision = max(self._revision, seen[0])

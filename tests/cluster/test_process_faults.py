@@ -14,30 +14,25 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
-import time
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
 from tests.baseimage import BASE_IMAGE, NoStaticBusybox, ensure_base_image
+from tests.cluster import faults
 from tests.cluster.etcd_cluster import EtcdCluster
 from tests.cluster.harness import (
-    EVICTION,
-    REPLICAS,
     Cluster,
     Engine,
     RouterLoad,
     Writer,
-    answered_by,
 )
 from tests.e2e.conftest import DEFAULT_URL, _answers, api_client, extra_engine
-from tests.e2e.harness import LABEL_TEMPLATE, Harness, eventually
-from tests.e2e.test_apps import SITE, V3, zip_of
-from tests.e2e.test_nodes import NODE_TTL, pods_of
-from tests.integration.test_daemon import alive, children
+from tests.e2e.harness import Harness
+from tests.e2e.test_builds import INTERRUPTED, TOKEN, USER
+from tests.gitserver import GitServer
 from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker, pytest.mark.etcd]
@@ -92,9 +87,8 @@ async def etcd(etcd_cluster: EtcdCluster) -> AsyncIterator[RawEtcd]:
         yield client
 
 
-def report(what: str, load: RouterLoad, writer: Writer | None, converged: float) -> None:
-    wrote = f"; {writer.figure()}" if writer is not None else ""
-    print(f"\n{what}: {load.figure()}{wrote}; converged in {converged:.1f} s")
+def report(what: str, load: RouterLoad, writer: Writer, healed: faults.Healed) -> None:
+    print(f"\n{what}: {load.figure()}; {writer.figure()}; converged in {healed.seconds:.1f} s")
 
 
 def check_load(load: RouterLoad) -> None:
@@ -108,16 +102,10 @@ async def test_kill_9_of_an_api_process_mid_writes_loses_no_acknowledged_write(
     c = cluster
     async with RouterLoad(c.router_ports) as load, Writer(c, "api-kill") as writer:
         await asyncio.sleep(3)
-        victim = c.apis[0]
-        victim.kill()
-        fault = time.monotonic()
-        await asyncio.sleep(4)  # writes go on, on the other API alone
-        c.apis[0] = c.start_api()
-        await c.h.ready(c.apis[0], within=60)
+        healed = await faults.kill_api(c)
         await asyncio.sleep(3)  # and on both again
     await writer.verify(etcd)
-    converged = await c.converge(30, since=fault)
-    report("kill -9 api", load, writer, converged)
+    report("kill -9 api", load, writer, healed)
     assert writer.acknowledged > 50, writer.figure()
     assert writer.failovers >= 1, "a write went to the killed API and failed over"
     assert not c.twice()
@@ -128,54 +116,68 @@ async def test_kill_9_of_the_leading_controller_mid_rollout_the_standby_complete
     cluster: Cluster, etcd: RawEtcd
 ) -> None:
     c = cluster
-    leader = await eventually(lambda: c.leading("services"), 30, "a services leader")
-    before = {cid["Labels"][LABEL_TEMPLATE] for cid in c.containers()}
-    revision = (await c.rollout()).get("revision", 0)
     async with RouterLoad(c.router_ports) as load, Writer(c, "rollout-kill") as writer:
-        await c.patch({"env": {"VERSION": "rollout-kill"}})
-        await eventually(lambda: c.rollout_is("progressing", revision + 1), 10, "the rollout")
-        leader.kill()
-        fault = time.monotonic()
-        c.controllers[c.controllers.index(leader)] = c.start_controller()
-        standby = await eventually(
-            lambda: c.leading("services", not_pid=leader.pid), 30, "the standby to lead"
-        )
-        await eventually(
-            lambda: c.rollout_is("complete", revision + 1), 60, "the rollout to complete"
-        )
-        converged = await c.converge(60, since=fault)
+        healed = await faults.kill_services_leader_mid_rollout(c, "rollout-kill")
     await writer.verify(etcd)
-    report("kill -9 services leader mid-rollout", load, writer, converged)
-    after = {cid["Labels"][LABEL_TEMPLATE] for cid in c.containers()}
-    assert len(after) == 1, after
-    assert after != before, before
-    assert standby.pid != leader.pid
+    report("kill -9 services leader mid-rollout", load, writer, healed)
+    seen = healed.seen
+    assert len(seen["after"]) == 1, seen
+    assert seen["after"] != seen["before"], "the containers run the new template"
+    assert seen["standby"] != seen["leader"]
     assert not c.twice()
     check_load(load)
 
 
-def busiest(c: Cluster) -> Engine:
-    """The engine running the most of the app's containers."""
-    counts = Counter(con["engine"] for con in c.containers())
-    return max(c.engines, key=lambda e: counts[e.node])
+async def test_kill_9_of_the_staging_leader_mid_staging_the_standby_stages_it_again(
+    cluster: Cluster, etcd: RawEtcd
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "staging-kill") as writer:
+        healed = await faults.kill_staging_leader_mid_staging(c, "stage-kill")
+    await writer.verify(etcd)
+    report("kill -9 staging leader mid-staging", load, writer, healed)
+    seen = healed.seen
+    assert seen["staged"]["state"] == "STAGED", seen["staged"]
+    assert "Staging restarted (the previous run was cut off)" in seen["log"]
+    assert seen["standby"] not in (None, seen["leader"]), seen
+    check_load(load)
+
+
+@pytest.fixture
+async def git(tmp_path: Path) -> AsyncIterator[GitServer]:
+    server = GitServer(tmp_path / "git", USER, TOKEN)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_kill_9_of_the_builds_leader_mid_build_ends_it_failed_and_the_next_one_builds(
+    cluster: Cluster, etcd: RawEtcd, git: GitServer
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "build-kill") as writer:
+        healed = await faults.kill_builds_leader_mid_build(c, git)
+    await writer.verify(etcd)
+    report("kill -9 builds leader mid-build", load, writer, healed)
+    seen = healed.seen
+    assert (seen["interrupted"]["status"], seen["interrupted"]["message"]) == (
+        "failed",
+        INTERRUPTED,
+    )
+    assert "Build failed: interrupted" in seen["log"]
+    assert seen["again"]["status"] == "success", seen["again"]
+    check_load(load)
 
 
 async def test_sigstop_of_a_node_agent_within_its_lease_restarts_nothing(
     cluster: Cluster, etcd: RawEtcd
 ) -> None:
     c = cluster
-    engine = busiest(c)
-    before = sorted(con["Id"] for con in c.containers())
     async with RouterLoad(c.router_ports) as load, Writer(c, "node-pause") as writer:
-        os.kill(c.nodes[engine.node].pid, signal.SIGSTOP)
-        fault = time.monotonic()
-        await asyncio.sleep(10)  # well inside the node lease (30 s): the node is never lost
-        os.kill(c.nodes[engine.node].pid, signal.SIGCONT)
-        await asyncio.sleep(5)
-        converged = await c.converge(30, since=fault)
+        healed = await faults.freeze_node(c, 10)
     await writer.verify(etcd)
-    report(f"SIGSTOP node {engine.node} 10 s", load, writer, converged)
-    assert sorted(con["Id"] for con in c.containers()) == before, "the same containers"
+    report(f"SIGSTOP node {healed.seen['node']} 10 s", load, writer, healed)
+    assert sorted(con["Id"] for con in c.containers()) == healed.seen["before"], "the same ones"
     reported = await c.reported()
     assert all(con["restarts"] == 0 for con in reported), reported
     assert not c.twice()
@@ -186,36 +188,16 @@ async def test_sigstop_past_the_eviction_timeout_moves_pods_and_the_agent_back_r
     cluster: Cluster, etcd: RawEtcd
 ) -> None:
     c = cluster
-    engine = busiest(c)
-    other = next(e for e in c.engines if e is not engine)
-    stranded = sorted(con["Id"] for con in c.containers() if con["engine"] == engine.node)
-    assert stranded, c.explain()
     async with RouterLoad(c.router_ports) as load, Writer(c, "node-lost") as writer:
-        os.kill(c.nodes[engine.node].pid, signal.SIGSTOP)
-        fault = time.monotonic()
-
-        async def moved() -> bool:
-            there = [x for x in c.containers() if x["engine"] == other.node]
-            return len(there) == REPLICAS and not await pods_of(etcd, engine.node)
-
-        # the node lease (30 s) runs out, then the eviction timeout: the pods are made again
-        # on the other engine, and the lost ones deleted once those serve (a node back before
-        # then keeps its pods, and the newest extra ones go: not what this test is about)
-        await eventually(moved, NODE_TTL + EVICTION + 45, "the pods on the other engine")
-        moved_after = time.monotonic() - fault
-        still = sorted(con["Id"] for con in c.containers() if con["engine"] == engine.node)
-        assert still == stranded, "nobody stopped the frozen node's containers"
-        os.kill(c.nodes[engine.node].pid, signal.SIGCONT)
-        thawed = time.monotonic()
-        converged = await c.converge(60, since=thawed)
+        healed = await faults.freeze_node_past_eviction(c, etcd)
     await writer.verify(etcd)
-    report(
-        f"SIGSTOP node {engine.node} past eviction (moved after {moved_after:.1f} s)",
-        load,
-        writer,
-        converged,
-    )
-    assert all(con["engine"] == other.node for con in c.containers()), c.explain()
+    seen = healed.seen
+    what = f"SIGSTOP node past eviction (moved after {seen['moved_after']:.1f} s, "
+    what += f"cleaned {seen['cleaned_after']:.1f} s after SIGCONT)"
+    report(what, load, writer, healed)
+    assert seen["stranded"], "the frozen node ran some of the app"
+    assert seen["still"] == seen["stranded"], "nobody stopped the frozen node's containers"
+    assert all(con["engine"] == seen["other"] for con in c.containers()), c.explain()
     assert not c.twice()
     check_load(load)
 
@@ -224,27 +206,14 @@ async def test_kill_9_of_a_routers_caddy_the_router_starts_it_again(
     cluster: Cluster, etcd: RawEtcd
 ) -> None:
     c = cluster
-    router, port = c.routers[0], c.router_ports[0]
-    (caddy,) = children(router.pid, "caddy")
-    wanted = {con["Id"][:12] for con in c.containers()}
     async with RouterLoad(c.router_ports) as load, Writer(c, "caddy-kill") as writer:
         await asyncio.sleep(2)
-        os.kill(caddy, signal.SIGKILL)
-        fault = time.monotonic()
-        again = await eventually(
-            lambda: [p for p in children(router.pid, "caddy") if p != caddy], 30, "a new Caddy"
-        )
-
-        async def serving() -> bool:
-            return await answered_by(port) == wanted
-
-        await eventually(serving, 30, "the router to serve again", explain=router.tail)
-        back = time.monotonic() - fault
+        healed = await faults.kill_caddy(c, 0)
         await asyncio.sleep(2)
     await writer.verify(etcd)
-    report(f"kill -9 caddy (back after {back:.1f} s)", load, writer, back)
-    assert again, "the router started Caddy again"
-    assert router.alive
+    report("kill -9 caddy", load, writer, healed)
+    assert healed.seen["caddy"], "the router started Caddy again"
+    assert healed.seen["router_alive"]
     check_load(load)
 
 
@@ -252,60 +221,12 @@ async def test_kill_9_of_a_router_process_the_other_router_answers(
     cluster: Cluster, etcd: RawEtcd
 ) -> None:
     c = cluster
-    router, port = c.routers[1], c.router_ports[1]
-    (caddy,) = children(router.pid, "caddy")
-    wanted = {con["Id"][:12] for con in c.containers()}
     async with RouterLoad(c.router_ports) as load, Writer(c, "router-kill") as writer:
         await asyncio.sleep(2)
-        router.kill()
-        fault = time.monotonic()
-        await eventually(lambda: not alive(caddy), 10, "its Caddy to go with it")
-        await asyncio.sleep(3)  # the other router alone
-        alone = await answered_by(c.router_ports[0])
-        c.routers[1] = c.start_router(1)
-        await c.h.ready(c.routers[1], within=60)
-
-        async def serving() -> bool:
-            return await answered_by(port) == wanted
-
-        await eventually(serving, 30, "the restarted router to serve", explain=c.routers[1].tail)
-        back = time.monotonic() - fault
+        healed = await faults.kill_router(c, 1)
         await asyncio.sleep(2)
     await writer.verify(etcd)
-    report(f"kill -9 router (back after {back:.1f} s)", load, writer, back)
-    assert alone == wanted, "the other router answered from every container meanwhile"
+    report("kill -9 router", load, writer, healed)
+    assert healed.seen["alone"] == healed.seen["wanted"], "the other router answered meanwhile"
     assert load.retried > 0, "requests sent to the killed router were retried"
-    check_load(load)
-
-
-async def test_kill_9_of_the_staging_leader_mid_staging_the_standby_stages_it_again(
-    cluster: Cluster, etcd: RawEtcd
-) -> None:
-    c = cluster
-    v3 = V3(c.h, c.api())
-    _, app = await v3.app("stage-kill")
-    body = {"type": "bits", "relationships": {"app": {"guid": app}}}
-    package = await v3.call("POST", "/v3/packages", body, 201)
-    await v3.upload(package["guid"], zip_of({"index.html": SITE}))
-    leader = await eventually(lambda: c.leading("staging"), 30, "a staging leader")
-    async with RouterLoad(c.router_ports) as load, Writer(c, "staging-kill") as writer:
-        droplet = await v3.call("POST", f"/v3/packages/{package['guid']}/droplets", {}, 201)
-        path = f"/v3/droplets/{droplet['guid']}"
-
-        async def staging() -> bool:
-            return bool((await v3.call("GET", path))["state"] == "STAGING")
-
-        await eventually(staging, 30, "the droplet staging", interval=0.02)
-        leader.kill()
-        fault = time.monotonic()
-        c.controllers[c.controllers.index(leader)] = c.start_controller()
-        staged = await v3.staged(droplet["guid"], within=120)
-        took = time.monotonic() - fault
-    await writer.verify(etcd)
-    report(f"kill -9 staging leader mid-staging (staged after {took:.1f} s)", load, writer, took)
-    assert staged["state"] == "STAGED", staged
-    assert "Staging restarted (the previous run was cut off)" in await v3.logs(droplet["guid"])
-    standby = await c.leading("staging")
-    assert standby is not None
-    assert standby.pid != leader.pid
     check_load(load)

@@ -28,7 +28,6 @@ from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Etcd, WatchEvent
-from tests.conftest import new_etcd_server
 from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
@@ -165,18 +164,6 @@ async def start_api(tmp_path: Path) -> AsyncIterator[ApiFactory]:
 @pytest.fixture
 async def api(start_api: ApiFactory, etcd: RawEtcd, settings: Settings) -> Api:
     return await start_api(etcd, settings.etcd_endpoints[0])
-
-
-@pytest.fixture
-async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, Etcd]]:
-    """An etcd of the test's own, which it may stop and compact."""
-    server = new_etcd_server(tmp_path)
-    server.start()
-    try:
-        async with RawEtcd([server.endpoint]) as client:
-            yield server, client
-    finally:
-        server.stop()
 
 
 # helpers -----------------------------------------------------------------------------------------

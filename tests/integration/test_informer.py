@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +13,6 @@ from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import KV, Cmp, Compacted, Etcd, Op
 from lastbackend.store.informer import Informer
-from tests.conftest import new_etcd_server
 from tests.support import RawEtcd
 
 pytestmark = pytest.mark.etcd
@@ -58,18 +56,6 @@ async def eventually(check: Callable[[], bool], within: float = 10.0, what: str 
 async def stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-
-
-@pytest.fixture
-async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, Etcd]]:
-    """A server of the test's own, which it may stop and compact, and a client on it."""
-    server = new_etcd_server(tmp_path)
-    server.start()
-    try:
-        async with RawEtcd([server.endpoint]) as client:
-            yield server, client
-    finally:
-        server.stop()
 
 
 async def started(

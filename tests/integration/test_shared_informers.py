@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -15,7 +14,6 @@ from lastbackend.controllers.runner import Controller, Manager, Watch
 from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.informer import Informers, KeyMap
-from tests.conftest import new_etcd_server
 from tests.support import RawEtcd, eventually
 
 pytestmark = pytest.mark.etcd
@@ -30,18 +28,6 @@ def _by_first_segment(raw: str) -> str | None:
 
 def _everything(_: str) -> str:
     return "all"
-
-
-@pytest.fixture
-async def private(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedEtcd, RawEtcd]]:
-    """A server of the test's own: etcd's watcher gauge then counts only this test's watches."""
-    server = new_etcd_server(tmp_path)
-    server.start()
-    try:
-        async with RawEtcd([server.endpoint]) as client:
-            yield server, client
-    finally:
-        server.stop()
 
 
 async def watchers(server: EmbeddedEtcd) -> int:
