@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.baseimage import BASE_IMAGE
+from tests.cluster.etcd_cluster import EtcdCluster
 from tests.cluster.harness import EVICTION, REPLICAS, Cluster, Engine, answered_by
 from tests.e2e.conftest import Registry
 from tests.e2e.harness import LABEL_TEMPLATE, eventually
@@ -214,3 +215,34 @@ async def kill_builds_leader_mid_build(c: Cluster, git: GitServer) -> Healed:
 
 NO_REGISTRY = Registry(host="", username="", password="")
 """Builds here are tagged locally (no ``registry.platform``), so no registry is needed."""
+
+
+async def kill_etcd_leader(c: Cluster, etcd: EtcdCluster, down: float = 5) -> Healed:
+    """kill -9 the etcd leader member; ``down`` s later start it again (its data kept)."""
+    leader = await asyncio.to_thread(etcd.leader)
+    etcd.kill(leader)
+    fault = time.monotonic()
+    await asyncio.sleep(down)
+    await asyncio.to_thread(etcd.start, leader)
+    return Healed(await c.converge(60, since=fault), {"member": leader.name})
+
+
+async def freeze_etcd_leader(c: Cluster, etcd: EtcdCluster, seconds: float = 20) -> Healed:
+    """SIGSTOP the etcd leader member for ``seconds``, then SIGCONT."""
+    leader = await asyncio.to_thread(etcd.leader)
+    etcd.freeze(leader)
+    fault = time.monotonic()
+    await asyncio.sleep(seconds)
+    etcd.thaw(leader)
+    return Healed(await c.converge(60, since=fault), {"member": leader.name})
+
+
+async def all_ready(c: Cluster, within: float = 60) -> list[str]:
+    """Every lastbackend process alive with ``/readyz`` 200 again; the names of those that
+    exited (none, if no process crashed on the fault)."""
+    procs = [*c.apis, *c.controllers, *c.routers, *c.nodes.values()]
+    dead = [p.log.name for p in procs if not p.alive]
+    for proc in procs:
+        if proc.alive:
+            await c.h.ready(proc, within=within)
+    return dead

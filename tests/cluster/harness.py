@@ -213,18 +213,24 @@ class Cluster:
         """Seconds from ``since`` (a ``time.monotonic()``; default now) until exactly
         ``replicas`` containers run, no pod twice, each answering through every live router."""
         started = time.monotonic() if since is None else since
+        last = [""]  # what the last probe found wrong
 
         async def probe() -> bool:
             running = self.containers()
             if len(running) != replicas or self.twice():
+                last[0] = f"{len(running)} running, twice: {self.twice()}"
                 return False
             wanted = {c["Id"][:12] for c in running}
             for port, router in zip(self.router_ports, self.routers, strict=True):
-                if router.alive and await answered_by(port) != wanted:
+                if router.alive and (seen := await answered_by(port)) != wanted:
+                    last[0] = f"router :{port} answered from {sorted(seen)}, not {sorted(wanted)}"
                     return False
             return True
 
-        await eventually(probe, within, f"{replicas} containers answering", explain=self.explain)
+        def explain() -> str:
+            return f"last probe: {last[0]}\n{self.explain()}"
+
+        await eventually(probe, within, f"{replicas} containers answering", explain=explain)
         return time.monotonic() - started
 
     def explain(self) -> str:

@@ -230,3 +230,35 @@ async def test_kill_9_of_a_router_process_the_other_router_answers(
     assert healed.seen["alone"] == healed.seen["wanted"], "the other router answered meanwhile"
     assert load.retried > 0, "requests sent to the killed router were retried"
     check_load(load)
+
+
+async def test_kill_9_of_the_etcd_leader_under_the_whole_cluster(
+    cluster: Cluster, etcd: RawEtcd, etcd_cluster: EtcdCluster
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "etcd-kill") as writer:
+        await asyncio.sleep(2)
+        healed = await faults.kill_etcd_leader(c, etcd_cluster)
+        await asyncio.sleep(2)
+    await writer.verify(etcd)
+    report(f"kill -9 etcd leader {healed.seen['member']}", load, writer, healed)
+    assert await faults.all_ready(c) == [], "no process exited"
+    assert writer.acknowledged > 50, writer.figure()
+    assert not c.twice()
+    check_load(load)
+
+
+async def test_sigstop_of_the_etcd_leader_for_20_s_under_the_whole_cluster(
+    cluster: Cluster, etcd: RawEtcd, etcd_cluster: EtcdCluster
+) -> None:
+    c = cluster
+    async with RouterLoad(c.router_ports) as load, Writer(c, "etcd-freeze") as writer:
+        await asyncio.sleep(2)
+        healed = await faults.freeze_etcd_leader(c, etcd_cluster)
+        await asyncio.sleep(2)
+    await writer.verify(etcd)
+    report(f"SIGSTOP etcd leader {healed.seen['member']} 20 s", load, writer, healed)
+    assert await faults.all_ready(c) == [], "no process exited"
+    assert writer.acknowledged > 100, writer.figure()
+    assert not c.twice()
+    check_load(load)
