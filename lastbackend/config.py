@@ -97,7 +97,7 @@ class Settings:
     refuses to start; an API reads no node's logs."""
     # [daemon]
     data_dir: Path = attrs.field(factory=_default_data_dir)
-    event_loop: str = "asyncio"
+    event_loop: str = "uvloop"
     """``asyncio`` or ``uvloop``: the event loop every process runs on (docs/benchmarks.md)."""
     # [log]
     log_level: str = "info"

@@ -294,7 +294,7 @@ def run(command: str, settings: Settings, roles: frozenset[str], *, generated: b
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``daemon.event_loop`` names; ``None`` is asyncio's own."""
     if name == "uvloop":
-        import uvloop  # only when asked for: an optional dependency
+        import uvloop
 
         return uvloop.new_event_loop
     return None
