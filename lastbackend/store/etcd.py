@@ -263,14 +263,23 @@ class WatchBatch:
     revision: int
 
 
+# A list of 500,000 keys builds 500,000 KVs: a frozen attrs __init__ (1.3 us) was a quarter of
+# the list's CPU. Setting the slots through their descriptors is the same object for 0.5 us.
+_KV_FIELDS = ("key", "value", "create_revision", "mod_revision", "version")
+assert tuple(a.name for a in attrs.fields(KV)) == _KV_FIELDS, "keep _kv in step with KV"
+_set_key, _set_value, _set_created, _set_modified, _set_version = (
+    getattr(KV, name).__set__ for name in _KV_FIELDS
+)
+
+
 def _kv(raw: Any) -> KV:
-    return KV(
-        key=raw.key.decode(),
-        value=bytes(raw.value),
-        create_revision=raw.create_revision,
-        mod_revision=raw.mod_revision,
-        version=raw.version,
-    )
+    kv = object.__new__(KV)
+    _set_key(kv, raw.key.decode())
+    _set_value(kv, bytes(raw.value))
+    _set_created(kv, raw.create_revision)
+    _set_modified(kv, raw.mod_revision)
+    _set_version(kv, raw.version)
+    return kv
 
 
 @attrs.frozen
