@@ -98,6 +98,7 @@ class Judged:
     current by a handler on it, so a sweep costs what it judges, not the size of the tree."""
 
     def __init__(self, view: KeyedView) -> None:
+        self.view = view
         self.kinds: dict[str, dict[str, KV]] = {"containers": {}, "owned": {}, "builds": {}}
         for raw, kv in view.cache.items():
             self.changed(raw, None, kv)
@@ -130,14 +131,16 @@ class GarbageCollector(Controller):
         self._next_sweep = float("-inf")  # monotonic time before which no sweep starts
 
     async def started(self) -> None:
-        # No await before this returns: the index and its handler see every change after it.
-        self._judged = Judged(self.informer(keys.PROJECTS))
         self._next_sweep = float("-inf")
 
     @property
     def judged(self) -> Judged:
-        if self._judged is None:
-            raise RuntimeError("the gc controller is not running")
+        """The index of the current term's ``projects/`` view, built on first use (a new term
+        has a new view): no await between building it and adding its handler, so it misses no
+        change."""
+        view = self.informer(keys.PROJECTS)
+        if self._judged is None or self._judged.view is not view:
+            self._judged = Judged(view)
         return self._judged
 
     def watches(self) -> Sequence[Watch]:
