@@ -377,15 +377,20 @@ class Fenced:
         limit: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        end: str | None = None,
     ) -> Range:
         return await self._etcd.range(
             prefix,
             start=start,
+            end=end,
             revision=revision,
             limit=limit,
             keys_only=keys_only,
             count_only=count_only,
         )
+
+    async def marks(self, prefix: str, *, start: str, revision: int, every: int) -> list[str]:
+        return await self._etcd.marks(prefix, start=start, revision=revision, every=every)
 
     async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]:
         return await self._etcd.pairs(prefix)

@@ -265,14 +265,23 @@ class WatchBatch:
     revision: int
 
 
+# A list of 500,000 keys builds 500,000 KVs: a frozen attrs __init__ (1.3 us) was a quarter of
+# the list's CPU. Setting the slots through their descriptors is the same object for 0.5 us.
+_KV_FIELDS = ("key", "value", "create_revision", "mod_revision", "version")
+assert tuple(a.name for a in attrs.fields(KV)) == _KV_FIELDS, "keep _kv in step with KV"
+_set_key, _set_value, _set_created, _set_modified, _set_version = (
+    getattr(KV, name).__set__ for name in _KV_FIELDS
+)
+
+
 def _kv(raw: Any) -> KV:
-    return KV(
-        key=raw.key.decode(),
-        value=bytes(raw.value),
-        create_revision=raw.create_revision,
-        mod_revision=raw.mod_revision,
-        version=raw.version,
-    )
+    kv = object.__new__(KV)
+    _set_key(kv, raw.key.decode())
+    _set_value(kv, bytes(raw.value))
+    _set_created(kv, raw.create_revision)
+    _set_modified(kv, raw.mod_revision)
+    _set_version(kv, raw.version)
+    return kv
 
 
 def _txn_result(resp: Any) -> TxnResult:
@@ -496,12 +505,13 @@ class Etcd:
         limit: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        end: str | None = None,
     ) -> Range:
-        """Keys under ``prefix`` (from ``start`` on, if given), in key order."""
+        """Keys under ``prefix`` (from ``start`` on, before ``end``, if given), in key order."""
         resp = await self._range(
             RangeRequest(
                 key=(start or prefix).encode(),
-                range_end=prefix_end(prefix),
+                range_end=end.encode() if end else prefix_end(prefix),
                 revision=revision,
                 limit=limit,
                 keys_only=keys_only,
@@ -514,6 +524,20 @@ class Etcd:
             count=resp.count,
             more=resp.more,
         )
+
+    async def marks(self, prefix: str, *, start: str, revision: int, every: int) -> list[str]:
+        """Every ``every``-th key under ``prefix`` from ``start`` on, at ``revision``: the
+        first keys of pages of ``every`` keys (see :func:`list_prefix`).
+
+        One keys-only read; only the keys returned are decoded, not a :class:`KV` per key.
+        """
+        resp = await self._range(
+            RangeRequest(
+                key=start.encode(), range_end=prefix_end(prefix), revision=revision, keys_only=True
+            )
+        )
+        kvs = resp.kvs
+        return [kvs[i].key.decode() for i in range(0, len(kvs), every)]
 
     async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Every (key, value) under ``prefix`` as raw bytes, and the revision read at.
@@ -810,7 +834,10 @@ class Store(Protocol):
         limit: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        end: str | None = None,
     ) -> Range: ...
+
+    async def marks(self, prefix: str, *, start: str, revision: int, every: int) -> list[str]: ...
 
     async def pairs(self, prefix: str) -> tuple[int, list[tuple[bytes, bytes]]]: ...
 
@@ -831,6 +858,8 @@ class Store(Protocol):
 
 PAGE = 1000
 """Keys per list page: a few MB at most, under gRPC's default 4 MB message limit."""
+LIST_CONCURRENCY = 4
+"""Pages of one list in flight at once."""
 
 
 async def list_prefix(
@@ -847,16 +876,39 @@ async def list_prefix(
     ``keep`` filters page by page, so a caller that wants a few keys of a large subtree never
     holds the rest. ``revision`` lists the tree as it was then (:class:`Compacted` if that history
     is gone); 0: now.
+
+    Each page is a range with both ends known. etcd (3.4, 3.5) counts every key from a range's
+    start to its end to answer one with a limit, so pages of ``[last key, end of prefix)`` cost
+    the whole rest of the prefix each: a list of N keys was O(N^2 / PAGE) on the server, 74 s
+    for 500,000 keys. So after the first page one keys-only read gives the first key of every
+    page (:meth:`Etcd.marks`), and the pages are then ranges between consecutive marks, each
+    O(PAGE), a few in flight at once.
     """
-    start: str | None = None
-    found: list[KV] = []
-    while True:
-        page = await store.range(prefix, start=start, revision=revision, limit=PAGE)
-        revision = revision or page.revision
-        found += page.kvs if keep is None else [kv for kv in page.kvs if keep(kv.key)]
-        if not page.more or not page.kvs:
-            return revision, found
-        start = page.kvs[-1].key + "\0"
+    first = await store.range(prefix, revision=revision, limit=PAGE)
+    revision = revision or first.revision
+
+    def kept(kvs: list[KV]) -> list[KV]:
+        return kvs if keep is None else [kv for kv in kvs if keep(kv.key)]
+
+    found = kept(first.kvs)
+    if not first.more or not first.kvs:
+        return revision, found
+    marks = await store.marks(prefix, start=first.kvs[-1].key + "\0", revision=revision, every=PAGE)
+    bounds = [*marks, None]
+    pages: list[list[KV]] = [[] for _ in marks]
+    sem = asyncio.Semaphore(LIST_CONCURRENCY)
+
+    async def page(i: int) -> None:
+        async with sem:
+            got = await store.range(prefix, start=bounds[i], end=bounds[i + 1], revision=revision)
+        pages[i] = kept(got.kvs)
+
+    async with asyncio.TaskGroup() as group:
+        for i in range(len(marks)):
+            group.create_task(page(i))
+    for kvs in pages:
+        found += kvs
+    return revision, found
 
 
 class Lease:

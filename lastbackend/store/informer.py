@@ -60,6 +60,8 @@ from lastbackend.store.etcd import KV, Compacted, Etcd, StoreError, WatchBatch, 
 T = TypeVar("T")
 
 RETRY_MIN = 0.1
+YIELD_EVERY = 2000
+"""Keys of the first list applied between two yields to the loop."""
 RETRY_MAX = 5.0
 
 Handler = Callable[[str, KV | None, KV | None], Awaitable[None] | None]
@@ -238,11 +240,17 @@ class Informer:
         for key in [k for k in self._cache if k not in snapshot]:
             old = self._remove(key)
             await self._emit(key, old, None)
-        for key, kv in snapshot.items():
+        first = not self.synced.is_set()
+        for n, (key, kv) in enumerate(snapshot.items(), 1):
             old = self._cache.get(key)
             if old is None or old.mod_revision != kv.mod_revision:
                 self._store(kv)
                 await self._emit(key, old, kv)
+            if first and n % YIELD_EVERY == 0:
+                # Nobody reads a cache before it synced, so the first list of a large prefix
+                # can let the loop run (lease renewals, /readyz) between chunks; a relist may
+                # not: readers would see a half-applied tree.
+                await asyncio.sleep(0)
         self.revision = revision
         self.applying = False
         self._applied = 0
