@@ -164,6 +164,14 @@ class Op:
         )
 
 
+_COMPARE_RESULTS = {
+    "==": Compare.EQUAL,
+    "!=": Compare.NOT_EQUAL,
+    "<": Compare.LESS,
+    ">": Compare.GREATER,
+}
+
+
 @attrs.frozen
 class Cmp:
     """One comparison guarding a transaction."""
@@ -210,12 +218,7 @@ class Cmp:
         return cls(key, "create", "==", revision)
 
     def to_proto(self) -> Compare:
-        result = {
-            "==": Compare.EQUAL,
-            "!=": Compare.NOT_EQUAL,
-            "<": Compare.LESS,
-            ">": Compare.GREATER,
-        }[self.op]
+        result = _COMPARE_RESULTS[self.op]
         key = self.key.encode()
         if self.target == "create":
             return Compare(
@@ -332,6 +335,7 @@ class Etcd:
         self._tls = tls or TLS()
         self._members = Members(self.endpoints)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[tuple[str, type, str], tuple[grpc.aio.Channel, Any]] = {}
         self._watch_thread = LoopThread("etcd-watch") if watch_thread else None
         """Where watches are read (see :meth:`watch_batches`); ``None``: on the caller's loop."""
         self._watch_channels: dict[str, grpc.aio.Channel] | None = None
@@ -429,11 +433,23 @@ class Etcd:
                 raise Compacted(0, 0) from exc
             raise StoreUnavailable(f"etcd error: {exc.code().name}: {exc.details()}") from exc
 
+    def _method(self, member: Member, stub: type, method: str) -> Any:
+        """The gRPC method object of ``stub`` on the member's channel, made once per channel:
+        a stub builds a callable for every method of its service, which costs more than the
+        call's own set-up, so it is not rebuilt per request."""
+        chan = self._channel(member)
+        key = (member.endpoint, stub, method)
+        made = self._methods.get(key)
+        if made is None or made[0] is not chan:  # none yet, or the channel was reopened
+            made = (chan, getattr(stub(chan), method))
+            self._methods[key] = made
+        return made[1]
+
     async def _send(
         self, member: Member, stub: type, method: str, request: Any, within: float
     ) -> Any:
         """One attempt on one member; :class:`_Failed` if another member might do better."""
-        call = getattr(stub(self._channel(member)), method)(request, timeout=within)
+        call = self._method(member, stub, method)(request, timeout=within)
         with self._members.track(member, call):
             try:
                 resp = await call
