@@ -331,6 +331,7 @@ class Etcd:
         watch_thread: bool = True,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self._many = len(self.endpoints) > 1
         self.timeout = timeout
         self._tls = tls or TLS()
         self._members = Members(self.endpoints)
@@ -556,7 +557,9 @@ class Etcd:
         if not any(o.kind != "get" for o in (*success, *failure)):
             return _txn_result(await self._retrying(KVStub, "Txn", request))
         floor = self._members.revision  # before anything is sent
-        safe = txn_outcome.retry_is_safe(compare, success, failure)
+        # Whether a second copy would be harmless: it bounds the first try only with several
+        # members, so with one it is worked out only once an answer is lost.
+        safe = txn_outcome.retry_is_safe(compare, success, failure) if self._many else None
         unsure = False  # an earlier attempt may have been applied
         for _ in range(txn_outcome.MAX_ROUNDS):
             resp = await self._write_once(request, first_try=FIRST_TRY if safe else None)
@@ -574,6 +577,8 @@ class Etcd:
                 return found
             if resp is not None:
                 return result
+            if safe is None:
+                safe = txn_outcome.retry_is_safe(compare, success, failure)
             if not safe:
                 raise StoreUnavailable("etcd did not answer a write; its outcome is unknown")
             unsure = True
@@ -594,7 +599,7 @@ class Etcd:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StoreUnavailable(f"etcd unavailable: {last}")
-                if first_try is not None and len(self.endpoints) > 1:
+                if first_try is not None and self._many:
                     remaining = min(remaining, first_try)
                 try:
                     return await self._send(member, KVStub, "Txn", request, remaining)
