@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from lastbackend.api.http import Handler, shown, utf8_problem
 from lastbackend.codec import Invalid
 from lastbackend.config import Settings
 from lastbackend.logsetup import log
+from lastbackend.model.common import ids
 from lastbackend.secrets import SecretError
 from lastbackend.store.etcd import StoreUnavailable
 from lastbackend.store.objects import Conflict, Contention, NotFound, PreconditionFailed
@@ -131,7 +131,8 @@ def observe(metrics: Metrics, inflight: InFlight) -> web.middleware:  # type: ig
         inflight.enter()
         rid = request.headers.get("X-Request-ID", "")
         if not _REQUEST_ID.fullmatch(rid):
-            rid = os.urandom(16).hex()
+            # not os.urandom: no system call giving up the GIL (see model.common.new_id)
+            rid = f"{ids.getrandbits(128):032x}"
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         status = 500

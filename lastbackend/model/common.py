@@ -8,6 +8,8 @@ sentence a person can act on.
 
 from __future__ import annotations
 
+import os
+import random
 import re
 import uuid
 from collections.abc import Callable
@@ -97,8 +99,18 @@ def is_uuid(value: str) -> bool:
         return False
 
 
+ids = random.Random()
+"""Where ids come from: a generator of its own, seeded by the OS (again in a forked child), so
+nothing that seeds the shared :mod:`random` (a property-based test does) can repeat an id."""
+os.register_at_fork(after_in_child=ids.seed)
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID. From :data:`ids`, not ``uuid4``'s ``os.urandom``: that
+    system call gives up the GIL on every create, and the API's loop then waits to take it
+    back from the watch thread. An id is a name, not a secret: it needs to be unique, which
+    122 random bits are."""
+    return str(uuid.UUID(int=ids.getrandbits(128), version=4))
 
 
 Instant = NewType("Instant", datetime)

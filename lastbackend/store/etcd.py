@@ -42,16 +42,13 @@ import grpc
 from etcd3aio import EtcdError
 from etcd3aio._protobuf import (
     Compare,
-    DeleteRangeRequest,
     KVStub,
     LeaseGrantRequest,
     LeaseKeepAliveRequest,
     LeaseRevokeRequest,
     LeaseStub,
     LeaseTimeToLiveRequest,
-    PutRequest,
     RangeRequest,
-    RequestOp,
     TxnRequest,
     WatchCreateRequest,
     WatchRequest,
@@ -150,18 +147,36 @@ class Op:
             "get", prefix, range_end=prefix_end(prefix), revision=revision, keys_only=keys_only
         )
 
-    def to_proto(self) -> RequestOp:
-        key = self.key.encode()
-        end = self.range_end
+    def add_to(self, ops: Any) -> None:
+        """Append this operation to a repeated ``RequestOp`` field of a request being built:
+        filled in place, which costs half of making the messages and copying them in."""
+        op = ops.add()
         if self.kind == "put":
-            return RequestOp(request_put=PutRequest(key=key, value=self.value, lease=self.lease))
-        if self.kind == "delete":
-            return RequestOp(request_delete_range=DeleteRangeRequest(key=key, range_end=end))
-        return RequestOp(
-            request_range=RangeRequest(
-                key=key, range_end=end, revision=self.revision, keys_only=self.keys_only
-            )
-        )
+            put = op.request_put
+            put.SetInParent()
+            put.key = self.key.encode()
+            put.value = self.value
+            put.lease = self.lease
+        elif self.kind == "delete":
+            delete = op.request_delete_range
+            delete.SetInParent()
+            delete.key = self.key.encode()
+            delete.range_end = self.range_end
+        else:
+            get = op.request_range
+            get.SetInParent()
+            get.key = self.key.encode()
+            get.range_end = self.range_end
+            get.revision = self.revision
+            get.keys_only = self.keys_only
+
+
+_COMPARE_RESULTS = {
+    "==": Compare.EQUAL,
+    "!=": Compare.NOT_EQUAL,
+    "<": Compare.LESS,
+    ">": Compare.GREATER,
+}
 
 
 @attrs.frozen
@@ -209,25 +224,21 @@ class Cmp:
             raise ValueError("a fencing create revision is positive")
         return cls(key, "create", "==", revision)
 
-    def to_proto(self) -> Compare:
-        result = {
-            "==": Compare.EQUAL,
-            "!=": Compare.NOT_EQUAL,
-            "<": Compare.LESS,
-            ">": Compare.GREATER,
-        }[self.op]
-        key = self.key.encode()
+    def add_to(self, compares: Any) -> None:
+        """Append this comparison to a request's repeated ``Compare`` field (see Op.add_to)."""
+        c = compares.add()
+        c.result = _COMPARE_RESULTS[self.op]
+        c.key = self.key.encode()
         if self.target == "create":
-            return Compare(
-                result=result,
-                target=Compare.CREATE,
-                key=key,
-                create_revision=self.revision,
-                range_end=self.range_end,
-            )
-        if self.target == "mod":
-            return Compare(result=result, target=Compare.MOD, key=key, mod_revision=self.revision)
-        return Compare(result=result, target=Compare.VALUE, key=key, value=self.value)
+            c.target = Compare.CREATE
+            c.create_revision = self.revision
+            c.range_end = self.range_end
+        elif self.target == "mod":
+            c.target = Compare.MOD
+            c.mod_revision = self.revision
+        else:
+            c.target = Compare.VALUE
+            c.value = self.value
 
 
 @attrs.frozen
@@ -337,10 +348,12 @@ class Etcd:
         watch_thread: bool = True,
     ) -> None:
         self.endpoints = tuple(endpoints)
+        self._many = len(self.endpoints) > 1
         self.timeout = timeout
         self._tls = tls or TLS()
         self._members = Members(self.endpoints)
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._methods: dict[tuple[str, type, str], tuple[grpc.aio.Channel, Any]] = {}
         self._watch_thread = LoopThread("etcd-watch") if watch_thread else None
         """Where watches are read (see :meth:`watch_batches`); ``None``: on the caller's loop."""
         self._watch_channels: dict[str, grpc.aio.Channel] | None = None
@@ -438,11 +451,23 @@ class Etcd:
                 raise Compacted(0, 0) from exc
             raise StoreUnavailable(f"etcd error: {exc.code().name}: {exc.details()}") from exc
 
+    def _method(self, member: Member, stub: type, method: str) -> Any:
+        """The gRPC method object of ``stub`` on the member's channel, made once per channel:
+        a stub builds a callable for every method of its service, which costs more than the
+        call's own set-up, so it is not rebuilt per request."""
+        chan = self._channel(member)
+        key = (member.endpoint, stub, method)
+        made = self._methods.get(key)
+        if made is None or made[0] is not chan:  # none yet, or the channel was reopened
+            made = (chan, getattr(stub(chan), method))
+            self._methods[key] = made
+        return made[1]
+
     async def _send(
         self, member: Member, stub: type, method: str, request: Any, within: float
     ) -> Any:
         """One attempt on one member; :class:`_Failed` if another member might do better."""
-        call = getattr(stub(self._channel(member)), method)(request, timeout=within)
+        call = self._method(member, stub, method)(request, timeout=within)
         with self._members.track(member, call):
             try:
                 resp = await call
@@ -556,15 +581,19 @@ class Etcd:
         that writes follows the rules of :mod:`lastbackend.store.txn_outcome`."""
         if len(success) > MAX_TXN_OPS or len(failure) > MAX_TXN_OPS:
             raise ValueError(f"a transaction holds at most {MAX_TXN_OPS} operations")
-        request = TxnRequest(
-            compare=[c.to_proto() for c in compare],
-            success=[o.to_proto() for o in success],
-            failure=[o.to_proto() for o in failure],
-        )
+        request = TxnRequest()
+        for c in compare:
+            c.add_to(request.compare)
+        for o in success:
+            o.add_to(request.success)
+        for o in failure:
+            o.add_to(request.failure)
         if not any(o.kind != "get" for o in (*success, *failure)):
             return _txn_result(await self._retrying(KVStub, "Txn", request))
         floor = self._members.revision  # before anything is sent
-        safe = txn_outcome.retry_is_safe(compare, success, failure)
+        # Whether a second copy would be harmless: it bounds the first try only with several
+        # members, so with one it is worked out only once an answer is lost.
+        safe = txn_outcome.retry_is_safe(compare, success, failure) if self._many else None
         unsure = False  # an earlier attempt may have been applied
         for _ in range(txn_outcome.MAX_ROUNDS):
             resp = await self._write_once(request, first_try=FIRST_TRY if safe else None)
@@ -582,6 +611,8 @@ class Etcd:
                 return found
             if resp is not None:
                 return result
+            if safe is None:
+                safe = txn_outcome.retry_is_safe(compare, success, failure)
             if not safe:
                 raise StoreUnavailable("etcd did not answer a write; its outcome is unknown")
             unsure = True
@@ -602,7 +633,7 @@ class Etcd:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise StoreUnavailable(f"etcd unavailable: {last}")
-                if first_try is not None and len(self.endpoints) > 1:
+                if first_try is not None and self._many:
                     remaining = min(remaining, first_try)
                 try:
                     return await self._send(member, KVStub, "Txn", request, remaining)

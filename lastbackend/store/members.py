@@ -90,8 +90,10 @@ class Members:
         """The members to try, best first: the preferred one while it is up and not suspect,
         then the other up ones, then leaderless, suspect and down ones (a last resort: a
         probe may be behind)."""
-        now = time.monotonic()
         n = len(self.members)
+        if n == 1:  # nothing to rank (every request asks this)
+            return list(self.members)
+        now = time.monotonic()
         ring = [self.members[(self._preferred + i) % n] for i in range(n)]
 
         def rank(m: Member) -> int:
