@@ -131,8 +131,7 @@ def observe(metrics: Metrics, inflight: InFlight) -> web.middleware:  # type: ig
         inflight.enter()
         rid = request.headers.get("X-Request-ID", "")
         if not _REQUEST_ID.fullmatch(rid):
-            # not os.urandom: no system call giving up the GIL (see model.common.new_id)
-            rid = f"{ids.getrandbits(128):032x}"
+            rid = f"{ids.bits128():032x}"  # not os.urandom per request (see model.common)
         structlog.contextvars.bind_contextvars(request_id=rid)
         started = time.perf_counter()
         status = 500
