@@ -14,6 +14,7 @@ that stops reading (its generator closed or cancelled) cancels the producer on t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import threading
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _END = object()
+_NOTHING = object()
 
 
 class LoopThread:
@@ -85,40 +87,99 @@ class LoopThread:
     ) -> AsyncIterator[T]:
         """The items of ``produce()``, an async iterator made and run on the thread's loop."""
         there = self._running_loop()
-        here = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
-        room: list[asyncio.Semaphore] = []  # made on the thread's loop, by the pump
-
-        def deliver(item: Any, error: BaseException | None = None) -> None:
-            # never blocks: the semaphore bounds the items, and the end comes once
-            with contextlib.suppress(RuntimeError):  # the reader's loop is closed: nobody reads
-                here.call_soon_threadsafe(queue.put_nowait, (item, error))
+        handover: _Handover = _Handover(asyncio.get_running_loop(), there, buffer)
 
         async def pump() -> None:
-            slots = asyncio.Semaphore(buffer)
-            room.append(slots)
             try:
                 async for item in produce():
-                    await slots.acquire()
-                    deliver(item)
+                    await handover.put(item)
             except asyncio.CancelledError:
-                deliver(_END)
+                handover.end(None)
                 raise
             except BaseException as exc:
-                deliver(_END, exc)
+                handover.end(exc)
             else:
-                deliver(_END)
+                handover.end(None)
 
         pumped: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(pump(), there)
         try:
             while True:
-                item, error = await queue.get()
+                item = await handover.get()
                 if item is _END:
-                    if error is not None:
-                        raise error
+                    if handover.error is not None:
+                        raise handover.error
                     return
-                with contextlib.suppress(RuntimeError):  # stopped: the end is on its way
-                    there.call_soon_threadsafe(room[0].release)
                 yield item
         finally:
             pumped.cancel()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Handover:
+    """Items crossing from the thread's loop to the reader's, waking the other side only when it
+    waits.
+
+    ``call_soon_threadsafe`` writes to the woken loop's self-pipe and makes its thread take the
+    GIL: once per item each way, that was most of what a watch batch cost the process. Here the
+    producer wakes the reader only when the reader found nothing to take, and the reader wakes
+    the producer only when it had filled ``buffer`` and paused; a reader busy with requests
+    takes everything that came meanwhile without a single wake-up.
+    """
+
+    def __init__(
+        self, here: asyncio.AbstractEventLoop, there: asyncio.AbstractEventLoop, buffer: int
+    ) -> None:
+        self._here, self._there, self._buffer = here, there, buffer
+        self._lock = threading.Lock()
+        self._items: collections.deque[Any] = collections.deque()
+        self._reader: asyncio.Future[None] | None = None  # on ``here``: the reader waits
+        self._room: asyncio.Future[None] | None = None  # on ``there``: the producer waits
+        self.error: BaseException | None = None
+        """What the producer raised, for the reader once it reaches the end."""
+
+    def _send(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_wake, waiter)
+
+    async def put(self, item: Any) -> None:
+        """On the thread's loop: hand ``item`` over, pausing while ``buffer`` items wait."""
+        with self._lock:
+            self._items.append(item)
+            reader, self._reader = self._reader, None
+            room = None
+            if len(self._items) >= self._buffer:
+                room = self._room = self._there.create_future()
+        if reader is not None:
+            self._send(self._here, reader)
+        if room is not None:
+            await room
+
+    def end(self, error: BaseException | None) -> None:
+        """On the thread's loop: no more items (past ``buffer``: the end never waits)."""
+        self.error = error
+        with self._lock:
+            self._items.append(_END)
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            self._send(self._here, reader)
+
+    async def get(self) -> Any:
+        """On the reader's loop: the next item, waiting for one if none has come."""
+        while True:
+            with self._lock:
+                if self._items:
+                    item = self._items.popleft()
+                    room, self._room = self._room, None
+                else:
+                    waiter = self._reader = self._here.create_future()
+                    item = _NOTHING
+            if item is _NOTHING:
+                await waiter
+                continue
+            if room is not None:
+                self._send(self._there, room)
+            return item

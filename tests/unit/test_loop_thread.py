@@ -120,3 +120,34 @@ def test_stop_ends_the_thread() -> None:
     t.stop()
     assert not any(th.name == "test-stop" for th in threading.enumerate())
     assert not t.running
+
+
+async def test_a_busy_reader_takes_what_came_meanwhile_without_wake_ups(
+    thread: LoopThread,
+) -> None:
+    """Each wake-up of the reader's loop is a self-pipe write and a GIL hand-over: a watch
+    delivering batches to a loop busy with requests must not cost one per batch."""
+    loop = asyncio.get_running_loop()
+    wakes = 0
+    original = loop.call_soon_threadsafe
+
+    def counting(*args: object, **kwargs: object) -> asyncio.Handle:
+        nonlocal wakes
+        wakes += 1
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def produce() -> AsyncIterator[int]:
+        for i in range(50):
+            yield i
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    try:
+        items = thread.iterate(produce, buffer=64)
+        assert await anext(items) == 0  # type: ignore[call-overload]
+        before = wakes
+        time.sleep(0.2)  # noqa: ASYNC251  (busy: the other 49 arrive meanwhile)
+        rest = [i async for i in items]
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert rest == list(range(1, 50))
+    assert wakes - before == 0, f"{wakes - before} wake-ups for items that were already there"
