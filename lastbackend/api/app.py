@@ -61,11 +61,7 @@ def make_app(
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
-            middlewares.observe(middlewares.Metrics(registry), inflight),
-            middlewares.errors,
-            middlewares.headers,
-            middlewares.browsers(browsers),
-            middlewares.auth(settings),
+            middlewares.pipeline(middlewares.Metrics(registry), inflight, browsers, settings)
         ],
     )
     app.on_response_prepare.append(browsers.on_prepare)

@@ -1,6 +1,6 @@
 """``POST /api/hooks/{vendor}``: push webhooks from GitHub, GitLab and Bitbucket start builds.
 
-Providers cannot send our bearer token, so this route is exempt from it (``middlewares.auth``)
+Providers cannot send our bearer token, so this route is exempt from it (``middlewares.check_auth``)
 and the webhook secret stored with the vendor is its only credential:
 
 - GitHub: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``;
