@@ -352,7 +352,12 @@ def unstructure(obj: Any) -> Any:
 
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON: the form of every etcd value and API body."""
-    return json.dumps(unstructure(obj), separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps_plain(unstructure(obj))
+
+
+def dumps_plain(data: Any) -> bytes:
+    """:func:`dumps` of data already plain (maps, lists, strings, numbers)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def loads(raw: bytes | str, cls: type[T]) -> T:

@@ -155,7 +155,7 @@ def if_match(request: web.Request) -> int | None:
 
 def encode(data: Any) -> bytes:
     """A JSON body as every response writes it: compact, UTF-8."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return codec.dumps_plain(data)
 
 
 def json_response(

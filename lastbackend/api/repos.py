@@ -97,6 +97,8 @@ def answer(
         if request.method in ("GET", "HEAD") and not_modified(request, tag):
             return web.Response(status=304, headers={"ETag": tag})
         headers["ETag"] = tag
+    if encoded is None and data is None:
+        encoded = snap.body
     if encoded is not None:
         return json_response(None, headers=headers, encoded=encoded)
     return json_response(snap.view if data is None else data, headers=headers)

@@ -65,6 +65,8 @@ class Snapshot:
     revision: int
     shown: Any = None
     """The value in the document's shape, when already made (the read cache keeps it)."""
+    body: bytes | None = None
+    """``shown`` as the JSON body, when already made (the read cache keeps it too)."""
 
     @property
     def view(self) -> Any:
@@ -250,7 +252,8 @@ class Repos:
         """One object nested whole; :class:`NotFound` if its own key is absent."""
         node, built = await self._existing(ids)
         shown = built.memo(("view", ids), lambda: codec.unstructure(node))
-        return Snapshot(node, built.version, built.revision, shown)
+        body = built.memo(("body", ids), lambda: codec.dumps_plain(shown))
+        return Snapshot(node, built.version, built.revision, shown, body)
 
     async def children(self, ids: Ids) -> Snapshot:
         """The children of a repo, branch or tag by id (every repo for ``()``), nested whole.
