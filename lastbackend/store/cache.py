@@ -82,49 +82,49 @@ class Revisions:
         self.etcd = etcd
         self.calls = 0
         """etcd round trips made (for tests and the benchmark: calls per read)."""
-        self._next: asyncio.Future[int] | None = None
+        self._waiting: list[asyncio.Future[int]] = []  # for the next call
         self._task: asyncio.Task[None] | None = None
 
     async def current(self) -> int:
         """A revision at least that of every write acknowledged before this call; raises
         :class:`StoreUnavailable` when etcd does not answer."""
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            self._next.add_done_callback(_retrieved)
-        waiter = self._next
+        # A future per caller, resolved by the round itself: a shared future behind
+        # asyncio.shield would cost every read an extra callback and a turn of the loop.
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._rounds(), name="cache-revisions")
-        return await asyncio.shield(waiter)
+        return await waiter
 
     async def _rounds(self) -> None:
-        while self._next is not None:
-            waiter, self._next = self._next, None
+        while self._waiting:
+            waiters, self._waiting = self._waiting, []
             self.calls += 1
             try:
                 revision = await self.etcd.status()
             except asyncio.CancelledError:
-                waiter.set_exception(StoreUnavailable("the revision read was cancelled"))
+                _fail(waiters, StoreUnavailable("the revision read was cancelled"))
                 raise
             except Exception as exc:
-                waiter.set_exception(exc)
+                _fail(waiters, exc)
             else:
-                waiter.set_result(revision)
+                for waiter in waiters:
+                    if not waiter.done():  # done: its caller was cancelled meanwhile
+                        waiter.set_result(revision)
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        waiter, self._next = self._next, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(StoreUnavailable("the read cache is closed"))
+        waiters, self._waiting = self._waiting, []
+        _fail(waiters, StoreUnavailable("the read cache is closed"))
 
 
-def _retrieved(future: asyncio.Future[int]) -> None:
-    # Every waiter's caller reads it, unless cancelled meanwhile: then nobody would, and asyncio
-    # would log the exception as never retrieved.
-    if not future.cancelled():
-        future.exception()
+def _fail(waiters: list[asyncio.Future[int]], exc: BaseException) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_exception(exc)
 
 
 PartOf = Callable[[str], tuple[str, str, str] | None]

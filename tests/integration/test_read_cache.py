@@ -28,7 +28,7 @@ from lastbackend.store import keys
 from lastbackend.store import repos as repo_store
 from lastbackend.store.cache import ReadCache
 from lastbackend.store.embedded import EmbeddedEtcd
-from lastbackend.store.etcd import Op
+from lastbackend.store.etcd import Op, StoreUnavailable
 from tests.conftest import new_etcd_server
 from tests.integration.test_daemon import Daemon
 from tests.support import RawEtcd, eventually, free_ports
@@ -437,6 +437,24 @@ async def test_concurrent_reads_share_revision_calls_and_each_sees_prior_writes(
     assert await cache.revisions.current() >= written
     await first
     await cache.close()
+
+
+async def test_a_reader_that_gives_up_leaves_the_others_their_revision(etcd) -> None:
+    """A client that disconnects mid-read cancels its handler: the read it shared must still
+    answer everyone else, and a closed cache fails the reads still waiting, as 503s."""
+    cache = ReadCache(etcd)
+    written = await etcd.put(f"{keys.ROOT}x", "3")
+    leaving, staying = (asyncio.ensure_future(cache.revisions.current()) for _ in range(2))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    assert await staying >= written
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    waiting = asyncio.ensure_future(cache.revisions.current())
+    await asyncio.sleep(0)  # its call is in flight
+    await cache.close()
+    with pytest.raises(StoreUnavailable):
+        await waiting
 
 
 # --- build tags from the cache ------------------------------------------------------------------
