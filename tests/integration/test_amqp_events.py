@@ -278,6 +278,20 @@ async def get(api: Client, path: str) -> Any:
 pytestmark = pytest.mark.etcd
 
 
+async def published(api: Client, port: int) -> None:
+    """Return once the events leader has sent every change acknowledged before the call.
+
+    A write is answered before the leader has read it from its watch, so a receiver attached
+    right after it can still get it as a live message. The leader sends in revision order: once
+    a marker repo written now has reached its receiver, everything before it has gone out.
+    """
+    marker = f"repos/published-{os.urandom(4).hex()}"
+    probe = await Receiver.attach(port, marker)
+    await call(api, "PUT", marker, {})
+    assert [g.kind for g in await probe.wait(1)] == [CREATED]
+    await probe.close()
+
+
 async def test_each_address_gets_its_object_and_its_descendants_changes_in_order(
     api: Client, events: tuple[ControllerRunner, int]
 ) -> None:
@@ -333,6 +347,7 @@ async def test_a_repo_receiver_sees_an_artifact_change_as_the_updated_repo(
 ) -> None:
     _, port = events
     await call(api, "PUT", T, TAG)
+    await published(api, port)
     repo = await Receiver.attach(port, R)
     await call(api, "PUT", A, {**MAVEN, "version": "9.9.9"})
     (got,) = await repo.wait(1)
@@ -350,6 +365,7 @@ async def test_a_delete_says_so_and_carries_the_last_state(
     _, port = events
     await call(api, "PUT", T, TAG)
     last = await get(api, T)
+    await published(api, port)
     tag, artifact = await Receiver.attach(port, T), await Receiver.attach(port, A)
     await call(api, "DELETE", B)
     ((gone,), (gone_artifact,)) = await tag.wait(1), await artifact.wait(1)
@@ -364,6 +380,7 @@ async def test_receivers_get_exactly_their_address_and_nothing_from_before(
 ) -> None:
     _, port = events
     await call(api, "PUT", B, {"job_url": "before"})
+    await published(api, port)
     branch = await Receiver.attach(port, B)
     other = await Receiver.attach(port, "repos/other")
     await call(api, "PUT", f"{R}/branches/main2", {"job_url": "a sibling"})  # not main's
