@@ -39,10 +39,11 @@ class LoopThread:
     def running(self) -> bool:
         return self._loop is not None
 
-    def start(self) -> None:
+    def start(self, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> None:
+        """Start the thread on a loop made by ``loop_factory`` (asyncio's own by default)."""
         if self._loop is not None:
             return
-        loop = asyncio.new_event_loop()
+        loop = (loop_factory or asyncio.new_event_loop)()
         ready = threading.Event()
 
         def main() -> None:

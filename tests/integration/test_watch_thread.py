@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import uvloop
 
 from lastbackend.store.embedded import EmbeddedEtcd
 from lastbackend.store.etcd import Compacted, Etcd, StoreUnavailable, WatchBatch
@@ -82,3 +83,26 @@ async def test_a_watch_on_a_closed_client_is_store_unavailable(
     with pytest.raises(StoreUnavailable):
         async for _ in client.watch_batches(PREFIX, start_revision=1):
             pass
+
+
+def test_the_watch_thread_runs_the_same_kind_of_loop_as_its_process(
+    etcd_server: EmbeddedEtcd,
+) -> None:
+    """The daemon runs on uvloop (``daemon.event_loop``) and so must its watch thread: a watch
+    event costs the thread ~15% less CPU there (docs/benchmarks.md "API"), and gRPC's asyncio
+    client has to work on both loops of the process at once."""
+
+    async def main() -> tuple[type, list[tuple[str, str, str | None]]]:
+        async with RawEtcd([etcd_server.endpoint]) as raw:
+            await raw.delete_prefix(PREFIX)
+            start = await raw.put(PREFIX + "u", "1")
+            await raw.put(PREFIX + "u", "2")
+            async with Etcd(raw.endpoints) as client:
+                assert client._watch_thread is not None
+                kind = type(client._watch_thread._running_loop())
+                seen = await _first(client, start, 2)
+        return kind, seen
+
+    kind, seen = uvloop.run(main())
+    assert kind is uvloop.Loop
+    assert seen == [("put", PREFIX + "u", None), ("put", PREFIX + "u", "1")]
