@@ -27,7 +27,7 @@ from typing import Any, Literal, NewType
 
 import attrs
 
-from lastbackend.model.common import MASK, EnvName, Id, ImageRef, Name, anchored, keywords
+from lastbackend.model.common import BLANK, MASK, EnvName, Id, ImageRef, Name, anchored, keywords
 from lastbackend.model.health import HealthCheck
 
 BuildpackName = NewType("BuildpackName", str)
@@ -48,11 +48,11 @@ DROPLET_STATES = ("PENDING", "STAGING", "STAGED", "FAILED", "EXPIRED")
 _BUILDPACK = re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}")
 _STACK = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _GIT_SCHEMES = ("https://", "http://", "git://", "ssh://")
-_SCP_LIKE = re.compile(r"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^\s]+")
+_SCP_LIKE = re.compile(rf"[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^{BLANK}]+")
 _GIT_URL = re.compile(
-    r"(?=[^\s\x00-\x1f\x7f]{1,2048}$)"  # one line, bounded
+    rf"(?=[^{BLANK}]{{1,2048}}$)"  # one line, bounded
     r"(?![\s\S]*:(?:-|[^/:]*\.\.)[^/:]*$)"  # a :<ref> never starts with '-' nor holds '..'
-    r"(?:(?:https?|git|ssh)://[^\s]+|" + _SCP_LIKE.pattern + ")"
+    rf"(?:(?:https?|git|ssh)://[^{BLANK}]+|" + _SCP_LIKE.pattern + ")"
 )
 
 

@@ -62,6 +62,11 @@ _CONTAINER_PATH = re.compile(r"(?!(?:[^\x00]*/)?\.\.(?:/|$))/[^\x00]{0,1023}")
 _GIT_REF = re.compile(
     r"(?![-/])(?!.*(?:\.\.|//|@\{))(?!.*(?:/|\.lock|\.)$)[^ ~^:?*\[\\\x00-\x1f\x7f]{1,255}"
 )
+BLANK = r"\s\x00-\x1f\x7f-\x9f\ufeff"
+"""For a character class: whitespace and control characters, spelled so that Python's ``re``
+(whose ``\\s`` takes in \\x1c-\\x1f and \\x85) and ECMA 262 (whose ``\\s`` takes in \\ufeff) mean
+the same set: a value a schema's ``pattern`` admits is one its checker admits, and the fuzzer
+finds none that is not."""
 MAX_TEXT = 1024
 NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 """A JSON Schema ``pattern``: text on one line, without control characters."""

@@ -22,6 +22,7 @@ from typing import Any, NewType
 import attrs
 
 from lastbackend.model.common import (
+    BLANK,
     DNS_LABEL,
     MASK,
     MAX_HOSTNAME,
@@ -55,7 +56,7 @@ HOST_PORT = anchored(f"(?:{_IPV4.pattern}|{_NAME})(?::{PORT})?")
 canonical IPv6 spelling this check insists on is no regular expression anyone should read), and
 the host part's own limit of 253 characters is checked but not in it."""
 MAX_HOST_PORT = MAX_HOSTNAME + len(":65535")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
+_EMAIL = re.compile(rf"[^@{BLANK}]+@[^@{BLANK}]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
