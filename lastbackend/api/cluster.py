@@ -1,10 +1,14 @@
-"""``GET /api/nodes`` and ``GET /api/leaders``: who runs what, from the key tree (read-only).
+"""``GET /api/nodes``, ``/api/routers`` and ``/api/leaders``: who runs what, from the key tree
+(read-only).
 
 Nodes.
 A node agent keeps ``nodes/<name>`` on its lease, so the key exists while the agent lives; the
 pods the services controller assigned stay at ``pods/<node>/<pod>`` for ``node.eviction_timeout``
 after it is gone. A node is therefore ``ready`` (its key is there) or ``lost`` (only pods of it
 are left: they move elsewhere once the eviction timeout passes).
+
+Routers. Each live router keeps ``system/routers/<name>`` on its lease with the revision of
+``projects/`` its loaded config reflects (``store/routers.py``).
 
 Leaders. Each controller (and each node agent, ``node-<name>``) is elected at
 ``system/leader/<name>``, whose value is the leader's identity (host, pid, a random part) and
@@ -23,6 +27,7 @@ from lastbackend.api.http import doc, json_response, page_body, paging
 from lastbackend.api.state import STATE
 from lastbackend.model.pods import Node
 from lastbackend.store import keys
+from lastbackend.store import routers as router_store
 
 routes = web.RouteTableDef()
 
@@ -57,6 +62,22 @@ async def index(request: web.Request) -> web.Response:
     return json_response(
         page_body(request, pg, len(items), chosen),
         headers={"X-Etcd-Revision": str(found.revision)},
+    )
+
+
+@routes.get("/api/routers")
+@doc(
+    "The live routers: where each serves, how many hosts, and how far its config has caught up",
+    response="Router",
+    paginated=True,
+)
+async def routers(request: web.Request) -> web.Response:
+    pg = paging(request)
+    revision, found = await router_store.routers(request.app[STATE].etcd)
+    items = [codec.unstructure(r) for r in (reversed(found) if pg.descending else found)]
+    chosen = pg.of(items)
+    return json_response(
+        page_body(request, pg, len(items), chosen), headers={"X-Etcd-Revision": str(revision)}
     )
 
 

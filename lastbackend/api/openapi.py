@@ -33,6 +33,7 @@ from lastbackend.model import (
     platform,
     pods,
     registries,
+    routers,
 )
 from lastbackend.model import images as image_model
 from lastbackend.model import repos as build_tags
@@ -234,8 +235,8 @@ def schemas() -> dict[str, Any]:
 
 
 def _system_schemas() -> dict[str, Any]:
-    """``/api/whoami``, ``/api/nodes`` and ``/api/leaders``: what a dashboard asks first, and
-    who runs what."""
+    """``/api/whoami``, ``/api/nodes``, ``/api/routers`` and ``/api/leaders``: what a dashboard
+    asks first, and who runs what."""
     node = schema_of(pods.Node)
     node["properties"]["state"] = {
         "type": "string",
@@ -255,6 +256,26 @@ def _system_schemas() -> dict[str, Any]:
             "required": ["auth", "role"],
         },
         "Node": node,
+        "Router": schema_of(routers.Router),
+        "Routing": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "revision": {
+                    "type": "integer",
+                    "description": "the newest change to the service or its project's meta",
+                },
+                "routed": {
+                    "type": "boolean",
+                    "description": "every live router's loaded config includes that change",
+                },
+                "routers": {
+                    "type": "array",
+                    "items": _with(schema_of(routers.Router), current={"type": "boolean"}),
+                },
+            },
+            "required": ["revision", "routed", "routers"],
+        },
         "Leader": {
             "type": "object",
             "additionalProperties": False,

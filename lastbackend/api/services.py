@@ -47,6 +47,7 @@ from lastbackend.model.platform import (
 )
 from lastbackend.model.pods import Revision, ServiceStatus
 from lastbackend.store import keys
+from lastbackend.store import routers as router_store
 from lastbackend.store.objects import Objects, Record
 
 routes = web.RouteTableDef()
@@ -417,6 +418,26 @@ async def rollback(request: web.Request) -> web.Response:
     settings = request.app[STATE].settings
     return json_response(
         view(project, record, settings, env_view(request)), revision=record.revision
+    )
+
+
+@routes.get(ONE + "/routing")
+@doc(
+    "Whether every live router serves the service as it is now (what `lastbackend push` waits for)",
+    response="Routing",
+)
+async def routing(request: web.Request) -> web.Response:
+    pid, record = await resolve(request)
+    found = await router_store.routing(request.app[STATE].etcd, pid, record.id)
+    behind = {r.name for r in found.behind()}
+    return json_response(
+        {
+            "revision": found.revision,
+            "routed": not behind,
+            "routers": [
+                {**codec.unstructure(r), "current": r.name not in behind} for r in found.routers
+            ],
+        }
     )
 
 

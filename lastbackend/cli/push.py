@@ -4,7 +4,8 @@ The steps are the documented ``/v3`` calls (docs/api/apps.md), in order: the pro
 when missing; the app's lifecycle, environment and health check; a package (bits packed by
 :mod:`~lastbackend.cli.pack` and streamed from disk, or a docker image); a droplet, its staging
 log followed live; scale and domains; the droplet assigned (a rolling update when the app runs)
-and the app started; then a wait for the rollout of the new image to complete, and its URLs.
+and the app started; then a wait for the rollout of the new image to complete and for every live
+router to serve it (``GET .../routing``), and its URLs.
 Ctrl-C while staging deletes the droplet, which stops the staging: what ran keeps running.
 """
 
@@ -28,6 +29,9 @@ from lastbackend.cli.output import Failure, err, out
 
 DEFAULT_PROJECT = "default"
 ROLLOUT_TIMEOUT = 600.0
+ROUTE_TIMEOUT = 60.0
+"""Seconds the routers get to load an app that runs: a router behind longer than that is broken
+(Caddy refusing its config, etcd unreachable from it), and the push says which."""
 POLL = 0.15
 """Seconds between polls of the rollout: three small GETs each."""
 
@@ -186,8 +190,10 @@ class Push:
             self.say(f"Starting {spec.name}")
         elif fresh:
             self.say(f"Rolling {spec.name} to the new droplet")
-        self.wait(pid, guid, droplet, first=app["desired_state"] != "STARTED")
+        running = self.wait(pid, guid, droplet, first=app["desired_state"] != "STARTED")
         urls = self.api.get(f"/v3/apps/{guid}")["urls"]
+        if running and urls:
+            self.wait_routed(f"/api/projects/{pid}/services/{guid}")
         took = time.monotonic() - self.started
         self.say(f"{spec.name} is running ({took:.2f}s):")
         for url in urls:
@@ -336,8 +342,9 @@ class Push:
             if wanted != held:
                 self.api.call("PUT", f"{base}/domains", wanted)
 
-    def wait(self, pid: str, guid: str, droplet: dict[str, Any], *, first: bool) -> None:
-        """Until the newest revision runs the droplet's image and its rollout is complete.
+    def wait(self, pid: str, guid: str, droplet: dict[str, Any], *, first: bool) -> bool:
+        """Until the newest revision runs the droplet's image and its rollout is complete;
+        whether anything runs (``False``: scaled to 0).
 
         A ``first`` start (the app was stopped: no old instance) is done sooner, once every
         instance runs and passes its check: the routers send traffic to every ready container
@@ -355,11 +362,11 @@ class Push:
                 ours = bool(newest) and newest[0]["spec"].get("image") == image
                 if ours and rollout.get("revision") == newest[0]["revision"]:
                     if rollout.get("state") == "complete":
-                        return
+                        return True
                     if rollout.get("state") == "failed":
                         raise Failure(f"the rollout failed: {rollout.get('reason') or 'unknown'}")
                     if first and self._all_ready(base, service):
-                        return
+                        return True
                     line = f"{rollout.get('ready', 0)}/{rollout.get('desired', '?')} ready"
                     if rollout.get("reason"):
                         line += f": {rollout['reason']}"
@@ -367,9 +374,36 @@ class Push:
                         status.update(f"Waiting for the instances: {line}")
                         shown = line
                 if (service.get("config") or {}).get("replicas") == 0:
-                    return  # nothing to wait for
+                    return False  # nothing to wait for
                 time.sleep(POLL)
         raise Failure(f"the instances were not ready within {ROLLOUT_TIMEOUT:.0f}s")
+
+    def wait_routed(self, base: str) -> None:
+        """Until every live router's loaded config includes the app as it is now, so the URLs
+        printed next answer (a router loads a change within ~0.1 s; this covers that gap)."""
+        deadline = time.monotonic() + ROUTE_TIMEOUT
+        with err().status("Waiting for the routers") as status:
+            while True:
+                routing = self.api.get(f"{base}/routing")
+                if not routing["routers"]:
+                    self.say("No router is running: the URLs answer once one is")
+                    return
+                if routing["routed"]:
+                    return
+                behind = [r for r in routing["routers"] if not r["current"]]
+                if time.monotonic() > deadline:
+                    names = ", ".join(
+                        r["name"] + (f" ({r['error']})" if r.get("error") else "") for r in behind
+                    )
+                    raise Failure(
+                        f"the app runs, but these routers have not loaded it within "
+                        f"{ROUTE_TIMEOUT:.0f}s: {names}"
+                    )
+                status.update(
+                    f"Waiting for the routers: {len(routing['routers']) - len(behind)}"
+                    f"/{len(routing['routers'])} serve it"
+                )
+                time.sleep(POLL)
 
     def _all_ready(self, base: str, service: dict[str, Any]) -> bool:
         wanted = int((service.get("config") or {}).get("replicas") or 0)

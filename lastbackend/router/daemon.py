@@ -16,6 +16,13 @@ so any number of them serve the same routes (DNS or a load balancer spreads clie
 - **Certificates.** The routers' internal CA (``router/ca``: made by whichever process needs it
   first, then shared) is written to the data dir for Caddy's ``pki`` app, and users'
   certificates (``certificates/``) are decrypted into the config, never onto disk.
+- **Announcing.** ``system/routers/<name>`` (``<node>-<http port>``) lives on the router's lease
+  with the revision of ``projects/`` the loaded config reflects (``store/routers.py``): the
+  revision the table was built at, or the projects informer's own once nothing routed has
+  changed since, so it follows the tree while the config stays as it is. ``lastbackend push``
+  waits for every live router to pass its app's newest change. Written when it changes, at most
+  every :data:`ANNOUNCE_EVERY` seconds; the lease is revoked on the way out, and a killed
+  router's key goes with its lease (:data:`ROUTER_TTL`).
 - **Faults.** Caddy exiting is noticed at once and it is started again (backoff 0.1 s doubling
   to 5 s) and given the current config. etcd going away leaves the caches, and so Caddy, as they
   were: the router keeps serving its last table and ``/readyz`` says so (503) until etcd is back.
@@ -33,31 +40,27 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lastbackend import codec
 from lastbackend.codec import format_time
 from lastbackend.config import Settings
 from lastbackend.model.common import now
+from lastbackend.model.routers import Router as Announced
 from lastbackend.router import caddy, table
 from lastbackend.secrets import SecretError, Secrets
 from lastbackend.store import keys
 from lastbackend.store.certificates import certificates_for_router, ensure_ca
-from lastbackend.store.etcd import Etcd, StoreError, list_prefix
+from lastbackend.store.etcd import Etcd, Op, StoreError, list_prefix
 from lastbackend.store.informer import Informer
+from lastbackend.store.routers import routed_key
 
 log = structlog.get_logger("lastbackend.router")
 
 DEBOUNCE = 0.05
 RESTART_MIN, RESTART_MAX = 0.1, 5.0
-_SERVICE_PARTS = frozenset({"meta", "config", "domains"})
-
-
-def routed_key(key: str) -> str | None:
-    """The informer filter: the keys the table is built from (the key itself), else ``None``."""
-    if keys.project_meta_of(key) is not None or keys.container_of(key) is not None:
-        return key
-    ref = keys.service_of(key)
-    if ref is not None and keys.leaf(key) in _SERVICE_PARTS:
-        return key if key == keys.service_part(ref.project, ref.service, keys.leaf(key)) else None
-    return None
+ROUTER_TTL = 10
+"""Seconds a killed router's announcement outlives it (a push waits for it meanwhile)."""
+ANNOUNCE_EVERY = 0.2
+"""Seconds between two writes of the announcement: a busy tree moves the revision constantly."""
 
 
 class Router:
@@ -77,6 +80,7 @@ class Router:
         self.settings = settings
         self.paths = caddy.Paths(data_dir or settings.data_dir / "router")
         self.caddy = caddy.Caddy(settings.router_caddy, self.paths)
+        self.name = f"{settings.node}-{settings.router_http_address[1]}"
         self.informers = {
             keys.PROJECTS: Informer(etcd, keys.PROJECTS, to_key=routed_key, name="router:projects"),
             keys.NODES: Informer(etcd, keys.NODES, name="router:nodes"),
@@ -91,6 +95,9 @@ class Router:
         self.routes: list[table.Route] = []
         self._wakes_at: datetime | None = None  # when the routes change by the clock alone
         self.applied_at: str | None = None
+        self._loading = False  # a config built, not yet loaded
+        self._serving = False  # the running Caddy has been given a config
+        self._applied_revision = 0  # of projects/, in the config Caddy serves
         self.error: str | None = None
         self.etcd_error: str | None = None
         registry = registry or CollectorRegistry()
@@ -131,6 +138,29 @@ class Router:
             "serving": "the last config loaded" if self.applied_at else "nothing yet",
         }
 
+    @property
+    def revision(self) -> int:
+        """The revision of ``projects/`` the loaded config reflects (0: none served).
+
+        With nothing routed changed since the last load, a table built now would be the one
+        loaded, so the informer's own revision holds; otherwise the one the table was built at."""
+        if not self._serving:
+            return 0  # Caddy away, or restarted and not given its config back yet
+        if self._dirty.is_set() or self._loading or self.error is not None:
+            return self._applied_revision
+        return max(self._applied_revision, self.informers[keys.PROJECTS].revision)
+
+    def announced(self) -> Announced:
+        return Announced(
+            name=self.name,
+            http=self.settings.router_http,
+            https=self.settings.router_https,
+            revision=self.revision,
+            routes=len(self.routes),
+            applied_at=codec.parse_time(self.applied_at) if self.applied_at else None,
+            error=self.error,
+        )
+
     def _changed(self, key: str, old: object, new: object) -> None:
         if key.startswith(keys.CERTIFICATES):
             self._certificates_dirty = True
@@ -149,6 +179,7 @@ class Router:
                 for informer in self.informers.values():
                     await informer.synced.wait()
                 group.create_task(self._apply_loop(), name="router-apply")
+                group.create_task(self._announce(), name="router-announce")
         finally:
             await self.caddy.stop()
 
@@ -186,6 +217,7 @@ class Router:
                 if self._loaded is not None:  # a restarted Caddy gets the config back at once
                     await self._load(self._loaded, force=True)
                 code = await self.caddy.wait()
+                self._serving = False
                 log.error("router: caddy exited; starting it again", code=code, retry=delay)
             await self.caddy.stop()
             self.caddy.restarts += 1
@@ -202,15 +234,48 @@ class Router:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), wait)
             await asyncio.sleep(DEBOUNCE)
+            self._loading = True  # before the flag is cleared: the change is not served yet
             self._dirty.clear()
-            await self.caddy.started.wait()
             started = time.perf_counter()
-            document = await self._document()
-            if document is not None:
-                await self._load(document)
+            try:
+                await self.caddy.started.wait()
+                revision, document = await self._document()
+                loaded = await self._load(document)
+                if loaded:
+                    self._applied_revision = revision
+            finally:
+                self._loading = False
             self._load_seconds.observe(time.perf_counter() - started)
+            if not loaded and self._dirty.is_set():
+                await asyncio.sleep(RESTART_MIN)  # Caddy away: try again, not in a tight loop
 
-    async def _document(self) -> dict[str, Any] | None:
+    async def _announce(self) -> None:
+        """Keep ``system/routers/<name>`` on a live lease, rewritten whenever what it says
+        changes."""
+        key = keys.router(self.name)
+        delay = RESTART_MIN
+        while True:
+            try:
+                async with await self.etcd.grant(ROUTER_TTL) as lease:
+                    said: Announced | None = None
+                    while not lease.lost.is_set():
+                        now_says = self.announced()
+                        if now_says != said:
+                            await self.etcd.txn(
+                                [], [Op.put(key, codec.dumps(now_says), lease=lease.id)]
+                            )
+                            said = now_says
+                            delay = RESTART_MIN
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(lease.lost.wait(), ANNOUNCE_EVERY)
+                    log.warning("router: lease lost; announcing again", reason=lease.lost_reason)
+            except StoreError as exc:
+                log.warning("router: cannot announce itself yet", error=str(exc), retry=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX)
+
+    async def _document(self) -> tuple[int, dict[str, Any]]:
+        """The config of the table now, and the revision of ``projects/`` it was built at."""
         if self._certificates_dirty:
             try:
                 found = await certificates_for_router(self.etcd, self.secrets)
@@ -220,11 +285,13 @@ class Router:
             else:
                 self._certificates = [caddy.Certificate(*c) for c in found]
                 self._certificates_dirty = False
-        projects = {k: kv.value for k, kv in self.informers[keys.PROJECTS].cache.items()}
+        informer = self.informers[keys.PROJECTS]
+        revision = informer.revision  # no await from here: the table is of that revision or later
+        projects = {k: kv.value for k, kv in informer.cache.items()}
         nodes = {k: kv.value for k, kv in self.informers[keys.NODES].cache.items()}
         found = table.compute(projects, nodes, self.settings.router_domain, datetime.now(UTC))
         self.routes, self._wakes_at = found.routes, found.wakes_at
-        return caddy.config(
+        return revision, caddy.config(
             self.routes,
             http=self.settings.router_http,
             https=self.settings.router_https,
@@ -233,25 +300,30 @@ class Router:
             acme_email=self.settings.router_acme_email,
         )
 
-    async def _load(self, document: dict[str, Any], *, force: bool = False) -> None:
-        if document == self._loaded and not force and self.error is None:
-            return
+    async def _load(self, document: dict[str, Any], *, force: bool = False) -> bool:
+        """Whether Caddy now serves ``document``."""
+        if document == self._loaded and self._serving and not force and self.error is None:
+            return True
         try:
             await self.caddy.load(document)
         except caddy.Refused as exc:
             self.error = f"caddy refused the config: {exc}"
             self._loads.labels("refused").inc()
             log.error("router: config refused; serving the previous one", error=str(exc))
-            return
+            return False
         except caddy.CaddyError as exc:
             self._loads.labels("failed").inc()
             log.warning("router: config not loaded; caddy is away", error=str(exc))
-            return  # the supervisor loads it again when Caddy is back
+            if not force:
+                self._dirty.set()  # built again and loaded once Caddy is back
+            return False
         self._loaded = document
+        self._serving = True
         self.error = None
         self.applied_at = format_time(now())
         self._loads.labels("loaded").inc()
         log.info("router: config loaded", routes=len(self.routes))
+        return True
 
 
 async def route_table(etcd: Etcd, domain: str) -> list[table.Route]:

@@ -404,6 +404,16 @@ def hook_delivery(vendor: str, delivery: str) -> str:
     return f"{HOOK_DELIVERIES}{vendor}/{delivery}"
 
 
+ROUTERS = f"{ROOT}system/routers/"
+
+
+def router(name: str) -> str:
+    """``system/routers/<name>``: a live router and the revision of ``projects/`` its loaded
+    config reflects, on the router's lease (``lastbackend push`` waits for each to pass its app).
+    Under ``system/``, so the dashboards' event stream leaves its frequent rewrites out."""
+    return f"{ROUTERS}{name}"
+
+
 LEADERS = f"{ROOT}system/leader/"
 
 EVENTS_PUBLISHED = f"{ROOT}system/events/published"

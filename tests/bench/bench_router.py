@@ -119,9 +119,9 @@ from lastbackend.model.platform import Container
 from lastbackend.node.agent import LABEL_NODE, LABEL_SERVICE
 from lastbackend.router import caddy as caddy_config
 from lastbackend.router import table
-from lastbackend.router.daemon import routed_key
 from lastbackend.store import keys
 from lastbackend.store.etcd import MAX_TXN_OPS, Op, list_prefix
+from lastbackend.store.routers import routed_key
 from tests.baseimage import BASE_IMAGE as IMAGE
 from tests.baseimage import INDEX_HTML
 from tests.bench.bench_containers import (

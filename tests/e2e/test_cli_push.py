@@ -17,8 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import attrs
 import pytest
 
+from lastbackend import codec
+from lastbackend.model.routers import Router as Announced
+from lastbackend.store import keys
 from lastbackend.store.embedded import EmbeddedEtcd
 from tests.conftest import ClientFactory
 from tests.e2e.conftest import Registry
@@ -248,6 +252,48 @@ async def test_push_of_a_private_docker_image_takes_the_password_from_the_enviro
     )  # fmt: skip
     assert code == 1
     assert "LB_DOCKER_PASSWORD" in err
+
+
+@pytest.mark.docker
+@pytest.mark.etcd
+async def test_push_returns_only_once_every_live_router_serves_the_app(
+    harness: Harness,
+    routed: tuple[Proc, int],
+    registry: Registry,
+    base_image: str,
+    etcd: RawEtcd,
+    tmp_path: Path,
+) -> None:
+    """A URL printed is a URL that answers: with a second router that has not loaded the app
+    (announced, its config older than the app), the push keeps waiting after the first serves."""
+    daemon, router = routed
+    served = push_served_image(harness, registry, base_image, "cli/waits")
+    ghost = Announced(name="ghost-1", http="127.0.0.1:1", https="127.0.0.1:2", revision=0, routes=0)
+    await etcd.put(keys.router(ghost.name), codec.dumps(ghost))
+    argv = ("push", "late", "--docker-image", served, "--docker-username", registry.username)
+    env = {"LB_DOCKER_PASSWORD": registry.password}
+    pushing = asyncio.create_task(
+        lb(*argv, "--project", "wait", url=daemon.url, home=tmp_path, env=env)
+    )
+    url = "http://late.wait.lb.localhost/"
+    try:
+        await eventually(lambda: _answers(router, url), 120, "the real router serving the app")
+        await asyncio.sleep(1.5)  # ten polls of the push
+        assert not pushing.done(), pushing.result()
+        await etcd.put(keys.router(ghost.name), codec.dumps(attrs.evolve(ghost, revision=2**62)))
+        code, out, err = await asyncio.wait_for(pushing, 30)
+    finally:
+        await etcd.delete_prefix(keys.router(ghost.name))
+    assert code == 0, err
+    assert urlsplit(http_url(out)).hostname == "late.wait.lb.localhost"
+
+
+async def _answers(router: int, url: str) -> bool:
+    try:
+        status, body = await get(router, url)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return False
+    return status == 200 and body.startswith("hello from lastbackend")
 
 
 @pytest.mark.docker

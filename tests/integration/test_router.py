@@ -32,7 +32,8 @@ from lastbackend.api.app import make_app
 from lastbackend.config import Settings
 from lastbackend.model.common import now
 from lastbackend.model.platform import Container
-from lastbackend.model.pods import Node
+from lastbackend.model.pods import Node, ServiceStatus
+from lastbackend.model.routers import Router as Announced
 from lastbackend.router.daemon import Router
 from lastbackend.secrets import Secrets, generate_key
 from lastbackend.store import keys
@@ -442,6 +443,98 @@ async def test_https_with_the_internal_ca_and_a_users_own_certificate(
         assert (got.status, await got.text()) == (200, "u0")
 
 
+# announcing: what `lastbackend push` waits for -------------------------------------------------
+
+
+async def _routing(world: World, service: str) -> dict[str, Any]:
+    resp = await world.api.get(f"/api/projects/demo/services/{service}/routing")
+    assert resp.status == 200, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_a_router_announces_the_revision_its_config_reflects_and_leaves_with_its_lease(
+    world: World, upstreams: list[Upstream]
+) -> None:
+    sid, router = await world.serving(upstreams[0])
+    ready = await world.etcd.get(keys.container(world.pid, sid, "c-u0"))
+    assert ready is not None
+
+    async def announced() -> Announced | None:
+        kv = await world.etcd.get(keys.router(router.name))
+        return None if kv is None else codec.loads(kv.value, Announced)
+
+    async def passed(revision: int) -> bool:
+        found = await announced()
+        return found is not None and found.revision >= revision
+
+    await eventually(lambda: passed(ready.mod_revision))
+    shown = await announced()
+    assert shown is not None
+    assert (shown.http, shown.routes, shown.error) == (world.settings.router_http, 1, None)
+    body = await _routing(world, "web")
+    assert body["routed"] is True
+    assert [(r["name"], r["current"]) for r in body["routers"]] == [(router.name, True)]
+    listed = await (await world.api.get("/api/routers")).json()
+    assert [r["name"] for r in listed["resources"]] == [router.name]
+
+    # A write the table does not read (a rollout's status) reloads nothing, yet the announced
+    # revision follows it: the config Caddy serves is still the one a build now would give.
+    loads = router._loads.labels("loaded")._value.get()
+    status = keys.service_part(world.pid, sid, "status")
+    written = await world.etcd.put(status, codec.dumps(ServiceStatus()))
+    await eventually(lambda: passed(written))
+    assert (await _routing(world, "web"))["routed"] is True
+    assert router._loads.labels("loaded")._value.get() == loads
+
+    # Stopping revokes the lease: nobody waits for a router that is gone.
+    for made, task in world.routers:
+        if made is router:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert await world.etcd.get(keys.router(router.name)) is None
+    body = await _routing(world, "web")
+    assert (body["routed"], body["routers"]) == (True, [])
+
+
+async def _refused_config(world: World, upstream: Upstream) -> None:
+    """A certificate corrupted behind the API's back (Caddy cannot load it), then a new service
+    ``api`` on ``upstream``: the config that would route it is refused."""
+    issued = Pki("Broken").leaf("bad.example.com")
+    resp = await world.api.put("/api/certificates/bad.example.com", json=issued.body())
+    assert resp.status == 201, await resp.text()
+    kv = await world.etcd.get(keys.certificate("bad.example.com"))
+    assert kv is not None
+    stored = json.loads(kv.value)
+    stored["certificate"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    await world.etcd.put(kv.key, json.dumps(stored))
+    other = await world.service("api")
+    await world.run(other, upstream)
+
+
+async def test_a_router_whose_config_is_refused_stays_behind_and_says_why(
+    world: World, upstreams: list[Upstream]
+) -> None:
+    await world.serving(upstreams[0])
+    await _refused_config(world, upstreams[1])
+
+    async def behind() -> bool:
+        body = await _routing(world, "api")
+        [shown] = body["routers"]
+        return not body["routed"] and not shown["current"] and "refused" in (shown["error"] or "")
+
+    await eventually(behind)
+    await asyncio.sleep(0.6)  # three announcements later it is still behind: nothing passed it
+    assert await behind()
+    assert (await get(world.http, "api.demo.lb.localhost"))[0] == 404
+    await world.etcd.delete_prefix(keys.certificate("bad.example.com"))
+
+    async def routed() -> bool:
+        return bool((await _routing(world, "api"))["routed"])
+
+    await eventually(routed)
+    assert await serves(world.http, "api.demo.lb.localhost", "u1")
+
+
 # faults ---------------------------------------------------------------------------------------
 
 
@@ -482,17 +575,7 @@ async def test_a_config_caddy_refuses_leaves_the_last_one_serving(
     world: World, upstreams: list[Upstream]
 ) -> None:
     _, router = await world.serving(upstreams[0])
-    pki = Pki("Broken")
-    issued = pki.leaf("bad.example.com")
-    resp = await world.api.put("/api/certificates/bad.example.com", json=issued.body())
-    assert resp.status == 201, await resp.text()
-    kv = await world.etcd.get(keys.certificate("bad.example.com"))
-    assert kv is not None
-    stored = json.loads(kv.value)  # corrupted behind the API's back: Caddy cannot load it
-    stored["certificate"] = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
-    await world.etcd.put(kv.key, json.dumps(stored))
-    other = await world.service("api")
-    await world.run(other, upstreams[1])
+    await _refused_config(world, upstreams[1])
 
     async def refused() -> bool:
         return router.error is not None and "refused" in router.error
