@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
+from lastbackend import codec
+from lastbackend.model.routers import Router
+from lastbackend.store import keys
+from lastbackend.store.embedded import EmbeddedEtcd
 from tests.browser.dashboard import (
     DESKTOP,
     PAGES,
@@ -24,6 +28,7 @@ from tests.browser.dashboard import (
     unique,
     visit,
 )
+from tests.support import RawEtcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.browser, pytest.mark.asyncio(loop_scope="session")]
 
@@ -47,6 +52,7 @@ async def test_every_page_has_its_heading_and_the_main_navigation(
     await nav.get_by_role("link", name="System", exact=True).click()
     await expect(page.get_by_role("heading", level=1, name="System")).to_be_visible()
     await expect(page.get_by_role("table", name="Nodes")).to_be_attached()
+    await expect(page.get_by_role("table", name="Routers")).to_be_attached()
     await expect(page.get_by_role("table", name="Leaders")).to_be_attached()
     assert not seen(context).foreign(), "every page loads from the API alone (air-gapped)"
 
@@ -191,3 +197,24 @@ async def test_build_tags_show_repos_tags_and_artifacts_as_they_are_recorded(
     await expect(row).to_have_count(1)
     for shown in ("main", "untested", "4321", "client-jar"):
         await expect(row).to_contain_text(shown)
+
+
+async def test_the_system_page_follows_the_routers_as_they_come_and_go(
+    page: Page, guarded: Api, browser_etcd: EmbeddedEtcd
+) -> None:
+    """A router announces itself in system/routers/ (left out of the page-wide stream): the
+    System page's own stream shows it without a reload, its error included, and drops it."""
+    await sign_in(page, guarded)
+    await visit(page, guarded, "system", "System")
+    name = unique("edge")
+    router = Router(name, "0.0.0.0:80", "0.0.0.0:443", revision=41, routes=3, error=None)
+    async with RawEtcd([browser_etcd.endpoint]) as etcd:
+        await etcd.put(keys.router(name), codec.dumps(router))
+        row = rows(page, "Routers").filter(has_text=name)
+        await expect(row).to_have_count(1)
+        await expect(row).to_contain_text("0.0.0.0:443")
+        refused = Router(name, "0.0.0.0:80", "0.0.0.0:443", 41, 3, error="caddy refused the config")
+        await etcd.put(keys.router(name), codec.dumps(refused))
+        await expect(row).to_contain_text("caddy refused the config")
+        await etcd.delete_prefix(keys.router(name))
+        await expect(row).to_have_count(0)

@@ -15,6 +15,7 @@ export const keys = {
   nodes: `${ROOT}nodes/`,
   pods: `${ROOT}pods/`,
   leaders: `${ROOT}system/leader/`,
+  routers: `${ROOT}system/routers/`,
 };
 
 const HEARTBEAT = 10; // seconds between the server's heartbeats
@@ -36,6 +37,9 @@ export class EventStream {
     this.running = false;
     this.wasLive = false;
     this.generation = 0; // each start's loop runs only while it is the latest
+    // Settled once the server answered: it streams every change after the revision it read
+    // then, so a page that lists after this misses nothing between its list and the stream.
+    this.opened = new Promise((done) => { this.markOpened = done; });
   }
 
   /** `fn(event)` for each change; `fn(null)` when everything must be listed again. */
@@ -97,6 +101,7 @@ export class EventStream {
         }
         if (!resp.ok) throw await errorOf(resp);
         opened = true;
+        this.markOpened();
         this.setState("live");
         if (this.wasLive && !this.lastId) this.emit(null); // a fresh stream: list again
         this.wasLive = true;

@@ -1,6 +1,6 @@
-// System: /readyz, the nodes (/api/nodes) and the elected leaders (/api/leaders), live: the
-// leaders' keys are under system/, which the page-wide stream leaves out, so this page follows
-// a stream of its own for them.
+// System: /readyz, the nodes (/api/nodes), the routers (/api/routers) and the elected leaders
+// (/api/leaders), live: the routers' and leaders' keys are under system/, which the page-wide
+// stream leaves out, so this page follows a stream of its own for them.
 
 import { authHeaders, list } from "../api.js";
 import { fill, h, table, when } from "../dom.js";
@@ -24,6 +24,15 @@ export async function render(ctx, view) {
     ["Pods", (n) => String(n.pods)],
     ["Updated", (n) => when(n.updated)],
   ], "No nodes: start a node agent (lastbackend node).");
+  const routers = table("Routers", [
+    ["Name", (r) => r.name],
+    ["HTTP", (r) => h("code", {}, r.http)],
+    ["HTTPS", (r) => h("code", {}, r.https)],
+    ["Hosts", (r) => String(r.routes)],
+    ["Revision", (r) => String(r.revision)],
+    ["Loaded", (r) => (r.applied_at ? when(r.applied_at) : "")],
+    ["Error", (r) => r.error || ""],
+  ], "No router: apps are not reachable at their URLs (start lastbackend router).");
   const leaders = table("Leaders", [
     ["Elected", (c) => c.name],
     ["Leader", (c) => h("code", {}, c.leader)],
@@ -45,20 +54,28 @@ export async function render(ctx, view) {
     leaders.update(found.map((l) => ({ ...l, here: here[l.name] && here[l.name].leading ? here[l.name] : null })));
   };
   const refreshNodes = async () => nodes.update(await list("/api/nodes", { signal: ctx.signal }));
+  const refreshRouters = async () => routers.update(await list("/api/routers", { signal: ctx.signal }));
   ctx.live((key) => key.startsWith(keys.nodes) || key.startsWith(keys.pods), async () => {
     await Promise.all([refreshNodes(), refreshReady()]);
   });
   const system = new EventStream(null, "system/");
   ctx.onLeave(() => system.stop());
   let timer = null;
+  let routerTimer = null;
   ctx.onLeave(system.subscribe((event) => {
+    if (event === null || event.key.startsWith(keys.routers)) {
+      // a busy tree rewrites a router's key up to 5 times a second: one refresh per second
+      routerTimer ??= setTimeout(() => { routerTimer = null; refreshRouters().catch(() => {}); }, 1000);
+    }
     if (event !== null && !event.key.startsWith(keys.leaders)) return;
     clearTimeout(timer);
     timer = setTimeout(() => refreshReady().then(refreshLeaders).catch(() => {}), 60);
   }));
-  ctx.onLeave(() => clearTimeout(timer));
-  fill(view, h("h1", {}, "System"), ready, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Leaders"), leaders);
-  await Promise.all([refreshReady(), refreshNodes()]);
+  ctx.onLeave(() => { clearTimeout(timer); clearTimeout(routerTimer); });
+  fill(view, h("h1", {}, "System"), ready, h("h2", {}, "Nodes"), nodes, h("h2", {}, "Routers"), routers,
+    h("h2", {}, "Leaders"), leaders);
+  system.start(); // before the lists: what changes while they load is streamed, not lost
+  await Promise.race([system.opened, new Promise((done) => setTimeout(done, 3000))]);
+  await Promise.all([refreshReady(), refreshNodes(), refreshRouters()]);
   await refreshLeaders();
-  if (ctx.active) system.start(); // not once the page is left while it loaded
 }
