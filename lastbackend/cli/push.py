@@ -34,6 +34,8 @@ ROUTE_TIMEOUT = 60.0
 (Caddy refusing its config, etcd unreachable from it), and the push says which."""
 POLL = 0.15
 """Seconds between polls of the rollout: three small GETs each."""
+ROUTE_POLL = 0.05
+"""Seconds between polls of ``.../routing`` (one read): a router announces a load at once."""
 
 
 def _label(name: str) -> str:
@@ -403,7 +405,7 @@ class Push:
                     f"Waiting for the routers: {len(routing['routers']) - len(behind)}"
                     f"/{len(routing['routers'])} serve it"
                 )
-                time.sleep(POLL)
+                time.sleep(ROUTE_POLL)
 
     def _all_ready(self, base: str, service: dict[str, Any]) -> bool:
         wanted = int((service.get("config") or {}).get("replicas") or 0)

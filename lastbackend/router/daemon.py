@@ -60,7 +60,8 @@ RESTART_MIN, RESTART_MAX = 0.1, 5.0
 ROUTER_TTL = 10
 """Seconds a killed router's announcement outlives it (a push waits for it meanwhile)."""
 ANNOUNCE_EVERY = 0.2
-"""Seconds between two writes of the announcement: a busy tree moves the revision constantly."""
+"""Seconds between looks at the projects informer's revision, which a busy tree moves
+constantly; a load is announced at once (a push is waiting for it)."""
 
 
 class Router:
@@ -98,6 +99,7 @@ class Router:
         self._loading = False  # a config built, not yet loaded
         self._serving = False  # the running Caddy has been given a config
         self._applied_revision = 0  # of projects/, in the config Caddy serves
+        self._loaded_now = asyncio.Event()  # wakes the announcement after a load
         self.error: str | None = None
         self.etcd_error: str | None = None
         registry = registry or CollectorRegistry()
@@ -243,6 +245,7 @@ class Router:
                 loaded = await self._load(document)
                 if loaded:
                     self._applied_revision = revision
+                    self._loaded_now.set()
             finally:
                 self._loading = False
             self._load_seconds.observe(time.perf_counter() - started)
@@ -251,7 +254,7 @@ class Router:
 
     async def _announce(self) -> None:
         """Keep ``system/routers/<name>`` on a live lease, rewritten whenever what it says
-        changes."""
+        changes: at once after a load, else looked at every :data:`ANNOUNCE_EVERY` seconds."""
         key = keys.router(self.name)
         delay = RESTART_MIN
         while True:
@@ -259,15 +262,14 @@ class Router:
                 async with await self.etcd.grant(ROUTER_TTL) as lease:
                     said: Announced | None = None
                     while not lease.lost.is_set():
-                        now_says = self.announced()
-                        if now_says != said:
-                            await self.etcd.txn(
-                                [], [Op.put(key, codec.dumps(now_says), lease=lease.id)]
-                            )
-                            said = now_says
+                        self._loaded_now.clear()  # before reading: a later load wakes us
+                        says = self.announced()
+                        if says != said:
+                            put = Op.put(key, codec.dumps(says), lease=lease.id)
+                            await self.etcd.txn([], [put])
+                            said = says
                             delay = RESTART_MIN
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(lease.lost.wait(), ANNOUNCE_EVERY)
+                        await _first_of(lease.lost, self._loaded_now, within=ANNOUNCE_EVERY)
                     log.warning("router: lease lost; announcing again", reason=lease.lost_reason)
             except StoreError as exc:
                 log.warning("router: cannot announce itself yet", error=str(exc), retry=delay)
@@ -324,6 +326,16 @@ class Router:
         self._loads.labels("loaded").inc()
         log.info("router: config loaded", routes=len(self.routes))
         return True
+
+
+async def _first_of(*events: asyncio.Event, within: float) -> None:
+    """Until one of ``events`` is set, or ``within`` seconds."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def route_table(etcd: Etcd, domain: str) -> list[table.Route]:
