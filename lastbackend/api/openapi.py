@@ -263,7 +263,7 @@ def _system_schemas() -> dict[str, Any]:
             "properties": {
                 "revision": {
                     "type": "integer",
-                    "description": "the newest change to the service or its project's meta",
+                    "description": "the newest change to the keys the routers read of it",
                 },
                 "routed": {
                     "type": "boolean",

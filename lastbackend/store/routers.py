@@ -4,9 +4,9 @@ A router's config is built from ``projects/`` (kept to :func:`routed_key`), ``no
 ``certificates/``. Each live router keeps ``system/routers/<name>`` on its lease with the
 revision of ``projects/`` its loaded config reflects (:class:`~lastbackend.model.routers.Router`),
 so whoever changed an app can tell when every router serves the change: :func:`routing` compares
-that revision with the newest change in the app's subtree. ``projects/`` is the right measure:
-a router's informer follows every event under it, routed or not, so its revision passes a
-service's ``status`` write (a rollout complete) as surely as a container's readiness.
+that revision with the newest change to the app's keys that the table reads. ``projects/`` is
+the right measure: a router's informer follows every event under it, so its revision is how far
+it has read the app's keys, and a routed change makes it load and announce at once.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class Routing:
     """How far the live routers have got with one service, at one etcd revision."""
 
     revision: int
-    """The newest change to the service's subtree or its project's ``meta``."""
+    """The newest change to the service's routed keys (:func:`routed_key`) or its project's
+    ``meta``: not its ``status`` or builds, which change no route and which a router only
+    announces having passed every :data:`~lastbackend.router.daemon.ANNOUNCE_EVERY`."""
     routers: list[Router]
 
     def behind(self) -> list[Router]:
@@ -63,6 +65,7 @@ async def routing(etcd: Etcd, pid: str, sid: str) -> Routing:
         ],
     )
     subtree, meta, announced = read.reads
-    newest = max((kv.mod_revision for kv in (*subtree, *meta)), default=0)
+    routed = [kv for kv in subtree if routed_key(kv.key) is not None]
+    newest = max((kv.mod_revision for kv in (*routed, *meta)), default=0)
     found = sorted((codec.loads(kv.value, Router) for kv in announced), key=lambda r: r.name)
     return Routing(revision=newest, routers=found)
